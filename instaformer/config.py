@@ -1,0 +1,123 @@
+"""InstaFormer configuration: :func:`get_cfg` returns every key the project reads.
+
+Assembly order (as the reference): detectron2 defaults -> Mask2Former keys -> InstaFormer keys
+(this module) -> yaml file (``merge_from_file``, following ``_BASE_``) -> ``KEY VALUE`` overrides
+(``merge_from_list``).
+"""
+
+from __future__ import annotations
+
+from mask2former.config import CfgNode, ConfigError, add_maskformer2_config, get_base_cfg
+
+__all__ = ["CfgNode", "ConfigError", "get_cfg", "add_instaformer_config", "setup_cfg"]
+
+
+# Keys of the reference that never changed its behaviour (spec INSTAFORMER.md §7.14-15, §7.20).
+# Files that set them to the released value still load; any other value is refused.
+CfgNode.REMOVED_KEYS.update(
+    {
+        "MODEL.GEOMETRIC_PREDICTOR.FILTER_TRIGGERED_QUERIES": (
+            True,
+            "queries are always filtered to the matched (or kept) ones.",
+        ),
+        "MODEL.GEOMETRIC_PREDICTOR.OPERATE_ON_MASK_EMBED": (
+            True,
+            "the reference never read it; the order head always reads the mask embeddings.",
+        ),
+        "MODEL.GEOMETRIC_PREDICTOR.POS_ENC": (
+            False,
+            "the reference replaced the features by a positional encoding, which breaks the head.",
+        ),
+        "MODEL.GEOMETRIC_PREDICTOR.LEARNABLE_PE": (
+            False,
+            "the reference's learned embedding only ran with D_MODEL 256 and no release used it.",
+        ),
+        "MODEL.GEOMETRIC_PREDICTOR.QUERIES_INPUTS": (
+            False,
+            "it only configured the symmetric SingleTransformer/CrossAttentionTransformer heads, "
+            "which cannot express direction and are not provided.",
+        ),
+        "MODEL.GEOMETRIC_PREDICTOR.USE_GT_MASKS": (
+            False,
+            "the debug path read a hard-coded COCO file; evaluate InstaOrderNet on GT masks with "
+            "the configs under configs/instaordernet/ instead.",
+        ),
+        "TEST.SAMPLE_VERBOSE": (False, "per-image metrics are written by the evaluators instead."),
+        "WANDB.VISUALIZATION": (False, "only scalar metrics are logged (WANDB.METRICS)."),
+    }
+)
+
+
+def add_instaformer_config(cfg: CfgNode) -> None:
+    """Add the order-prediction keys to ``cfg`` in place (spec INSTAFORMER.md §5.1)."""
+    cfg.INPUT.AUGMENT = False  # mapper augmentation (train: LSJ + flip; test: resize)
+    cfg.INPUT.RM_BIDIREC = 0  # 1: bidirectional occlusion pairs are ignored (-1)
+    cfg.INPUT.RM_OVERLAP = 0  # 1: depth pairs with overlapping extents are ignored (-1)
+    # Balanced-Softmax class priors: number of training pairs per class (InstaOrder Panoptic train).
+    cfg.INPUT.OCC_SAMPLES_PER_CLASS = [2353545, 388323]  # occlusion classes 0 (no), 1 (occludes)
+    cfg.INPUT.DEPTH_SAMPLES_PER_CLASS = [1345145, 1345145, 49398]  # depth farther, closer, equal
+
+    cfg.MODEL.BACKBONE.FREEZE = False  # no gradient for any backbone parameter
+    cfg.MODEL.SEM_SEG_HEAD.FREEZE = False  # no gradient for the decoders (adapters still train)
+    cfg.MODEL.REMOVE_LOSSES = []  # losses not trained: any of labels, masks, occlusion, depth
+
+    gp = cfg.MODEL.GEOMETRIC_PREDICTOR = CfgNode()
+    gp.NAME = ""  # order head in ORDER_HEAD_REGISTRY; "" = plain Mask2Former, no orders
+    gp.TASK = ""  # "o" occlusion, "d" depth, "od" both; "" with NAME ""
+    gp.PAIRWISE = False  # True for the pairwise (InstaOrderNet) head "PairwiseResNet"
+    gp.INPUT_SIZE = 256  # side (pixels) of the square image/mask input of the pairwise head
+    # Pairwise head: initialise InstaOrderNet from INSTAORDERNET_WEIGHTS_PATH when building.
+    gp.USE_INSTAORDERNET_WEIGHTS = False
+    # Folder with InstaOrder_InstaOrderNet_{o,d,od}.pth.tar, or one such file; "" = none (the
+    # InstaOrderNet weights then come from MODEL.WEIGHTS, as in released pairwise checkpoints).
+    gp.INSTAORDERNET_WEIGHTS_PATH = ""
+    gp.OCCLUSION_ON = False  # return the occlusion matrix at test time
+    gp.DEPTH_ON = False  # return the depth matrix at test time
+    gp.OCCLUSION_WEIGHT = 5.0  # weight of the occlusion loss (every head layer)
+    gp.DEPTH_WEIGHT = 5.0  # weight of the depth loss (every head layer)
+    gp.DEPTH_LOSS = "balanced_softmax"  # "balanced_softmax" or "ce"
+    gp.USE_ADAPTERS = True  # adapters in the transformer decoder and pixel-decoder encoder layers
+    gp.ADAPTER_DIM = 64  # adapter bottleneck width
+    gp.ADAPTER_SCALE = 0.1  # factor on the adapter output
+    gp.NUM_LAYERS = 8  # interaction-transformer layers (one order prediction per layer)
+    gp.D_MODEL = 512  # interaction-transformer width
+    gp.NUM_HEADS = 8  # attention heads of the order head's transformers
+    gp.MLP_NUM_LAYERS = 2  # linear layers per MLP of the order head
+    gp.MLP_EXPANSION = 4  # hidden width / D_MODEL of the order head's MLPs
+    gp.METHOD = "stack"  # token layout: "stack" (2n tokens), "cat" (n tokens of 2D), "sep"
+    gp.FUSE = False  # pair score from [e.e^T, f.f^T] instead of e.f^T (symmetric; not directional)
+    gp.TRANSPOSE_QUERIES = False  # pair score f.e^T instead of e.f^T
+    gp.ATTN_BEFORE_POOL = True  # instance-axis attention over the masked features before pooling
+    gp.MASK_NON_MASK_VALUES = True  # zero the attended features outside each instance mask
+    gp.ADD_INPUT_REPRESENTATIONS = True  # add the projected inputs to the task-MLP outputs
+    gp.CHAIN_TASK_MLPS = True  # od: depth MLPs read the occlusion MLPs' outputs (as released)
+
+    cfg.SOLVER.OCCLUSION_ZERO_DIV = 1  # per-image occlusion P/R/F1 when undefined (0/0): 0 or 1
+
+    cfg.TEST.OCCLUSION_EVALUATION = False  # evaluation mode: occlusion over GT instances + metrics
+    cfg.TEST.DEPTH_EVALUATION = False  # evaluation mode: depth over GT instances + metrics
+    cfg.TEST.MULTI_SCALE_EVALUATION = False  # also report order metrics per instance count
+
+    cfg.WANDB = CfgNode()
+    cfg.WANDB.METRICS = False  # log training scalars to Weights & Biases (needs `wandb`)
+    cfg.WANDB.PROJECT = "instaformer"  # Weights & Biases project name
+
+
+def get_cfg() -> CfgNode:
+    """A fresh config holding every key with its default value."""
+    cfg = get_base_cfg()
+    add_maskformer2_config(cfg)
+    add_instaformer_config(cfg)
+    return cfg
+
+
+def setup_cfg(config_file: str = "", opts: list[str] | None = None, freeze: bool = True) -> CfgNode:
+    """``get_cfg()`` + ``merge_from_file(config_file)`` (if given) + ``merge_from_list(opts)``."""
+    cfg = get_cfg()
+    if config_file:
+        cfg.merge_from_file(config_file)
+    if opts:
+        cfg.merge_from_list(list(opts))
+    if freeze:
+        cfg.freeze()
+    return cfg

@@ -1,0 +1,6 @@
+"""Mask2Former: the segmentation framework InstaFormer builds on (configs, models, data, evaluation).
+
+Importing this package never needs a compiled extension or a GPU.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,264 @@
+"""Configuration: the detectron2 defaults Mask2Former relies on, and Mask2Former's own keys.
+
+``CfgNode`` is fvcore's yacs node with two additions that detectron2 users expect: unknown keys
+and missing ``_BASE_`` files fail with an error naming the key and the file, and merged values
+of the wrong type name the key. Every key carries a one-line comment; units are given where a
+key has one. Use :func:`instaformer.config.get_cfg` to obtain a complete config.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from fvcore.common.config import CfgNode as _FvcoreCfgNode
+
+__all__ = ["CfgNode", "ConfigError", "get_base_cfg", "add_maskformer2_config"]
+
+
+class ConfigError(KeyError):
+    """A config file or override names an unknown key, a missing file, or a bad value."""
+
+    def __str__(self) -> str:  # KeyError would print the message with quotes around it
+        return str(self.args[0]) if self.args else ""
+
+
+class CfgNode(_FvcoreCfgNode):
+    """fvcore ``CfgNode`` whose merge errors name the offending key and file.
+
+    ``REMOVED_KEYS`` maps a full key that this project dropped to ``(accepted_value, reason)``:
+    a file or override that sets the key to ``accepted_value`` (the only behaviour the key ever
+    had in practice) is accepted with the key ignored; any other value is an error giving the
+    reason.
+    """
+
+    REMOVED_KEYS: dict[str, tuple[Any, str]] = {}
+
+    @classmethod
+    def load_yaml_with_base(cls, filename: str, allow_unsafe: bool = False) -> dict[str, Any]:
+        """Load a yaml file and, recursively, the files named by its ``_BASE_`` key."""
+        if not os.path.isfile(filename):
+            raise ConfigError(f"config file not found: {filename}")
+        try:
+            return super().load_yaml_with_base(filename, allow_unsafe=allow_unsafe)
+        except ConfigError as err:
+            raise ConfigError(f"{err} (named by _BASE_ in {filename})") from err
+
+    def merge_from_file(self, cfg_filename: str, allow_unsafe: bool = False) -> None:
+        """Merge a yaml file (following ``_BASE_``) into this config."""
+        loaded = self.load_yaml_with_base(cfg_filename, allow_unsafe=allow_unsafe)
+        _drop_removed_keys(loaded, "", f"config file {cfg_filename}")
+        loaded = type(self)(loaded)
+        try:
+            self.merge_from_other_cfg(loaded)
+        except (KeyError, ValueError, AssertionError) as err:
+            raise ConfigError(f"{_strip(err)} (in config file {cfg_filename})") from err
+
+    def merge_from_list(self, cfg_list: list[str]) -> None:
+        """Merge ``["KEY", "VALUE", ...]`` overrides (the trailing command-line arguments)."""
+        if len(cfg_list) % 2 != 0:
+            raise ConfigError(
+                f"overrides must be KEY VALUE pairs; got an odd number of items: {cfg_list}"
+            )
+        kept: list[str] = []
+        for key, value in zip(cfg_list[0::2], cfg_list[1::2], strict=True):
+            if key in self.REMOVED_KEYS:
+                _check_removed(key, _decode(value), "command-line overrides")
+                continue
+            kept += [key, value]
+        cfg_list = kept
+        for key in cfg_list[0::2]:
+            node: Any = self
+            for part in key.split("."):
+                if not isinstance(node, _FvcoreCfgNode) or part not in node:
+                    raise ConfigError(f"unknown config key in command-line overrides: {key}")
+                node = node[part]
+        try:
+            super().merge_from_list(cfg_list)
+        except (KeyError, ValueError, AssertionError) as err:
+            raise ConfigError(f"{_strip(err)} (in command-line overrides)") from err
+
+
+def _decode(value: Any) -> Any:
+    return _FvcoreCfgNode._decode_cfg_value(value) if isinstance(value, str) else value
+
+
+def _check_removed(key: str, value: Any, where: str) -> None:
+    accepted, reason = CfgNode.REMOVED_KEYS[key]
+    if value != accepted:
+        raise ConfigError(
+            f"config key {key} is not supported (in {where}): {reason} Only {accepted!r} is "
+            f"accepted, and it is ignored; got {value!r}."
+        )
+
+
+def _drop_removed_keys(tree: dict[str, Any], prefix: str, where: str) -> None:
+    for name in list(tree):
+        key = f"{prefix}{name}"
+        if key in CfgNode.REMOVED_KEYS:
+            _check_removed(key, tree.pop(name), where)
+        elif isinstance(tree[name], dict):
+            _drop_removed_keys(tree[name], f"{key}.", where)
+
+
+def _strip(err: BaseException) -> str:
+    return str(err.args[0]) if err.args else repr(err)
+
+
+def get_base_cfg() -> CfgNode:
+    """The detectron2 default keys this project uses, with detectron2's default values."""
+    _C = CfgNode()
+    _C.VERSION = 2  # config format version (detectron2 files say 2)
+
+    _C.MODEL = CfgNode()
+    _C.MODEL.DEVICE = "cuda"  # "cuda", "cuda:N" or "cpu"; falls back to "cpu" with a warning
+    _C.MODEL.META_ARCHITECTURE = "MaskFormer"  # name in META_ARCH_REGISTRY
+    # Initial weights: local path, https:// URL or detectron2:// model-zoo name; "" = random init.
+    _C.MODEL.WEIGHTS = ""
+    _C.MODEL.PIXEL_MEAN = [103.530, 116.280, 123.675]  # per channel of INPUT.FORMAT, 0-255 scale
+    _C.MODEL.PIXEL_STD = [1.0, 1.0, 1.0]  # per channel of INPUT.FORMAT, 0-255 scale
+
+    _C.MODEL.BACKBONE = CfgNode()
+    _C.MODEL.BACKBONE.NAME = "build_resnet_backbone"  # name in BACKBONE_REGISTRY
+    # ResNet stages frozen at build: 0 none, 1 stem, 2 stem+res2, ... (FrozenBN stays frozen).
+    _C.MODEL.BACKBONE.FREEZE_AT = 2
+
+    _C.MODEL.RESNETS = CfgNode()
+    _C.MODEL.RESNETS.DEPTH = 50  # 50 or 101
+    _C.MODEL.RESNETS.OUT_FEATURES = ["res4"]  # stages returned by the backbone
+    _C.MODEL.RESNETS.NUM_GROUPS = 1  # 1 = ResNet, >1 = ResNeXt
+    _C.MODEL.RESNETS.NORM = "FrozenBN"  # "FrozenBN", "BN", "SyncBN", "GN" or ""
+    _C.MODEL.RESNETS.WIDTH_PER_GROUP = 64  # bottleneck width per group in res2
+    _C.MODEL.RESNETS.STRIDE_IN_1X1 = True  # stride in the 1x1 conv (MSRA) instead of the 3x3
+    _C.MODEL.RESNETS.RES5_DILATION = 1  # dilation of res5 (1 or 2)
+    _C.MODEL.RESNETS.RES2_OUT_CHANNELS = 256  # output channels of res2
+    _C.MODEL.RESNETS.STEM_OUT_CHANNELS = 64  # output channels of the stem
+    _C.MODEL.RESNETS.STEM_TYPE = "basic"  # stem kind; only "basic" (7x7 conv) is provided
+    _C.MODEL.RESNETS.RES5_MULTI_GRID = [1, 1, 1]  # res5 per-block dilation multipliers
+
+    _C.MODEL.SEM_SEG_HEAD = CfgNode()
+    _C.MODEL.SEM_SEG_HEAD.NAME = "MaskFormerHead"  # name in SEM_SEG_HEADS_REGISTRY
+    _C.MODEL.SEM_SEG_HEAD.IN_FEATURES = ["res2", "res3", "res4", "res5"]  # backbone outputs used
+    _C.MODEL.SEM_SEG_HEAD.IGNORE_VALUE = 255  # label of ignored pixels in semantic targets
+    _C.MODEL.SEM_SEG_HEAD.NUM_CLASSES = 133  # classes without "no object" (COCO panoptic: 133)
+    _C.MODEL.SEM_SEG_HEAD.CONVS_DIM = 256  # pixel-decoder channel width
+    _C.MODEL.SEM_SEG_HEAD.COMMON_STRIDE = 4  # stride of the mask features (pixels)
+    _C.MODEL.SEM_SEG_HEAD.NORM = "GN"  # norm of the pixel-decoder convs
+    _C.MODEL.SEM_SEG_HEAD.LOSS_WEIGHT = 1.0  # weight of the head's losses
+
+    _C.INPUT = CfgNode()
+    _C.INPUT.FORMAT = "BGR"  # channel order of the image tensor fed to the model: "RGB" or "BGR"
+    _C.INPUT.RANDOM_FLIP = "horizontal"  # training flip: "horizontal", "vertical" or "none"
+    _C.INPUT.MIN_SIZE_TEST = 800  # test-time shortest edge (pixels), with INPUT.AUGMENT
+    _C.INPUT.MAX_SIZE_TEST = 1333  # test-time longest-edge cap (pixels), with INPUT.AUGMENT
+
+    _C.DATASETS = CfgNode()
+    _C.DATASETS.TRAIN = ()  # registered dataset names used for training
+    _C.DATASETS.TEST = ()  # registered dataset names used for evaluation
+
+    _C.DATALOADER = CfgNode()
+    _C.DATALOADER.NUM_WORKERS = 4  # data-loading worker processes per training process
+    _C.DATALOADER.ASPECT_RATIO_GROUPING = True  # batch landscape and portrait images apart
+    _C.DATALOADER.FILTER_EMPTY_ANNOTATIONS = True  # training skips images without instances
+
+    _C.SOLVER = CfgNode()
+    _C.SOLVER.LR_SCHEDULER_NAME = "WarmupMultiStepLR"  # or "WarmupCosineLR", "WarmupPolyLR"
+    _C.SOLVER.MAX_ITER = 40000  # training iterations
+    _C.SOLVER.BASE_LR = 0.001  # learning rate at the end of warmup
+    _C.SOLVER.MOMENTUM = 0.9  # SGD momentum
+    _C.SOLVER.NESTEROV = False  # SGD Nesterov momentum
+    _C.SOLVER.WEIGHT_DECAY = 0.0001  # L2 weight decay
+    _C.SOLVER.WEIGHT_DECAY_NORM = 0.0  # weight decay of normalisation-layer parameters
+    _C.SOLVER.GAMMA = 0.1  # multi-step LR decay factor
+    _C.SOLVER.STEPS = (30000,)  # iterations at which the LR is multiplied by GAMMA
+    _C.SOLVER.WARMUP_FACTOR = 1.0 / 1000  # LR factor at iteration 0 of the warmup
+    _C.SOLVER.WARMUP_ITERS = 1000  # warmup length (iterations)
+    _C.SOLVER.WARMUP_METHOD = "linear"  # "linear" or "constant"
+    _C.SOLVER.CHECKPOINT_PERIOD = 5000  # iterations between checkpoints
+    _C.SOLVER.IMS_PER_BATCH = 16  # images per iteration over all processes
+    _C.SOLVER.CLIP_GRADIENTS = CfgNode()
+    _C.SOLVER.CLIP_GRADIENTS.ENABLED = False  # clip gradients before each step
+    _C.SOLVER.CLIP_GRADIENTS.CLIP_TYPE = "value"  # "value", "norm" (per parameter) or "full_model"
+    _C.SOLVER.CLIP_GRADIENTS.CLIP_VALUE = 1.0  # clip threshold (value, or max norm)
+    _C.SOLVER.CLIP_GRADIENTS.NORM_TYPE = 2.0  # p of the p-norm for "norm" and "full_model"
+    _C.SOLVER.AMP = CfgNode()
+    _C.SOLVER.AMP.ENABLED = False  # mixed precision training (CUDA only; ignored on CPU)
+    _C.SOLVER.AMP.PRECISION = "float16"  # "float16" (with a grad scaler) or "bfloat16"
+
+    _C.TEST = CfgNode()
+    _C.TEST.EVAL_PERIOD = 0  # iterations between evaluations during training; 0 = only at the end
+    _C.TEST.DETECTIONS_PER_IMAGE = 100  # instance-segmentation predictions kept per image
+
+    _C.OUTPUT_DIR = "./output"  # where checkpoints, logs, metrics and results are written
+    _C.SEED = -1  # global random seed; < 0 draws one and logs it
+    _C.CUDNN_BENCHMARK = False  # let cuDNN pick convolution algorithms per input size
+    return _C
+
+
+def add_maskformer2_config(cfg: CfgNode) -> None:
+    """Add Mask2Former's keys (and the DeepLab poly-LR keys it uses) to ``cfg`` in place."""
+    cfg.INPUT.DATASET_MAPPER_NAME = "instaorder_panoptic"  # name of the dataset mapper
+    cfg.INPUT.IMAGE_SIZE = 1024  # large-scale-jitter crop size (pixels), with INPUT.AUGMENT
+    cfg.INPUT.MIN_SCALE = 0.1  # large-scale-jitter minimum scale of IMAGE_SIZE
+    cfg.INPUT.MAX_SCALE = 2.0  # large-scale-jitter maximum scale of IMAGE_SIZE
+
+    cfg.SOLVER.OPTIMIZER = "ADAMW"  # "ADAMW" or "SGD"
+    cfg.SOLVER.BACKBONE_MULTIPLIER = 0.1  # LR factor for parameters under "backbone"
+    cfg.SOLVER.WEIGHT_DECAY_EMBED = 0.0  # weight decay of nn.Embedding parameters (queries)
+    cfg.SOLVER.POLY_LR_POWER = 0.9  # exponent of WarmupPolyLR
+    cfg.SOLVER.POLY_LR_CONSTANT_ENDING = 0.0  # WarmupPolyLR floor, as a fraction of BASE_LR
+
+    mf = cfg.MODEL.MASK_FORMER = CfgNode()
+    mf.DEEP_SUPERVISION = True  # losses on every decoder layer's prediction
+    mf.NO_OBJECT_WEIGHT = 0.1  # class-loss weight of the "no object" class
+    mf.CLASS_WEIGHT = 1.0  # weight of the classification loss and matching cost
+    mf.DICE_WEIGHT = 1.0  # weight of the dice loss and matching cost
+    mf.MASK_WEIGHT = 20.0  # weight of the mask BCE loss and matching cost
+    mf.NHEADS = 8  # attention heads of the transformer decoder
+    mf.DROPOUT = 0.1  # dropout in the transformer decoder
+    mf.DIM_FEEDFORWARD = 2048  # FFN width of the transformer decoder
+    mf.ENC_LAYERS = 0  # encoder layers in the decoder module; must be 0 (pixel decoder encodes)
+    mf.DEC_LAYERS = 6  # predictions made: the learnable queries' + one per decoder layer
+    mf.PRE_NORM = False  # pre-norm decoder layers
+    mf.HIDDEN_DIM = 256  # query width
+    mf.NUM_OBJECT_QUERIES = 100  # object queries Q
+    mf.TRANSFORMER_IN_FEATURE = "multi_scale_pixel_decoder"  # decoder input features
+    mf.ENFORCE_INPUT_PROJ = False  # always add 1x1 input projections to the decoder
+    mf.SIZE_DIVISIBILITY = 32  # images are padded to a multiple of this (pixels)
+    mf.TRANSFORMER_DECODER_NAME = "MultiScaleMaskedTransformerDecoder"  # registry name
+    mf.TRAIN_NUM_POINTS = 112 * 112  # points sampled per mask for matching and mask losses
+    mf.OVERSAMPLE_RATIO = 3.0  # importance sampling: candidate points per sampled point
+    mf.IMPORTANCE_SAMPLE_RATIO = 0.75  # importance sampling: fraction of uncertain points
+    mf.TEST = CfgNode()
+    mf.TEST.SEMANTIC_ON = True  # return "sem_seg" in evaluation mode
+    mf.TEST.INSTANCE_ON = False  # return "instances" in evaluation mode
+    mf.TEST.PANOPTIC_ON = False  # return "panoptic_seg" in evaluation mode
+    mf.TEST.OBJECT_MASK_THRESHOLD = 0.0  # min class score of a query kept by post-processing
+    mf.TEST.OVERLAP_THRESHOLD = 0.0  # min visible/total mask area of a kept panoptic segment
+    mf.TEST.SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE = False  # resize masks before inference
+
+    head = cfg.MODEL.SEM_SEG_HEAD
+    head.MASK_DIM = 256  # width of mask embeddings and mask features
+    head.TRANSFORMER_ENC_LAYERS = 0  # deformable encoder layers in the pixel decoder
+    head.PIXEL_DECODER_NAME = "MSDeformAttnPixelDecoder"  # name in PIXEL_DECODER_REGISTRY
+    head.DEFORMABLE_TRANSFORMER_ENCODER_IN_FEATURES = ["res3", "res4", "res5"]  # encoder inputs
+    head.DEFORMABLE_TRANSFORMER_ENCODER_N_POINTS = 4  # sampling points per head and level
+    head.DEFORMABLE_TRANSFORMER_ENCODER_N_HEADS = 8  # deformable attention heads
+
+    swin = cfg.MODEL.SWIN = CfgNode()
+    swin.PRETRAIN_IMG_SIZE = 224  # image size of the pretraining checkpoint (pixels)
+    swin.PATCH_SIZE = 4  # patch-embedding stride (pixels)
+    swin.EMBED_DIM = 96  # channels of the first stage
+    swin.DEPTHS = [2, 2, 6, 2]  # blocks per stage
+    swin.NUM_HEADS = [3, 6, 12, 24]  # attention heads per stage
+    swin.WINDOW_SIZE = 7  # attention window (tokens)
+    swin.MLP_RATIO = 4.0  # MLP width / channels
+    swin.QKV_BIAS = True  # bias in the qkv projection
+    swin.QK_SCALE = None  # attention scale; None = head_dim ** -0.5
+    swin.DROP_RATE = 0.0  # dropout after the patch embedding and in MLPs
+    swin.ATTN_DROP_RATE = 0.0  # attention-probability dropout
+    swin.DROP_PATH_RATE = 0.3  # stochastic-depth rate of the last block (linear schedule)
+    swin.APE = False  # absolute position embedding
+    swin.PATCH_NORM = True  # LayerNorm after the patch embedding
+    swin.OUT_FEATURES = ["res2", "res3", "res4", "res5"]  # stages returned
+    swin.USE_CHECKPOINT = False  # activation checkpointing in the blocks (saves memory)
