@@ -1,0 +1,54 @@
+"""Benchmarks of the project's hot paths (not timed tests).
+
+Usage::
+
+    python tools/benchmark.py --list
+    python tools/benchmark.py model --device cpu --threads 2
+    python tools/benchmark.py op --help
+
+Each subcommand lives in ``tools/benchmarks/<name>.py``, which defines
+``add_arguments(parser)`` and ``run(args)``. Figures are printed; record the ones you publish in
+``docs/benchmarks.md`` together with the device name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+from pathlib import Path
+from types import ModuleType
+
+BENCHMARK_DIR = Path(__file__).resolve().parent / "benchmarks"
+
+
+def _load(path: Path) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"benchmarks.{path.stem}", path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load benchmark module {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def main(argv: list[str] | None = None) -> None:
+    modules = {p.stem: p for p in sorted(BENCHMARK_DIR.glob("*.py")) if not p.stem.startswith("_")}
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--list", action="store_true", help="list the benchmarks and exit")
+    subparsers = parser.add_subparsers(dest="name", metavar="BENCHMARK")
+    loaded = {}
+    for name, path in modules.items():
+        module = _load(path)
+        loaded[name] = module
+        doc = (module.__doc__ or name).strip().split("\n")[0]
+        sub = subparsers.add_parser(name, help=doc, description=module.__doc__)
+        module.add_arguments(sub)
+    args = parser.parse_args(argv)
+    if args.list or args.name is None:
+        for name, module in loaded.items():
+            print(f"{name:12s} {(module.__doc__ or '').strip().splitlines()[0]}")
+        return
+    loaded[args.name].run(args)
+
+
+if __name__ == "__main__":
+    main()
