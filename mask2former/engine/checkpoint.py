@@ -1,0 +1,64 @@
+"""Training checkpoints: atomic saves, ``last_checkpoint``, and resumption.
+
+A checkpoint is ``{"model": state_dict, "optimizer", "scheduler", "scaler", "iteration",
+"cfg": yaml text}`` written by ``torch.save``; it loads with ``torch.load(weights_only=True)``.
+Every file is written to a temporary name in the same folder and moved into place with
+``os.replace``, so a process killed mid-write leaves the previous files intact.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from typing import Any
+
+import torch
+
+__all__ = ["atomic_write_bytes", "save_training_checkpoint", "last_checkpoint_path"]
+
+logger = logging.getLogger(__name__)
+LAST_CHECKPOINT = "last_checkpoint"
+
+
+def _atomic_replace(path: str, write: Any) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def atomic_write_bytes(path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically."""
+    _atomic_replace(path, lambda f: f.write(data))
+
+
+def save_training_checkpoint(output_dir: str, name: str, state: dict[str, Any]) -> str:
+    """Save ``state`` as ``output_dir/name.pth`` and point ``last_checkpoint`` at it."""
+    path = os.path.join(output_dir, f"{name}.pth")
+    _atomic_replace(path, lambda f: torch.save(state, f))
+    atomic_write_bytes(os.path.join(output_dir, LAST_CHECKPOINT), f"{name}.pth".encode())
+    logger.info("Saved checkpoint %s", path)
+    return path
+
+
+def last_checkpoint_path(output_dir: str) -> str | None:
+    """The checkpoint ``last_checkpoint`` names, or None when there is none."""
+    marker = os.path.join(output_dir, LAST_CHECKPOINT)
+    if not os.path.isfile(marker):
+        return None
+    with open(marker) as f:
+        name = f.read().strip()
+    path = os.path.join(output_dir, name)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{marker} names {name}, which does not exist in {output_dir}")
+    return path

@@ -1,0 +1,104 @@
+"""Training metrics: smoothed scalars written to the console (with ETA), ``metrics.json`` and
+TensorBoard, and optionally Weights & Biases."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import os
+import statistics
+from collections import defaultdict, deque
+from typing import Any
+
+import torch
+
+__all__ = ["MetricsWriter"]
+
+logger = logging.getLogger(__name__)
+
+
+class MetricsWriter:
+    """Collects per-iteration scalars and writes their medians over the last ``window`` values.
+
+    Only the main process should create one with an ``output_dir``; ``metrics.json`` gets one
+    JSON object per logged iteration.
+    """
+
+    def __init__(
+        self,
+        output_dir: str,
+        max_iter: int,
+        *,
+        window: int = 20,
+        tensorboard: bool = True,
+        wandb_run: Any = None,
+    ) -> None:
+        self.max_iter = max_iter
+        self.window = window
+        self._history: dict[str, deque[float]] = defaultdict(lambda: deque(maxlen=window))
+        self._json_path = os.path.join(output_dir, "metrics.json")
+        self._tb = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(log_dir=output_dir)
+        self._wandb = wandb_run
+        self._iter_times: deque[float] = deque(maxlen=window)
+
+    def put(self, iteration: int, scalars: dict[str, float]) -> None:
+        """Record the scalars of one iteration (``time`` in seconds is used for the ETA)."""
+        for name, value in scalars.items():
+            self._history[name].append(float(value))
+        if "time" in scalars:
+            self._iter_times.append(float(scalars["time"]))
+
+    def smoothed(self) -> dict[str, float]:
+        """Median of each scalar over the window."""
+        return {k: statistics.median(v) for k, v in self._history.items() if v}
+
+    def write(self, iteration: int, lr: float) -> dict[str, Any]:
+        """Write the smoothed scalars of ``iteration`` (0-based) everywhere; returns them."""
+        values = self.smoothed()
+        record: dict[str, Any] = {"iteration": iteration, "lr": lr, **values}
+        if self._iter_times:
+            eta = statistics.median(self._iter_times) * (self.max_iter - iteration - 1)
+            record["eta_seconds"] = eta
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            record["max_mem_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        with open(self._json_path, "a") as f:
+            f.write(json.dumps(record, sort_keys=True) + "\n")
+        if self._tb is not None:
+            for name, value in record.items():
+                if name != "iteration":
+                    self._tb.add_scalar(name, value, iteration)
+            self._tb.flush()
+        if self._wandb is not None:
+            self._wandb.log(record, step=iteration)
+        self._log_console(record)
+        return record
+
+    def _log_console(self, record: dict[str, Any]) -> None:
+        eta = record.get("eta_seconds")
+        eta_text = f"eta: {datetime.timedelta(seconds=int(eta))}  " if eta is not None else ""
+        losses = "  ".join(
+            f"{k}: {v:.4g}" for k, v in record.items() if k.startswith("loss") or k == "total_loss"
+        )
+        timing = "  ".join(f"{k}: {record[k]:.4f}" for k in ("time", "data_time") if k in record)
+        memory = f"  max_mem: {record['max_mem_mb']:.0f}M" if "max_mem_mb" in record else ""
+        logger.info(
+            "%siter: %d/%d  %s  %s  lr: %.3g%s",
+            eta_text,
+            record["iteration"] + 1,
+            self.max_iter,
+            losses,
+            timing,
+            record["lr"],
+            memory,
+        )
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+        if self._wandb is not None:
+            self._wandb.finish()

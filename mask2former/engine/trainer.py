@@ -1,0 +1,231 @@
+"""An explicit training loop over ``torch.distributed``: DDP, AMP, clipping, checkpoints,
+periodic evaluation and metrics.
+
+Why plain ``torch.distributed`` rather than an engine such as lightning-fabric: the command line
+must behave exactly as detectron2's (``--num-gpus``, ``--num-machines``, ``--machine-rank``,
+``--dist-url`` and torchrun's variables; see :mod:`mask2former.engine.launch`), and the loop
+below needs only ``DistributedDataParallel``, ``torch.autocast`` and ``torch.amp.GradScaler``
+from PyTorch itself. Every step of an iteration is visible in :meth:`Trainer.run_step`.
+
+Subclasses provide the project pieces: :meth:`build_model`, :meth:`build_train_loader`,
+:meth:`build_test_loader`, :meth:`build_evaluator` and :meth:`load_weights`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from mask2former.config import CfgNode
+from mask2former.engine.checkpoint import last_checkpoint_path, save_training_checkpoint
+from mask2former.engine.events import MetricsWriter
+from mask2former.engine.launch import local_rank
+from mask2former.engine.optimizer import build_lr_scheduler, build_optimizer, clip_gradients
+from mask2former.utils import comm
+
+__all__ = ["Trainer"]
+
+logger = logging.getLogger(__name__)
+LOG_PERIOD = 20  # iterations between metric writes
+
+
+class Trainer:
+    """Builds model, optimizer, schedule and data from ``cfg`` and runs the training loop."""
+
+    def __init__(self, cfg: CfgNode) -> None:
+        self.cfg = cfg
+        self.device = torch.device(cfg.MODEL.DEVICE)
+        if self.device.type == "cuda" and comm.get_world_size() > 1:
+            self.device = torch.device("cuda", local_rank())
+        model = self.build_model(cfg)
+        self.model_without_ddp = model
+        self.optimizer = build_optimizer(cfg, model)
+        self.scheduler = build_lr_scheduler(cfg, self.optimizer)
+        if comm.get_world_size() > 1:
+            # Order heads see no input in iterations where no image has two instances.
+            model = DistributedDataParallel(
+                model,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=True,
+            )
+        self.model = model
+        self.amp_dtype = self._amp_dtype(cfg)
+        self.scaler = torch.amp.GradScaler(
+            "cuda", enabled=self.amp_dtype == torch.float16 and self.device.type == "cuda"
+        )
+        self.start_iter = 0
+        self.iteration = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+
+    # -- pieces provided by subclasses ----------------------------------------------------------
+    def build_model(self, cfg: CfgNode) -> nn.Module:
+        raise NotImplementedError
+
+    def build_train_loader(self, cfg: CfgNode, start_iter: int) -> Iterable[list[dict]]:
+        """Infinite iterable of per-process batches; resumes the data order at ``start_iter``."""
+        raise NotImplementedError
+
+    def build_test_loader(self, cfg: CfgNode, dataset_name: str) -> Iterable[list[dict]]:
+        raise NotImplementedError
+
+    def build_evaluator(self, cfg: CfgNode, dataset_name: str) -> Any:
+        raise NotImplementedError
+
+    def load_weights(self, model: nn.Module, path: str) -> None:
+        """Load initial weights (``MODEL.WEIGHTS``) into ``model``."""
+        raise NotImplementedError
+
+    def evaluate(self, model: nn.Module) -> dict[str, dict[str, float]]:
+        """Evaluate ``model`` on ``DATASETS.TEST``; returns ``{task: {metric: value}}``."""
+        raise NotImplementedError
+
+    # -- loop -----------------------------------------------------------------------------------
+    @staticmethod
+    def _amp_dtype(cfg: CfgNode) -> torch.dtype | None:
+        if not cfg.SOLVER.AMP.ENABLED:
+            return None
+        precision = cfg.SOLVER.AMP.PRECISION
+        if precision not in ("float16", "bfloat16"):
+            raise ValueError(f"SOLVER.AMP.PRECISION must be float16 or bfloat16, got {precision!r}")
+        if str(cfg.MODEL.DEVICE).startswith("cpu") and precision == "float16":
+            logger.info("SOLVER.AMP float16 needs CUDA; training in float32 on the CPU")
+            return None
+        return getattr(torch, precision)
+
+    def resume_or_load(self, resume: bool) -> None:
+        """With ``resume`` and a ``last_checkpoint``: restore the whole training state.
+        Otherwise: load ``MODEL.WEIGHTS`` (if set) and start at iteration 0."""
+        path = last_checkpoint_path(self.cfg.OUTPUT_DIR) if resume else None
+        if path is None:
+            if resume:
+                logger.info("No checkpoint in %s; starting from scratch", self.cfg.OUTPUT_DIR)
+            if self.cfg.MODEL.WEIGHTS:
+                self.load_weights(self.model_without_ddp, self.cfg.MODEL.WEIGHTS)
+            self.start_iter = 0
+            return
+        logger.info("Resuming from %s", path)
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        self.model_without_ddp.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if "scaler" in state and self.scaler.is_enabled():
+            self.scaler.load_state_dict(state["scaler"])
+        self.start_iter = int(state["iteration"]) + 1
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model_without_ddp.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "iteration": self.iteration,
+            "cfg": self.cfg.dump(),
+        }
+
+    def save_checkpoint(self, name: str) -> None:
+        if comm.is_main_process():
+            save_training_checkpoint(self.cfg.OUTPUT_DIR, name, self.state_dict())
+        comm.synchronize()
+
+    def train(self, resume: bool = False) -> dict[str, dict[str, float]]:
+        """Run iterations ``start_iter .. MAX_ITER - 1``; returns the last evaluation results."""
+        cfg = self.cfg
+        self.resume_or_load(resume)
+        writer = self._build_writer() if comm.is_main_process() else None
+        results: dict[str, dict[str, float]] = {}
+        if self.start_iter >= self.max_iter:
+            logger.info("Training already finished at iteration %d", self.start_iter)
+        else:
+            logger.info("Starting training from iteration %d", self.start_iter)
+            data = iter(self.build_train_loader(cfg, self.start_iter))
+            self.model.train()
+            start = time.perf_counter()
+            for iteration in range(self.start_iter, self.max_iter):
+                self.iteration = iteration
+                scalars = self.run_step(data)
+                last = self.iteration == self.max_iter - 1
+                if writer is not None:
+                    writer.put(self.iteration, scalars)
+                    if (self.iteration + 1) % LOG_PERIOD == 0 or last:
+                        writer.write(self.iteration, self.optimizer.param_groups[0]["lr"])
+                if (self.iteration + 1) % cfg.SOLVER.CHECKPOINT_PERIOD == 0 and not last:
+                    self.save_checkpoint(f"model_{self.iteration:07d}")
+                period = cfg.TEST.EVAL_PERIOD
+                if period > 0 and (self.iteration + 1) % period == 0 and not last:
+                    results = self._evaluate_and_log(writer)
+            elapsed = time.perf_counter() - start
+            done = self.max_iter - self.start_iter
+            logger.info(
+                "Trained %d iterations in %.1f s (%.3f s/it)", done, elapsed, elapsed / done
+            )
+            self.save_checkpoint("model_final")
+        if cfg.DATASETS.TEST:
+            results = self._evaluate_and_log(writer)
+        if writer is not None:
+            writer.close()
+        return results
+
+    def _evaluate_and_log(self, writer: MetricsWriter | None) -> dict[str, dict[str, float]]:
+        results = self.evaluate(self.model_without_ddp)
+        self.model.train()
+        if writer is not None and results:
+            flat = {f"{task}/{k}": v for task, m in results.items() for k, v in m.items()}
+            finite = {k: v for k, v in flat.items() if isinstance(v, float) and math.isfinite(v)}
+            writer.put(self.iteration, finite)
+        return results
+
+    def _build_writer(self) -> MetricsWriter:
+        wandb_run = None
+        if self.cfg.WANDB.METRICS:
+            try:
+                import wandb
+            except ImportError as err:
+                raise ImportError(
+                    "WANDB.METRICS is True but `wandb` is not installed: pip install wandb"
+                ) from err
+            wandb_run = wandb.init(project=self.cfg.WANDB.PROJECT, config={"yaml": self.cfg.dump()})
+        return MetricsWriter(self.cfg.OUTPUT_DIR, self.max_iter, wandb_run=wandb_run)
+
+    def run_step(self, data: Iterator[list[dict]]) -> dict[str, float]:
+        """One iteration: data, forward, loss check, backward, clipping, optimizer, schedule."""
+        start = time.perf_counter()
+        batch = next(data)
+        data_time = time.perf_counter() - start
+        autocast = (
+            torch.autocast(self.device.type, dtype=self.amp_dtype)
+            if self.amp_dtype is not None
+            else nullcontext()
+        )
+        with autocast:
+            loss_dict = self.model(batch)
+        losses = sum(loss_dict.values())
+        detached = {k: float(v.detach()) for k, v in loss_dict.items()}
+        total = float(losses.detach())
+        if not math.isfinite(total):
+            terms = ", ".join(f"{k}={v:.4g}" for k, v in sorted(detached.items()))
+            raise FloatingPointError(
+                f"Loss became infinite or NaN at iteration {self.iteration}: total={total}; "
+                f"terms: {terms}"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(losses).backward()
+        self.scaler.unscale_(self.optimizer)
+        clip_gradients(self.cfg, self.model_without_ddp.parameters())
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        reduced = comm.reduce_dict(detached)
+        return {
+            "total_loss": sum(reduced.values()),
+            **reduced,
+            "time": time.perf_counter() - start,
+            "data_time": data_time,
+        }
