@@ -32,6 +32,4 @@ def ms_deform_attn(
     Returns:
         Tensor[B, Lq, M * Dh].
     """
-    return ms_deform_attn_pytorch(
-        value, spatial_shapes, sampling_locations, attention_weights
-    )
+    return ms_deform_attn_pytorch(value, spatial_shapes, sampling_locations, attention_weights)

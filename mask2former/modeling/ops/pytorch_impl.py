@@ -6,7 +6,6 @@ M heads, Dh channels per head, L levels, P sampling points, Lq queries.
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -19,6 +18,11 @@ def ms_deform_attn_pytorch(
 ) -> Tensor:
     """Multi-scale deformable attention with one bilinear ``grid_sample`` per level.
 
+    Same arithmetic as the per-level formulation of the released Mask2Former code (see
+    ``reference.ms_deform_attn_grid_sample``) up to the order of the final sum, but with one
+    layout copy of ``value``/locations/weights for all levels instead of one per level and
+    no stacking of the per-level samples (``docs/benchmarks.md`` has the figures).
+
     Args:
         value: Tensor[B, S, M, Dh], flattened multi-level features.
         spatial_shapes: LongTensor[L, 2], ``(h, w)`` of each level; ``sum(h * w) == S``.
@@ -30,35 +34,30 @@ def ms_deform_attn_pytorch(
     Returns:
         Tensor[B, Lq, M * Dh], attention output with heads concatenated.
     """
-    b, _, m, dh = value.shape
+    b, s, m, dh = value.shape
     _, lq, _, num_levels, num_points, _ = sampling_locations.shape
-    sizes = [int(h) * int(w) for h, w in spatial_shapes.tolist()]
-    value_list = value.split(sizes, dim=1)
-    # [0, 1] -> [-1, 1], the grid_sample convention with align_corners=False
-    sampling_grids = 2 * sampling_locations - 1
-    sampled = []
-    for lid, (h, w) in enumerate(spatial_shapes.tolist()):
-        # B x hw x M x Dh -> B*M x Dh x h x w
-        value_l = value_list[lid].flatten(2).transpose(1, 2).reshape(b * m, dh, h, w)
-        # B x Lq x M x P x 2 -> B*M x Lq x P x 2
-        grid_l = sampling_grids[:, :, :, lid].transpose(1, 2).flatten(0, 1)
+    shapes = [(int(h), int(w)) for h, w in spatial_shapes.tolist()]
+    # one copy for all levels: B x S x M x Dh -> B*M x Dh x S; each level is then a view
+    value_t = value.permute(0, 2, 3, 1).reshape(b * m, dh, s)
+    # [0, 1] -> [-1, 1] (grid_sample, align_corners=False)
+    # B x Lq x M x L x P x 2 -> L x B*M x Lq x P x 2
+    grids = (2 * sampling_locations - 1).permute(3, 0, 2, 1, 4, 5)
+    grids = grids.reshape(num_levels, b * m, lq, num_points, 2)
+    # B x Lq x M x L x P -> L x B*M x 1 x Lq x P
+    weights = attention_weights.permute(3, 0, 2, 1, 4).reshape(num_levels, b * m, 1, lq, num_points)
+    output = None
+    levels = value_t.split([h * w for h, w in shapes], dim=-1)
+    for lid, ((h, w), value_l) in enumerate(zip(shapes, levels, strict=True)):
         # B*M x Dh x Lq x P
-        sampled.append(
-            F.grid_sample(
-                value_l,
-                grid_l,
-                mode="bilinear",
-                padding_mode="zeros",
-                align_corners=False,
-            )
+        sampled = F.grid_sample(
+            value_l.view(b * m, dh, h, w),
+            grids[lid],
+            mode="bilinear",
+            padding_mode="zeros",
+            align_corners=False,
         )
-    # B x Lq x M x L x P -> B*M x 1 x Lq x L*P
-    weights = attention_weights.transpose(1, 2).reshape(
-        b * m, 1, lq, num_levels * num_points
-    )
-    # B*M x Dh x Lq x L*P -> B*M x Dh x Lq -> B x M*Dh x Lq
-    output = (
-        (torch.stack(sampled, dim=-2).flatten(-2) * weights).sum(-1).view(b, m * dh, lq)
-    )
-    # B x M*Dh x Lq -> B x Lq x M*Dh
-    return output.transpose(1, 2).contiguous()
+        # weighted sum over points, accumulated over levels: B*M x Dh x Lq
+        part = (sampled * weights[lid]).sum(-1)
+        output = part if output is None else output + part
+    # B*M x Dh x Lq -> B x M*Dh x Lq -> B x Lq x M*Dh
+    return output.view(b, m * dh, lq).transpose(1, 2).contiguous()
