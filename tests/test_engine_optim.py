@@ -1,0 +1,116 @@
+"""Optimizer groups, LR schedules and checkpoint files of the training engine."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from torch import nn
+
+from instaformer.config import get_cfg
+from mask2former.engine.checkpoint import last_checkpoint_path, save_training_checkpoint
+from mask2former.engine.optimizer import build_lr_scheduler, build_optimizer, clip_gradients
+
+
+class _Toy(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.backbone = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+        self.query_embed = nn.Embedding(5, 4)
+        self.head = nn.Linear(4, 2)
+        self.norm = nn.LayerNorm(2)
+        self.frozen = nn.Linear(2, 2)
+        self.frozen.requires_grad_(False)
+
+
+def _groups(cfg, model):
+    opt = build_optimizer(cfg, model)
+    out = {}
+    for group in opt.param_groups:
+        for p in group["params"]:
+            out[id(p)] = (group["lr"], group["weight_decay"])
+    return opt, out
+
+
+def test_param_groups_follow_mask2former_rules():
+    cfg = get_cfg()
+    cfg.SOLVER.BASE_LR, cfg.SOLVER.WEIGHT_DECAY, cfg.SOLVER.WEIGHT_DECAY_EMBED = 1.0, 0.05, 0.0
+    model = _Toy()
+    opt, groups = _groups(cfg, model)
+    assert isinstance(opt, torch.optim.AdamW)
+    assert groups[id(model.backbone[0].weight)] == (0.1, 0.05)
+    assert groups[id(model.backbone[1].weight)] == (0.1, 0.0)
+    assert groups[id(model.query_embed.weight)] == (1.0, 0.0)
+    assert groups[id(model.head.weight)] == (1.0, 0.05)
+    assert groups[id(model.norm.weight)] == (1.0, 0.0)
+    assert id(model.frozen.weight) not in groups
+
+
+def _lrs(cfg, n):
+    model = nn.Linear(2, 2)
+    cfg.SOLVER.BACKBONE_MULTIPLIER = 1.0
+    opt = build_optimizer(cfg, model)
+    sched = build_lr_scheduler(cfg, opt)
+    lrs = []
+    for _ in range(n):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return lrs
+
+
+def test_warmup_multistep_schedule():
+    cfg = get_cfg()
+    cfg.SOLVER.BASE_LR, cfg.SOLVER.MAX_ITER, cfg.SOLVER.STEPS = 1.0, 100, (50, 80)
+    cfg.SOLVER.WARMUP_ITERS, cfg.SOLVER.WARMUP_FACTOR = 10, 0.001
+    lrs = _lrs(cfg, 100)
+    assert lrs[0] == pytest.approx(0.001)
+    assert lrs[5] == pytest.approx(0.5005)
+    assert lrs[10] == lrs[49] == pytest.approx(1.0)
+    assert lrs[50] == lrs[79] == pytest.approx(0.1)
+    assert lrs[80] == lrs[99] == pytest.approx(0.01)
+
+
+def test_poly_schedule_and_no_warmup():
+    cfg = get_cfg()
+    cfg.SOLVER.LR_SCHEDULER_NAME, cfg.SOLVER.BASE_LR, cfg.SOLVER.MAX_ITER = "WarmupPolyLR", 1.0, 10
+    cfg.SOLVER.WARMUP_ITERS = 0
+    lrs = _lrs(cfg, 10)
+    assert lrs[0] == pytest.approx(1.0)
+    assert lrs[5] == pytest.approx(0.5**0.9)
+
+
+def test_unknown_schedule_is_named():
+    cfg = get_cfg()
+    cfg.SOLVER.LR_SCHEDULER_NAME = "Nope"
+    with pytest.raises(ValueError, match="Nope"):
+        _lrs(cfg, 1)
+
+
+def test_full_model_clipping_bounds_global_norm():
+    cfg = get_cfg()
+    cfg.SOLVER.CLIP_GRADIENTS.ENABLED, cfg.SOLVER.CLIP_GRADIENTS.CLIP_TYPE = True, "full_model"
+    cfg.SOLVER.CLIP_GRADIENTS.CLIP_VALUE = 0.01
+    model = nn.Linear(8, 8)
+    model(torch.randn(4, 8)).pow(2).sum().backward()
+    before = clip_gradients(cfg, model.parameters())
+    after = torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    assert before > 0.01
+    assert float(after) == pytest.approx(0.01, rel=1e-4)
+
+
+def test_checkpoint_files_are_atomic(tmp_path, monkeypatch):
+    save_training_checkpoint(str(tmp_path), "model_0000009", {"iteration": 9})
+    assert last_checkpoint_path(str(tmp_path)).endswith("model_0000009.pth")
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt("killed mid-write")
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(KeyboardInterrupt):
+        save_training_checkpoint(str(tmp_path), "model_0000019", {"iteration": 19})
+    path = last_checkpoint_path(str(tmp_path))
+    assert path.endswith("model_0000009.pth")
+    assert torch.load(path, weights_only=True)["iteration"] == 9
+    assert sorted(os.listdir(tmp_path)) == ["last_checkpoint", "model_0000009.pth"]
