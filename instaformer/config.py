@@ -9,7 +9,14 @@ from __future__ import annotations
 
 from mask2former.config import CfgNode, ConfigError, add_maskformer2_config, get_base_cfg
 
-__all__ = ["CfgNode", "ConfigError", "get_cfg", "add_instaformer_config", "setup_cfg"]
+__all__ = [
+    "CfgNode",
+    "ConfigError",
+    "get_cfg",
+    "add_instaformer_config",
+    "add_instaordernet_config",
+    "setup_cfg",
+]
 
 
 # Keys of the reference that never changed its behaviour (spec INSTAFORMER.md §7.14-15, §7.20).
@@ -103,11 +110,31 @@ def add_instaformer_config(cfg: CfgNode) -> None:
     cfg.WANDB.PROJECT = "instaformer"  # Weights & Biases project name
 
 
+def add_instaordernet_config(cfg: CfgNode) -> None:
+    """Add the standalone InstaOrderNet keys (spec INSTAORDERNET.md; docs/instaordernet.md)."""
+    net = cfg.MODEL.INSTAORDERNET = CfgNode()
+    net.TASK = "od"  # "o" occlusion, "d" depth, "od" both heads on one trunk
+    net.INPUT_MODE = "resize"  # "patch": square crop around the pair (o); "resize": whole image
+    net.INPUT_SIZE = 384  # side (pixels) of the square network input (o: 256; d, od: 384)
+    net.POSITIVE_RATIO = 0.7  # o training: probability of drawing an occluding cell (spec §6)
+    net.OCCLUSION_WEIGHT = 1.0  # weight of the occlusion BCE (o, od)
+    net.DEPTH_OVERLAP_WEIGHT = 0.1  # weight of the depth CE over pairs with overlapping extents
+    net.DEPTH_DISTINCT_WEIGHT = 0.9  # weight of the depth CE over distinct pairs
+    net.DEPTH_DOUBLE_SOFTMAX = False  # True: reference CE on softmax outputs (defect, spec §15.2)
+    # Patch-mode test crop: k > 0 first enlarges each box to a square of side sqrt(k*w*h) (the
+    # reference's 3, spec §15.1, needed for its numbers); 0 crops as in training.
+    net.TEST_BOX_ENLARGE = 0.0
+    # Resize-mode training RGB interpolation: "bicubic" (as at test) or "bilinear" (reference).
+    net.TRAIN_INTERPOLATION = "bicubic"
+    net.PAIRS_PER_FORWARD = 64  # inference: network inputs per forward pass (a pair counts 2)
+
+
 def get_cfg() -> CfgNode:
     """A fresh config holding every key with its default value."""
     cfg = get_base_cfg()
     add_maskformer2_config(cfg)
     add_instaformer_config(cfg)
+    add_instaordernet_config(cfg)
     return cfg
 
 
