@@ -2,13 +2,107 @@
 
 Shape shorthand: B batch, S total flattened value length (sum of h*w over levels),
 M heads, Dh channels per head, L levels, P sampling points, Lq queries.
+
+Dispatch (decided per call, logged once per distinct decision):
+
+* ``INSTAFORMER_MSDA_FORCE_PYTORCH=1`` in the environment: the PyTorch path, always;
+* tensors not on a CUDA device: the PyTorch path;
+* CUDA tensors: the compiled kernels, loaded from the ahead-of-time build or built just in
+  time on first use (see ``build.py``); if neither works, a warning and the PyTorch path.
+
+A missing build never breaks import, and errors raised while running a kernel propagate.
 """
 
 from __future__ import annotations
 
+import logging
+import os
+
+import torch
 from torch import Tensor
 
+from mask2former.modeling.ops.kernel import kernel_status, ms_deform_attn_kernel
 from mask2former.modeling.ops.pytorch_impl import ms_deform_attn_pytorch
+
+logger = logging.getLogger(__name__)
+
+FORCE_PYTORCH_ENV = "INSTAFORMER_MSDA_FORCE_PYTORCH"
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("", "0", "false", "no", "off")
+
+_logged: set[tuple[str, str]] = set()
+
+
+def _force_pytorch() -> bool:
+    raw = os.environ.get(FORCE_PYTORCH_ENV, "")
+    if raw.strip().lower() in _TRUE:
+        return True
+    if raw.strip().lower() in _FALSE:
+        return False
+    raise ValueError(
+        f"environment variable {FORCE_PYTORCH_ENV}={raw!r} is not a boolean; use 1 or 0"
+    )
+
+
+def select_path(value: Tensor) -> tuple[str, str]:
+    """Choose the implementation for ``value``'s device.
+
+    Returns:
+        ``(path, reason)`` with ``path`` either ``"cuda_kernel"`` or ``"pytorch"``.
+    """
+    if _force_pytorch():
+        return "pytorch", f"forced by {FORCE_PYTORCH_ENV}"
+    if value.device.type != "cuda":
+        return "pytorch", f"inputs on {value.device.type}"
+    available, reason = kernel_status()
+    return ("cuda_kernel" if available else "pytorch"), reason
+
+
+def _log_once(path: str, reason: str) -> None:
+    if (path, reason) not in _logged:
+        _logged.add((path, reason))
+        logger.info("ms_deform_attn uses the %s path: %s", path, reason)
+
+
+def _check_shapes(
+    value: Tensor,
+    spatial_shapes: Tensor,
+    level_start_index: Tensor,
+    sampling_locations: Tensor,
+    attention_weights: Tensor,
+    im2col_step: int,
+) -> None:
+    if value.dim() != 4:
+        raise ValueError(f"value must be [B, S, M, Dh], got shape {tuple(value.shape)}")
+    if sampling_locations.dim() != 6 or sampling_locations.shape[-1] != 2:
+        raise ValueError(
+            "sampling_locations must be [B, Lq, M, L, P, 2], got shape "
+            f"{tuple(sampling_locations.shape)}"
+        )
+    b, _, m, _ = value.shape
+    lb, _, lm, num_levels, _, _ = sampling_locations.shape
+    if (lb, lm) != (b, m):
+        raise ValueError(
+            f"sampling_locations {tuple(sampling_locations.shape)} does not match value "
+            f"{tuple(value.shape)} in batch or heads"
+        )
+    if attention_weights.shape != sampling_locations.shape[:-1]:
+        raise ValueError(
+            f"attention_weights must be {tuple(sampling_locations.shape[:-1])}, got "
+            f"{tuple(attention_weights.shape)}"
+        )
+    if spatial_shapes.shape != (num_levels, 2) or level_start_index.shape != (num_levels,):
+        raise ValueError(
+            f"spatial_shapes must be [{num_levels}, 2] and level_start_index [{num_levels}], got "
+            f"{tuple(spatial_shapes.shape)} and {tuple(level_start_index.shape)}"
+        )
+    if spatial_shapes.dtype != torch.long or level_start_index.dtype != torch.long:
+        raise ValueError(
+            "spatial_shapes and level_start_index must be int64, got "
+            f"{spatial_shapes.dtype} and {level_start_index.dtype}"
+        )
+    if not isinstance(im2col_step, int) or im2col_step < 1:
+        raise ValueError(f"im2col_step must be a positive int, got {im2col_step!r}")
 
 
 def ms_deform_attn(
@@ -21,15 +115,51 @@ def ms_deform_attn(
 ) -> Tensor:
     """Multi-scale deformable attention (Deformable DETR, Zhu et al. 2021, Eq. 3).
 
+    ``out[b, q, m] = sum_{l, p} attention_weights[b, q, m, l, p] *
+    bilinear(value_l[b, :, m], sampling_locations[b, q, m, l, p])``, where ``bilinear`` reads
+    level ``l`` like ``grid_sample(align_corners=False, padding_mode="zeros")``.
+
     Args:
-        value: Tensor[B, S, M, Dh], flattened multi-level features.
+        value: Tensor[B, S, M, Dh], multi-level features flattened level by level, row-major.
         spatial_shapes: LongTensor[L, 2], ``(h, w)`` of each level; ``sum(h * w) == S``.
-        level_start_index: LongTensor[L], offset of each level in ``S``.
-        sampling_locations: Tensor[B, Lq, M, L, P, 2], normalised ``(x, y)`` in ``[0, 1]``.
-        attention_weights: Tensor[B, Lq, M, L, P], weight of each sampled point.
-        im2col_step: batch chunk size used by the compiled kernel.
+        level_start_index: LongTensor[L], offset of each level in ``S``
+            (``[0, h0 * w0, h0 * w0 + h1 * w1, ...]``).
+        sampling_locations: Tensor[B, Lq, M, L, P, 2], normalised ``(x, y)``: ``(0, 0)`` is
+            the top-left corner of a level, ``(1, 1)`` its bottom-right corner; samples
+            outside the level read zeros.
+        attention_weights: Tensor[B, Lq, M, L, P], weight of each sampled point (usually a
+            softmax over ``L * P``).
+        im2col_step: number of images per kernel launch of the compiled path (the batch is
+            processed in chunks of this size); the result does not depend on it.
 
     Returns:
-        Tensor[B, Lq, M * Dh].
+        Tensor[B, Lq, M * Dh], heads concatenated, in the promoted dtype of the floating
+        inputs (float32 under CUDA autocast on the compiled path).
     """
+    _check_shapes(
+        value, spatial_shapes, level_start_index, sampling_locations, attention_weights, im2col_step
+    )
+    dtype = torch.promote_types(
+        torch.promote_types(value.dtype, sampling_locations.dtype), attention_weights.dtype
+    )
+    value = value.to(dtype)
+    sampling_locations = sampling_locations.to(dtype)
+    attention_weights = attention_weights.to(dtype)
+    path, reason = select_path(value)
+    _log_once(path, reason)
+    if path == "cuda_kernel":
+        return ms_deform_attn_kernel(
+            value,
+            spatial_shapes.to(value.device),
+            level_start_index.to(value.device),
+            sampling_locations,
+            attention_weights,
+            im2col_step,
+        )
+    if int((spatial_shapes[:, 0] * spatial_shapes[:, 1]).sum()) != value.shape[1]:
+        raise ValueError(
+            f"spatial_shapes {spatial_shapes.tolist()} cover "
+            f"{int((spatial_shapes[:, 0] * spatial_shapes[:, 1]).sum())} positions but value has "
+            f"S = {value.shape[1]}"
+        )
     return ms_deform_attn_pytorch(value, spatial_shapes, sampling_locations, attention_weights)

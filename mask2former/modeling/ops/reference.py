@@ -106,3 +106,40 @@ def ms_deform_attn_grid_sample(
     output = (torch.stack(sampled, dim=-2).flatten(-2) * weights).sum(-1).view(b, m * dh, lq)
     # B x M*Dh x Lq -> B x Lq x M*Dh
     return output.transpose(1, 2).contiguous()
+
+
+def random_inputs(
+    *,
+    batch: int,
+    spatial_shapes: list[tuple[int, int]],
+    num_queries: int,
+    num_heads: int,
+    head_dim: int,
+    num_points: int,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    margin: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Random op inputs for tests and benchmarks.
+
+    Args:
+        spatial_shapes: ``(h, w)`` of each level.
+        margin: locations are drawn uniformly from ``[-margin, 1 + margin]``.
+
+    Returns:
+        ``value`` Tensor[B, S, M, Dh], ``spatial_shapes`` LongTensor[L, 2],
+        ``level_start_index`` LongTensor[L], ``sampling_locations`` Tensor[B, Lq, M, L, P, 2],
+        ``attention_weights`` Tensor[B, Lq, M, L, P] (softmax over ``L * P``).
+    """
+    shapes = torch.tensor(spatial_shapes, dtype=torch.long)
+    areas = shapes[:, 0] * shapes[:, 1]
+    starts = torch.cat([areas.new_zeros(1), areas.cumsum(0)[:-1]])
+    num_levels = len(spatial_shapes)
+    q, m, p = num_queries, num_heads, num_points
+    value = torch.randn(batch, int(areas.sum()), m, head_dim, generator=generator, dtype=dtype)
+    locations = torch.rand(batch, q, m, num_levels, p, 2, generator=generator, dtype=dtype)
+    locations = locations * (1 + 2 * margin) - margin
+    logits = torch.randn(batch, q, m, num_levels * p, generator=generator, dtype=dtype)
+    weights = logits.softmax(-1).view(batch, q, m, num_levels, p)
+    return tuple(t.to(device) for t in (value, shapes, starts, locations, weights))
