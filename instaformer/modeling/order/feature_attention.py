@@ -155,7 +155,7 @@ def attention_pool_sparse(
     member = check_binary_masks(masks).flatten(1)  # n x hw
     coverage = member.sum(0)  # hw
     covered = coverage.nonzero().squeeze(1)  # P
-    x = features.flatten(1)[:, covered].t()  # C x hw -> P x C
+    x = features.flatten(1).t()[covered]  # C x hw -> hw x C -> P x C (contiguous gather)
     if layer is not None:
         y = _in_mask_outputs(layer, x, coverage[covered], n)
         # Element-wise zeroing where the gated input is exactly 0 (released semantics).

@@ -35,7 +35,7 @@ class MLP(nn.Module):
         for i, layer in enumerate(self.layers):
             x = layer(x)
             if i < len(self.layers) - 1:
-                x = torch.relu(x)
+                x = torch.relu_(x)  # in place on the fresh linear output
         return x
 
 

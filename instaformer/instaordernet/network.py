@@ -1,0 +1,160 @@
+"""InstaOrderNet: a 5-channel ResNet-50 pair classifier (spec INSTAORDERNET.md §2, §4, §11).
+
+Shape shorthand: B pairs, S input side (256 for ``o``, 384 for ``d``/``od``).
+
+Input ``Tensor[B, 5, S, S]``: mask A, mask B (binary floats), then ImageNet-normalised RGB.
+Outputs in the InstaOrderNet convention (not the project's matrix convention; see
+:mod:`instaformer.instaordernet.symmetrisation` for the conversion):
+
+* ``"occlusion"``: Tensor[B, 2] logits for independent sigmoids,
+  ``[0]`` = B occludes A, ``[1]`` = A occludes B;
+* ``"depth"``: Tensor[B, 3] softmax logits, class 0 = A closer, 1 = A farther, 2 = same depth.
+
+Parameter names follow the released network (``conv1``, ``bn1``, ``layer1..4``, ``fc`` for a
+single task, ``fc_occ`` + ``fc_depth`` for both), so the released ``.pth.tar`` files load.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+from torchvision.models.resnet import Bottleneck
+
+__all__ = [
+    "InstaOrderNet",
+    "instaordernet_d",
+    "instaordernet_o",
+    "instaordernet_od",
+    "load_instaordernet_checkpoint",
+    "strip_module_prefix",
+]
+
+TASK_CLASSES = {"occlusion": 2, "depth": 3}
+# Head attribute per task when both tasks are present (a single task uses "fc").
+JOINT_HEAD_NAMES = {"occlusion": "fc_occ", "depth": "fc_depth"}
+
+
+class InstaOrderNet(nn.Module):
+    """ResNet-50 (Bottleneck [3, 4, 6, 3], stride on the 3x3 conv) with 5 input channels."""
+
+    def __init__(self, *, tasks: Sequence[str], in_channels: int = 5) -> None:
+        """
+        Args:
+            tasks: ``("occlusion",)``, ``("depth",)`` or ``("occlusion", "depth")``.
+            in_channels: input channels (mask A, mask B, RGB).
+        """
+        super().__init__()
+        if not tasks or any(t not in TASK_CLASSES for t in tasks) or len(set(tasks)) != len(tasks):
+            raise ValueError(f"tasks must be distinct names among {list(TASK_CLASSES)}: {tasks}")
+        self.tasks = tuple(tasks)
+        self.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        self._channels = 64
+        self.layer1 = self._stage(64, 3, stride=1)
+        self.layer2 = self._stage(128, 4, stride=2)
+        self.layer3 = self._stage(256, 6, stride=2)
+        self.layer4 = self._stage(512, 3, stride=2)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        width = 512 * Bottleneck.expansion
+        self.head_names = {
+            t: ("fc" if len(self.tasks) == 1 else JOINT_HEAD_NAMES[t]) for t in self.tasks
+        }
+        for task, name in self.head_names.items():
+            self.add_module(name, nn.Linear(width, TASK_CLASSES[task]))
+        self.reset_parameters()
+
+    def _stage(self, width: int, blocks: int, stride: int) -> nn.Sequential:
+        out = width * Bottleneck.expansion
+        downsample = None
+        if stride != 1 or self._channels != out:
+            downsample = nn.Sequential(
+                nn.Conv2d(self._channels, out, kernel_size=1, stride=stride, bias=False),
+                nn.BatchNorm2d(out),
+            )
+        layers = [Bottleneck(self._channels, width, stride=stride, downsample=downsample)]
+        self._channels = out
+        layers += [Bottleneck(out, width) for _ in range(blocks - 1)]
+        return nn.Sequential(*layers)
+
+    def reset_parameters(self) -> None:
+        """Released initialisation (training from scratch): conv/linear weights Xavier-normal with
+        gain 0.02, biases 0; BatchNorm scale ~ N(1, 0.02^2), shift 0."""
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d | nn.Linear):
+                nn.init.xavier_normal_(m.weight, gain=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.normal_(m.weight, 1.0, 0.02)
+                nn.init.zeros_(m.bias)
+
+    def features(self, x: Tensor) -> Tensor:
+        """Tensor[B, 5, S, S] -> Tensor[B, 2048] pooled trunk features."""
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return torch.flatten(self.avgpool(x), 1)
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        """Tensor[B, 5, S, S] -> ``{task: Tensor[B, K_task]}`` logits (module docstring)."""
+        pooled = self.features(x)
+        return {task: getattr(self, name)(pooled) for task, name in self.head_names.items()}
+
+
+def instaordernet_o() -> InstaOrderNet:
+    """InstaOrderNet^o: occlusion head ``fc`` (2 logits); patch input at 256."""
+    return InstaOrderNet(tasks=("occlusion",))
+
+
+def instaordernet_d() -> InstaOrderNet:
+    """InstaOrderNet^d: depth head ``fc`` (3 logits); resize input at 384."""
+    return InstaOrderNet(tasks=("depth",))
+
+
+def instaordernet_od() -> InstaOrderNet:
+    """InstaOrderNet^{o,d}: heads ``fc_occ`` (2) and ``fc_depth`` (3); resize input at 384."""
+    return InstaOrderNet(tasks=("occlusion", "depth"))
+
+
+def strip_module_prefix(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Drop one leading ``module.`` (the training wrapper's level) from every key that has it."""
+    return {k.removeprefix("module."): v for k, v in state_dict.items()}
+
+
+def load_instaordernet_checkpoint(model: InstaOrderNet, path: str | os.PathLike) -> None:
+    """Load a released ``InstaOrder_InstaOrderNet_{o,d,od}.pth.tar`` (or a plain state dict).
+
+    Accepts a dict holding ``state_dict`` (released layout, keys prefixed ``module.``) or a
+    state dict itself, with or without the prefix. Loads without unpickling arbitrary objects.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: any missing or unexpected key or shape mismatch, all listed in the message.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"InstaOrderNet checkpoint not found: {path}")
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: expected a state dict or a dict with 'state_dict'")
+    state = strip_module_prefix(state)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    shapes = [
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and tuple(state[k].shape) != tuple(v.shape)
+    ]
+    if missing or unexpected or shapes:
+        lines = [f"{path} does not fit InstaOrderNet(tasks={model.tasks}):"]
+        lines += [f"  missing: {k}" for k in missing]
+        lines += [f"  unexpected: {k}" for k in unexpected]
+        lines += [f"  shape: {s}" for s in shapes]
+        raise ValueError("\n".join(lines))
+    model.load_state_dict(state, strict=True)
