@@ -1,0 +1,264 @@
+"""Registration and loading of InstaOrder Panoptic (InstaFormer) and InstaOrder (InstaOrderNet).
+
+Layout under the dataset root (``$DETECTRON2_DATASETS``, default ``datasets``; see
+``datasets/README.md``)::
+
+    coco/{train,val}2017/*.jpg                  COCO images
+    coco/panoptic_{train,val}2017/*.png         COCO panoptic PNGs
+    coco/annotations/InstaOrderPanoptic_{train,val}2017.json
+    coco/annotations/InstaOrder_{train,val}2017.json
+    coco/annotations/instances_{train,val}2017.json
+
+The root of the built-in datasets is read when a dataset is loaded (or a metadata path is read),
+not at import, so setting ``DETECTRON2_DATASETS`` after importing works.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from typing import Any
+
+from instaformer.data.io import DataError
+from mask2former.data.catalog import DatasetCatalog, Deferred, MetadataCatalog
+from mask2former.data.coco_categories import coco_panoptic_metadata
+
+__all__ = [
+    "check_instaorder_panoptic_record",
+    "datasets_root",
+    "load_instaorder_json",
+    "load_instaorder_panoptic_json",
+    "register_instaorder",
+    "register_instaorder_panoptic",
+    "register_all_instaorder",
+]
+
+_README = "datasets/README.md"
+
+
+def datasets_root() -> str:
+    """``$DETECTRON2_DATASETS``, or ``datasets`` when unset."""
+    return os.environ.get("DETECTRON2_DATASETS", "datasets")
+
+
+def _require(path: str, what: str) -> None:
+    if not os.path.exists(path):
+        raise FileNotFoundError(
+            f"{what} not found: {path}. Set DETECTRON2_DATASETS to the dataset root and prepare "
+            f"the files as described in {_README}."
+        )
+
+
+def _load_json(path: str, what: str) -> Any:
+    _require(path, what)
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{what} {path} is not valid JSON: {e}") from e
+
+
+def load_instaorder_panoptic_json(
+    json_file: str, image_dir: str, panoptic_dir: str
+) -> list[dict[str, Any]]:
+    """Read an InstaOrder Panoptic file (DATASETS.md §5.3) into dataset dicts.
+
+    Returns:
+        one dict per annotation, in file order: ``file_name`` (image path, PNG stem + ``.jpg``),
+        ``image_id``, ``height``, ``width`` (from ``images``), ``pan_seg_file_name``,
+        ``segments_info`` (each segment with ``category_id`` mapped to the contiguous id 0-132
+        and ``isthing`` added), and ``instaorder`` (the record with ``pan_instance_ids``).
+    Raises:
+        FileNotFoundError: the JSON, or the first image / PNG, is missing (message names the
+            path and points to datasets/README.md).
+        DataError: an unknown category, or ``pan_instance_ids`` inconsistent with
+            ``instance_ids`` / ``segments_info``.
+    """
+    data = _load_json(json_file, "InstaOrder Panoptic annotation file")
+    meta = coco_panoptic_metadata()
+    thing_ids = meta["thing_dataset_id_to_contiguous_id"]
+    all_ids = meta["stuff_dataset_id_to_contiguous_id"]
+    sizes = {img["id"]: (img["height"], img["width"]) for img in data.get("images", [])}
+    dicts = []
+    for ann in data["annotations"]:
+        where = f"{json_file}, image_id {ann.get('image_id')}"
+        if "instaorder" not in ann:
+            raise DataError(
+                f"{where}: annotation has no 'instaorder' record (not an InstaOrder "
+                f"Panoptic file? see {_README})"
+            )
+        segments = []
+        for seg in ann["segments_info"]:
+            if seg["category_id"] not in all_ids:
+                raise DataError(
+                    f"{where}: segment {seg['id']} has unknown category_id {seg['category_id']}"
+                )
+            segments.append(
+                dict(
+                    seg,
+                    category_id=all_ids[seg["category_id"]],
+                    isthing=seg["category_id"] in thing_ids,
+                )
+            )
+        record = ann["instaorder"]
+        check_instaorder_panoptic_record(record, {s["id"] for s in segments}, where)
+        stem = os.path.splitext(ann["file_name"])[0]
+        item = {
+            "file_name": os.path.join(image_dir, stem + ".jpg"),
+            "image_id": ann["image_id"],
+            "pan_seg_file_name": os.path.join(panoptic_dir, ann["file_name"]),
+            "segments_info": segments,
+            "instaorder": record,
+        }
+        if ann["image_id"] in sizes:
+            item["height"], item["width"] = sizes[ann["image_id"]]
+        dicts.append(item)
+    if dicts:
+        _require(dicts[0]["file_name"], "image")
+        _require(dicts[0]["pan_seg_file_name"], "panoptic PNG")
+    return dicts
+
+
+def check_instaorder_panoptic_record(record: dict, segment_ids: set[int], where: str) -> None:
+    for key in ("instance_ids", "occlusion", "depth", "pan_instance_ids"):
+        if key not in record:
+            raise DataError(f"{where}: instaorder record has no '{key}'")
+    pan_ids = record["pan_instance_ids"]
+    if len(pan_ids) != len(record["instance_ids"]):
+        raise DataError(
+            f"{where}: pan_instance_ids has {len(pan_ids)} entries but instance_ids has "
+            f"{len(record['instance_ids'])}"
+        )
+    matched = [p for p in pan_ids if p != -1]
+    if len(set(matched)) != len(matched):
+        raise DataError(f"{where}: pan_instance_ids {pan_ids} matches a segment twice")
+    missing = [p for p in matched if p not in segment_ids]
+    if missing:
+        raise DataError(
+            f"{where}: pan_instance_ids refers to segment ids {missing} that are not "
+            "in segments_info"
+        )
+
+
+def load_instaorder_json(
+    instaorder_json: str, instances_json: str, image_dir: str
+) -> list[dict[str, Any]]:
+    """Read an InstaOrder file (DATASETS.md §2) joined with COCO instances (§3).
+
+    Returns:
+        one dict per InstaOrder record, in file order: ``file_name``, ``image_id``, ``height``,
+        ``width``, ``annotations`` (the COCO instance annotations of ``instance_ids``, in that
+        order: ``id``, ``category_id``, ``bbox`` [x, y, w, h], ``segmentation``, ``iscrowd``,
+        ``area``) and ``instaorder`` (the record without ``image_id``).
+    Raises:
+        FileNotFoundError: a JSON or the first image is missing.
+        DataError: a record names an image or instance id absent from the instances file.
+    """
+    orders = _load_json(instaorder_json, "InstaOrder annotation file")
+    coco = _load_json(instances_json, "COCO instances file")
+    images = {img["id"]: img for img in coco["images"]}
+    anns = {a["id"]: a for a in coco["annotations"]}
+    dicts = []
+    for record in orders["annotations"]:
+        where = f"{instaorder_json}, image_id {record.get('image_id')}"
+        if record.get("image_id") not in images:
+            raise DataError(f"{where}: image not in {instances_json}")
+        missing = [i for i in record["instance_ids"] if i not in anns]
+        if missing:
+            raise DataError(f"{where}: instance ids {missing} not in {instances_json}")
+        image = images[record["image_id"]]
+        instances = []
+        for i in record["instance_ids"]:
+            a = anns[i]
+            if a["image_id"] != record["image_id"]:
+                raise DataError(f"{where}: instance {i} belongs to image {a['image_id']}")
+            keys = ("id", "category_id", "bbox", "segmentation", "iscrowd", "area")
+            instances.append({k: a[k] for k in keys if k in a})
+        dicts.append(
+            {
+                "file_name": os.path.join(image_dir, image["file_name"]),
+                "image_id": record["image_id"],
+                "height": image["height"],
+                "width": image["width"],
+                "annotations": instances,
+                "instaorder": {k: v for k, v in record.items() if k != "image_id"},
+            }
+        )
+    if dicts:
+        _require(dicts[0]["file_name"], "image")
+    return dicts
+
+
+def _under(root: str | None, *parts: str) -> Callable[[], str]:
+    return lambda: os.path.join(datasets_root() if root is None else root, *parts)
+
+
+def _replace(name: str) -> None:
+    if name in DatasetCatalog:
+        DatasetCatalog.remove(name)
+    if name in MetadataCatalog.list():
+        MetadataCatalog.remove(name)
+
+
+def register_instaorder_panoptic(
+    name: str, *, split: str, root: str | None = None, replace: bool = False
+) -> None:
+    """Register an InstaOrder Panoptic split (InstaFormer) laid out under ``root``.
+
+    Args:
+        split: "train" or "val" (files ``*_{split}2017``).
+        root: dataset root; None reads ``$DETECTRON2_DATASETS`` whenever the data is loaded.
+        replace: drop an existing registration of ``name`` first.
+    """
+    if replace:
+        _replace(name)
+    image_dir = _under(root, "coco", f"{split}2017")
+    panoptic_dir = _under(root, "coco", f"panoptic_{split}2017")
+    json_file = _under(root, "coco", "annotations", f"InstaOrderPanoptic_{split}2017.json")
+    DatasetCatalog.register(
+        name, lambda: load_instaorder_panoptic_json(json_file(), image_dir(), panoptic_dir())
+    )
+    MetadataCatalog.get(name).set(
+        **coco_panoptic_metadata(),
+        evaluator_type="instaorder",
+        image_root=Deferred(image_dir),
+        panoptic_root=Deferred(panoptic_dir),
+        panoptic_json=Deferred(json_file),
+        json_file=Deferred(json_file),
+        sem_seg_root=Deferred(_under(root, "coco", f"panoptic_semseg_{split}2017")),
+    )
+
+
+def register_instaorder(
+    name: str, *, split: str, root: str | None = None, replace: bool = False
+) -> None:
+    """Register an InstaOrder split (InstaOrderNet): InstaOrder JSON + COCO instances JSON."""
+    if replace:
+        _replace(name)
+    image_dir = _under(root, "coco", f"{split}2017")
+    order_json = _under(root, "coco", "annotations", f"InstaOrder_{split}2017.json")
+    instances_json = _under(root, "coco", "annotations", f"instances_{split}2017.json")
+    DatasetCatalog.register(
+        name, lambda: load_instaorder_json(order_json(), instances_json(), image_dir())
+    )
+    meta = coco_panoptic_metadata()
+    MetadataCatalog.get(name).set(
+        thing_classes=meta["thing_classes"],
+        thing_colors=meta["thing_colors"],
+        thing_dataset_id_to_contiguous_id=meta["thing_dataset_id_to_contiguous_id"],
+        evaluator_type="instaorder",
+        image_root=Deferred(image_dir),
+        json_file=Deferred(order_json),
+        instances_json=Deferred(instances_json),
+    )
+
+
+def register_all_instaorder() -> None:
+    """Register ``instaorder_2017_{train,val}_panoptic`` and ``instaorder_2017_{train,val}``
+    under ``$DETECTRON2_DATASETS`` (idempotent)."""
+    for split in ("train", "val"):
+        if f"instaorder_2017_{split}_panoptic" not in DatasetCatalog:
+            register_instaorder_panoptic(f"instaorder_2017_{split}_panoptic", split=split)
+        if f"instaorder_2017_{split}" not in DatasetCatalog:
+            register_instaorder(f"instaorder_2017_{split}", split=split)

@@ -1,0 +1,205 @@
+"""The ``instaorder_panoptic`` dataset mapper: an InstaOrder Panoptic dataset dict -> model input.
+
+Shape shorthand: H, W image size (after augmentation); N non-crowd segments (things and stuff)
+that are visible after augmentation; n of them annotated with InstaOrder labels; S the pairwise
+head's input side.
+
+Output keys (spec INSTAFORMER.md §4.3, with the fixes of §7 items 1, 4, 25, 26):
+    ``file_name``, ``image_id``, ``height``, ``width`` (original image size), ``segments_info``;
+    ``image``: uint8 Tensor[3, H, W] in ``image_format`` channel order;
+    ``instances``: :class:`Instances` of the N non-crowd segments in ``segments_info`` order:
+        ``gt_classes`` int64[N] (contiguous ids), ``gt_masks`` bool[N, H, W],
+        ``gt_boxes`` float32[N, 4] (x0, y0, x1, y1 from the masks); present even when N = 0;
+    ``tgt_pan_idx``: int64[n], ascending positions *in the instances list* of the annotated
+        segments (things, not crowd, matched by ``pan_instance_ids``, visible);
+    ``occlusion_matrix``: int32[n, n], 1 = row occludes column, 0 = not, -1 = ignored; diag 0;
+    ``depth_matrix``: int32[n, n], 1 = row closer, 0 = row farther, 2 = same, -1 = no label/diag;
+    ``overlap_matrix``: int32[n, n], 1 = depth extents overlap, 0 = distinct, -1 = no label/diag;
+    ``count_matrix``: int32[n, n], annotation count (WHDR weight 2 / count), -1 = no label/diag;
+    ``low_image`` (only with ``low_image_size > 0``): float32[3, S, S], the un-augmented RGB image
+        resized (bicubic, aspect not kept) and normalised with ImageNet mean/std.
+Row/column k of every matrix is instance ``tgt_pan_idx[k]``. The occlusion matrix is emitted for
+task "o", the three depth matrices for "d", all four for "od" and for "" (no order head).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torchvision import tv_tensors
+
+from instaformer.data.augment import build_lsj_augmentation, build_test_resize
+from instaformer.data.datasets import check_instaorder_panoptic_record
+from instaformer.data.io import DataError, read_image, read_panoptic_ids
+from instaformer.data.relations import build_order_matrices, reindex_matrices
+from mask2former.structures import Instances
+
+__all__ = ["InstaOrderPanopticMapper"]
+
+_TASK_MATRICES = {
+    "o": ("occlusion",),
+    "d": ("depth", "overlap", "count"),
+    "od": ("occlusion", "depth", "overlap", "count"),
+    "": ("occlusion", "depth", "overlap", "count"),
+}
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class InstaOrderPanopticMapper:
+    """Decode image + panoptic PNG, build instance targets and the order matrices.
+
+    Args:
+        is_train: training mode (only changes which augmentation ``from_config`` builds).
+        image_format: "RGB" or "BGR", channel order of ``image``.
+        augmentation: joint transform of ``(tv_tensors.Image, tv_tensors.Mask)`` or None (the
+            released behaviour: native resolution, no flip).
+        task: "o", "d", "od" or "" (which matrices are emitted; "" emits all).
+        rm_bidirec: bidirectional occlusion pairs become -1 (ignored).
+        rm_overlap: overlap-matrix entries of overlapping depth pairs become -1.
+        low_image_size: side of ``low_image`` (rounded down to a multiple of 32); 0 = none.
+    """
+
+    def __init__(
+        self,
+        *,
+        is_train: bool,
+        image_format: str = "RGB",
+        augmentation: Callable[..., Any] | None = None,
+        task: str = "od",
+        rm_bidirec: bool = False,
+        rm_overlap: bool = False,
+        low_image_size: int = 0,
+    ) -> None:
+        if task not in _TASK_MATRICES:
+            raise ValueError(f"task must be one of {sorted(_TASK_MATRICES)}, got {task!r}")
+        if image_format not in ("RGB", "BGR"):
+            raise ValueError(f"image_format must be 'RGB' or 'BGR', got {image_format!r}")
+        if low_image_size and low_image_size < 32:
+            raise ValueError(f"low_image_size must be 0 or >= 32, got {low_image_size}")
+        self.is_train = is_train
+        self.image_format = image_format
+        self.augmentation = augmentation
+        self.matrices = _TASK_MATRICES[task]
+        self.rm_bidirec = bool(rm_bidirec)
+        self.rm_overlap = bool(rm_overlap)
+        self.low_image_size = low_image_size // 32 * 32
+
+    @classmethod
+    def from_config(cls, cfg: Any, is_train: bool = True) -> dict[str, Any]:
+        """Keyword arguments from ``INPUT.*`` and ``MODEL.GEOMETRIC_PREDICTOR.*``."""
+        augmentation = None
+        if cfg.INPUT.AUGMENT:
+            if is_train:
+                augmentation = build_lsj_augmentation(
+                    image_size=cfg.INPUT.IMAGE_SIZE,
+                    min_scale=cfg.INPUT.MIN_SCALE,
+                    max_scale=cfg.INPUT.MAX_SCALE,
+                    random_flip=cfg.INPUT.RANDOM_FLIP,
+                )
+            else:
+                augmentation = build_test_resize(
+                    min_size=cfg.INPUT.MIN_SIZE_TEST, max_size=cfg.INPUT.MAX_SIZE_TEST
+                )
+        gp = cfg.MODEL.GEOMETRIC_PREDICTOR
+        return {
+            "is_train": is_train,
+            "image_format": cfg.INPUT.FORMAT,
+            "augmentation": augmentation,
+            "task": gp.TASK,
+            "rm_bidirec": bool(cfg.INPUT.RM_BIDIREC),
+            "rm_overlap": bool(cfg.INPUT.RM_OVERLAP),
+            "low_image_size": gp.INPUT_SIZE if gp.PAIRWISE else 0,
+        }
+
+    def __call__(self, dataset_dict: dict[str, Any]) -> dict[str, Any]:
+        """Map one dataset dict (see the module docstring for the output)."""
+        out = dict(dataset_dict)
+        file_name = out["file_name"]
+        where = f"{file_name} (image_id {out.get('image_id')})"
+        image = read_image(file_name, self.image_format)
+        ids = read_panoptic_ids(out["pan_seg_file_name"])
+        h, w = image.shape[:2]
+        if ids.shape != (h, w):
+            raise DataError(
+                f"{where}: panoptic PNG {out['pan_seg_file_name']} is {ids.shape[1]}x"
+                f"{ids.shape[0]} but the image is {w}x{h}"
+            )
+        if (out.get("height", h), out.get("width", w)) != (h, w):
+            raise DataError(
+                f"{where}: the annotation says {out['width']}x{out['height']}, the file is {w}x{h}"
+            )
+        out["height"], out["width"] = h, w
+        if self.low_image_size:
+            rgb = image if self.image_format == "RGB" else image[:, :, ::-1]
+            out["low_image"] = _low_image(rgb, self.low_image_size)
+
+        segments = [s for s in out["segments_info"] if not s.get("iscrowd", 0)]
+        present = set(np.unique(ids).tolist())
+        missing = [s["id"] for s in out["segments_info"] if s["id"] not in present]
+        if missing:
+            raise DataError(
+                f"{where}: segments {missing} of segments_info do not occur in "
+                f"{out['pan_seg_file_name']}"
+            )
+
+        image_t = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        ids_t = torch.from_numpy(ids)[None]
+        if self.augmentation is not None:
+            image_t, ids_t = self.augmentation(tv_tensors.Image(image_t), tv_tensors.Mask(ids_t))
+            image_t, ids_t = image_t.as_subclass(torch.Tensor), ids_t.as_subclass(torch.Tensor)
+        out["image"] = image_t.contiguous()
+
+        seg_ids = torch.tensor([s["id"] for s in segments], dtype=torch.int64)
+        masks = ids_t[0][None] == seg_ids[:, None, None]  # N' x H x W
+        visible = masks.flatten(1).any(1).tolist() if len(segments) else []
+        segments = [s for s, v in zip(segments, visible, strict=True) if v]
+        masks = masks[torch.tensor(visible, dtype=torch.bool)] if len(visible) else masks
+        out["instances"] = _instances(segments, masks, tuple(ids_t.shape[-2:]))
+
+        record = out.pop("instaorder")
+        out.pop("pan_seg_file_name")
+        check_instaorder_panoptic_record(record, {s["id"] for s in out["segments_info"]}, where)
+        instance_of_segment = {p: k for k, p in enumerate(record["pan_instance_ids"]) if p != -1}
+        tgt_pan_idx, rows = [], []
+        for position, seg in enumerate(segments):
+            if seg.get("isthing") and seg["id"] in instance_of_segment:
+                tgt_pan_idx.append(position)
+                rows.append(instance_of_segment[seg["id"]])
+        matrices = build_order_matrices(
+            record, rm_bidirec=self.rm_bidirec, rm_overlap=self.rm_overlap, where=where
+        )
+        matrices = reindex_matrices(matrices, rows)
+        out["tgt_pan_idx"] = torch.tensor(tgt_pan_idx, dtype=torch.int64)
+        for key in self.matrices:
+            out[f"{key}_matrix"] = torch.from_numpy(matrices[key])
+        return out
+
+
+def _instances(segments: list[dict], masks: torch.Tensor, size: tuple[int, int]) -> Instances:
+    """Instances of N segments from their bool masks Tensor[N, H, W]."""
+    classes = torch.tensor([s["category_id"] for s in segments], dtype=torch.int64)
+    boxes = torch.zeros((len(segments), 4), dtype=torch.float32)
+    if len(segments):
+        rows_any, cols_any = masks.any(2), masks.any(1)  # N x H, N x W
+        ar_h = torch.arange(size[0])
+        ar_w = torch.arange(size[1])
+        big = max(size) + 1
+        boxes[:, 0] = torch.where(cols_any, ar_w, big).amin(1)
+        boxes[:, 1] = torch.where(rows_any, ar_h, big).amin(1)
+        boxes[:, 2] = torch.where(cols_any, ar_w, -1).amax(1) + 1
+        boxes[:, 3] = torch.where(rows_any, ar_h, -1).amax(1) + 1
+    return Instances(size, gt_classes=classes, gt_masks=masks.reshape(-1, *size), gt_boxes=boxes)
+
+
+def _low_image(rgb: np.ndarray, size: int) -> torch.Tensor:
+    """uint8 array[H, W, 3] RGB -> float32 Tensor[3, size, size], ImageNet-normalised."""
+    x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float() / 255.0
+    x = F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False)[0]
+    mean = torch.tensor(_IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(_IMAGENET_STD).view(3, 1, 1)
+    return (x - mean) / std

@@ -1,0 +1,403 @@
+"""A synthetic twin of InstaOrder Panoptic: layered shapes with known depth, in the real formats.
+
+Each image shows a sky and a grass region (two stuff classes) and 2-``max_objects`` things from
+four COCO classes, each drawn as its own shape and colour: person (tall ellipse), car (wide
+rectangle), sports ball (disc), kite (triangle). A thing at distance ``z`` (1-4) stands on the
+grass with its base lower in the image and its size larger the closer it is, and things are
+painted far to near, so:
+
+* occlusion is read off the rendering: ``i`` occludes ``j`` when some pixel of ``j``'s shape
+  shows ``i`` (painted later, i.e. closer);
+* depth order compares ``z``; about one image in four has two things at exactly the same ``z``
+  (an "=" label); every thing has a depth extent ``[z, z + thickness(class)]`` and a pair's
+  ``overlap`` flag says whether the two extents intersect;
+* some images also hold a crowd segment (a band of small people at the horizon, ``iscrowd`` 1,
+  not annotated), listed at a random position of ``segments_info``.
+
+Under ``root`` the generator writes the layout of ``datasets/README.md``: ``coco/{split}2017``
+JPEGs, ``coco/panoptic_{split}2017`` PNGs and in ``coco/annotations/`` the files
+``panoptic_``, ``instances_``, ``InstaOrder_`` and ``InstaOrderPanoptic_{split}2017.json``.
+Everything is a deterministic function of the arguments.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import cv2
+import numpy as np
+from PIL import Image
+from pycocotools import mask as mask_utils
+
+from instaformer.data.datasets import register_instaorder, register_instaorder_panoptic
+from mask2former.data.coco_categories import COCO_CATEGORIES
+
+__all__ = ["SYNTHETIC_THING_CLASSES", "make_synthetic_dataset", "register_synthetic_instaorder"]
+
+# COCO id -> (shape, RGB colour, size factor, depth thickness)
+SYNTHETIC_THING_CLASSES: dict[int, tuple[str, tuple[int, int, int], float, float]] = {
+    1: ("ellipse", (220, 40, 60), 0.45, 0.3),  # person
+    3: ("rectangle", (20, 40, 200), 0.45, 1.0),  # car
+    37: ("disc", (250, 200, 30), 0.22, 0.2),  # sports ball
+    38: ("triangle", (150, 40, 220), 0.35, 0.4),  # kite
+}
+_SKY, _GRASS, _PERSON = 187, 193, 1
+_STUFF_COLOURS = {_SKY: (120, 170, 230), _GRASS: (60, 150, 60)}
+_HORIZON = 0.35  # horizon height as a fraction of the image height
+_Z_RANGE = (1.0, 4.0)
+_TIE_PROB = 0.25
+_CROWD_PROB = 0.25
+_MAX_TRIES = 100
+
+
+@dataclass
+class _Thing:
+    category_id: int
+    z: float
+    mask: np.ndarray  # amodal (full shape) bool[H, W]
+    label: int = 0  # index in the label map
+    occludes: set[int] = field(default_factory=set)  # labels of things it hides part of
+
+
+def _draw(shape: str, h: int, w: int, cx: float, bottom: float, size: float) -> np.ndarray:
+    canvas = np.zeros((h, w), dtype=np.uint8)
+    if shape == "ellipse":
+        axes = (max(1, round(size * 0.2)), max(1, round(size * 0.5)))
+        cv2.ellipse(canvas, (round(cx), round(bottom - axes[1])), axes, 0, 0, 360, 1, -1)
+    elif shape == "rectangle":
+        half_w, height = round(size * 0.5), max(1, round(size * 0.45))
+        cv2.rectangle(
+            canvas,
+            (round(cx) - half_w, round(bottom) - height),
+            (round(cx) + half_w, round(bottom)),
+            1,
+            -1,
+        )
+    elif shape == "disc":
+        r = max(1, round(size * 0.5))
+        cv2.circle(canvas, (round(cx), round(bottom) - r), r, 1, -1)
+    else:
+        half = size * 0.5
+        pts = np.array([[cx - half, bottom], [cx + half, bottom], [cx, bottom - size]])
+        cv2.fillPoly(canvas, [np.round(pts).astype(np.int32)], 1)
+    return canvas.astype(bool)
+
+
+def _scene(rng: np.random.Generator, h: int, w: int, max_objects: int) -> dict[str, Any] | None:
+    """One attempt at a scene; None when a thing is (almost) invisible or an occlusion is a
+    sliver (ambiguous labels)."""
+    horizon = round(h * _HORIZON)
+    labels = np.zeros((h, w), dtype=np.int32)  # 0 sky, 1 grass, 2 crowd, 3.. things
+    labels[horizon:] = 1
+    crowd = None
+    if rng.random() < _CROWD_PROB:
+        crowd = np.zeros((h, w), dtype=bool)
+        for cx in rng.uniform(0, w, size=int(rng.integers(3, 7))):
+            crowd |= _draw("ellipse", h, w, cx, horizon + 0.06 * h, 0.12 * h)
+        labels[crowd] = 2
+    categories = list(SYNTHETIC_THING_CLASSES)
+    things: list[_Thing] = []
+    for _ in range(int(rng.integers(2, max_objects + 1))):
+        cat = categories[int(rng.integers(len(categories)))]
+        if things and rng.random() < _TIE_PROB:
+            z = things[int(rng.integers(len(things)))].z
+        else:
+            z = float(np.round(rng.uniform(*_Z_RANGE), 3))
+        shape, _, size_factor, _ = SYNTHETIC_THING_CLASSES[cat]
+        bottom = horizon + (h - 2 - horizon) * (_Z_RANGE[0] / z)
+        mask = _draw(shape, h, w, rng.uniform(0.05 * w, 0.95 * w), bottom, size_factor * h / z)
+        things.append(_Thing(cat, z, mask))
+    # Paint far to near; ties keep creation order.
+    for k, thing in sorted(enumerate(things), key=lambda t: (-t[1].z, t[0])):
+        thing.label = 3 + k
+        labels[thing.mask] = thing.label
+    min_area = max(12, round(0.002 * h * w))
+    min_hidden = max(4, round(0.0005 * h * w))
+    for thing in things:
+        if (labels == thing.label).sum() < min_area:
+            return None
+    if crowd is not None and (labels == 2).sum() < min_area:
+        return None
+    for j in things:
+        shown, counts = np.unique(labels[j.mask], return_counts=True)
+        for label, n in zip(shown.tolist(), counts.tolist(), strict=True):
+            if label >= 3 and label != j.label:
+                if n < min_hidden:
+                    return None
+                things[label - 3].occludes.add(j.label)
+    return {"labels": labels, "things": things, "crowd": crowd is not None}
+
+
+def _render(rng: np.random.Generator, labels: np.ndarray, things: list[_Thing]) -> np.ndarray:
+    h, w = labels.shape
+    colours = np.zeros((3 + len(things), 3), dtype=np.float32)
+    colours[0], colours[1] = _STUFF_COLOURS[_SKY], _STUFF_COLOURS[_GRASS]
+    colours[2] = SYNTHETIC_THING_CLASSES[_PERSON][1]
+    for thing in things:
+        jitter = rng.uniform(-20, 20, size=3)
+        colours[thing.label] = np.asarray(SYNTHETIC_THING_CLASSES[thing.category_id][1]) + jitter
+    image = colours[labels] + rng.normal(0, 6, size=(h, w, 3))
+    # Shading: darker towards the bottom of each thing's box gives the shapes some texture.
+    image *= (1.0 - 0.15 * (np.arange(h) / h))[:, None, None]
+    return np.clip(np.round(image), 0, 255).astype(np.uint8)
+
+
+def _bbox(mask: np.ndarray) -> list[int]:
+    ys, xs = np.nonzero(mask)
+    return [
+        int(xs.min()),
+        int(ys.min()),
+        int(xs.max() - xs.min() + 1),
+        int(ys.max() - ys.min() + 1),
+    ]
+
+
+def _rle(mask: np.ndarray, compressed: bool) -> dict[str, Any]:
+    if compressed:
+        rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+        return {"size": rle["size"], "counts": rle["counts"].decode("ascii")}
+    flat = mask.astype(np.uint8).flatten(order="F")
+    changes = np.flatnonzero(np.diff(flat)) + 1
+    bounds = np.concatenate([[0], changes, [flat.size]])
+    counts = np.diff(bounds).tolist()
+    if flat[0] == 1:
+        counts = [0, *counts]
+    return {"size": list(mask.shape), "counts": counts}
+
+
+def _write_split(
+    root: str,
+    split: str,
+    num_images: int,
+    size: tuple[int, int],
+    rng: np.random.Generator,
+    first_image_id: int,
+    max_objects: int,
+) -> list[dict[str, Any]]:
+    coco = os.path.join(root, "coco")
+    image_dir = os.path.join(coco, f"{split}2017")
+    png_dir = os.path.join(coco, f"panoptic_{split}2017")
+    ann_dir = os.path.join(coco, "annotations")
+    for d in (image_dir, png_dir, ann_dir):
+        os.makedirs(d, exist_ok=True)
+    h, w = size
+    images, pan_anns, inst_anns, orders, truth = [], [], [], [], []
+    next_instance_id = first_image_id * 100
+    for n in range(num_images):
+        image_id = first_image_id + n
+        for _ in range(_MAX_TRIES):
+            scene = _scene(rng, h, w, max_objects)
+            if scene is not None:
+                break
+        else:
+            raise RuntimeError(f"could not place the objects of image {image_id} in {w}x{h}")
+        labels, things = scene["labels"], scene["things"]
+        stem = f"{image_id:012d}"
+        Image.fromarray(_render(rng, labels, things)).save(
+            os.path.join(image_dir, stem + ".jpg"), quality=95
+        )
+        images.append({"id": image_id, "file_name": stem + ".jpg", "height": h, "width": w})
+
+        # Segments: (label in the map, category, iscrowd); ids random and distinct.
+        entries = [(0, _SKY, 0), (1, _GRASS, 0)]
+        if scene["crowd"]:
+            entries.append((2, _PERSON, 1))
+        entries += [(t.label, t.category_id, 0) for t in things]
+        seg_ids = rng.choice(np.arange(1, 256**3), size=len(entries), replace=False).tolist()
+        id_map = np.zeros((h, w), dtype=np.int64)
+        segment_of_label, segments = {}, []
+        for (label, cat, crowd), seg_id in zip(entries, seg_ids, strict=True):
+            mask = labels == label
+            id_map[mask] = seg_id
+            segment_of_label[label] = seg_id
+            segments.append(
+                {
+                    "id": int(seg_id),
+                    "category_id": cat,
+                    "iscrowd": crowd,
+                    "bbox": _bbox(mask),
+                    "area": int(mask.sum()),
+                }
+            )
+        order = rng.permutation(len(segments)).tolist()
+        segments = [segments[i] for i in order]
+        png = np.stack([id_map % 256, id_map // 256 % 256, id_map // 65536], -1).astype(np.uint8)
+        Image.fromarray(png).save(os.path.join(png_dir, stem + ".png"))
+
+        # COCO instances: every thing (modal masks) and the crowd.
+        instance_of_label = {}
+        for label, cat, crowd in entries[2:]:
+            mask = labels == label
+            inst_anns.append(
+                {
+                    "id": next_instance_id,
+                    "image_id": image_id,
+                    "category_id": cat,
+                    "segmentation": _rle(mask, compressed=not crowd),
+                    "area": int(mask.sum()),
+                    "bbox": [float(v) for v in _bbox(mask)],
+                    "iscrowd": crowd,
+                }
+            )
+            instance_of_label[label] = next_instance_id
+            next_instance_id += 1
+
+        # InstaOrder record over the things, in a random order.
+        perm = rng.permutation(len(things)).tolist()
+        annotated = [things[i] for i in perm]
+        occlusion, depth = [], []
+        for a in range(len(annotated)):
+            for b in range(a + 1, len(annotated)):
+                ta, tb = annotated[a], annotated[b]
+                if tb.label in ta.occludes:
+                    occlusion.append({"order": f"{a}<{b}", "count": int(rng.integers(2, 4))})
+                if ta.label in tb.occludes:
+                    occlusion.append({"order": f"{b}<{a}", "count": int(rng.integers(2, 4))})
+                if ta.z == tb.z:
+                    text = f"{a}={b}" if rng.random() < 0.5 else f"{b}={a}"
+                else:
+                    text = f"{a}<{b}" if ta.z < tb.z else f"{b}<{a}"
+                thick_a = SYNTHETIC_THING_CLASSES[ta.category_id][3]
+                thick_b = SYNTHETIC_THING_CLASSES[tb.category_id][3]
+                overlap = ta.z < tb.z + thick_b and tb.z < ta.z + thick_a
+                depth.append(
+                    {"order": text, "count": int(rng.integers(2, 4)), "overlap": bool(overlap)}
+                )
+        record = {
+            "instance_ids": [instance_of_label[t.label] for t in annotated],
+            "occlusion": occlusion,
+            "depth": depth,
+        }
+        orders.append({"image_id": image_id, **record})
+        pan_anns.append(
+            {
+                "file_name": stem + ".png",
+                "image_id": image_id,
+                "segments_info": segments,
+                "instaorder": {
+                    **record,
+                    "pan_instance_ids": [segment_of_label[t.label] for t in annotated],
+                },
+            }
+        )
+        by_label = {t.label: t for t in things}
+        truth.append(
+            {
+                "image_id": image_id,
+                "segments": [
+                    {
+                        "id": s["id"],
+                        "iscrowd": s["iscrowd"],
+                        "category_id": s["category_id"],
+                        **_thing_truth(by_label, segment_of_label, s["id"]),
+                    }
+                    for s in segments
+                ],
+            }
+        )
+    panoptic = {
+        "info": {"description": "synthetic twin of InstaOrder Panoptic"},
+        "licenses": [],
+        "categories": COCO_CATEGORIES,
+        "images": images,
+    }
+    _dump(
+        os.path.join(ann_dir, f"panoptic_{split}2017.json"),
+        {**panoptic, "annotations": [_without_instaorder(a) for a in pan_anns]},
+    )
+    _dump(
+        os.path.join(ann_dir, f"InstaOrderPanoptic_{split}2017.json"),
+        {**panoptic, "annotations": pan_anns},
+        indent=4,
+    )
+    things_categories = [
+        {"id": c["id"], "name": c["name"], "supercategory": c["name"]}
+        for c in COCO_CATEGORIES
+        if c["isthing"]
+    ]
+    _dump(
+        os.path.join(ann_dir, f"instances_{split}2017.json"),
+        {
+            "info": panoptic["info"],
+            "licenses": [],
+            "images": images,
+            "annotations": inst_anns,
+            "categories": things_categories,
+        },
+    )
+    _dump(os.path.join(ann_dir, f"InstaOrder_{split}2017.json"), {"annotations": orders})
+    return truth
+
+
+def _thing_truth(
+    by_label: dict[int, _Thing], segment_of_label: dict[int, int], seg_id: int
+) -> dict:
+    label = next(k for k, v in segment_of_label.items() if v == seg_id)
+    if label not in by_label:
+        return {"z": None, "thickness": None, "occludes": []}
+    thing = by_label[label]
+    return {
+        "z": thing.z,
+        "thickness": SYNTHETIC_THING_CLASSES[thing.category_id][3],
+        "occludes": sorted(segment_of_label[k] for k in thing.occludes),
+    }
+
+
+def _without_instaorder(ann: dict) -> dict:
+    return {k: v for k, v in ann.items() if k != "instaorder"}
+
+
+def _dump(path: str, data: Any, indent: int | None = None) -> None:
+    with open(path, "w") as f:
+        json.dump(data, f, indent=indent)
+
+
+def make_synthetic_dataset(
+    root: str,
+    num_train: int = 200,
+    num_val: int = 50,
+    image_size: int | tuple[int, int] = 128,
+    seed: int = 0,
+    *,
+    max_objects: int = 5,
+) -> dict[str, list[dict[str, Any]]]:
+    """Render and write the synthetic twin under ``root`` (see the module docstring).
+
+    Args:
+        num_train, num_val: images per split (a split with 0 images is not written).
+        image_size: side, or (height, width), in pixels.
+        seed: the output is a deterministic function of all arguments.
+        max_objects: at most this many things per image (at least 2).
+    Returns:
+        ``{"train": [...], "val": [...]}``, the ground truth per image: ``image_id`` and
+        ``segments`` in ``segments_info`` order, each ``{id, iscrowd, category_id, z,
+        thickness, occludes}`` (``z`` None for stuff and crowd; ``occludes`` = segment ids of the
+        things it hides part of).
+    """
+    if max_objects < 2:
+        raise ValueError(f"max_objects must be >= 2, got {max_objects}")
+    size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    if min(size) < 32:
+        raise ValueError(f"image_size must be at least 32 pixels, got {image_size}")
+    rng = np.random.default_rng(seed)
+    truth = {}
+    for split, count, first_id in (("train", num_train, 1), ("val", num_val, 900_001)):
+        if count > 0:
+            truth[split] = _write_split(root, split, count, size, rng, first_id, max_objects)
+    return truth
+
+
+def register_synthetic_instaorder(root: str) -> None:
+    """Register ``synthetic_instaorder_{train,val}`` (InstaOrder Panoptic, InstaFormer) and
+    ``synthetic_instaorder_{train,val}_instances`` (InstaOrder + COCO instances, InstaOrderNet)
+    for the twin written under ``root``; earlier registrations of these names are replaced."""
+    for split in ("train", "val"):
+        register_instaorder_panoptic(
+            f"synthetic_instaorder_{split}", split=split, root=root, replace=True
+        )
+        register_instaorder(
+            f"synthetic_instaorder_{split}_instances", split=split, root=root, replace=True
+        )

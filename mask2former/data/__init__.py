@@ -1,0 +1,1 @@
+"""Dataset catalog, COCO panoptic categories and the detection-style data loaders."""

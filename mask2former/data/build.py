@@ -1,0 +1,252 @@
+"""Data loaders for training (infinite, batched, distributed) and inference (one image per step).
+
+A loader maps registered dataset dicts through a dataset mapper (``mapper(dict) -> dict``) and
+collates a batch as a plain ``list[dict]``; images of different sizes are padded by the model.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import logging
+import random
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from mask2former.data.catalog import DatasetCatalog
+from mask2former.data.samplers import (
+    AspectRatioGroupedBatchSampler,
+    InferenceSampler,
+    TrainingSampler,
+)
+from mask2former.utils import comm
+
+__all__ = [
+    "MapDataset",
+    "build_batch_data_loader",
+    "build_detection_test_loader",
+    "build_detection_train_loader",
+    "get_detection_dataset_dicts",
+    "shared_seed",
+    "trivial_batch_collator",
+    "worker_init_fn",
+]
+
+logger = logging.getLogger(__name__)
+
+
+def get_detection_dataset_dicts(
+    names: str | Sequence[str], *, filter_empty: bool = False
+) -> list[dict]:
+    """Concatenate the dataset dicts of the registered datasets ``names``.
+
+    With ``filter_empty``, dicts that carry an ``annotations`` list and have no non-crowd
+    annotation are dropped (InstaOrder Panoptic dicts have no ``annotations`` key and are kept).
+    """
+    if isinstance(names, str):
+        names = [names]
+    if not names:
+        raise ValueError("no dataset names given (DATASETS.TRAIN / DATASETS.TEST is empty)")
+    dicts: list[dict] = []
+    for name in names:
+        part = DatasetCatalog.get(name)
+        if not part:
+            raise ValueError(f"dataset '{name}' is empty")
+        dicts.extend(part)
+    if filter_empty:
+        before = len(dicts)
+        dicts = [d for d in dicts if not _has_no_instance(d)]
+        if len(dicts) < before:
+            logger.info("Removed %d images without non-crowd annotations", before - len(dicts))
+    return dicts
+
+
+def _has_no_instance(record: dict) -> bool:
+    anns = record.get("annotations")
+    return anns is not None and not any(a.get("iscrowd", 0) == 0 for a in anns)
+
+
+class MapDataset(Dataset):
+    """``dataset[i] = mapper(deep copy of dicts[i])``."""
+
+    def __init__(self, dicts: Sequence[dict], mapper: Callable[[dict], Any]) -> None:
+        self._dicts = dicts
+        self._mapper = mapper
+
+    def __len__(self) -> int:
+        return len(self._dicts)
+
+    def __getitem__(self, index: int) -> Any:
+        return self._mapper(copy.deepcopy(self._dicts[index]))
+
+
+def trivial_batch_collator(batch: list[Any]) -> list[Any]:
+    """Keep a batch as the list of mapped dicts."""
+    return batch
+
+
+def worker_init_fn(worker_id: int) -> None:
+    """Seed ``random`` and ``numpy`` of a worker from torch's per-worker seed.
+
+    The DataLoader seeds torch in each worker with ``base_seed + worker_id``, and ``base_seed``
+    comes from the loader's seeded generator, so every worker's augmentations are reproducible
+    and differ between workers and ranks.
+    """
+    seed = torch.initial_seed() % 2**32
+    random.seed(seed)
+    np.random.seed(seed)
+
+
+def shared_seed(seed: int) -> int:
+    """``seed`` when >= 0, else one random seed drawn on rank 0 and shared by every rank."""
+    if seed >= 0:
+        return seed
+    drawn = int(np.random.SeedSequence().generate_state(1)[0] % 2**31)
+    return comm.all_gather(drawn)[0]
+
+
+def _group_ids(dicts: Sequence[dict]) -> list[int]:
+    """0 for landscape (width >= height), 1 for portrait; needs ``height``/``width`` in dicts."""
+    ids = []
+    for d in dicts:
+        if "height" not in d or "width" not in d:
+            raise KeyError(
+                f"aspect-ratio grouping needs 'height' and 'width' in every dataset dict; "
+                f"{d.get('file_name', d.get('image_id'))} has neither. "
+                "Set DATALOADER.ASPECT_RATIO_GROUPING False or add them in the loader."
+            )
+        ids.append(0 if d["width"] >= d["height"] else 1)
+    return ids
+
+
+def build_batch_data_loader(
+    dataset: Dataset,
+    sampler: TrainingSampler,
+    *,
+    batch_size: int,
+    group_ids: Sequence[int] | None,
+    num_workers: int,
+    seed: int,
+    start_iter: int = 0,
+) -> Iterator[list[Any]]:
+    """An infinite iterator of batches (``list`` of mapped dicts) for one rank.
+
+    Args:
+        batch_size: images per batch on this rank.
+        group_ids: per-index orientation group for aspect-ratio grouping, or None.
+        seed: seeds the workers' random generators (shared seed + rank).
+        start_iter: number of batches already consumed (resuming); they are skipped without
+            loading any image.
+    """
+    if group_ids is not None:
+        batch_sampler = AspectRatioGroupedBatchSampler(sampler, group_ids, batch_size)
+        batches: Any = itertools.islice(iter(batch_sampler), start_iter, None)
+    else:
+        batches = _chunks(iter(sampler), batch_size)
+    generator = torch.Generator()
+    generator.manual_seed(seed + comm.get_rank() * 7919 + start_iter)
+    loader = DataLoader(
+        dataset,
+        batch_sampler=_IterBatches(batches),
+        num_workers=num_workers,
+        collate_fn=trivial_batch_collator,
+        worker_init_fn=worker_init_fn,
+        generator=generator,
+        persistent_workers=False,
+    )
+    return iter(loader)
+
+
+def _chunks(indices: Iterator[int], size: int) -> Iterator[list[int]]:
+    while True:
+        yield list(itertools.islice(indices, size))
+
+
+class _IterBatches:
+    """Wrap an (infinite) iterator of index lists as a ``batch_sampler``."""
+
+    def __init__(self, batches: Iterator[list[int]]) -> None:
+        self._batches = batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return self._batches
+
+
+def build_detection_train_loader(
+    cfg: Any,
+    *,
+    mapper: Callable[[dict], Any],
+    dataset: Sequence[dict] | None = None,
+    start_iter: int = 0,
+) -> Iterator[list[Any]]:
+    """Infinite training batches for this rank.
+
+    Reads ``DATASETS.TRAIN``, ``DATALOADER.{NUM_WORKERS, ASPECT_RATIO_GROUPING,
+    FILTER_EMPTY_ANNOTATIONS}``, ``SOLVER.IMS_PER_BATCH`` (total over ranks) and ``SEED``.
+
+    Args:
+        mapper: dataset dict -> model input dict (e.g. the ``instaorder_panoptic`` mapper).
+        dataset: dataset dicts to use instead of ``DATASETS.TRAIN``.
+        start_iter: iteration to resume from; the batches of iterations ``< start_iter`` are
+            skipped, so a resumed run with the same ``SEED`` sees the same data order (a negative
+            ``SEED`` draws a fresh one and cannot be resumed identically).
+    Returns:
+        iterator of ``list[dict]`` batches of ``SOLVER.IMS_PER_BATCH / world_size`` mapped dicts.
+    """
+    world_size = comm.get_world_size()
+    total = cfg.SOLVER.IMS_PER_BATCH
+    if total % world_size != 0:
+        raise ValueError(
+            f"SOLVER.IMS_PER_BATCH ({total}) must be divisible by the number of processes "
+            f"({world_size})"
+        )
+    if dataset is None:
+        dataset = get_detection_dataset_dicts(
+            cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS
+        )
+    seed = shared_seed(cfg.SEED)
+    batch_size = total // world_size
+    grouping = cfg.DATALOADER.ASPECT_RATIO_GROUPING
+    group_ids = _group_ids(dataset) if grouping else None
+    # Without grouping the sampler skips the consumed indices itself (O(1)); with grouping the
+    # batch sampler replays the index stream, which is cheap (no image is loaded).
+    start = 0 if grouping else start_iter * batch_size
+    sampler = TrainingSampler(len(dataset), shuffle=True, seed=seed, start=start)
+    return build_batch_data_loader(
+        MapDataset(dataset, mapper),
+        sampler,
+        batch_size=batch_size,
+        group_ids=group_ids,
+        num_workers=cfg.DATALOADER.NUM_WORKERS,
+        seed=seed,
+        start_iter=start_iter,
+    )
+
+
+def build_detection_test_loader(
+    cfg: Any,
+    dataset_name: str | Sequence[str],
+    *,
+    mapper: Callable[[dict], Any],
+    dataset: Sequence[dict] | None = None,
+) -> DataLoader:
+    """Loader over one pass of ``dataset_name`` sharded over ranks, one image per batch.
+
+    Returns:
+        DataLoader yielding ``list`` of one mapped dict; rank ``r`` sees a contiguous block of
+        the dataset (see :class:`InferenceSampler`), all ranks together see each image once.
+    """
+    if dataset is None:
+        dataset = get_detection_dataset_dicts(dataset_name, filter_empty=False)
+    return DataLoader(
+        MapDataset(dataset, mapper),
+        batch_size=1,
+        sampler=InferenceSampler(len(dataset)),
+        num_workers=cfg.DATALOADER.NUM_WORKERS,
+        collate_fn=trivial_batch_collator,
+        worker_init_fn=worker_init_fn,
+    )
