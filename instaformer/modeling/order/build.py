@@ -1,0 +1,109 @@
+"""Builders of the order heads from ``MODEL.GEOMETRIC_PREDICTOR.*`` (spec INSTAFORMER.md §5.1).
+
+``build_order_head(cfg)`` looks ``NAME`` up in ``ORDER_HEAD_REGISTRY``; ``NAME = ""`` means no
+order head. Registered entries: ``"GeometricTransformer"`` (holistic) and ``"PairwiseResNet"``
+(InstaOrderNet). Option values the re-implementation does not support are refused here with the
+offending key, so a config never silently runs something else than it says.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+from torch import nn
+
+from instaformer.instaordernet.network import InstaOrderNet, load_instaordernet_checkpoint
+from instaformer.modeling.order.geometric_transformer import GeometricTransformer
+from instaformer.modeling.order.pairwise import PairwiseResNet
+from instaformer.modeling.registry import ORDER_HEAD_REGISTRY
+
+__all__ = ["TASKS", "build_order_head", "order_tasks"]
+
+# GEOMETRIC_PREDICTOR.TASK -> order tasks, in the released order.
+TASKS: dict[str, tuple[str, ...]] = {
+    "o": ("occlusion",),
+    "d": ("depth",),
+    "od": ("occlusion", "depth"),
+}
+# Released file name of the InstaOrderNet weights inside INSTAORDERNET_WEIGHTS_PATH.
+INSTAORDERNET_FILE = "InstaOrder_InstaOrderNet_{task}.pth.tar"
+
+
+def order_tasks(cfg) -> tuple[str, ...]:  # noqa: ANN001 (fvcore CfgNode)
+    """The order tasks of ``cfg`` (``MODEL.GEOMETRIC_PREDICTOR.TASK``)."""
+    task = cfg.MODEL.GEOMETRIC_PREDICTOR.TASK
+    if task not in TASKS:
+        raise ValueError(
+            f"MODEL.GEOMETRIC_PREDICTOR.TASK must be one of {sorted(TASKS)} when NAME is set, "
+            f"got {task!r}"
+        )
+    return TASKS[task]
+
+
+def build_order_head(cfg) -> nn.Module | None:  # noqa: ANN001
+    """The order head named by ``MODEL.GEOMETRIC_PREDICTOR.NAME``, or None when NAME is ""."""
+    name = cfg.MODEL.GEOMETRIC_PREDICTOR.NAME
+    if not name:
+        return None
+    return ORDER_HEAD_REGISTRY.get(name)(cfg)
+
+
+def _register(name: str) -> Callable:
+    """Register a builder ``fn(cfg) -> nn.Module`` under ``name`` (the head's class name)."""
+
+    def decorator(fn: Callable) -> Callable:
+        fn.__name__ = name  # fvcore registers by __name__
+        ORDER_HEAD_REGISTRY.register(fn)
+        return fn
+
+    return decorator
+
+
+def _require(cfg_node, key: str, supported: object, why: str) -> None:  # noqa: ANN001
+    value = getattr(cfg_node, key)
+    if value != supported:
+        raise ValueError(
+            f"MODEL.GEOMETRIC_PREDICTOR.{key} = {value!r} is not supported (only {supported!r}): "
+            f"{why}"
+        )
+
+
+@_register("GeometricTransformer")
+def build_geometric_transformer(cfg) -> GeometricTransformer:  # noqa: ANN001
+    gp = cfg.MODEL.GEOMETRIC_PREDICTOR
+    _require(gp, "PAIRWISE", False, "the pairwise head is NAME 'PairwiseResNet'.")
+    _require(gp, "METHOD", "stack", "'cat' and 'sep' were never released nor validated.")
+    _require(gp, "FUSE", False, "Gram-matrix scores are symmetric and cannot express direction.")
+    _require(
+        gp,
+        "MASK_NON_MASK_VALUES",
+        True,
+        "the released head always zeroes the attended features outside each mask.",
+    )
+    return GeometricTransformer(
+        tasks=order_tasks(cfg),
+        mask_dim=cfg.MODEL.SEM_SEG_HEAD.MASK_DIM,
+        d_model=gp.D_MODEL,
+        num_heads=gp.NUM_HEADS,
+        num_layers=gp.NUM_LAYERS,
+        mlp_num_layers=gp.MLP_NUM_LAYERS,
+        mlp_expansion=gp.MLP_EXPANSION,
+        attn_before_pool=gp.ATTN_BEFORE_POOL,
+        add_input_representations=gp.ADD_INPUT_REPRESENTATIONS,
+        transpose_queries=gp.TRANSPOSE_QUERIES,
+        chain_task_mlps=gp.CHAIN_TASK_MLPS,
+    )
+
+
+@_register("PairwiseResNet")
+def build_pairwise_resnet(cfg) -> PairwiseResNet:  # noqa: ANN001
+    gp = cfg.MODEL.GEOMETRIC_PREDICTOR
+    _require(gp, "PAIRWISE", True, "NAME 'PairwiseResNet' is the pairwise head.")
+    network = InstaOrderNet(tasks=order_tasks(cfg))
+    if gp.USE_INSTAORDERNET_WEIGHTS and gp.INSTAORDERNET_WEIGHTS_PATH:
+        path = gp.INSTAORDERNET_WEIGHTS_PATH
+        if os.path.isdir(path):
+            path = os.path.join(path, INSTAORDERNET_FILE.format(task=gp.TASK))
+        load_instaordernet_checkpoint(network, path)
+    return PairwiseResNet(network=network, input_size=gp.INPUT_SIZE)
