@@ -1,0 +1,453 @@
+"""Blind inference on user images: ``Predictor`` -> ``OrderResult`` (spec INSTAFORMER.md §3.2).
+
+Shape shorthand: H x W the original image, h x w the image fed to the model (after the test-time
+resize), k the number of *thing* segments of the panoptic output (the rows of the order
+matrices), s the number of stuff segments.
+
+Conventions (spec §0): ``occlusion[i, j] = 1`` means segment i occludes segment j (i is over j),
+0 that it does not; ``depth[i, j]`` is 1 when i is closer to the camera than j, 0 when i is
+farther, 2 for the same depth. Diagonals are -1 (probability diagonals 0). Row/column ``i`` is
+``segments[i]``: the thing segments of the panoptic output, in the model's ``segments_info`` order.
+
+Images are given as a file path, a PIL image, or a NumPy ``uint8`` array ``[H, W, 3]`` in **RGB**
+order (``[H, W]`` grey arrays are accepted); the predictor converts them to the model's
+``INPUT.FORMAT`` itself.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+from torch import nn
+
+from instaformer.config import CfgNode, setup_cfg
+
+__all__ = [
+    "ImageInput",
+    "OrderResult",
+    "Predictor",
+    "Segment",
+    "class_names_from_cfg",
+    "depth_ranking",
+    "load_image",
+]
+
+logger = logging.getLogger(__name__)
+
+ImageInput = str | os.PathLike | np.ndarray | Image.Image
+"""A file path, a PIL image, or an RGB ``uint8`` array ``[H, W, 3]`` (or grey ``[H, W]``)."""
+
+# Depth classes of ``depth_prob[..., c]`` (spec §0).
+DEPTH_FARTHER, DEPTH_CLOSER, DEPTH_EQUAL = 0, 1, 2
+
+
+@dataclass
+class Segment:
+    """One panoptic segment.
+
+    ``bbox`` is ``(x, y, width, height)`` in pixels of the original image (COCO convention),
+    covering the mask; ``mask`` is ``bool[H, W]``; ``category_id`` is contiguous
+    (``0 .. NUM_CLASSES - 1``); ``query_index`` is the model query that produced the segment
+    (``None`` when the model does not report it).
+    """
+
+    id: int
+    category_id: int
+    class_name: str
+    isthing: bool
+    score: float
+    area: int
+    bbox: tuple[int, int, int, int]
+    mask: np.ndarray = field(repr=False)
+    query_index: int | None = None
+
+    def to_dict(self, include_mask: bool = False) -> dict[str, Any]:
+        """JSON-ready fields; ``include_mask`` adds ``"mask"`` as COCO RLE (``counts`` a str)."""
+        out: dict[str, Any] = {
+            "id": self.id,
+            "category_id": self.category_id,
+            "class_name": self.class_name,
+            "isthing": self.isthing,
+            "score": self.score,
+            "area": self.area,
+            "bbox": list(self.bbox),
+            "query_index": self.query_index,
+        }
+        if include_mask:
+            out["mask"] = mask_to_rle(self.mask)
+        return out
+
+
+@dataclass
+class OrderResult:
+    """Panoptic segments and the pairwise orders between the thing segments of one image.
+
+    Attributes:
+        image_size: ``(H, W)`` of the input image.
+        panoptic_seg: ``int32[H, W]`` segment id per pixel, 0 = no segment.
+        segments: the k thing segments; ``segments[i]`` is row/column i of every matrix.
+        stuff_segments: the s stuff segments (no orders).
+        occlusion: ``int64[k, k]``, 1 = row occludes column, 0 = not, diagonal -1; ``None``
+            when the model has no occlusion task.
+        occlusion_prob: ``float32[k, k]`` probability that row occludes column, diagonal 0.
+        depth: ``int64[k, k]``, 1 = row closer than column, 0 = farther, 2 = equal, diagonal -1;
+            ``None`` when the model has no depth task.
+        depth_prob: ``float32[k, k, 3]`` probabilities of (farther, closer, equal), diagonal 0.
+        depth_ranking: indices into ``segments`` from front (closest) to back, a permutation of
+            ``range(k)``; see :func:`depth_ranking`. ``None`` without the depth task.
+    """
+
+    image_size: tuple[int, int]
+    panoptic_seg: np.ndarray = field(repr=False)
+    segments: list[Segment]
+    stuff_segments: list[Segment]
+    occlusion: np.ndarray | None = None
+    occlusion_prob: np.ndarray | None = None
+    depth: np.ndarray | None = None
+    depth_prob: np.ndarray | None = None
+    depth_ranking: list[int] | None = None
+
+    @property
+    def depth_rank(self) -> list[int] | None:
+        """Per segment, its position in :attr:`depth_ranking` (0 = closest)."""
+        if self.depth_ranking is None:
+            return None
+        rank = [0] * len(self.depth_ranking)
+        for position, index in enumerate(self.depth_ranking):
+            rank[index] = position
+        return rank
+
+    def to_dict(self, include_masks: bool = False) -> dict[str, Any]:
+        """JSON-ready dict: segments (without masks unless ``include_masks``: COCO RLE), the
+        matrices as nested lists (``None`` for an absent task) and the depth ranking."""
+        rank = self.depth_rank
+        segments = []
+        for i, seg in enumerate(self.segments):
+            entry = seg.to_dict(include_masks)
+            entry["index"] = i
+            if rank is not None:
+                entry["depth_rank"] = rank[i]
+            segments.append(entry)
+
+        def listed(a: np.ndarray | None) -> list | None:
+            return None if a is None else a.tolist()
+
+        return {
+            "image_size": list(self.image_size),
+            "conventions": {
+                "occlusion": "occlusion[i][j] = 1: segments[i] occludes segments[j]; diagonal -1",
+                "depth": "depth[i][j] = 1: i closer than j, 0: i farther, 2: equal; diagonal -1",
+                "depth_prob": "depth_prob[i][j] = P(farther), P(closer), P(equal)",
+                "depth_ranking": "indices into segments, closest first",
+            },
+            "segments": segments,
+            "stuff_segments": [s.to_dict(include_masks) for s in self.stuff_segments],
+            "occlusion": listed(self.occlusion),
+            "occlusion_prob": listed(self.occlusion_prob),
+            "depth": listed(self.depth),
+            "depth_prob": listed(self.depth_prob),
+            "depth_ranking": self.depth_ranking,
+        }
+
+    def to_json(self, include_masks: bool = False, indent: int | None = None) -> str:
+        """:meth:`to_dict` serialised with :mod:`json`."""
+        return json.dumps(self.to_dict(include_masks), indent=indent)
+
+
+def mask_to_rle(mask: np.ndarray) -> dict[str, Any]:
+    """COCO run-length encoding of a ``bool[H, W]`` mask, ``counts`` decoded to str."""
+    from pycocotools import mask as mask_util
+
+    rle = mask_util.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
+
+
+def depth_ranking(depth_prob: np.ndarray) -> list[int]:
+    """Front-to-back order of k instances from pairwise depth probabilities.
+
+    Each instance i scores its expected number of wins (a Borda count) over both predictions of
+    every pair, which the head makes independently: ``win_i = sum_{j != i} 1/2 (P_ij(closer) +
+    P_ji(farther)) + 1/4 (P_ij(equal) + P_ji(equal))``. Instances are sorted by decreasing score;
+    ties keep index order.
+
+    Args:
+        depth_prob: ``float[k, k, 3]`` probabilities of (farther, closer, equal), row vs column.
+
+    Returns:
+        A permutation of ``range(k)``, closest instance first.
+    """
+    p = np.asarray(depth_prob, dtype=np.float64)
+    k = p.shape[0]
+    if p.shape != (k, k, 3):
+        raise ValueError(f"depth_prob must have shape [k, k, 3]; got {p.shape}")
+    off = 1.0 - np.eye(k)
+    closer = p[..., DEPTH_CLOSER] + p[..., DEPTH_FARTHER].T
+    equal = p[..., DEPTH_EQUAL] + p[..., DEPTH_EQUAL].T
+    wins = ((0.5 * closer + 0.25 * equal) * off).sum(axis=1)
+    return [int(i) for i in np.argsort(-wins, kind="stable")]
+
+
+def load_image(image: ImageInput) -> np.ndarray:
+    """Any :data:`ImageInput` -> ``uint8[H, W, 3]`` RGB (EXIF orientation applied to files).
+
+    Raises:
+        FileNotFoundError: a path that does not exist.
+        ValueError: a file that is not a readable image, or an array of the wrong shape/dtype.
+    """
+    if isinstance(image, (str, os.PathLike)):
+        path = Path(image)
+        if not path.is_file():
+            raise FileNotFoundError(f"image file not found: {path}")
+        try:
+            with Image.open(path) as pil:
+                pil = ImageOps.exif_transpose(pil)
+                return np.asarray(pil.convert("RGB"))
+        except (OSError, SyntaxError, Image.DecompressionBombError) as err:
+            raise ValueError(f"cannot read image {path}: {err}") from err
+    if isinstance(image, Image.Image):
+        return np.asarray(image.convert("RGB"))
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8:
+            raise ValueError(f"image arrays must be uint8 (RGB, 0-255); got dtype {image.dtype}")
+        if image.ndim == 2:
+            return np.repeat(image[:, :, None], 3, axis=2)
+        if image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"image arrays must have shape [H, W, 3] (RGB); got {image.shape}")
+        return np.ascontiguousarray(image)
+    raise TypeError(
+        f"unsupported image input {type(image).__name__}: expected a path, a PIL image or a "
+        "uint8 RGB array [H, W, 3]"
+    )
+
+
+def class_names_from_cfg(cfg: CfgNode) -> list[str]:
+    """Names of the contiguous classes ``0 .. NUM_CLASSES - 1``.
+
+    From the metadata of ``DATASETS.TEST[0]`` when registered with ``stuff_classes``; else the
+    COCO panoptic names when ``NUM_CLASSES`` is 133; else ``"class N"``.
+    """
+    from mask2former.data.catalog import MetadataCatalog
+    from mask2former.data.coco_categories import COCO_CATEGORIES
+
+    num_classes = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
+    if cfg.DATASETS.TEST and cfg.DATASETS.TEST[0] in MetadataCatalog.list():
+        names = MetadataCatalog.get(cfg.DATASETS.TEST[0]).get("stuff_classes")
+        if names is not None and len(names) == num_classes:
+            return list(names)
+    if num_classes == len(COCO_CATEGORIES):
+        return [c["name"] for c in COCO_CATEGORIES]
+    return [f"class {i}" for i in range(num_classes)]
+
+
+def _resolve_device(requested: str) -> torch.device:
+    device = torch.device(requested)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        logger.warning("MODEL.DEVICE is %s but CUDA is not available; running on CPU", requested)
+        return torch.device("cpu")
+    return device
+
+
+def inference_cfg(cfg: CfgNode) -> CfgNode:
+    """A frozen copy of ``cfg`` set up for blind inference (spec §3.2).
+
+    Turns order evaluation off (``TEST.OCCLUSION_EVALUATION/DEPTH_EVALUATION``), panoptic
+    inference on, and resolves ``MODEL.DEVICE`` (CPU when CUDA is missing).
+    """
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.TEST.OCCLUSION_EVALUATION = False
+    cfg.TEST.DEPTH_EVALUATION = False
+    cfg.MODEL.MASK_FORMER.TEST.PANOPTIC_ON = True
+    cfg.MODEL.DEVICE = str(_resolve_device(cfg.MODEL.DEVICE))
+    cfg.freeze()
+    return cfg
+
+
+class Predictor:
+    """Image(s) in, :class:`OrderResult` out, with a model in eval mode.
+
+    The image is resized so that its short side is ``INPUT.MIN_SIZE_TEST`` (long side at most
+    ``INPUT.MAX_SIZE_TEST``; 0 keeps the size), as the reference demo does; results are given at
+    the original size.
+
+    Args:
+        cfg: full config (``instaformer.config.get_cfg()`` + file + overrides). It is copied and
+            adjusted with :func:`inference_cfg`; the evaluation flags need not be set by hand.
+        model: an already built model following the same output contract (tests, export);
+            default: ``build_model(cfg)`` with ``MODEL.WEIGHTS`` loaded.
+    """
+
+    def __init__(self, cfg: CfgNode, *, model: nn.Module | None = None) -> None:
+        self.cfg = inference_cfg(cfg)
+        self.device = torch.device(self.cfg.MODEL.DEVICE)
+        if model is None:
+            model = _build_and_load(self.cfg)
+        self.model = model.to(self.device).eval()
+        self.input_format = self.cfg.INPUT.FORMAT
+        if self.input_format not in ("RGB", "BGR"):
+            raise ValueError(f"INPUT.FORMAT must be 'RGB' or 'BGR'; got {self.input_format!r}")
+        self.class_names = class_names_from_cfg(self.cfg)
+        gp = self.cfg.MODEL.GEOMETRIC_PREDICTOR
+        self.tasks = tuple(
+            t for t, on in (("occlusion", gp.OCCLUSION_ON), ("depth", gp.DEPTH_ON)) if on
+        )
+
+    @classmethod
+    def from_config_file(
+        cls,
+        config_file: str | os.PathLike,
+        weights: str | None = None,
+        opts: Sequence[str] | None = None,
+    ) -> Predictor:
+        """Build from a yaml file; ``weights`` overrides ``MODEL.WEIGHTS``, ``opts`` are
+        ``KEY VALUE`` overrides applied last."""
+        overrides = list(opts or [])
+        if weights is not None:
+            overrides += ["MODEL.WEIGHTS", str(weights)]
+        return cls(setup_cfg(str(config_file), overrides))
+
+    def preprocess(self, image: np.ndarray) -> dict[str, Any]:
+        """RGB ``uint8[H, W, 3]`` -> the model's input dict (resized, in ``INPUT.FORMAT``)."""
+        height, width = image.shape[:2]
+        new_h, new_w = _test_size(
+            height, width, self.cfg.INPUT.MIN_SIZE_TEST, self.cfg.INPUT.MAX_SIZE_TEST
+        )
+        if (new_h, new_w) != (height, width):
+            image = np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.BILINEAR))
+        if self.input_format == "BGR":
+            image = image[:, :, ::-1]
+        tensor = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        return {"image": tensor.to(self.device), "height": height, "width": width}
+
+    @torch.inference_mode()
+    def __call__(
+        self, images: ImageInput | Sequence[ImageInput], batch_size: int = 1
+    ) -> OrderResult | list[OrderResult]:
+        """Predict one image (returns an :class:`OrderResult`) or a list (returns a list).
+
+        ``batch_size`` images of a list go through the model together.
+        """
+        single = not isinstance(images, (list, tuple))
+        items = [images] if single else list(images)
+        results: list[OrderResult] = []
+        for start in range(0, len(items), batch_size):
+            arrays = [load_image(x) for x in items[start : start + batch_size]]
+            outputs = self.model([self.preprocess(a) for a in arrays])
+            results += [self.postprocess(o) for o in outputs]
+        return results[0] if single else results
+
+    def postprocess(self, output: dict[str, Any]) -> OrderResult:
+        """One output dict of the model (blind-inference contract) -> :class:`OrderResult`."""
+        return result_from_output(output, self.class_names, self.tasks)
+
+
+def _test_size(height: int, width: int, short: int, max_size: int) -> tuple[int, int]:
+    """Size ``(h, w)`` after the shortest-edge resize of the reference demo (0 = keep)."""
+    if short <= 0:
+        return height, width
+    scale = short / min(height, width)
+    if max_size > 0 and max(height, width) * scale > max_size:
+        scale = max_size / max(height, width)
+    return int(height * scale + 0.5), int(width * scale + 0.5)
+
+
+def _build_and_load(cfg: CfgNode) -> nn.Module:
+    from instaformer.modeling import build_model
+
+    model = build_model(cfg)
+    if cfg.MODEL.WEIGHTS:
+        from mask2former.checkpoint import load_model_weights
+
+        load_model_weights(model, cfg.MODEL.WEIGHTS)
+    else:
+        logger.warning("MODEL.WEIGHTS is empty: the model is randomly initialised")
+    return model
+
+
+def _segment(info: dict[str, Any], panoptic: np.ndarray, class_names: Sequence[str]) -> Segment:
+    mask = panoptic == int(info["id"])
+    ys, xs = np.nonzero(mask)
+    if len(xs):
+        x0, y0 = int(xs.min()), int(ys.min())
+        bbox = (x0, y0, int(xs.max()) - x0 + 1, int(ys.max()) - y0 + 1)
+    else:
+        bbox = (0, 0, 0, 0)
+    category = int(info["category_id"])
+    name = class_names[category] if 0 <= category < len(class_names) else f"class {category}"
+    query = info.get("query_index")
+    return Segment(
+        id=int(info["id"]),
+        category_id=category,
+        class_name=name,
+        isthing=bool(info["isthing"]),
+        score=float(info.get("score", 1.0)),
+        area=int(len(xs)),
+        bbox=bbox,
+        mask=mask,
+        query_index=None if query is None else int(query),
+    )
+
+
+def result_from_output(
+    output: dict[str, Any], class_names: Sequence[str], tasks: Sequence[str]
+) -> OrderResult:
+    """Convert one model output dict (blind-inference contract) to an :class:`OrderResult`.
+
+    Rows of the matrices are matched to segments through ``output["order_segment_ids"]`` when
+    given, else they are the thing entries of ``segments_info`` in order.
+
+    Raises:
+        KeyError: a configured task's matrix is missing from the output.
+        ValueError: matrix sizes disagree with the number of thing segments.
+    """
+    seg_map, infos = output["panoptic_seg"]
+    panoptic = seg_map.detach().to("cpu", torch.int32).numpy()
+    by_id = {int(info["id"]): info for info in infos}
+    if "order_segment_ids" in output:
+        row_ids = [int(i) for i in output["order_segment_ids"].tolist()]
+        missing = [i for i in row_ids if i not in by_id]
+        if missing:
+            raise ValueError(f"order_segment_ids {missing} are not in panoptic segments_info")
+    else:
+        row_ids = [int(info["id"]) for info in infos if info["isthing"]]
+    rows = set(row_ids)
+    segments = [_segment(by_id[i], panoptic, class_names) for i in row_ids]
+    stuff = [_segment(info, panoptic, class_names) for info in infos if int(info["id"]) not in rows]
+    k = len(segments)
+    result = OrderResult(
+        image_size=(int(panoptic.shape[0]), int(panoptic.shape[1])),
+        panoptic_seg=panoptic,
+        segments=segments,
+        stuff_segments=stuff,
+    )
+    for task, classes in (("occlusion", None), ("depth", 3)):
+        if task not in tasks:
+            continue
+        if task not in output:
+            raise KeyError(f"the model output has no '{task}' although the config enables it")
+        labels = output[task].detach().to("cpu", torch.int64).numpy()
+        prob = output.get(f"{task}_prob")
+        prob = None if prob is None else prob.detach().to("cpu", torch.float32).numpy()
+        expected = (k, k) if classes is None else (k, k, classes)
+        if labels.shape != (k, k) or (prob is not None and prob.shape != expected):
+            raise ValueError(
+                f"'{task}' has shape {labels.shape} (prob {None if prob is None else prob.shape}) "
+                f"but the panoptic output has {k} thing segments"
+            )
+        setattr(result, task, labels)
+        setattr(result, f"{task}_prob", prob)
+    if result.depth is not None:
+        prob = result.depth_prob
+        if prob is None:  # rank from the hard labels when the model gives no probabilities
+            prob = np.eye(3, dtype=np.float32)[np.clip(result.depth, 0, 2)]
+        result.depth_ranking = depth_ranking(prob)
+    return result
