@@ -298,3 +298,31 @@ def test_semseg_evaluator_from_panoptic_gt(tmp_path: Path) -> None:
     assert result["pACC"] == pytest.approx(100.0)
     with pytest.raises(KeyError, match="sem_seg_file_name"):
         evaluator.process([{"image_id": 3}], [{"sem_seg": scores}])
+
+
+def test_evaluators_from_catalog_metadata(tmp_path: Path) -> None:
+    from mask2former.data.catalog import MetadataCatalog
+
+    gt_json, gt_folder, gts = _write_dataset(tmp_path)
+    name = "test_eval_segmentation_catalog"
+    MetadataCatalog.get(name).set(
+        panoptic_json=gt_json,
+        panoptic_root=gt_folder,
+        thing_dataset_id_to_contiguous_id=THING_MAP,
+        stuff_dataset_id_to_contiguous_id=STUFF_MAP,
+        stuff_classes=["person", "car", "sky"],
+        ignore_label=255,
+    )
+    try:
+        panoptic = COCOPanopticEvaluator(name)
+        seg = torch.tensor(np.select([gts[1] == 11, gts[1] == 31], [1, 2], 0), dtype=torch.int32)
+        infos = [
+            {"id": 1, "category_id": 0, "isthing": True},
+            {"id": 2, "category_id": 2, "isthing": False},
+        ]
+        panoptic.process([{"image_id": 2}], [{"panoptic_seg": (seg, infos)}])
+        assert panoptic.evaluate()["panoptic_seg"]["PQ"] == pytest.approx(100.0)
+        assert SemSegEvaluator(name)._num_classes == 3
+        COCOInstanceEvaluator(name)
+    finally:
+        MetadataCatalog.remove(name)
