@@ -90,9 +90,9 @@ class SetCriterion(nn.Module):
         """``loss_ce``: cross-entropy over all queries; unmatched ones target "no object"."""
         src_logits = outputs["pred_logits"].float()  # B x Q x K+1
         batch_idx, src_idx = self._get_src_permutation_idx(indices)
-        target_classes_o = torch.cat([t["labels"][j] for t, (_, j) in zip(targets, indices)]).to(
-            src_logits.device
-        )
+        target_classes_o = torch.cat(
+            [t["labels"][j] for t, (_, j) in zip(targets, indices, strict=True)]
+        ).to(src_logits.device)
         target_classes = torch.full(
             src_logits.shape[:2], self.num_classes, dtype=torch.int64, device=src_logits.device
         )
@@ -106,9 +106,9 @@ class SetCriterion(nn.Module):
         """``loss_mask`` (BCE) and ``loss_dice`` on P importance-sampled points per matched mask."""
         batch_idx, src_idx = self._get_src_permutation_idx(indices)
         src_masks = outputs["pred_masks"][batch_idx, src_idx][:, None]  # N x 1 x h x w
-        target_masks = torch.cat([t["masks"][j] for t, (_, j) in zip(targets, indices)]).to(
-            src_masks
-        )[:, None]  # N x 1 x Hp x Wp
+        target_masks = torch.cat(
+            [t["masks"][j] for t, (_, j) in zip(targets, indices, strict=True)]
+        ).to(src_masks)[:, None]  # N x 1 x Hp x Wp
         with torch.no_grad():
             point_coords = get_uncertain_point_coords_with_randomness(
                 src_masks,

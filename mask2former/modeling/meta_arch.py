@@ -278,7 +278,7 @@ class MaskFormer(nn.Module):
         mask_pred_results = self.upsample_masks(outputs["pred_masks"], tuple(padded_size))
         results = []
         for mask_cls, mask_pred, x, size in zip(
-            outputs["pred_logits"], mask_pred_results, batched_inputs, image_sizes
+            outputs["pred_logits"], mask_pred_results, batched_inputs, image_sizes, strict=True
         ):
             height = x.get("height", size[0])
             width = x.get("width", size[1])

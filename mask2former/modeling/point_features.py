@@ -33,7 +33,7 @@ def point_sample(input: Tensor, point_coords: Tensor, **kwargs) -> Tensor:
 
 
 def calculate_uncertainty(logits: Tensor) -> Tensor:
-    """Tensor[N, 1, ...] logits -> Tensor[N, 1, ...] uncertainty ``-|logit|`` (0 is most uncertain)."""
+    """Tensor[N, 1, ...] logits -> Tensor[N, 1, ...] uncertainty ``-|logit|`` (0 = most)."""
     if logits.shape[1] != 1:
         raise ValueError(f"uncertainty expects one channel; got shape {tuple(logits.shape)}")
     return -torch.abs(logits)
@@ -46,7 +46,7 @@ def get_uncertain_point_coords_with_randomness(
     oversample_ratio: float,
     importance_sample_ratio: float,
 ) -> Tensor:
-    """Importance sampling: the most uncertain of ``oversample_ratio * P`` random points + random ones.
+    """Importance sampling: most uncertain of ``oversample_ratio * P`` random points + random ones.
 
     Args:
         coarse_logits: Tensor[N, 1, H, W].

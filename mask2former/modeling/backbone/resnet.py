@@ -231,7 +231,7 @@ class ResNet(Backbone):
         # only build the stages up to the deepest requested output
         num_stages = max(stage_names.index(f) for f in out_features) + 1
         self.stage_names = stage_names[:num_stages]
-        for name, blocks in zip(self.stage_names, stages[:num_stages]):
+        for name, blocks in zip(self.stage_names, stages[:num_stages], strict=True):
             self.add_module(name, nn.Sequential(*blocks))
             for block in blocks:
                 current_stride *= block.stride

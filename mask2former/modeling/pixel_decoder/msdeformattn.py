@@ -72,7 +72,7 @@ class MSDeformAttnTransformerEncoderLayer(nn.Module):
         level_start_index: Tensor,
         padding_mask: Tensor | None = None,
     ) -> Tensor:
-        """Tensor[B, S, C] tokens (+ Tensor[B, S, C] pos, Tensor[B, S, L, 2] refs) -> Tensor[B, S, C]."""
+        """Tensor[B, S, C] (pos Tensor[B, S, C], refs Tensor[B, S, L, 2]) -> Tensor[B, S, C]."""
         attn = self.self_attn(
             src + pos, reference_points, src, spatial_shapes, level_start_index, padding_mask
         )
@@ -193,7 +193,7 @@ class MSDeformAttnTransformerEncoderOnly(nn.Module):
             LongTensor[L].
         """
         src_flatten, pos_flatten, shapes = [], [], []
-        for lvl, (src, pos) in enumerate(zip(srcs, pos_embeds)):
+        for lvl, (src, pos) in enumerate(zip(srcs, pos_embeds, strict=True)):
             shapes.append(src.shape[2:])
             # B x C x h x w -> B x hw x C
             src_flatten.append(src.flatten(2).transpose(1, 2))
@@ -349,7 +349,7 @@ class MSDeformAttnPixelDecoder(nn.Module):
         b = memory.shape[0]
         sizes = (spatial_shapes[:, 0] * spatial_shapes[:, 1]).tolist()
         out = []
-        for z, (h, w) in zip(memory.split(sizes, dim=1), spatial_shapes.tolist()):
+        for z, (h, w) in zip(memory.split(sizes, dim=1), spatial_shapes.tolist(), strict=True):
             # B x hw x C -> B x C x h x w
             out.append(z.transpose(1, 2).reshape(b, -1, h, w))
         for idx, name in enumerate(self.in_features[: self.num_fpn_levels][::-1]):

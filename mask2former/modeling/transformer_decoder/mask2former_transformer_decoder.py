@@ -173,7 +173,7 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
             "pred_masks": predictions_mask[-1],
             "aux_outputs": [
                 {"pred_logits": c, "pred_masks": m}
-                for c, m in zip(predictions_class[:-1], predictions_mask[:-1])
+                for c, m in zip(predictions_class[:-1], predictions_mask[:-1], strict=True)
             ],
         }
         return outputs, mask_embed, mask_features
