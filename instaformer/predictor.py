@@ -30,6 +30,7 @@ from PIL import Image, ImageOps
 from torch import nn
 
 from instaformer.config import CfgNode, setup_cfg
+from mask2former.modeling.build import resolve_device
 
 __all__ = [
     "ImageInput",
@@ -248,14 +249,6 @@ def class_names_from_cfg(cfg: CfgNode) -> list[str]:
     return [f"class {i}" for i in range(num_classes)]
 
 
-def _resolve_device(requested: str) -> torch.device:
-    device = torch.device(requested)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        logger.warning("MODEL.DEVICE is %s but CUDA is not available; running on CPU", requested)
-        return torch.device("cpu")
-    return device
-
-
 def inference_cfg(cfg: CfgNode) -> CfgNode:
     """A frozen copy of ``cfg`` set up for blind inference (spec §3.2).
 
@@ -267,7 +260,7 @@ def inference_cfg(cfg: CfgNode) -> CfgNode:
     cfg.TEST.OCCLUSION_EVALUATION = False
     cfg.TEST.DEPTH_EVALUATION = False
     cfg.MODEL.MASK_FORMER.TEST.PANOPTIC_ON = True
-    cfg.MODEL.DEVICE = str(_resolve_device(cfg.MODEL.DEVICE))
+    cfg.MODEL.DEVICE = str(resolve_device(cfg.MODEL.DEVICE))
     cfg.freeze()
     return cfg
 
@@ -365,9 +358,11 @@ def _build_and_load(cfg: CfgNode) -> nn.Module:
 
     model = build_model(cfg)
     if cfg.MODEL.WEIGHTS:
-        from mask2former.checkpoint import load_model_weights
+        from mask2former.checkpoint import M2FCheckpointer, format_report
 
-        load_model_weights(model, cfg.MODEL.WEIGHTS)
+        report = M2FCheckpointer(model, save_to_disk=False).load_weights(cfg.MODEL.WEIGHTS)
+        if any(report.values()):
+            logger.warning("%s", format_report(cfg.MODEL.WEIGHTS, report))
     else:
         logger.warning("MODEL.WEIGHTS is empty: the model is randomly initialised")
     return model
