@@ -1,0 +1,314 @@
+"""InstaOrderNet as a meta-architecture: pair losses in training, order matrices at test time.
+
+Shape shorthand: B pair items of a training batch, K instances of a test image,
+P = K(K-1)/2 unordered pairs, S network input side, H x W image.
+
+Spec INSTAORDERNET.md §5 (losses, both input orders per step), §8 (inference over every pair,
+both orders, symmetrised). Registered in ``META_ARCH_REGISTRY`` as "InstaOrderNet"
+(``MODEL.META_ARCHITECTURE``); the pair classifier itself is
+:class:`instaformer.instaordernet.network.InstaOrderNet`, held as ``self.net`` (so released
+weights load into ``model.net``, see :func:`load_weights`).
+
+Test outputs per image, in the project's matrix convention (INSTAFORMER.md §0), over the
+instances of ``input["instances"].gt_masks`` in their order:
+
+* ``"occlusion"``: Tensor[K, K] int64, ``[i, j] = 1`` iff P(i occludes j) > 0.5 (both, one or no
+  direction can fire); diagonal 0. ``"occlusion_prob"``: Tensor[K, K] float, P(i occludes j).
+* ``"depth"``: Tensor[K, K] int64, ``[i, j]`` 1 = i closer than j, 0 = farther, 2 = same depth;
+  diagonal -1. ``"depth_prob"``: Tensor[K, K, 3] float, (P(i farther), P(i closer), P(same)).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from instaformer.instaordernet import network
+from instaformer.instaordernet.data import INPUT_MODES
+from instaformer.instaordernet.inputs import patch_mode_inputs, resize_mode_inputs
+from instaformer.instaordernet.losses import depth_loss, occlusion_loss, swap_targets
+from instaformer.instaordernet.symmetrisation import (
+    all_pairs,
+    depth_matrix_from_pairs,
+    occlusion_matrix_from_pairs,
+    symmetrise_depth,
+    symmetrise_occlusion,
+)
+from mask2former.config import CfgNode
+from mask2former.modeling.configurable import configurable
+from mask2former.modeling.registry import META_ARCH_REGISTRY
+
+__all__ = ["InstaOrderNet", "boxes_from_masks", "load_weights"]
+
+_BUILDERS = {
+    "o": network.instaordernet_o,
+    "d": network.instaordernet_d,
+    "od": network.instaordernet_od,
+}
+
+
+def boxes_from_masks(masks: Tensor) -> Tensor:
+    """Tensor[K, H, W] bool -> Tensor[K, 4] float xywh tight boxes (zeros for an empty mask)."""
+    k = masks.shape[0]
+    boxes = torch.zeros(k, 4)
+    for idx in range(k):
+        ys, xs = torch.nonzero(masks[idx], as_tuple=True)
+        if len(xs):
+            x0, y0 = xs.min().item(), ys.min().item()
+            boxes[idx] = torch.tensor(
+                [x0, y0, xs.max().item() - x0 + 1, ys.max().item() - y0 + 1], dtype=torch.float32
+            )
+    return boxes
+
+
+@META_ARCH_REGISTRY.register()
+class InstaOrderNet(nn.Module):
+    """Pairwise order network over all instance pairs of an image (module docstring)."""
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        net: network.InstaOrderNet,
+        input_mode: str,
+        input_size: int,
+        image_format: str = "RGB",
+        pairs_per_forward: int = 64,
+        test_box_enlarge: float | None = None,
+        occlusion_weight: float = 1.0,
+        depth_overlap_weight: float = 0.1,
+        depth_distinct_weight: float = 0.9,
+        depth_double_softmax: bool = False,
+    ) -> None:
+        """
+        Args:
+            net: the pair classifier (its ``tasks`` decide the outputs and losses).
+            input_mode: "patch" (window around each pair, o) or "resize" (whole image, d/od).
+            input_size: network input side S (pixels).
+            image_format: channel order of ``input["image"]`` at test time, "RGB" or "BGR".
+            pairs_per_forward: network inputs per forward pass at test time (each unordered
+                pair needs two: (i, j) and (j, i)); 1 reproduces the reference's one-at-a-time.
+            test_box_enlarge: patch mode at test time: None crops as in training; k > 0 first
+                enlarges each box to a square of side ``max(sqrt(k*w*h), 1.1w, 1.1h)``
+                (reference: 3, spec §3.1 / §15.1).
+            occlusion_weight: weight of the occlusion loss.
+            depth_overlap_weight, depth_distinct_weight: weights of the depth CE over pairs with
+                overlapping / distinct depth extents (spec §5).
+            depth_double_softmax: reference defect of the depth loss (spec §15.2).
+        """
+        super().__init__()
+        if input_mode not in INPUT_MODES:
+            raise ValueError(f"input_mode must be one of {INPUT_MODES}, got {input_mode!r}")
+        if image_format not in ("RGB", "BGR"):
+            raise ValueError(f"image_format must be 'RGB' or 'BGR', got {image_format!r}")
+        if pairs_per_forward < 1:
+            raise ValueError(f"pairs_per_forward must be >= 1, got {pairs_per_forward}")
+        self.net = net
+        self.input_mode = input_mode
+        self.input_size = int(input_size)
+        self.image_format = image_format
+        self.pairs_per_forward = int(pairs_per_forward)
+        self.test_box_enlarge = test_box_enlarge
+        self.occlusion_weight = occlusion_weight
+        self.depth_overlap_weight = depth_overlap_weight
+        self.depth_distinct_weight = depth_distinct_weight
+        self.depth_double_softmax = depth_double_softmax
+
+    @classmethod
+    def from_config(cls, cfg: CfgNode) -> dict[str, Any]:
+        net_cfg = cfg.MODEL.INSTAORDERNET
+        if net_cfg.TASK not in _BUILDERS:
+            raise ValueError(
+                f"MODEL.INSTAORDERNET.TASK must be one of {list(_BUILDERS)}, got {net_cfg.TASK!r}"
+            )
+        if net_cfg.TEST_BOX_ENLARGE < 0:
+            raise ValueError(
+                f"MODEL.INSTAORDERNET.TEST_BOX_ENLARGE must be >= 0, got {net_cfg.TEST_BOX_ENLARGE}"
+            )
+        return {
+            "net": _BUILDERS[net_cfg.TASK](),
+            "input_mode": net_cfg.INPUT_MODE,
+            "input_size": net_cfg.INPUT_SIZE,
+            "image_format": cfg.INPUT.FORMAT,
+            "pairs_per_forward": net_cfg.PAIRS_PER_FORWARD,
+            "test_box_enlarge": net_cfg.TEST_BOX_ENLARGE or None,
+            "occlusion_weight": net_cfg.OCCLUSION_WEIGHT,
+            "depth_overlap_weight": net_cfg.DEPTH_OVERLAP_WEIGHT,
+            "depth_distinct_weight": net_cfg.DEPTH_DISTINCT_WEIGHT,
+            "depth_double_softmax": net_cfg.DEPTH_DOUBLE_SOFTMAX,
+        }
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        return self.net.tasks
+
+    @property
+    def device(self) -> torch.device:
+        return self.net.conv1.weight.device
+
+    def forward(self, batched_inputs: Sequence[dict[str, Any]]) -> Any:
+        """Training: ``{"loss_occlusion", "loss_depth"}`` (the task's ones) from the mapper's
+        pair items. Evaluation: one output dict per image (module docstring)."""
+        if self.training:
+            return self.losses(batched_inputs)
+        outputs = []
+        for inp in batched_inputs:
+            image = inp["image"]
+            if self.image_format == "BGR":
+                image = image.flip(0)
+            instances = inp["instances"]
+            boxes = None
+            if self.input_mode == "patch":
+                if instances.has("gt_boxes"):
+                    boxes = instances.gt_boxes.clone().float()
+                    boxes[:, 2:] -= boxes[:, :2]  # x0, y0, x1, y1 -> xywh
+                else:
+                    boxes = boxes_from_masks(instances.gt_masks)
+            outputs.append(self.predict(image, instances.gt_masks, boxes))
+        return outputs
+
+    # -- training --------------------------------------------------------------------------------
+    def losses(self, batched_inputs: Sequence[dict[str, Any]]) -> dict[str, Tensor]:
+        """Both input orders of every pair item, each pass supervised with its targets (§5)."""
+        x = torch.stack([b["pair_input"] for b in batched_inputs]).to(self.device)  # B x 5 x S x S
+        out_ab = self.net(x)
+        out_ba = self.net(x[:, [1, 0, 2, 3, 4]])  # masks A and B exchanged
+        occ_t = dep_t = overlap = None
+        if "occlusion" in self.tasks:
+            occ_t = torch.stack([b["occlusion_target"] for b in batched_inputs]).to(self.device)
+        if "depth" in self.tasks:
+            dep_t = torch.stack([b["depth_target"] for b in batched_inputs]).to(self.device)
+            overlap = torch.stack([b["overlap"] for b in batched_inputs]).to(self.device)
+        occ_sw, dep_sw = swap_targets(occ_t, dep_t)
+        losses = {}
+        if occ_t is not None:
+            losses["loss_occlusion"] = self.occlusion_weight * (
+                occlusion_loss(out_ab["occlusion"], occ_t)
+                + occlusion_loss(out_ba["occlusion"], occ_sw)
+            )
+        if dep_t is not None:
+            kwargs = {
+                "overlap_weight": self.depth_overlap_weight,
+                "distinct_weight": self.depth_distinct_weight,
+                "double_softmax": self.depth_double_softmax,
+            }
+            losses["loss_depth"] = depth_loss(out_ab["depth"], dep_t, overlap, **kwargs) + (
+                depth_loss(out_ba["depth"], dep_sw, overlap, **kwargs)
+            )
+        return losses
+
+    # -- inference -------------------------------------------------------------------------------
+    def pair_logits(
+        self, image: Tensor, masks: Tensor, boxes: Tensor | None, ordered: Tensor
+    ) -> dict[str, Tensor]:
+        """Network logits of ordered pairs, ``pairs_per_forward`` inputs per forward pass.
+
+        Args:
+            image: Tensor[3, H, W] RGB float in [0, 1], on the model's device.
+            masks: Tensor[K, H, W] bool.
+            boxes: Tensor[K, 4] xywh (patch mode) or None.
+            ordered: Tensor[M, 2] int64 (A, B) instance indices.
+        Returns:
+            ``{task: Tensor[M, C_task]}`` logits in the InstaOrderNet convention.
+        """
+        chunks: dict[str, list[Tensor]] = {t: [] for t in self.tasks}
+        for start in range(0, ordered.shape[0], self.pairs_per_forward):
+            part = ordered[start : start + self.pairs_per_forward]
+            if self.input_mode == "patch":
+                x = patch_mode_inputs(
+                    image, masks, boxes, part, size=self.input_size, enlarge=self.test_box_enlarge
+                )
+            else:
+                x = resize_mode_inputs(image, masks, part, size=self.input_size)
+            out = self.net(x)
+            for task in self.tasks:
+                chunks[task].append(out[task].float())
+        return {t: torch.cat(v) for t, v in chunks.items()}
+
+    @torch.no_grad()
+    def predict(
+        self, image: Tensor, masks: Tensor, boxes: Tensor | None = None
+    ) -> dict[str, Tensor]:
+        """Orders between all instances of one image (module docstring for the outputs).
+
+        Args:
+            image: Tensor[3, H, W] RGB, uint8 (0-255) or float in [0, 1].
+            masks: Tensor[K, H, W] bool instance masks.
+            boxes: Tensor[K, 4] float xywh boxes (patch mode only; None = tight mask boxes).
+        """
+        if image.dim() != 3 or image.shape[0] != 3:
+            raise ValueError(f"image must be Tensor[3, H, W], got shape {tuple(image.shape)}")
+        if masks.dim() != 3 or masks.shape[-2:] != image.shape[-2:]:
+            raise ValueError(
+                f"masks must be Tensor[K, H, W] at the image size {tuple(image.shape[-2:])}, "
+                f"got shape {tuple(masks.shape)}"
+            )
+        device = self.device
+        image = image.to(device)
+        image = image.float() / 255.0 if not image.is_floating_point() else image.float()
+        masks = masks.to(device).bool()
+        k = masks.shape[0]
+        if self.input_mode == "patch" and boxes is None:
+            boxes = boxes_from_masks(masks.cpu())
+        if boxes is not None:
+            boxes = boxes.to(device).float()
+        pairs = all_pairs(k, device=device)  # P x 2, i < j
+        # (i, j) and (j, i) of a pair are adjacent, so a forward pass of 2 inputs is one pair.
+        ordered = torch.stack([pairs, pairs.flip(1)], dim=1).reshape(-1, 2)  # 2P x 2
+        logits = (
+            self.pair_logits(image, masks, boxes, ordered)
+            if len(pairs)
+            else {t: torch.zeros(0, network.TASK_CLASSES[t], device=device) for t in self.tasks}
+        )
+        out: dict[str, Tensor] = {}
+        if "occlusion" in logits:
+            z = logits["occlusion"].reshape(-1, 2, 2)  # P x (ab, ba) x 2
+            probs = symmetrise_occlusion(z[:, 0], z[:, 1])  # P x 2
+            prob_matrix = occlusion_matrix_from_pairs(pairs, probs, k)
+            out["occlusion"] = (prob_matrix > 0.5).long()
+            out["occlusion_prob"] = prob_matrix
+        if "depth" in logits:
+            z = logits["depth"].reshape(-1, 2, 3)
+            probs = symmetrise_depth(z[:, 0], z[:, 1])  # P x 3: farther, closer, equal
+            # arg-max over (closer, farther, equal), ties to the first (spec §8).
+            choice = probs[:, [1, 0, 2]].argmax(dim=1)
+            row_value = torch.tensor([1, 0, 2], device=device)[choice]  # D[i, j]
+            col_value = torch.tensor([0, 1, 2], device=device)[choice]  # D[j, i]
+            depth = torch.full((k, k), -1, dtype=torch.int64, device=device)
+            depth[pairs[:, 0], pairs[:, 1]] = row_value
+            depth[pairs[:, 1], pairs[:, 0]] = col_value
+            out["depth"] = depth
+            out["depth_prob"] = depth_matrix_from_pairs(pairs, probs, k)
+        return out
+
+
+def load_weights(model: nn.Module, path: str | os.PathLike) -> None:
+    """Initial weights for an InstaOrderNet meta-architecture (``MODEL.WEIGHTS``).
+
+    Accepts a released ``InstaOrder_InstaOrderNet_{o,d,od}.pth.tar`` (or a bare network state
+    dict, with or without ``module.``), loaded into ``model.net`` with every mismatch listed;
+    or a checkpoint of this project (``{"model": state_dict}``), loaded into ``model``.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: keys or shapes do not fit (all listed).
+    """
+    if not isinstance(model, InstaOrderNet):
+        raise TypeError(f"expected an InstaOrderNet meta-architecture, got {type(model).__name__}")
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"MODEL.WEIGHTS not found: {path}")
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(checkpoint, dict) and isinstance(checkpoint.get("model"), dict):
+        result = model.load_state_dict(checkpoint["model"], strict=False)
+        if result.missing_keys or result.unexpected_keys:
+            raise ValueError(
+                f"{path} does not fit the InstaOrderNet model: missing {result.missing_keys}, "
+                f"unexpected {result.unexpected_keys}"
+            )
+        return
+    network.load_instaordernet_checkpoint(model.net, path)
