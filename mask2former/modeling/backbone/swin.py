@@ -184,7 +184,7 @@ class SwinTransformerBlock(nn.Module):
             x = torch.roll(x, shifts=(-self.shift_size, -self.shift_size), dims=(1, 2))
         else:
             attn_mask = None
-        windows = window_partition(x, ws).view(-1, ws * ws, c)  # B*nW x N x C
+        windows = window_partition(x, ws).reshape(-1, ws * ws, c)  # B*nW x N x C
         windows = self.attn(windows, mask=attn_mask)
         x = window_reverse(windows.view(-1, ws, ws, c), ws, hp, wp)
         if self.shift_size > 0:
@@ -261,7 +261,7 @@ class BasicLayer(nn.Module):
             for wsl in (slice(0, -ws), slice(-ws, -shift), slice(-shift, None)):
                 region[:, hs, wsl, :] = count
                 count += 1
-        windows = window_partition(region, ws).view(-1, ws * ws)
+        windows = window_partition(region, ws).reshape(-1, ws * ws)
         mask = windows.unsqueeze(1) - windows.unsqueeze(2)
         return mask.masked_fill(mask != 0, -100.0).masked_fill(mask == 0, 0.0)
 
