@@ -1,0 +1,253 @@
+"""Convert InstaOrder + COCO panoptic 2017 into InstaOrder Panoptic (spec DATASETS.md §5).
+
+For each image with both an InstaOrder record and a COCO panoptic annotation, the InstaOrder
+instances (COCO instance masks) are matched greedily by IoU to the panoptic *thing, non-crowd*
+segments; images with at least two matched instances are written with the record and its
+``pan_instance_ids``. Usage (files under ``$DETECTRON2_DATASETS/coco``, see datasets/README.md)::
+
+    python datasets/prepare_instaorder_panoptic.py --train --val
+
+writes ``coco/annotations/InstaOrderPanoptic_{train,val}2017.json`` (one file per split) and
+prints what was dropped and why.
+
+Differences from the original script: the output is a file per split inside ``--dest-dir`` (the
+original wrote both splits to ``--dest_path`` verbatim, so the default folder failed and
+``--train --val`` overwrote one split with the other); stuff and crowd segments are not matching
+candidates (an instance matched to one was dropped at load time anyway, after taking the
+segment from a thing); the split comes from the flag, not from the number of annotations.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from pycocotools import mask as mask_utils
+from tqdm import tqdm
+
+from instaformer.data.io import DataError, read_panoptic_ids
+from instaformer.data.relations import build_order_matrices
+
+logger = logging.getLogger("prepare_instaorder_panoptic")
+
+IOU_THRESHOLD = 0.5
+
+
+def match_instances(segment_masks: np.ndarray, instance_masks: np.ndarray) -> list[int]:
+    """Greedy IoU matching of K instances to P segments (DATASETS.md §5.2 step 3).
+
+    Repeatedly takes the (segment, instance) pair of largest IoU (first in row-major order on
+    ties) while it is > 0.5 and instances are unmatched, then removes the instance's pixels from
+    every instance mask and the segment's pixels from every segment mask and recomputes the IoU
+    of the pairs still available.
+
+    Args:
+        segment_masks: bool array[P, H, W].
+        instance_masks: bool array[K, H, W] (may overlap each other).
+    Returns:
+        for each instance, the index of its matched segment, or -1.
+    """
+    num_seg, num_inst = len(segment_masks), len(instance_masks)
+    match = [-1] * num_inst
+    if num_seg == 0 or num_inst == 0:
+        return match
+    seg = segment_masks.reshape(num_seg, -1).astype(np.float32)
+    inst = instance_masks.reshape(num_inst, -1).astype(np.float32)
+    free_seg = np.ones(num_seg, dtype=bool)
+    free_inst = np.ones(num_inst, dtype=bool)
+    while free_inst.any() and free_seg.any():
+        inter = seg @ inst.T  # P x K
+        union = seg.sum(1)[:, None] + inst.sum(1)[None, :] - inter
+        iou = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+        iou[~free_seg, :] = -1.0
+        iou[:, ~free_inst] = -1.0
+        p, k = np.unravel_index(int(np.argmax(iou)), iou.shape)
+        if not iou[p, k] > IOU_THRESHOLD:
+            break
+        match[k] = int(p)
+        free_seg[p], free_inst[k] = False, False
+        seg_pixels, inst_pixels = seg[p] > 0, inst[k] > 0
+        seg[:, seg_pixels] = 0.0
+        inst[:, inst_pixels] = 0.0
+    return match
+
+
+def annotation_mask(ann: dict[str, Any], height: int, width: int) -> np.ndarray:
+    """bool array[H, W] of a COCO instance annotation (polygons, uncompressed or compressed RLE)."""
+    seg = ann["segmentation"]
+    if isinstance(seg, list):
+        rle = mask_utils.merge(mask_utils.frPyObjects(seg, height, width))
+    elif isinstance(seg.get("counts"), list):
+        rle = mask_utils.frPyObjects(seg, height, width)
+    else:
+        rle = seg
+    return mask_utils.decode(rle).astype(bool)
+
+
+def convert_split(
+    instaorder: dict[str, Any],
+    instances: dict[str, Any],
+    panoptic: dict[str, Any],
+    panoptic_dir: str,
+    *,
+    progress: bool = True,
+) -> tuple[dict[str, Any], Counter]:
+    """Build the InstaOrder Panoptic JSON object of one split.
+
+    Args:
+        instaorder, instances, panoptic: the parsed ``InstaOrder_``, ``instances_`` and
+            ``panoptic_{split}2017.json``.
+        panoptic_dir: folder of the panoptic PNGs.
+    Returns:
+        ``(output, summary)``: the JSON object (DATASETS.md §5.3) and counts of what was kept
+        and dropped, keyed by a readable reason (``"images kept"``, ``"instances unmatched"``,
+        ``"images dropped: fewer than two matched instances"``, ``"records skipped: ..."``).
+    Raises:
+        DataError: a missing key, a missing or corrupt PNG, a PNG whose size differs from its
+            image entry.
+    """
+    for name, data, keys in (
+        ("InstaOrder", instaorder, ("annotations",)),
+        ("instances", instances, ("images", "annotations")),
+        ("panoptic", panoptic, ("images", "annotations", "categories")),
+    ):
+        for key in keys:
+            if key not in data:
+                raise DataError(f"{name} file has no top-level '{key}'")
+    isthing = {c["id"]: bool(c["isthing"]) for c in panoptic["categories"]}
+    images = {img["id"]: img for img in panoptic["images"]}
+    coco_anns = {a["id"]: a for a in instances["annotations"]}
+    records = {}
+    summary: Counter = Counter()
+    for record in instaorder["annotations"]:
+        records[record["image_id"]] = record
+    panoptic_ids = {a["image_id"] for a in panoptic["annotations"]}
+    summary["records without a panoptic annotation"] = sum(r not in panoptic_ids for r in records)
+
+    kept_annotations = []
+    todo = [a for a in panoptic["annotations"] if a["image_id"] in records]
+    for pan in tqdm(todo, desc="matching", disable=not progress, unit="img"):
+        image_id = pan["image_id"]
+        record = records[image_id]
+        where = f"image_id {image_id}"
+        reason = _invalid_record(record, coco_anns, image_id)
+        if reason:
+            summary[f"records skipped: {reason}"] += 1
+            logger.warning("%s: InstaOrder record skipped: %s", where, reason)
+            continue
+        if image_id not in images:
+            raise DataError(f"panoptic annotation of {where} has no entry in 'images'")
+        height, width = images[image_id]["height"], images[image_id]["width"]
+        png = os.path.join(panoptic_dir, pan["file_name"])
+        ids = read_panoptic_ids(png)
+        if ids.shape != (height, width):
+            raise DataError(
+                f"{png} is {ids.shape[1]}x{ids.shape[0]}, its image entry says {width}x{height}"
+            )
+        candidates = [
+            s
+            for s in pan["segments_info"]
+            if isthing.get(s["category_id"], False) and not s.get("iscrowd", 0)
+        ]
+        seg_masks = (
+            np.stack([ids == s["id"] for s in candidates])
+            if candidates
+            else np.zeros((0, height, width), dtype=bool)
+        )
+        inst_masks = np.stack(
+            [annotation_mask(coco_anns[i], height, width) for i in record["instance_ids"]]
+        )
+        match = match_instances(seg_masks, inst_masks)
+        pan_instance_ids = [candidates[p]["id"] if p >= 0 else -1 for p in match]
+        unmatched = pan_instance_ids.count(-1)
+        summary["instances unmatched"] += unmatched
+        if unmatched:
+            logger.debug("%s: %d of %d instances unmatched", where, unmatched, len(match))
+        if len(match) - unmatched < 2:
+            summary["images dropped: fewer than two matched instances"] += 1
+            continue
+        summary["images kept"] += 1
+        summary["instances matched"] += len(match) - unmatched
+        instaorder_out = {k: v for k, v in record.items() if k != "image_id"}
+        instaorder_out["pan_instance_ids"] = pan_instance_ids
+        kept_annotations.append({**pan, "instaorder": instaorder_out})
+
+    kept_ids = {a["image_id"] for a in kept_annotations}
+    output = {k: v for k, v in panoptic.items() if k not in ("images", "annotations")}
+    output["images"] = [img for img in panoptic["images"] if img["id"] in kept_ids]
+    output["annotations"] = kept_annotations
+    return output, summary
+
+
+def _invalid_record(record: dict, coco_anns: dict[int, dict], image_id: int) -> str:
+    """Why an InstaOrder record cannot be used ("" when it can)."""
+    ids = record.get("instance_ids")
+    if not isinstance(ids, list) or "occlusion" not in record or "depth" not in record:
+        return "missing instance_ids, occlusion or depth"
+    if len(set(ids)) != len(ids):
+        return "repeated instance id"
+    if any(i not in coco_anns for i in ids):
+        return "instance id not in the instances file"
+    if any(coco_anns[i]["image_id"] != image_id for i in ids):
+        return "instance of another image"
+    try:
+        build_order_matrices(record, where=f"image_id {image_id}")
+    except DataError:
+        return "malformed order label"
+    return ""
+
+
+def _load(path: str) -> Any:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} not found; see datasets/README.md for the layout")
+    with open(path) as f:
+        return json.load(f)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--train", action="store_true", help="convert train2017")
+    parser.add_argument("--val", action="store_true", help="convert val2017")
+    parser.add_argument(
+        "--root",
+        default=os.environ.get("DETECTRON2_DATASETS", "datasets"),
+        help="dataset root holding coco/ (default: $DETECTRON2_DATASETS or ./datasets)",
+    )
+    parser.add_argument(
+        "--dest-dir",
+        default=None,
+        help="output folder for InstaOrderPanoptic_{split}2017.json (default: coco/annotations)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    splits = [s for s, on in (("train", args.train), ("val", args.val)) if on]
+    if not splits:
+        parser.error("choose at least one of --train and --val")
+    ann_dir = os.path.join(args.root, "coco", "annotations")
+    dest_dir = args.dest_dir or ann_dir
+    os.makedirs(dest_dir, exist_ok=True)
+    for split in splits:
+        output, summary = convert_split(
+            _load(os.path.join(ann_dir, f"InstaOrder_{split}2017.json")),
+            _load(os.path.join(ann_dir, f"instances_{split}2017.json")),
+            _load(os.path.join(ann_dir, f"panoptic_{split}2017.json")),
+            os.path.join(args.root, "coco", f"panoptic_{split}2017"),
+            progress=not args.no_progress,
+        )
+        dest = os.path.join(dest_dir, f"InstaOrderPanoptic_{split}2017.json")
+        with open(dest, "w") as f:
+            json.dump(output, f, indent=4)
+        logger.info("%s2017 -> %s", split, dest)
+        for key in sorted(summary):
+            logger.info("  %-50s %d", key, summary[key])
+
+
+if __name__ == "__main__":
+    main()
