@@ -1,0 +1,292 @@
+"""Predictor, OrderResult and the order pictures.
+
+The contract tests use a small stand-in model that paints a known scene (things drawn back to
+front, so occlusion and depth are known); the tiny-config tests use the real model.
+"""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from instaformer.config import get_cfg
+from instaformer.predictor import Predictor, depth_ranking, load_image, result_from_output
+from instaformer.visualization import (
+    anchor_point,
+    draw_depth,
+    draw_occlusion,
+    draw_panoptic,
+    draw_video_frame,
+)
+
+TINY_OPTS = [
+    "MODEL.DEVICE", "cpu",
+    "MODEL.BACKBONE.NAME", "D2SwinTransformer",
+    "MODEL.SWIN.EMBED_DIM", "16",
+    "MODEL.SWIN.DEPTHS", "[1, 1, 1, 1]",
+    "MODEL.SWIN.NUM_HEADS", "[1, 1, 1, 1]",
+    "MODEL.SEM_SEG_HEAD.CONVS_DIM", "32",
+    "MODEL.SEM_SEG_HEAD.MASK_DIM", "32",
+    "MODEL.SEM_SEG_HEAD.NUM_CLASSES", "5",
+    "MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS", "1",
+    "MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_N_HEADS", "2",
+    "MODEL.MASK_FORMER.HIDDEN_DIM", "32",
+    "MODEL.MASK_FORMER.NUM_OBJECT_QUERIES", "10",
+    "MODEL.MASK_FORMER.DIM_FEEDFORWARD", "64",
+    "MODEL.MASK_FORMER.DEC_LAYERS", "2",
+    "MODEL.MASK_FORMER.NHEADS", "2",
+    "MODEL.MASK_FORMER.TEST.OBJECT_MASK_THRESHOLD", "0.0",
+    "MODEL.MASK_FORMER.TEST.OVERLAP_THRESHOLD", "0.0",
+    "INPUT.MIN_SIZE_TEST", "0",
+]  # fmt: skip
+"""Overrides of a tiny random-init model (Swin with one block per stage, width 32) whose
+thresholds are low enough that segments appear."""
+
+
+def tiny_cfg():
+    cfg = get_cfg()
+    cfg.merge_from_list(TINY_OPTS)
+    return cfg
+
+
+def make_scene(h: int, w: int, n: int = 4):
+    """RGB image, panoptic map and segments_info of two stuff bands and n things painted back
+    to front (thing t is closer than every earlier thing)."""
+    image = np.zeros((h, w, 3), np.uint8)
+    panoptic = np.zeros((h, w), np.int32)
+    image[: h // 2], panoptic[: h // 2] = (135, 190, 235), 1
+    image[h // 2 :], panoptic[h // 2 :] = (90, 160, 70), 2
+    infos = [
+        {"id": 1, "category_id": 3, "isthing": False, "score": 1.0},
+        {"id": 2, "category_id": 4, "isthing": False, "score": 1.0},
+    ]
+    for t in range(n):
+        cy, cx = int(h * (0.3 + 0.12 * t)), int(w * (0.25 + 0.15 * t))
+        mask = np.zeros((h, w), np.uint8)
+        cv2.rectangle(mask, (cx - w // 8, cy - h // 8), (cx + w // 8, cy + h // 8), 1, -1)
+        image[mask.astype(bool)] = (40 + 50 * t, 200 - 40 * t, 120)
+        panoptic[mask.astype(bool)] = 10 + t
+        infos.append(
+            {"id": 10 + t, "category_id": t % 3, "isthing": True, "score": 0.9, "query_index": t}
+        )
+    return image, panoptic, infos
+
+
+class SceneModel(nn.Module):
+    """Stand-in following the blind-inference output contract for a fixed scene."""
+
+    def __init__(self, panoptic: np.ndarray, infos: list[dict], shuffle_rows: bool = False):
+        super().__init__()
+        self.anchor = nn.Parameter(torch.zeros(1))
+        self.panoptic, self.infos, self.shuffle_rows = panoptic, infos, shuffle_rows
+
+    def forward(self, batched_inputs):
+        outputs = []
+        for x in batched_inputs:
+            assert x["image"].dtype == torch.uint8 and x["image"].shape[0] == 3
+            seg = cv2.resize(self.panoptic, (x["width"], x["height"]), cv2.INTER_NEAREST)
+            things = [i for i in self.infos if i["isthing"]]
+            order = list(range(len(things)))[:: -1 if self.shuffle_rows else 1]
+            depth_rank = [things[i]["query_index"] for i in order]  # painting order
+            k = len(order)
+            occ_p, depth_p = torch.zeros(k, k), torch.zeros(k, k, 3)
+            for a in range(k):
+                for b in range(k):
+                    if a != b:
+                        closer = depth_rank[a] > depth_rank[b]
+                        occ_p[a, b] = (
+                            0.9 if closer and abs(depth_rank[a] - depth_rank[b]) == 1 else 0.1
+                        )
+                        depth_p[a, b] = torch.tensor([0.1, 0.8, 0.1] if closer else [0.7, 0.2, 0.1])
+            occ = (occ_p > 0.5).long().fill_diagonal_(-1)
+            depth = depth_p.argmax(-1).fill_diagonal_(-1)
+            outputs.append(
+                {
+                    "panoptic_seg": (torch.from_numpy(seg), self.infos),
+                    "order_segment_ids": torch.tensor([things[i]["id"] for i in order]),
+                    "occlusion": occ,
+                    "occlusion_prob": occ_p,
+                    "depth": depth,
+                    "depth_prob": depth_p,
+                }
+            )
+        return outputs
+
+
+def scene_predictor(shuffle_rows: bool = False, size=(96, 128)):
+    image, panoptic, infos = make_scene(*size)
+    cfg = tiny_cfg()
+    cfg.MODEL.GEOMETRIC_PREDICTOR.OCCLUSION_ON = True
+    cfg.MODEL.GEOMETRIC_PREDICTOR.DEPTH_ON = True
+    return Predictor(cfg, model=SceneModel(panoptic, infos, shuffle_rows)), image
+
+
+@pytest.mark.parametrize("shuffle_rows", [False, True])
+def test_result_rows_follow_order_segment_ids(shuffle_rows):
+    predictor, image = scene_predictor(shuffle_rows)
+    result = predictor(image)
+    k = len(result.segments)
+    assert k == 4 and len(result.stuff_segments) == 2
+    assert all(s.isthing for s in result.segments)
+    ids = [s.id for s in result.segments]
+    assert ids == ([13, 12, 11, 10] if shuffle_rows else [10, 11, 12, 13])
+    for name in ("occlusion", "depth"):
+        matrix = getattr(result, name)
+        assert matrix.shape == (k, k) and matrix.dtype == np.int64
+        assert (np.diag(matrix) == -1).all()
+    assert result.occlusion_prob.shape == (k, k) and result.depth_prob.shape == (k, k, 3)
+    # the painter's order: the thing with id 13 is closest, id 10 farthest
+    assert [ids[i] for i in result.depth_ranking] == [13, 12, 11, 10]
+    assert sorted(result.depth_rank) == list(range(k))
+    for seg in result.segments:
+        assert seg.mask.shape == image.shape[:2] and seg.mask.dtype == bool
+        assert seg.area == seg.mask.sum() == (result.panoptic_seg == seg.id).sum()
+        x, y, w, h = seg.bbox
+        assert seg.mask[y : y + h, x : x + w].sum() == seg.area
+
+
+def test_to_json_round_trips_and_rle_decodes():
+    from pycocotools import mask as mask_util
+
+    predictor, image = scene_predictor()
+    result = predictor(image)
+    loaded = json.loads(result.to_json())
+    assert loaded == json.loads(json.dumps(result.to_dict()))
+    assert loaded["occlusion"] == result.occlusion.tolist()
+    assert np.allclose(np.array(loaded["depth_prob"]), result.depth_prob)
+    assert loaded["depth_ranking"] == result.depth_ranking
+    assert "mask" not in loaded["segments"][0]
+    with_masks = json.loads(result.to_json(include_masks=True))
+    rle = dict(with_masks["segments"][1]["mask"])
+    rle["counts"] = rle["counts"].encode("ascii")
+    assert (mask_util.decode(rle).astype(bool) == result.segments[1].mask).all()
+
+
+def test_inputs_path_pil_array_and_batches(tmp_path):
+    predictor, image = scene_predictor()
+    path = tmp_path / "scene.png"
+    Image.fromarray(image).save(path)
+    by_array = predictor(image)
+    results = predictor([str(path), Image.fromarray(image), image[:, :, 0]], batch_size=2)
+    assert len(results) == 3
+    for r in results:
+        assert (r.panoptic_seg == by_array.panoptic_seg).all()
+        assert r.depth_ranking == by_array.depth_ranking
+    assert load_image(path).shape == image.shape
+
+
+def test_bad_inputs_name_the_problem(tmp_path):
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not an image")
+    with pytest.raises(ValueError, match="bad.jpg"):
+        load_image(bad)
+    with pytest.raises(FileNotFoundError, match="missing.png"):
+        load_image(tmp_path / "missing.png")
+    with pytest.raises(ValueError, match="uint8"):
+        load_image(np.zeros((4, 4, 3), np.float32))
+    with pytest.raises(ValueError, match="shape"):
+        load_image(np.zeros((4, 4, 4), np.uint8))
+
+
+def test_matrix_size_mismatch_is_an_error():
+    _, panoptic, infos = make_scene(32, 32)
+    output = {"panoptic_seg": (torch.from_numpy(panoptic), infos), "occlusion": torch.zeros(3, 3)}
+    with pytest.raises(ValueError, match="4 thing segments"):
+        result_from_output(output, ["a"] * 5, ["occlusion"])
+    with pytest.raises(KeyError, match="depth"):
+        result_from_output(output, ["a"] * 5, ["depth"])
+
+
+def test_depth_ranking_uses_both_directions_and_is_a_permutation():
+    generator = np.random.default_rng(0)
+    p = generator.random((6, 6, 3))
+    p /= p.sum(-1, keepdims=True)
+    ranking = depth_ranking(p)
+    assert sorted(ranking) == list(range(6))
+    # instance 2 closer than everyone in its own row only: still first
+    q = np.full((3, 3, 3), 1 / 3)
+    q[2, :, :] = [0.0, 1.0, 0.0]
+    assert depth_ranking(q)[0] == 2
+    assert depth_ranking(np.zeros((0, 0, 3))) == []
+
+
+@pytest.mark.parametrize("size", [(256, 256), (600, 1000)])
+def test_pictures(size):
+    predictor, image = scene_predictor(size=size)
+    result = predictor(image)
+    panoptic = draw_panoptic(image, result)
+    assert panoptic.shape == image.shape and not (panoptic == image).all()
+    occlusion, depth = draw_occlusion(image, result), draw_depth(image, result)
+    for picture in (occlusion, depth):
+        assert picture.shape[1] == image.shape[1] and picture.shape[0] > image.shape[0]
+        assert picture.dtype == np.uint8
+    # the closest thing is painted warm (red > blue), the farthest cool
+    front, back = (
+        result.segments[result.depth_ranking[0]],
+        result.segments[result.depth_ranking[-1]],
+    )
+    ys, xs = np.nonzero(front.mask & ~_border(front.mask))
+    colour = depth[ys[0], xs[0]].astype(int)
+    assert colour[0] > colour[2]
+    ys, xs = np.nonzero(back.mask & ~_border(back.mask))
+    colour = depth[ys[0], xs[0]].astype(int)
+    assert colour[2] > colour[0]
+    assert draw_video_frame(image, result).shape == image.shape
+
+
+def _border(mask: np.ndarray) -> np.ndarray:
+    return cv2.dilate((~mask).astype(np.uint8), np.ones((7, 7), np.uint8)).astype(bool)
+
+
+def test_pictures_need_their_task():
+    predictor, image = scene_predictor()
+    result = predictor(image)
+    result.occlusion = None
+    result.depth_ranking = None
+    with pytest.raises(ValueError, match="occlusion"):
+        draw_occlusion(image, result)
+    with pytest.raises(ValueError, match="depth"):
+        draw_depth(image, result)
+
+
+def test_anchor_point_is_inside_a_ring():
+    ring = np.zeros((64, 64), np.uint8)
+    cv2.circle(ring, (32, 32), 25, 1, 8)
+    x, y = anchor_point(ring.astype(bool))
+    assert ring[y, x] == 1
+
+
+def test_tiny_real_model_results_are_consistent():
+    cfg = tiny_cfg()
+    predictor = Predictor(cfg)
+    image = (np.random.default_rng(0).random((64, 96, 3)) * 255).astype(np.uint8)
+    result = predictor(image)
+    assert result.panoptic_seg.shape == (64, 96)
+    assert len(result.segments) + len(result.stuff_segments) > 0
+    ids = {s.id for s in result.segments + result.stuff_segments}
+    assert set(np.unique(result.panoptic_seg)) - {0} == ids
+    k = len(result.segments)
+    for name in predictor.tasks:
+        matrix = getattr(result, name)
+        assert matrix.shape == (k, k) and (np.diag(matrix) == -1).all()
+    if "depth" in predictor.tasks:
+        assert sorted(result.depth_ranking) == list(range(k))
+    json.loads(result.to_json())
+
+
+def test_predictor_turns_evaluation_off_and_panoptic_on():
+    cfg = tiny_cfg()
+    cfg.TEST.OCCLUSION_EVALUATION = True
+    cfg.MODEL.MASK_FORMER.TEST.PANOPTIC_ON = False
+    predictor = Predictor(cfg)
+    assert predictor.cfg.TEST.OCCLUSION_EVALUATION is False
+    assert predictor.cfg.MODEL.MASK_FORMER.TEST.PANOPTIC_ON is True
+    assert predictor.model.panoptic_on
+    assert cfg.TEST.OCCLUSION_EVALUATION is True  # the caller's config is left alone
+    assert not predictor.model.training
