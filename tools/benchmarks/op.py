@@ -35,6 +35,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=5, help="timed runs (median reported)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--im2col-step", type=int, default=64)
+    parser.add_argument(
+        "--clock",
+        choices=["wall", "process"],
+        default="wall",
+        help="wall time, or CPU time of this process (steadier on a shared CPU machine)",
+    )
 
 
 def _implementations(device: torch.device, im2col_step: int) -> dict[str, Callable]:
@@ -64,25 +70,33 @@ def _closures(
     return forward, forward_backward
 
 
-def _time(fn: Callable[[], None], device: torch.device, repeats: int, warmup: int) -> float:
+def _time(
+    fn: Callable[[], None], device: torch.device, repeats: int, warmup: int, clock: str
+) -> float:
+    now = time.process_time if clock == "process" else time.perf_counter
     times = []
     for i in range(warmup + repeats):
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        start = time.perf_counter()
+        start = now()
         fn()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         if i >= warmup:
-            times.append(time.perf_counter() - start)
+            times.append(now() - start)
     return statistics.median(times) * 1e3
 
 
 def run(args: argparse.Namespace) -> None:
     device = torch.device(args.device)
+    if device.type == "cuda" and args.clock == "process":
+        raise ValueError("--clock process measures CPU time; use --clock wall with --device cuda")
     torch.set_num_threads(args.threads)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    print(f"device: {name}, torch {torch.__version__}, threads {torch.get_num_threads()}")
+    print(
+        f"device: {name}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
+        f"clock {args.clock}"
+    )
     impls = _implementations(device, args.im2col_step)
     for size in args.size:
         shapes = [(size // s, size // s) for s in args.strides]
@@ -106,6 +120,6 @@ def run(args: argparse.Namespace) -> None:
         grad_inputs = [t.detach().requires_grad_(t.is_floating_point()) for t in inputs]
         for impl, fn in impls.items():
             forward, forward_backward = _closures(fn, inputs, grad_inputs)
-            fwd = _time(forward, device, args.repeats, args.warmup)
-            fwd_bwd = _time(forward_backward, device, args.repeats, args.warmup)
+            fwd = _time(forward, device, args.repeats, args.warmup, args.clock)
+            fwd_bwd = _time(forward_backward, device, args.repeats, args.warmup, args.clock)
             print(f"{impl:10s} {fwd:12.2f} {fwd_bwd:12.2f}")
