@@ -80,7 +80,7 @@ def read_panoptic_ids(path: str) -> np.ndarray:
     """Decode a COCO panoptic PNG into segment ids (``id = R + 256 G + 256^2 B``).
 
     Returns:
-        int64 array[H, W] of segment ids (0 = unlabelled).
+        int32 array[H, W] of segment ids (0 = unlabelled).
     Raises:
         DataError: missing or corrupt file, or not an 8-bit RGB PNG.
     """
@@ -89,5 +89,8 @@ def read_panoptic_ids(path: str) -> np.ndarray:
         raise DataError(
             f"panoptic PNG {path} has pixel mode '{image.mode}'; COCO panoptic PNGs are 8-bit RGB"
         )
-    rgb = np.asarray(image, dtype=np.int64)
-    return rgb[:, :, 0] + 256 * rgb[:, :, 1] + 256 * 256 * rgb[:, :, 2]
+    rgb = np.asarray(image, dtype=np.uint8)
+    ids = rgb[:, :, 2].astype(np.int32) << 16
+    ids |= rgb[:, :, 1].astype(np.int32) << 8
+    ids |= rgb[:, :, 0]
+    return ids

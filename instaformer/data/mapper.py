@@ -138,27 +138,31 @@ class InstaOrderPanopticMapper:
             rgb = image if self.image_format == "RGB" else image[:, :, ::-1]
             out["low_image"] = _low_image(rgb, self.low_image_size)
 
-        segments = [s for s in out["segments_info"] if not s.get("iscrowd", 0)]
-        present = set(np.unique(ids).tolist())
-        missing = [s["id"] for s in out["segments_info"] if s["id"] not in present]
-        if missing:
+        all_ids = torch.tensor([s["id"] for s in out["segments_info"]], dtype=torch.int32)
+        ids_t = torch.from_numpy(ids)[None]
+        masks = ids_t[0][None] == all_ids[:, None, None]  # all segments x H x W
+        present = masks.flatten(1).any(1) if len(all_ids) else torch.zeros(0, dtype=torch.bool)
+        if not present.all():
+            missing = all_ids[~present].tolist()
             raise DataError(
                 f"{where}: segments {missing} of segments_info do not occur in "
                 f"{out['pan_seg_file_name']}"
             )
+        non_crowd = [not s.get("iscrowd", 0) for s in out["segments_info"]]
+        segments = [s for s, keep in zip(out["segments_info"], non_crowd, strict=True) if keep]
 
         image_t = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
-        ids_t = torch.from_numpy(ids)[None]
-        if self.augmentation is not None:
+        if self.augmentation is None:
+            masks = masks[torch.tensor(non_crowd, dtype=torch.bool)]
+        else:
             image_t, ids_t = self.augmentation(tv_tensors.Image(image_t), tv_tensors.Mask(ids_t))
             image_t, ids_t = image_t.as_subclass(torch.Tensor), ids_t.as_subclass(torch.Tensor)
+            seg_ids = torch.tensor([s["id"] for s in segments], dtype=ids_t.dtype)
+            masks = ids_t[0][None] == seg_ids[:, None, None]  # N' x H x W
+            visible = masks.flatten(1).any(1)
+            segments = [s for s, v in zip(segments, visible.tolist(), strict=True) if v]
+            masks = masks[visible]
         out["image"] = image_t.contiguous()
-
-        seg_ids = torch.tensor([s["id"] for s in segments], dtype=torch.int64)
-        masks = ids_t[0][None] == seg_ids[:, None, None]  # N' x H x W
-        visible = masks.flatten(1).any(1).tolist() if len(segments) else []
-        segments = [s for s, v in zip(segments, visible, strict=True) if v]
-        masks = masks[torch.tensor(visible, dtype=torch.bool)] if len(visible) else masks
         out["instances"] = _instances(segments, masks, tuple(ids_t.shape[-2:]))
 
         record = out.pop("instaorder")
