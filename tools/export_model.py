@@ -112,7 +112,15 @@ def export_network(model: nn.Module, height: int, width: int) -> torch.export.Ex
     wrapper = NetworkWrapper(model).eval()
     example = (torch.rand(1, 3, height, width, device=model.pixel_mean.device) * 255,)
     with torch.no_grad(), _traced_shape_constants():
-        return torch.export.export(wrapper, example)
+        program = torch.export.export(wrapper, example)
+    # The constant read-backs leave unused ``aten.item`` nodes that the .pt2 format cannot
+    # deserialize; their values were folded into the graph, so they are dropped.
+    graph = program.graph
+    for node in list(graph.nodes):
+        if node.target == torch.ops.aten.item.default and not node.users:
+            graph.erase_node(node)
+    program.graph_module.recompile()
+    return program
 
 
 def export_order_head(

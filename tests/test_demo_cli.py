@@ -1,0 +1,92 @@
+"""demo/demo.py end to end on a tiny random-init model, and input expansion."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+from test_demo_predictor import TINY_OPTS, make_scene
+
+from instaformer.demo_utils import expand_inputs
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _demo_module():
+    spec = importlib.util.spec_from_file_location("demo_cli", REPO / "demo" / "demo.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _tiny_config_file(tmp_path: Path) -> Path:
+    tree: dict = {}
+    for key, value in zip(TINY_OPTS[0::2], TINY_OPTS[1::2], strict=True):
+        node = tree
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = yaml.safe_load(value)
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(tree))
+    return path
+
+
+def test_demo_writes_pictures_and_json_and_reports_bad_input(tmp_path, caplog):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for i, size in enumerate([(64, 96), (80, 64)]):
+        Image.fromarray(make_scene(*size)[0]).save(inputs / f"scene{i}.png")
+    (inputs / "corrupt.jpg").write_bytes(b"\xff\xd8 truncated jpeg")
+    out = tmp_path / "out" / "nested"
+    argv = ["--config-file", str(_tiny_config_file(tmp_path)), "--input", str(inputs)]
+    argv += ["--output", str(out), "--confidence-threshold", "0.0", "MODEL.DEVICE", "cpu"]
+    code = _demo_module().main(argv)
+    assert code == 1
+    assert "corrupt.jpg" in caplog.text
+    for stem, size in (("scene0", (64, 96)), ("scene1", (80, 64))):
+        assert (out / f"{stem}_panoptic.png").is_file()
+        record = json.loads((out / f"{stem}.json").read_text())
+        assert record["image_size"] == list(size)
+        assert record["input"].endswith(f"{stem}.png")
+        k = len(record["segments"])
+        for task in ("occlusion", "depth"):
+            if record[task] is not None:
+                assert (out / f"{stem}_{task}.png").is_file()
+                assert np.array(record[task]).shape == (k, k)
+    assert not list(out.glob("corrupt*"))
+
+
+def test_demo_exit_zero_on_good_inputs(tmp_path):
+    path = tmp_path / "a.png"
+    Image.fromarray(make_scene(64, 64)[0]).save(path)
+    argv = ["--config-file", str(_tiny_config_file(tmp_path)), "--input", str(path)]
+    argv += ["--output", str(tmp_path / "o"), "--opts", "MODEL.DEVICE", "cpu"]
+    assert _demo_module().main(argv) == 0
+    assert (tmp_path / "o" / "a_panoptic.png").is_file()
+
+
+def test_demo_rejects_unknown_override(tmp_path):
+    argv = ["--config-file", str(_tiny_config_file(tmp_path)), "--input", "x.png"]
+    argv += ["--output", str(tmp_path), "MODEL.NOT_A_KEY", "1"]
+    with pytest.raises(SystemExit):
+        _demo_module().main(argv)
+
+
+def test_expand_inputs(tmp_path):
+    for name in ("b.png", "a.jpg", "notes.md"):
+        (tmp_path / name).write_bytes(b"x")
+    listing = tmp_path / "list.txt"
+    listing.write_text("# images\na.jpg\n\nmissing.png\n")
+    assert expand_inputs([str(tmp_path)]) == [str(tmp_path / "a.jpg"), str(tmp_path / "b.png")]
+    assert expand_inputs([str(tmp_path / "*.png"), str(tmp_path / "b.png")]) == [
+        str(tmp_path / "b.png")
+    ]
+    assert expand_inputs([str(listing)]) == [str(tmp_path / "a.jpg"), str(tmp_path / "missing.png")]
+    with pytest.raises(ValueError, match="matches no file"):
+        expand_inputs([str(tmp_path / "*.gif")])
