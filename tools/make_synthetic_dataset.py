@@ -2,24 +2,32 @@
 
 Example::
 
-    python tools/make_synthetic_dataset.py --root datasets/synthetic --num-train 300 --num-val 60
+    python tools/make_synthetic_dataset.py --num-train 300 --num-val 60
 
-Then register it in code (no environment variable needed)::
-
-    from instaformer.data import register_synthetic_instaorder
-    register_synthetic_instaorder("datasets/synthetic")
+writes it to ``$DETECTRON2_DATASETS/synthetic_instaorder`` (default ``datasets/``), where the
+registered datasets ``synthetic_instaorder_{train,val}`` (InstaFormer) and
+``synthetic_instaorder_{train,val}_instances`` (InstaOrderNet) read it, e.g.
+``python train_net.py ... DATASETS.TRAIN "('synthetic_instaorder_train',)"``. Written elsewhere
+(``--root``), register it in code with ``register_synthetic_instaorder(root)``.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 
-from instaformer.data import make_synthetic_dataset
+from instaformer.data import datasets_root, make_synthetic_dataset
+from instaformer.data.datasets import SYNTHETIC_SUBDIR
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--root", required=True, help="output dataset root (coco/ is created)")
+    parser.add_argument(
+        "--root",
+        default=None,
+        help="output dataset root (coco/ is created in it); default "
+        f"$DETECTRON2_DATASETS/{SYNTHETIC_SUBDIR}",
+    )
     parser.add_argument("--num-train", type=int, default=200, help="training images")
     parser.add_argument("--num-val", type=int, default=50, help="validation images")
     parser.add_argument("--image-size", type=int, default=128, help="image side in pixels")
@@ -28,6 +36,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--max-objects", type=int, default=5, help="most things per image (>= 2)")
     args = parser.parse_args(argv)
+    if args.root is None:
+        args.root = os.path.join(datasets_root(), SYNTHETIC_SUBDIR)
     truth = make_synthetic_dataset(
         args.root,
         num_train=args.num_train,

@@ -190,8 +190,16 @@ def load_instaorder_json(
     return dicts
 
 
-def _under(root: str | None, *parts: str) -> Callable[[], str]:
-    return lambda: os.path.join(datasets_root() if root is None else root, *parts)
+SYNTHETIC_SUBDIR = "synthetic_instaorder"
+"""Where the synthetic twin lives under the dataset root (``tools/make_synthetic_dataset.py``)."""
+
+
+def _under(root: str | Callable[[], str] | None, *parts: str) -> Callable[[], str]:
+    def path() -> str:
+        base = datasets_root() if root is None else root() if callable(root) else root
+        return os.path.join(base, *parts)
+
+    return path
 
 
 def _replace(name: str) -> None:
@@ -202,13 +210,14 @@ def _replace(name: str) -> None:
 
 
 def register_instaorder_panoptic(
-    name: str, *, split: str, root: str | None = None, replace: bool = False
+    name: str, *, split: str, root: str | Callable[[], str] | None = None, replace: bool = False
 ) -> None:
     """Register an InstaOrder Panoptic split (InstaFormer) laid out under ``root``.
 
     Args:
         split: "train" or "val" (files ``*_{split}2017``).
-        root: dataset root; None reads ``$DETECTRON2_DATASETS`` whenever the data is loaded.
+        root: dataset root, or a function returning it; None reads ``$DETECTRON2_DATASETS``
+            whenever the data is loaded.
         replace: drop an existing registration of ``name`` first.
     """
     if replace:
@@ -231,7 +240,7 @@ def register_instaorder_panoptic(
 
 
 def register_instaorder(
-    name: str, *, split: str, root: str | None = None, replace: bool = False
+    name: str, *, split: str, root: str | Callable[[], str] | None = None, replace: bool = False
 ) -> None:
     """Register an InstaOrder split (InstaOrderNet): InstaOrder JSON + COCO instances JSON."""
     if replace:
@@ -254,11 +263,22 @@ def register_instaorder(
     )
 
 
+def _synthetic_root() -> str:
+    return os.path.join(datasets_root(), SYNTHETIC_SUBDIR)
+
+
 def register_all_instaorder() -> None:
-    """Register ``instaorder_2017_{train,val}_panoptic`` and ``instaorder_2017_{train,val}``
-    under ``$DETECTRON2_DATASETS`` (idempotent)."""
+    """Register under ``$DETECTRON2_DATASETS`` (read when the data is loaded; idempotent):
+    ``instaorder_2017_{train,val}_panoptic`` and ``instaorder_2017_{train,val}``, and the
+    synthetic twin in its ``synthetic_instaorder/`` folder as ``synthetic_instaorder_{train,val}``
+    and ``synthetic_instaorder_{train,val}_instances``."""
     for split in ("train", "val"):
-        if f"instaorder_2017_{split}_panoptic" not in DatasetCatalog:
-            register_instaorder_panoptic(f"instaorder_2017_{split}_panoptic", split=split)
-        if f"instaorder_2017_{split}" not in DatasetCatalog:
-            register_instaorder(f"instaorder_2017_{split}", split=split)
+        names = {
+            f"instaorder_2017_{split}_panoptic": (register_instaorder_panoptic, None),
+            f"instaorder_2017_{split}": (register_instaorder, None),
+            f"synthetic_instaorder_{split}": (register_instaorder_panoptic, _synthetic_root),
+            f"synthetic_instaorder_{split}_instances": (register_instaorder, _synthetic_root),
+        }
+        for name, (register, root) in names.items():
+            if name not in DatasetCatalog:
+                register(name, split=split, root=root)
