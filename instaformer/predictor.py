@@ -358,6 +358,8 @@ def _build_and_load(cfg: CfgNode) -> nn.Module:
 
     model = build_model(cfg)
     if cfg.MODEL.WEIGHTS:
+        if "://" not in cfg.MODEL.WEIGHTS and not os.path.isfile(cfg.MODEL.WEIGHTS):
+            raise FileNotFoundError(f"MODEL.WEIGHTS file not found: {cfg.MODEL.WEIGHTS}")
         from mask2former.checkpoint import M2FCheckpointer, format_report
 
         report = M2FCheckpointer(model, save_to_disk=False).load_weights(cfg.MODEL.WEIGHTS)
