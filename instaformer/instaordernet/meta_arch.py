@@ -224,9 +224,9 @@ class InstaOrderNet(nn.Module):
                 )
             else:
                 x = resize_mode_inputs(image, masks, part, size=self.input_size)
-            out = self.net(x)
+            out = self.net(x.to(self.net.conv1.weight.dtype))
             for task in self.tasks:
-                chunks[task].append(out[task].float())
+                chunks[task].append(out[task])
         return {t: torch.cat(v) for t, v in chunks.items()}
 
     @torch.no_grad()
