@@ -39,7 +39,10 @@ class Instances:
             self.set(name, value)
 
     def __getattr__(self, name: str) -> Any:
-        if name.startswith("_") or name not in self._fields:
+        # Only called when normal lookup fails; "_fields" itself is missing during unpickling.
+        if name.startswith("_"):
+            raise AttributeError(name)
+        if name not in self._fields:
             raise AttributeError(f"Instances has no field '{name}'; fields: {list(self._fields)}")
         return self._fields[name]
 

@@ -76,7 +76,7 @@ def test_matrices_equal_generator_ground_truth(synthetic):
         for mask, seg in zip(inst.gt_masks, non_crowd, strict=True):
             assert torch.equal(mask, ids == seg["id"])
         assert out["image"].dtype == torch.uint8 and out["image"].shape == (3, 96, 96)
-        assert "instaorder" not in out and "pan_seg_file_name" not in out
+        assert "instaorder" not in out and out["pan_seg_file_name"] == record["pan_seg_file_name"]
         assert "low_image" not in out
     assert crowd_first >= 1  # a crowd segment preceded an annotated one (offset fix)
 

@@ -165,8 +165,8 @@ class InstaOrderPanopticMapper:
         out["image"] = image_t.contiguous()
         out["instances"] = _instances(segments, masks, tuple(ids_t.shape[-2:]))
 
+        # pan_seg_file_name stays: the semantic evaluator reads the ground truth from it.
         record = out.pop("instaorder")
-        out.pop("pan_seg_file_name")
         check_instaorder_panoptic_record(record, {s["id"] for s in out["segments_info"]}, where)
         instance_of_segment = {p: k for k, p in enumerate(record["pan_instance_ids"]) if p != -1}
         tgt_pan_idx, rows = [], []
