@@ -1,5 +1,33 @@
-"""InstaFormer model: ``build_model(cfg)`` builds the meta-architecture named in the config."""
+"""InstaFormer model: ``build_model(cfg)`` builds the meta-architecture named in the config.
 
-from mask2former.modeling import build_model
+The released configs call InstaFormer "MaskFormer" (``MODEL.META_ARCHITECTURE``); that name
+builds :class:`InstaFormer`, which without an order head (``GEOMETRIC_PREDICTOR.NAME = ""``) is
+exactly Mask2Former's ``MaskFormer``. Other names are looked up in ``META_ARCH_REGISTRY``
+(e.g. "InstaOrderNet").
+"""
 
-__all__ = ["build_model"]
+from __future__ import annotations
+
+from torch import nn
+
+from instaformer.modeling.meta_arch import InstaFormer
+from mask2former.modeling.build import resolve_device
+from mask2former.modeling.registry import META_ARCH_REGISTRY
+
+__all__ = ["META_ARCH_ALIASES", "InstaFormer", "build_model"]
+
+# MODEL.META_ARCHITECTURE of the released configs -> the class this project builds for it.
+META_ARCH_ALIASES = {"MaskFormer": "InstaFormer"}
+
+
+def build_model(cfg) -> nn.Module:  # noqa: ANN001 (fvcore CfgNode)
+    """The meta-architecture of ``cfg`` (with ``META_ARCH_ALIASES``) on ``MODEL.DEVICE``.
+
+    Weights are not loaded here (see :mod:`mask2former.checkpoint`).
+    """
+    import instaformer.instaordernet.meta_arch  # noqa: F401  (registers "InstaOrderNet")
+    import mask2former.modeling  # noqa: F401  (registers the Mask2Former modules)
+
+    name = cfg.MODEL.META_ARCHITECTURE
+    model = META_ARCH_REGISTRY.get(META_ARCH_ALIASES.get(name, name))(cfg)
+    return model.to(resolve_device(cfg.MODEL.DEVICE))

@@ -1,0 +1,463 @@
+"""``InstaFormer``: Mask2Former plus an order head (spec INSTAFORMER.md §1.2-1.5, §2, §3.1-3.3).
+
+Shape shorthand: B images, Q queries, C mask-embedding width, Hp x Wp padded image, h x w mask
+logits / mask features (Hp/4 x Wp/4), n annotated ground-truth instances of one image, k thing
+segments of one panoptic prediction, K classes of an order task, L order-head layers.
+
+Building. The released configs name ``MODEL.META_ARCHITECTURE: "MaskFormer"`` (the reference
+edited Mask2Former's class in place). Here Mask2Former's :class:`MaskFormer` stays unchanged and
+``InstaFormer`` subclasses it under its own registry name; :func:`instaformer.modeling.build_model`
+maps the config name "MaskFormer" to "InstaFormer" (``META_ARCH_ALIASES``). With
+``GEOMETRIC_PREDICTOR.NAME = ""`` there is no order head and the model is exactly MaskFormer: same
+forward, same state-dict keys. With a head, the state dict holds ``geometric_predictor.*`` between
+``sem_seg_head.*`` and ``criterion.*``, in the reference's order.
+
+Training (``model.train()``; inputs from the ``instaorder_panoptic`` mapper). The point-sampled
+Hungarian matcher runs once on the final decoder layer; its matching feeds both the Mask2Former
+losses and the query selection of the order head: per image the queries matched to the
+annotated instances ``tgt_pan_idx`` (indices into the non-crowd ``instances``), in that order, so
+head row r lines up with row r of ``occlusion_matrix`` / ``depth_matrix``. The head reads their
+mask embeddings, their binarised mask logits (logit > 0) and the image's mask features (pairwise
+head: also ``low_image``). Order losses (:class:`OrderCriterion`): mean over the labelled
+off-diagonal pairs of an image (-1 cells ignored), mean over images with such a pair, every head
+layer supervised when ``MASK_FORMER.DEEP_SUPERVISION``, weights ``OCCLUSION_WEIGHT`` /
+``DEPTH_WEIGHT``. Images with fewer than 2 annotated instances skip the head; a batch without
+any gives zero order losses. Loss keys: ``loss_ce``, ``loss_mask``, ``loss_dice`` (+ ``_<i>``),
+``loss_occlusion`` / ``loss_depth`` (+ ``_<l>`` per earlier head layer).
+
+* Holistic head: Balanced Softmax with ``INPUT.OCC_SAMPLES_PER_CLASS`` /
+  ``INPUT.DEPTH_SAMPLES_PER_CLASS`` (``DEPTH_LOSS = "ce"``: plain cross-entropy for depth).
+* Pairwise head (``PairwiseResNet``; o, d and od; the reference could only train o, on one
+  sampled pair): negative log-likelihood of its symmetrised probabilities (no class prior: the
+  network is InstaOrderNet, trained without one), over every labelled ordered pair.
+
+Inference (``model.eval()``). The usual Mask2Former results (``sem_seg``, ``panoptic_seg``,
+``instances``, ``panoptic_keep`` as ``MODEL.MASK_FORMER.TEST.*_ON`` enable) plus, for each task
+with ``OCCLUSION_ON`` / ``DEPTH_ON``:
+
+* ``"occlusion"``: Tensor[k, k] int64, 1 = row occludes column, 0 = not, diagonal -1;
+  ``"occlusion_prob"``: Tensor[k, k] float, probability that row occludes column, diagonal 0;
+* ``"depth"``: Tensor[k, k] int64, 1 = row closer, 0 = row farther, 2 = same depth, diagonal -1;
+  ``"depth_prob"``: Tensor[k, k, 3] float (farther, closer, same), diagonal 0;
+
+from the last head layer (labels = argmax of the logits). Rows depend on the mode:
+
+* evaluation mode (``TEST.OCCLUSION_EVALUATION`` or ``TEST.DEPTH_EVALUATION``): the inputs carry
+  their ground truth; queries are matched to it with the deterministic full-mask matching and row
+  r is annotated instance ``tgt_pan_idx[r]`` (k = n, aligned with the input matrices);
+* blind mode (both False): row r is the r-th thing segment of ``panoptic_seg``'s
+  ``segments_info``, and ``"order_segment_ids"`` Tensor[k] int64 gives its segment id. No thing
+  segment gives empty Tensor[0, 0] matrices.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from instaformer.modeling.order import (
+    ORDER_TASK_CLASSES,
+    OrderCriterion,
+    PairwiseResNet,
+    build_order_head,
+    order_tasks,
+    select_matched_queries,
+    select_segment_queries,
+)
+from mask2former.modeling.configurable import configurable
+from mask2former.modeling.matcher import full_mask_matching
+from mask2former.modeling.meta_arch import MaskFormer
+from mask2former.modeling.registry import META_ARCH_REGISTRY
+
+__all__ = ["InstaFormer", "low_image_from", "order_results"]
+
+# GT matrix of each order task in the mapper's output.
+_GT_KEYS = {"occlusion": "occlusion_matrix", "depth": "depth_matrix"}
+# Output flag of each order task.
+_ON_KEYS = {"occlusion": "OCCLUSION_ON", "depth": "DEPTH_ON"}
+_DEPTH_LOSSES = ("balanced_softmax", "ce")
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def order_results(head_outputs: dict[str, list[Tensor]], tasks: Sequence[str]) -> dict:
+    """Final order matrices from one image's head output (see the module docstring).
+
+    Args:
+        head_outputs: ``{task: [Tensor[k, k, K] per head layer]}`` raw logits (or
+            log-probabilities), ``[i, j]`` = row instance i vs column instance j.
+        tasks: tasks to report, each a key of ``head_outputs``.
+
+    Returns:
+        ``{task: Tensor[k, k] int64, task + "_prob": Tensor[k, k] (occlusion) or
+        Tensor[k, k, 3] (depth)}``.
+    """
+    out = {}
+    for task in tasks:
+        logits = head_outputs[task][-1]
+        k = logits.shape[0]
+        eye = torch.eye(k, dtype=torch.bool, device=logits.device)
+        labels = logits.argmax(-1).masked_fill(eye, -1)
+        prob = logits.float().softmax(-1).masked_fill(eye[..., None], 0.0)
+        out[task] = labels
+        out[f"{task}_prob"] = prob[..., 1] if task == "occlusion" else prob
+    return out
+
+
+@META_ARCH_REGISTRY.register()
+class InstaFormer(MaskFormer):
+    """Mask2Former with an optional order head ``geometric_predictor`` (module docstring)."""
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        geometric_predictor: nn.Module | None = None,
+        order_criterion: OrderCriterion | None = None,
+        output_tasks: Sequence[str] = (),
+        evaluation_mode: bool = False,
+        match_costs: tuple[float, float, float] = (2.0, 5.0, 5.0),
+        input_format: str = "RGB",
+        **maskformer_kwargs,
+    ) -> None:
+        """
+        Args:
+            geometric_predictor: the order head, or None for plain Mask2Former; called as
+                ``head(mask_embed Tensor[n, C], masks Tensor[n, h, w], mask_features
+                Tensor[C, h, w])`` -> ``{task: [Tensor[n, n, K] per layer]}``, with ``tasks``.
+            order_criterion: order losses (its ``weights`` name the trained tasks), or None.
+            output_tasks: tasks whose matrices inference returns (subset of the head's tasks).
+            evaluation_mode: inference over the ground-truth instances of the inputs.
+            match_costs: (class, mask, dice) weights of the evaluation-mode full-mask matching.
+            input_format: "RGB" or "BGR", channel order of ``image`` (for the pairwise head's
+                ``low_image`` when an input has none).
+            maskformer_kwargs: the arguments of :class:`MaskFormer`.
+        """
+        super().__init__(**maskformer_kwargs)
+        head_tasks = () if geometric_predictor is None else tuple(geometric_predictor.tasks)
+        missing = [t for t in output_tasks if t not in head_tasks]
+        if missing:
+            raise ValueError(
+                f"order outputs {missing} requested but the order head has {head_tasks}"
+            )
+        if order_criterion is not None:
+            untrained = [t for t in order_criterion.weights if t not in head_tasks]
+            if untrained:
+                raise ValueError(f"order losses {untrained} but the order head has {head_tasks}")
+        if input_format not in ("RGB", "BGR"):
+            raise ValueError(f"INPUT.FORMAT must be 'RGB' or 'BGR', got {input_format!r}")
+        # Register the head before the criterion: the reference's state-dict order.
+        criterion = self.criterion
+        del self.criterion
+        self.geometric_predictor = geometric_predictor
+        self.criterion = criterion
+        self.order_criterion = order_criterion
+        self.output_tasks = tuple(output_tasks)
+        self.evaluation_mode = evaluation_mode
+        self.match_costs = tuple(match_costs)
+        self.input_format = input_format
+
+    @classmethod
+    def from_config(cls, cfg) -> dict:  # noqa: ANN001 (fvcore CfgNode)
+        kwargs = super().from_config(cfg)
+        gp = cfg.MODEL.GEOMETRIC_PREDICTOR
+        mf = cfg.MODEL.MASK_FORMER
+        head = build_order_head(cfg)
+        kwargs["geometric_predictor"] = head
+        kwargs["match_costs"] = (mf.CLASS_WEIGHT, mf.MASK_WEIGHT, mf.DICE_WEIGHT)
+        kwargs["input_format"] = cfg.INPUT.FORMAT
+        if head is None:
+            return kwargs
+        tasks = order_tasks(cfg)
+        kwargs["output_tasks"] = tuple(t for t in tasks if getattr(gp, _ON_KEYS[t]))
+        kwargs["evaluation_mode"] = bool(cfg.TEST.OCCLUSION_EVALUATION or cfg.TEST.DEPTH_EVALUATION)
+        trained = [t for t in tasks if t not in cfg.MODEL.REMOVE_LOSSES]
+        if trained:
+            kwargs["order_criterion"] = _build_order_criterion(cfg, trained, head)
+        return kwargs
+
+    @property
+    def num_order_layers(self) -> int:
+        """Predictions per task of the order head (1 for heads without ``num_layers``)."""
+        return int(getattr(self.geometric_predictor, "num_layers", 1))
+
+    def forward(self, batched_inputs: list[dict]) -> dict[str, Tensor] | list[dict]:
+        """See the module docstring (and :class:`MaskFormer` for the input dicts).
+
+        Order inputs per dict: training and evaluation mode need ``instances``,
+        ``tgt_pan_idx`` LongTensor[n] and the GT matrices of the trained tasks
+        (``occlusion_matrix`` / ``depth_matrix`` int Tensor[n, n]); the pairwise head reads
+        ``low_image`` Tensor[3, S, S] (computed from ``image`` when absent).
+        """
+        if self.geometric_predictor is None:
+            return super().forward(batched_inputs)
+        images, image_sizes = self.preprocess_image(batched_inputs)
+        outputs, mask_embed, mask_features = self.run_network(images)
+        padded_size = tuple(images.shape[-2:])
+        if self.training:
+            targets = self.prepare_targets(batched_inputs, images)
+            return self.training_losses(
+                outputs, mask_embed, mask_features, targets, batched_inputs, image_sizes
+            )
+        results = self.inference(outputs, batched_inputs, image_sizes, padded_size)
+        if self.output_tasks:
+            if self.evaluation_mode:
+                targets = self.prepare_targets(batched_inputs, images)
+                self.attach_gt_orders(
+                    results,
+                    outputs,
+                    mask_embed,
+                    mask_features,
+                    targets,
+                    batched_inputs,
+                    image_sizes,
+                )
+            else:
+                self.attach_blind_orders(
+                    results,
+                    outputs,
+                    mask_embed,
+                    mask_features,
+                    batched_inputs,
+                    image_sizes,
+                    padded_size,
+                )
+        return results
+
+    def run_order_head(
+        self,
+        queries: Tensor,
+        mask_embed: Tensor,
+        mask_logits: Tensor,
+        mask_features: Tensor,
+        *,
+        batched_input: dict | None = None,
+        valid_size: tuple[int, int] | None = None,
+    ) -> dict[str, list[Tensor]]:
+        """Order-head output for the given queries of one image.
+
+        Args:
+            queries: LongTensor[n] query indices; row r of the result is query ``queries[r]``.
+            mask_embed: Tensor[Q, C] final-layer mask embeddings of the image.
+            mask_logits: Tensor[Q, h, w] final-layer mask logits (binarised here at 0).
+            mask_features: Tensor[C, h, w] pixel-decoder mask features.
+            batched_input: the image's input dict (pairwise head: ``low_image``, or ``image``).
+            valid_size: ``(h', w')`` part of the h x w map inside the unpadded image (pairwise
+                head; None = all).
+
+        Returns:
+            ``{task: [Tensor[n, n, K] per head layer]}`` raw logits (pairwise head:
+            log-probabilities), ``[i, j]`` = query ``queries[i]`` vs query ``queries[j]``.
+        """
+        queries = queries.to(mask_embed.device)
+        masks = mask_logits[queries] > 0  # n x h x w, no gradient
+        head = self.geometric_predictor
+        if not isinstance(head, PairwiseResNet):
+            return head(mask_embed[queries], masks, mask_features)
+        if batched_input is None:
+            raise ValueError("the pairwise order head needs the image's input dict")
+        low_image = batched_input.get("low_image")
+        if low_image is None:
+            low_image = low_image_from(batched_input["image"], head.input_size, self.input_format)
+        return head(
+            mask_embed[queries],
+            masks,
+            mask_features,
+            image=low_image.to(mask_features),
+            valid_size=valid_size,
+        )
+
+    def training_losses(
+        self,
+        outputs: dict,
+        mask_embed: Tensor,
+        mask_features: Tensor,
+        targets: list[dict],
+        batched_inputs: list[dict],
+        image_sizes: list[tuple[int, int]],
+    ) -> dict[str, Tensor]:
+        """Weighted Mask2Former and order losses; one matching for both (module docstring)."""
+        main = {k: v for k, v in outputs.items() if k != "aux_outputs"}
+        indices = self.criterion.matcher(main, targets)
+        losses = self.compute_losses(outputs, targets, indices) if self.criterion.losses else {}
+        if self.order_criterion is None:
+            return losses
+        padded = tuple(targets[0]["masks"].shape[-2:])
+        head_outputs, order_targets = [], []
+        for b, x in enumerate(batched_inputs):
+            tgt_pan_idx = _tgt_pan_idx(x, len(targets[b]["labels"]))
+            n = len(tgt_pan_idx)
+            if n < 2:  # no pair to supervise
+                continue
+            order_targets.append({t: _gt_matrix(x, t, n) for t in self.order_criterion.weights})
+            queries = select_matched_queries(*indices[b], tgt_pan_idx)
+            head_outputs.append(
+                self.run_order_head(
+                    queries,
+                    mask_embed[b],
+                    outputs["pred_masks"][b],
+                    mask_features[b],
+                    batched_input=x,
+                    valid_size=_valid_size(image_sizes[b], padded, mask_features.shape[-2:]),
+                )
+            )
+        weights = self.order_criterion.weight_dict(self.num_order_layers)
+        if not head_outputs:
+            zero = mask_embed.new_zeros(())
+            losses.update(dict.fromkeys(weights, zero))
+            return losses
+        raw = self.order_criterion(head_outputs, order_targets)
+        losses.update({k: v * weights[k] for k, v in raw.items()})
+        return losses
+
+    def attach_gt_orders(
+        self,
+        results: list[dict],
+        outputs: dict,
+        mask_embed: Tensor,
+        mask_features: Tensor,
+        targets: list[dict],
+        batched_inputs: list[dict],
+        image_sizes: list[tuple[int, int]],
+    ) -> None:
+        """Evaluation mode: add the order matrices over each input's annotated instances."""
+        main = {k: v for k, v in outputs.items() if k != "aux_outputs"}
+        cost_class, cost_mask, cost_dice = self.match_costs
+        indices = full_mask_matching(
+            main, targets, cost_class=cost_class, cost_mask=cost_mask, cost_dice=cost_dice
+        )
+        padded = tuple(targets[0]["masks"].shape[-2:])
+        for b, (x, result) in enumerate(zip(batched_inputs, results, strict=True)):
+            tgt_pan_idx = _tgt_pan_idx(x, len(targets[b]["labels"]))
+            queries = select_matched_queries(*indices[b], tgt_pan_idx)
+            head_out = self.run_order_head(
+                queries,
+                mask_embed[b],
+                outputs["pred_masks"][b],
+                mask_features[b],
+                batched_input=x,
+                valid_size=_valid_size(image_sizes[b], padded, mask_features.shape[-2:]),
+            )
+            result.update(order_results(head_out, self.output_tasks))
+
+    def attach_blind_orders(
+        self,
+        results: list[dict],
+        outputs: dict,
+        mask_embed: Tensor,
+        mask_features: Tensor,
+        batched_inputs: list[dict],
+        image_sizes: list[tuple[int, int]],
+        padded_size: tuple[int, int],
+    ) -> None:
+        """Blind mode: add the order matrices over the thing segments of each panoptic result."""
+        if not self.panoptic_on:
+            raise ValueError(
+                "blind order inference (TEST.OCCLUSION_EVALUATION and TEST.DEPTH_EVALUATION "
+                "False) orders panoptic segments: set MODEL.MASK_FORMER.TEST.PANOPTIC_ON True"
+            )
+        for b, (x, result) in enumerate(zip(batched_inputs, results, strict=True)):
+            queries, segment_ids = select_segment_queries(result["panoptic_seg"][1])
+            head_out = self.run_order_head(
+                queries,
+                mask_embed[b],
+                outputs["pred_masks"][b],
+                mask_features[b],
+                batched_input=x,
+                valid_size=_valid_size(image_sizes[b], padded_size, mask_features.shape[-2:]),
+            )
+            result.update(order_results(head_out, self.output_tasks))
+            result["order_segment_ids"] = torch.tensor(
+                segment_ids, dtype=torch.int64, device=mask_embed.device
+            )
+
+
+def low_image_from(image: Tensor, size: int, input_format: str) -> Tensor:
+    """uint8 Tensor[3, H, W] -> float32 Tensor[3, size, size]: the pairwise head's RGB input.
+
+    Bicubic resize of the [0, 1]-scaled RGB image (aspect not kept), ImageNet mean/std
+    normalisation: the mapper's ``low_image`` for inputs that come without it.
+    """
+    x = image.float() / 255.0
+    if input_format == "BGR":
+        x = x.flip(0)
+    x = F.interpolate(x[None], size=(size, size), mode="bicubic", align_corners=False)[0]
+    mean = torch.tensor(_IMAGENET_MEAN, device=x.device).view(3, 1, 1)
+    std = torch.tensor(_IMAGENET_STD, device=x.device).view(3, 1, 1)
+    return (x - mean) / std
+
+
+def _valid_size(
+    image_size: tuple[int, int], padded_size: tuple[int, int], map_size: tuple[int, int]
+) -> tuple[int, int]:
+    """Part ``(h', w')`` of an h x w map of the padded frame that covers the unpadded image."""
+    return (
+        math.ceil(image_size[0] * map_size[0] / padded_size[0]),
+        math.ceil(image_size[1] * map_size[1] / padded_size[1]),
+    )
+
+
+def _tgt_pan_idx(batched_input: dict, num_instances: int) -> Tensor:
+    """LongTensor[n] ``tgt_pan_idx`` of an input, checked against its M non-crowd instances."""
+    if "tgt_pan_idx" not in batched_input:
+        raise ValueError(
+            "order training and evaluation mode (TEST.OCCLUSION_EVALUATION / DEPTH_EVALUATION) "
+            "need the ground truth of every input: 'instances', 'tgt_pan_idx' and the order "
+            "matrices (instaorder_panoptic mapper); for inference without ground truth set both "
+            "TEST flags False"
+        )
+    idx = torch.as_tensor(batched_input["tgt_pan_idx"], dtype=torch.int64).flatten()
+    if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= num_instances):
+        raise ValueError(
+            f"tgt_pan_idx {idx.tolist()} of {batched_input.get('file_name', 'an input')} "
+            f"points outside its {num_instances} non-crowd instances"
+        )
+    return idx
+
+
+def _gt_matrix(batched_input: dict, task: str, n: int) -> Tensor:
+    """int Tensor[n, n] GT matrix of ``task`` (-1 = unlabelled), checked against ``tgt_pan_idx``."""
+    key = _GT_KEYS[task]
+    where = batched_input.get("file_name", "an input")
+    if key not in batched_input:
+        raise ValueError(f"{where} has no '{key}' although the {task} loss is trained")
+    matrix = torch.as_tensor(batched_input[key])
+    if tuple(matrix.shape) != (n, n):
+        raise ValueError(
+            f"{where}: '{key}' has shape {tuple(matrix.shape)} but tgt_pan_idx names {n} instances"
+        )
+    return matrix
+
+
+def _build_order_criterion(cfg, tasks: Sequence[str], head: nn.Module) -> OrderCriterion:  # noqa: ANN001
+    """Order losses of ``tasks`` from ``MODEL.GEOMETRIC_PREDICTOR.*`` and ``INPUT.*`` priors."""
+    gp = cfg.MODEL.GEOMETRIC_PREDICTOR
+    if gp.DEPTH_LOSS not in _DEPTH_LOSSES:
+        raise ValueError(
+            f"MODEL.GEOMETRIC_PREDICTOR.DEPTH_LOSS must be one of {_DEPTH_LOSSES}, "
+            f"got {gp.DEPTH_LOSS!r}"
+        )
+    weights = {"occlusion": gp.OCCLUSION_WEIGHT, "depth": gp.DEPTH_WEIGHT}
+    counts = {
+        "occlusion": list(cfg.INPUT.OCC_SAMPLES_PER_CLASS),
+        "depth": list(cfg.INPUT.DEPTH_SAMPLES_PER_CLASS) if gp.DEPTH_LOSS != "ce" else None,
+    }
+    for task, key in (("occlusion", "OCC_SAMPLES_PER_CLASS"), ("depth", "DEPTH_SAMPLES_PER_CLASS")):
+        if counts[task] is not None and len(counts[task]) != ORDER_TASK_CLASSES[task]:
+            raise ValueError(
+                f"INPUT.{key} needs {ORDER_TASK_CLASSES[task]} counts, got {counts[task]}"
+            )
+    if isinstance(head, PairwiseResNet):  # probabilities of InstaOrderNet: no class prior
+        counts = dict.fromkeys(counts)
+    # The class priors are CPU constants (moved to the logits' device when used), also when the
+    # model is built under a device context such as ``torch.device("meta")``.
+    with torch.device("cpu"):
+        return OrderCriterion(
+            weights={t: weights[t] for t in tasks},
+            class_counts={t: counts[t] for t in tasks},
+            deep_supervision=cfg.MODEL.MASK_FORMER.DEEP_SUPERVISION,
+        )
