@@ -142,7 +142,8 @@ class InstaFormer(MaskFormer):
         missing = [t for t in output_tasks if t not in head_tasks]
         if missing:
             raise ValueError(
-                f"order outputs {missing} requested but the order head has {head_tasks}"
+                f"order outputs {missing} requested (MODEL.GEOMETRIC_PREDICTOR.OCCLUSION_ON / "
+                f"DEPTH_ON) but the order head predicts {head_tasks}"
             )
         if order_criterion is not None:
             untrained = [t for t in order_criterion.weights if t not in head_tasks]
@@ -173,7 +174,7 @@ class InstaFormer(MaskFormer):
         if head is None:
             return kwargs
         tasks = order_tasks(cfg)
-        kwargs["output_tasks"] = tuple(t for t in tasks if getattr(gp, _ON_KEYS[t]))
+        kwargs["output_tasks"] = tuple(t for t in _ON_KEYS if getattr(gp, _ON_KEYS[t]))
         kwargs["evaluation_mode"] = bool(cfg.TEST.OCCLUSION_EVALUATION or cfg.TEST.DEPTH_EVALUATION)
         trained = [t for t in tasks if t not in cfg.MODEL.REMOVE_LOSSES]
         if trained:

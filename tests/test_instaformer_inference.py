@@ -1,0 +1,117 @@
+"""Tiny-config InstaFormer inference: evaluation mode (GT instances) and blind mode (segments).
+
+Evaluation mode: matrices over the annotated GT instances, permutation equivariance, zero and
+one instance, segmentation results kept. Blind mode: rows = thing segments with their ids,
+zero detections give empty matrices, the pairwise head runs without a mapper-made low_image.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_instaformer_train import sample, tiny_cfg
+
+from instaformer.modeling import build_model
+from mask2former.structures import Instances
+
+EVAL = ["TEST.OCCLUSION_EVALUATION", "True", "TEST.DEPTH_EVALUATION", "True"]
+BLIND = ["TEST.OCCLUSION_EVALUATION", "False", "TEST.DEPTH_EVALUATION", "False"]
+
+
+def _check_contract(out: dict, k: int) -> None:
+    for task in ("occlusion", "depth"):
+        labels, prob = out[task], out[f"{task}_prob"]
+        assert labels.dtype == torch.int64 and labels.shape == (k, k)
+        assert (labels.diagonal() == -1).all()
+        off = ~torch.eye(k, dtype=torch.bool)
+        assert prob.dtype == torch.float32 and prob.shape[:2] == (k, k)
+        assert (prob.diagonal(0, 0, 1) == 0).all()
+        if task == "occlusion":
+            assert torch.equal(labels[off], (prob[off] > 0.5).long())
+        else:
+            assert prob.shape == (k, k, 3)
+            torch.testing.assert_close(prob[off].sum(-1), torch.ones(int(off.sum())))
+            assert torch.equal(labels[off], prob[off].argmax(-1))
+
+
+@pytest.fixture(scope="module")
+def eval_model():
+    torch.manual_seed(0)
+    return build_model(tiny_cfg("od", "all", *EVAL)).eval()
+
+
+def test_evaluation_mode_outputs(eval_model) -> None:
+    inputs = [sample(3, seed=1), sample(0, seed=2), sample(1, 48, 64, seed=3)]
+    with torch.no_grad():
+        results = eval_model(inputs)
+    for out, x, n in zip(results, inputs, (3, 0, 1), strict=True):
+        _check_contract(out, n)
+        assert "order_segment_ids" not in out
+        # segmentation results stay as configured (the reference dropped them)
+        assert {"sem_seg", "panoptic_seg", "instances"} <= set(out)
+        assert out["sem_seg"].shape[-2:] == (x["height"], x["width"])
+
+
+def test_evaluation_mode_is_permutation_equivariant(eval_model) -> None:
+    x = sample(5, seed=4)
+    g = torch.Generator().manual_seed(0)
+    # shuffle the instance list and the annotated rows independently
+    order = torch.randperm(6, generator=g)  # new instance j = old instance order[j]
+    perm = torch.randperm(5, generator=g)  # new row r = old row perm[r]
+    inst = x["instances"]
+    position = torch.argsort(order)  # old instance i sits at position[i]
+    y = dict(x)
+    y["instances"] = Instances(
+        inst.image_size, gt_classes=inst.gt_classes[order], gt_masks=inst.gt_masks[order]
+    )
+    y["tgt_pan_idx"] = position[x["tgt_pan_idx"][perm]]
+    with torch.no_grad():
+        a, b = eval_model([x])[0], eval_model([y])[0]
+    for task in ("occlusion", "depth"):
+        expected = a[f"{task}_prob"][perm][:, perm]
+        torch.testing.assert_close(b[f"{task}_prob"], expected, atol=1e-5, rtol=0)
+        permuted = a[task][perm][:, perm]
+        assert (b[task] != permuted).sum().item() <= 1  # only near-ties may flip
+    assert not torch.equal(a["depth_prob"], a["depth_prob"][perm][:, perm])  # a real test
+
+
+def test_evaluation_mode_needs_ground_truth(eval_model) -> None:
+    x = sample(2, seed=5)
+    del x["tgt_pan_idx"]
+    with pytest.raises(ValueError, match="tgt_pan_idx"):
+        with torch.no_grad():
+            eval_model([x])
+
+
+@pytest.mark.parametrize("head", ["all", "pairwise"])
+def test_blind_mode_rows_are_thing_segments(head: str) -> None:
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg("od", head, *BLIND)).eval()
+    x = {k: v for k, v in sample(3, seed=6).items() if k in ("image", "height", "width")}
+    with torch.no_grad():
+        out = model([x])[0]
+    things = [s for s in out["panoptic_seg"][1] if s["isthing"]]
+    assert things, "the tiny model with thresholds 0 should find thing segments"
+    assert out["order_segment_ids"].tolist() == [s["id"] for s in things]
+    _check_contract(out, len(things))
+
+
+def test_blind_mode_zero_detections() -> None:
+    cfg = tiny_cfg("od", "all", *BLIND, "MODEL.MASK_FORMER.TEST.OBJECT_MASK_THRESHOLD", "1.0")
+    model = build_model(cfg).eval()
+    with torch.no_grad():
+        out = model([{"image": sample(2, seed=7)["image"], "height": 64, "width": 64}])[0]
+    assert out["panoptic_seg"][1] == []
+    assert out["order_segment_ids"].shape == (0,)
+    _check_contract(out, 0)
+
+
+def test_only_configured_tasks_are_returned() -> None:
+    model = build_model(
+        tiny_cfg("od", "all", *BLIND, "MODEL.GEOMETRIC_PREDICTOR.DEPTH_ON", "False")
+    )
+    with torch.no_grad():
+        out = model.eval()([{"image": sample(2, seed=8)["image"]}])[0]
+    assert "occlusion" in out and "depth" not in out and "depth_prob" not in out
+    with pytest.raises(ValueError, match="order outputs"):
+        build_model(tiny_cfg("o", "all", "MODEL.GEOMETRIC_PREDICTOR.DEPTH_ON", "True"))
