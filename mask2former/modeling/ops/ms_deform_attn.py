@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -64,9 +65,25 @@ def _log_once(path: str, reason: str) -> None:
         logger.info("ms_deform_attn uses the %s path: %s", path, reason)
 
 
+def _level_shapes(spatial_shapes: Tensor | Sequence[Sequence[int]]) -> list[tuple[int, int]]:
+    """``(h, w)`` per level as Python ints (one host read when given a tensor)."""
+    if isinstance(spatial_shapes, Tensor):
+        if spatial_shapes.dim() != 2 or spatial_shapes.shape[1] != 2:
+            raise ValueError(
+                f"spatial_shapes must be [L, 2], got shape {tuple(spatial_shapes.shape)}"
+            )
+        if spatial_shapes.dtype != torch.long:
+            raise ValueError(f"spatial_shapes must be int64, got {spatial_shapes.dtype}")
+        return [(int(h), int(w)) for h, w in spatial_shapes.tolist()]
+    shapes = [tuple(hw) for hw in spatial_shapes]
+    if not all(len(hw) == 2 and all(isinstance(v, int) for v in hw) for hw in shapes):
+        raise ValueError(f"spatial_shapes must be (h, w) pairs of ints, got {spatial_shapes!r}")
+    return shapes
+
+
 def _check_shapes(
     value: Tensor,
-    spatial_shapes: Tensor,
+    shapes: list[tuple[int, int]],
     level_start_index: Tensor,
     sampling_locations: Tensor,
     attention_weights: Tensor,
@@ -79,7 +96,7 @@ def _check_shapes(
             "sampling_locations must be [B, Lq, M, L, P, 2], got shape "
             f"{tuple(sampling_locations.shape)}"
         )
-    b, _, m, _ = value.shape
+    b, s, m, _ = value.shape
     lb, _, lm, num_levels, _, _ = sampling_locations.shape
     if (lb, lm) != (b, m):
         raise ValueError(
@@ -91,15 +108,17 @@ def _check_shapes(
             f"attention_weights must be {tuple(sampling_locations.shape[:-1])}, got "
             f"{tuple(attention_weights.shape)}"
         )
-    if spatial_shapes.shape != (num_levels, 2) or level_start_index.shape != (num_levels,):
+    if len(shapes) != num_levels or level_start_index.shape != (num_levels,):
         raise ValueError(
-            f"spatial_shapes must be [{num_levels}, 2] and level_start_index [{num_levels}], got "
-            f"{tuple(spatial_shapes.shape)} and {tuple(level_start_index.shape)}"
+            f"spatial_shapes must have {num_levels} levels and level_start_index shape "
+            f"[{num_levels}], got {len(shapes)} levels and {tuple(level_start_index.shape)}"
         )
-    if spatial_shapes.dtype != torch.long or level_start_index.dtype != torch.long:
+    if level_start_index.dtype != torch.long:
+        raise ValueError(f"level_start_index must be int64, got {level_start_index.dtype}")
+    if sum(h * w for h, w in shapes) != s:
         raise ValueError(
-            "spatial_shapes and level_start_index must be int64, got "
-            f"{spatial_shapes.dtype} and {level_start_index.dtype}"
+            f"spatial_shapes {shapes} cover {sum(h * w for h, w in shapes)} positions but "
+            f"value has S = {s}"
         )
     if not isinstance(im2col_step, int) or im2col_step < 1:
         raise ValueError(f"im2col_step must be a positive int, got {im2col_step!r}")
@@ -107,7 +126,7 @@ def _check_shapes(
 
 def ms_deform_attn(
     value: Tensor,
-    spatial_shapes: Tensor,
+    spatial_shapes: Tensor | Sequence[tuple[int, int]],
     level_start_index: Tensor,
     sampling_locations: Tensor,
     attention_weights: Tensor,
@@ -121,7 +140,9 @@ def ms_deform_attn(
 
     Args:
         value: Tensor[B, S, M, Dh], multi-level features flattened level by level, row-major.
-        spatial_shapes: LongTensor[L, 2], ``(h, w)`` of each level; ``sum(h * w) == S``.
+        spatial_shapes: ``(h, w)`` of each level, as LongTensor[L, 2] or as L pairs of Python
+            ints (preferred: the PyTorch path then reads nothing back from the device, and
+            ``torch.export`` traces it without data-dependent shapes); ``sum(h * w) == S``.
         level_start_index: LongTensor[L], offset of each level in ``S``
             (``[0, h0 * w0, h0 * w0 + h1 * w1, ...]``).
         sampling_locations: Tensor[B, Lq, M, L, P, 2], normalised ``(x, y)``: ``(0, 0)`` is
@@ -136,8 +157,9 @@ def ms_deform_attn(
         Tensor[B, Lq, M * Dh], heads concatenated, in the promoted dtype of the floating
         inputs (float32 under CUDA autocast on the compiled path).
     """
+    shapes = _level_shapes(spatial_shapes)
     _check_shapes(
-        value, spatial_shapes, level_start_index, sampling_locations, attention_weights, im2col_step
+        value, shapes, level_start_index, sampling_locations, attention_weights, im2col_step
     )
     dtype = torch.promote_types(
         torch.promote_types(value.dtype, sampling_locations.dtype), attention_weights.dtype
@@ -148,6 +170,8 @@ def ms_deform_attn(
     path, reason = select_path(value)
     _log_once(path, reason)
     if path == "cuda_kernel":
+        if not isinstance(spatial_shapes, Tensor):
+            spatial_shapes = torch.as_tensor(shapes, dtype=torch.long)
         return ms_deform_attn_kernel(
             value,
             spatial_shapes.to(value.device),
@@ -156,10 +180,4 @@ def ms_deform_attn(
             attention_weights,
             im2col_step,
         )
-    if int((spatial_shapes[:, 0] * spatial_shapes[:, 1]).sum()) != value.shape[1]:
-        raise ValueError(
-            f"spatial_shapes {spatial_shapes.tolist()} cover "
-            f"{int((spatial_shapes[:, 0] * spatial_shapes[:, 1]).sum())} positions but value has "
-            f"S = {value.shape[1]}"
-        )
-    return ms_deform_attn_pytorch(value, spatial_shapes, sampling_locations, attention_weights)
+    return ms_deform_attn_pytorch(value, shapes, sampling_locations, attention_weights)

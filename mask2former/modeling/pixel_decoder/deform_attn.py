@@ -9,6 +9,7 @@ The projections live here; the sampling itself is the single op
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -61,7 +62,7 @@ class MSDeformAttn(nn.Module):
         query: Tensor,
         reference_points: Tensor,
         input_flatten: Tensor,
-        input_spatial_shapes: Tensor,
+        input_spatial_shapes: Tensor | Sequence[tuple[int, int]],
         input_level_start_index: Tensor,
         input_padding_mask: Tensor | None = None,
     ) -> Tensor:
@@ -71,7 +72,8 @@ class MSDeformAttn(nn.Module):
             query: Tensor[B, Lq, C] (with position embedding added).
             reference_points: Tensor[B, Lq, L, 2], normalised ``(x, y)`` in [0, 1] per level.
             input_flatten: Tensor[B, S, C], values of all levels, flattened and concatenated.
-            input_spatial_shapes: LongTensor[L, 2], ``(h, w)`` per level.
+            input_spatial_shapes: ``(h, w)`` per level, as L pairs of Python ints (preferred:
+                nothing is read back from the device) or LongTensor[L, 2].
             input_level_start_index: LongTensor[L], offset of each level in ``S``.
             input_padding_mask: bool Tensor[B, S], True at padded tokens, or None.
 
@@ -95,12 +97,17 @@ class MSDeformAttn(nn.Module):
             raise ValueError(
                 f"reference_points must end in 2 (x, y); got {tuple(reference_points.shape)}"
             )
-        # offsets are in pixels of each level: divide by (w, h)
-        normalizer = torch.stack([input_spatial_shapes[..., 1], input_spatial_shapes[..., 0]], -1)
-        locations = (
-            reference_points[:, :, None, :, None, :]
-            + offsets / normalizer[None, None, None, :, None, :]
-        )
+        # offsets are in pixels of each level: divide by (w, h). The (w, h) of every level and
+        # point and the reference points repeated over points are materialised so that the
+        # elementwise ops run over contiguous L*P*2 blocks, not a broadcast inner dim of 2.
+        if isinstance(input_spatial_shapes, Tensor):
+            normalizer = input_spatial_shapes.flip(-1).to(offsets.dtype)
+        else:
+            normalizer = offsets.new_tensor([[w, h] for h, w in input_spatial_shapes])
+        normalizer = normalizer[:, None].expand(self.n_levels, self.n_points, 2).contiguous()
+        # B x Lq x L x 2 -> B x Lq x 1 x L x P x 2
+        refs = reference_points[:, :, None, :, None].expand(-1, -1, -1, -1, self.n_points, -1)
+        locations = torch.addcdiv(refs.contiguous(), offsets, normalizer)
         output = ms_deform_attn(
             value,
             input_spatial_shapes,

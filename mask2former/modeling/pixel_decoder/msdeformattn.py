@@ -68,11 +68,14 @@ class MSDeformAttnTransformerEncoderLayer(nn.Module):
         src: Tensor,
         pos: Tensor,
         reference_points: Tensor,
-        spatial_shapes: Tensor,
+        spatial_shapes: list[tuple[int, int]],
         level_start_index: Tensor,
         padding_mask: Tensor | None = None,
     ) -> Tensor:
-        """Tensor[B, S, C] (pos Tensor[B, S, C], refs Tensor[B, S, L, 2]) -> Tensor[B, S, C]."""
+        """Tensor[B, S, C] (pos Tensor[B, S, C], refs Tensor[B, S, L, 2]) -> Tensor[B, S, C].
+
+        ``spatial_shapes`` holds ``(h, w)`` per level as Python ints.
+        """
         attn = self.self_attn(
             src + pos, reference_points, src, spatial_shapes, level_start_index, padding_mask
         )
@@ -120,15 +123,14 @@ class MSDeformAttnTransformerEncoder(nn.Module):
     def forward(
         self,
         src: Tensor,
-        spatial_shapes: Tensor,
+        spatial_shapes: list[tuple[int, int]],
         level_start_index: Tensor,
         valid_ratios: Tensor,
         pos: Tensor,
         padding_mask: Tensor | None = None,
     ) -> Tensor:
-        """Tensor[B, S, C] -> Tensor[B, S, C]."""
-        shapes = [(int(h), int(w)) for h, w in spatial_shapes.tolist()]
-        reference_points = self.get_reference_points(shapes, valid_ratios, src.device)
+        """Tensor[B, S, C] -> Tensor[B, S, C]; ``spatial_shapes`` ``(h, w)`` per level (ints)."""
+        reference_points = self.get_reference_points(spatial_shapes, valid_ratios, src.device)
         for layer in self.layers:
             src = layer(src, pos, reference_points, spatial_shapes, level_start_index, padding_mask)
         return src
@@ -181,7 +183,7 @@ class MSDeformAttnTransformerEncoderOnly(nn.Module):
 
     def forward(
         self, srcs: list[Tensor], pos_embeds: list[Tensor]
-    ) -> tuple[Tensor, Tensor, Tensor]:
+    ) -> tuple[Tensor, list[tuple[int, int]], Tensor]:
         """Encode the levels jointly.
 
         Args:
@@ -189,12 +191,13 @@ class MSDeformAttnTransformerEncoderOnly(nn.Module):
             pos_embeds: L tensors Tensor[B, C, h_l, w_l].
 
         Returns:
-            memory Tensor[B, S, C], spatial_shapes LongTensor[L, 2], level_start_index
-            LongTensor[L].
+            memory Tensor[B, S, C], spatial_shapes ``(h, w)`` per level as Python ints (shapes
+            never travel as tensors, so nothing is read back from the device and
+            ``torch.export`` sees static sizes), level_start_index LongTensor[L].
         """
         src_flatten, pos_flatten, shapes = [], [], []
         for lvl, (src, pos) in enumerate(zip(srcs, pos_embeds, strict=True)):
-            shapes.append(src.shape[2:])
+            shapes.append((int(src.shape[2]), int(src.shape[3])))
             # B x C x h x w -> B x hw x C
             src_flatten.append(src.flatten(2).transpose(1, 2))
             pos_flatten.append(
@@ -203,18 +206,16 @@ class MSDeformAttnTransformerEncoderOnly(nn.Module):
         src_flatten = torch.cat(src_flatten, 1)
         pos_flatten = torch.cat(pos_flatten, 1)
         device = src_flatten.device
-        spatial_shapes = torch.as_tensor(shapes, dtype=torch.long, device=device)
-        level_start_index = torch.cat(
-            (spatial_shapes.new_zeros((1,)), spatial_shapes.prod(1).cumsum(0)[:-1])
-        )
+        starts = [0]
+        for h, w in shapes[:-1]:
+            starts.append(starts[-1] + h * w)
+        level_start_index = torch.tensor(starts, dtype=torch.long, device=device)
         # inputs are never padded inside the pixel decoder: every level is fully valid
         valid_ratios = torch.ones(
             src_flatten.shape[0], len(srcs), 2, dtype=src_flatten.dtype, device=device
         )
-        memory = self.encoder(
-            src_flatten, spatial_shapes, level_start_index, valid_ratios, pos_flatten
-        )
-        return memory, spatial_shapes, level_start_index
+        memory = self.encoder(src_flatten, shapes, level_start_index, valid_ratios, pos_flatten)
+        return memory, shapes, level_start_index
 
 
 @PIXEL_DECODER_REGISTRY.register()
@@ -345,11 +346,10 @@ class MSDeformAttnPixelDecoder(nn.Module):
             x = features[name].float()
             srcs.append(self.input_proj[idx](x))
             pos.append(self.pe_layer(x))
-        memory, spatial_shapes, level_start_index = self.transformer(srcs, pos)
+        memory, shapes, _ = self.transformer(srcs, pos)
         b = memory.shape[0]
-        sizes = (spatial_shapes[:, 0] * spatial_shapes[:, 1]).tolist()
         out = []
-        for z, (h, w) in zip(memory.split(sizes, dim=1), spatial_shapes.tolist(), strict=True):
+        for z, (h, w) in zip(memory.split([h * w for h, w in shapes], dim=1), shapes, strict=True):
             # B x hw x C -> B x C x h x w
             out.append(z.transpose(1, 2).reshape(b, -1, h, w))
         for idx, name in enumerate(self.in_features[: self.num_fpn_levels][::-1]):
