@@ -118,21 +118,34 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         if "scaler" in state and self.scaler.is_enabled():
             self.scaler.load_state_dict(state["scaler"])
+        rng_states = state.get("rng_states", [])
+        if len(rng_states) == comm.get_world_size():
+            _set_rng_state(rng_states[comm.get_rank()])
+        else:
+            logger.warning(
+                "The checkpoint holds random states of %d processes, this run has %d: random "
+                "choices (e.g. point sampling) will differ from an uninterrupted run",
+                len(rng_states),
+                comm.get_world_size(),
+            )
         self.start_iter = int(state["iteration"]) + 1
 
     def state_dict(self) -> dict[str, Any]:
+        """Everything a resumed run needs; the random states of every process are gathered."""
         return {
             "model": self.model_without_ddp.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "iteration": self.iteration,
+            "rng_states": comm.all_gather(_get_rng_state()),
             "cfg": self.cfg.dump(),
         }
 
     def save_checkpoint(self, name: str) -> None:
+        state = self.state_dict()
         if comm.is_main_process():
-            save_training_checkpoint(self.cfg.OUTPUT_DIR, name, self.state_dict())
+            save_training_checkpoint(self.cfg.OUTPUT_DIR, name, state)
         comm.synchronize()
 
     def train(self, resume: bool = False) -> dict[str, dict[str, float]]:
@@ -229,3 +242,16 @@ class Trainer:
             "time": time.perf_counter() - start,
             "data_time": data_time,
         }
+
+
+def _get_rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
