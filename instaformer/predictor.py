@@ -268,9 +268,10 @@ def inference_cfg(cfg: CfgNode) -> CfgNode:
 class Predictor:
     """Image(s) in, :class:`OrderResult` out, with a model in eval mode.
 
-    The image is resized so that its short side is ``INPUT.MIN_SIZE_TEST`` (long side at most
-    ``INPUT.MAX_SIZE_TEST``; 0 keeps the size), as the reference demo does; results are given at
-    the original size.
+    Images are preprocessed as the test-time mapper does: with ``INPUT.AUGMENT`` the short side
+    is resized to ``INPUT.MIN_SIZE_TEST`` (long side at most ``INPUT.MAX_SIZE_TEST``), otherwise
+    the image keeps its size (the released models were trained and evaluated that way; the
+    reference demo resized anyway). Results are given at the original size.
 
     Args:
         cfg: full config (``instaformer.config.get_cfg()`` + file + overrides). It is copied and
@@ -311,9 +312,11 @@ class Predictor:
     def preprocess(self, image: np.ndarray) -> dict[str, Any]:
         """RGB ``uint8[H, W, 3]`` -> the model's input dict (resized, in ``INPUT.FORMAT``)."""
         height, width = image.shape[:2]
-        new_h, new_w = _test_size(
-            height, width, self.cfg.INPUT.MIN_SIZE_TEST, self.cfg.INPUT.MAX_SIZE_TEST
-        )
+        new_h, new_w = height, width
+        if self.cfg.INPUT.AUGMENT:
+            new_h, new_w = _test_size(
+                height, width, self.cfg.INPUT.MIN_SIZE_TEST, self.cfg.INPUT.MAX_SIZE_TEST
+            )
         if (new_h, new_w) != (height, width):
             image = np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.BILINEAR))
         if self.input_format == "BGR":
