@@ -80,7 +80,7 @@ class MSDeformAttnTransformerEncoderLayer(nn.Module):
             src + pos, reference_points, src, spatial_shapes, level_start_index, padding_mask
         )
         src = self.norm1(src + self.dropout1(attn))
-        ffn = self.linear2(self.dropout2(F.relu(self.linear1(src))))
+        ffn = self.linear2(self.dropout2(F.relu(self.linear1(src), inplace=True)))
         out = self.norm2(src + self.dropout3(ffn))
         if self.adapter is not None:
             out = out + self.adapter_scale * self.adapter(src)

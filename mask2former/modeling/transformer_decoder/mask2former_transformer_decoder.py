@@ -153,7 +153,8 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         for i in range(self.num_layers):
             level_index = i % self.num_feature_levels
             # a query whose mask is empty at this level attends everywhere instead of nowhere
-            attn_mask[torch.where(attn_mask.sum(-1) == attn_mask.shape[-1])] = False
+            # (elementwise, so nothing is read back from the device)
+            attn_mask = attn_mask & ~attn_mask.all(-1, keepdim=True)
             output = self.transformer_cross_attention_layers[i](
                 output, src[level_index], memory_mask=attn_mask, pos=pos[level_index],
                 query_pos=query_embed,
@@ -195,7 +196,10 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         decoder_output = self.decoder_norm(output).transpose(0, 1)  # B x Q x C
         outputs_class = self.class_embed(decoder_output)
         mask_embed = self.mask_embed(decoder_output)
-        outputs_mask = torch.einsum("bqc,bchw->bqhw", mask_embed, mask_features)
+        # B x Q x E @ B x E x hw -> B x Q x h x w (einsum would add a layout copy)
+        outputs_mask = torch.bmm(mask_embed, mask_features.flatten(2)).view(
+            mask_embed.shape[0], -1, *mask_features.shape[-2:]
+        )
         attn_mask = F.interpolate(
             outputs_mask, size=attn_mask_target_size, mode="bilinear", align_corners=False
         )
