@@ -27,16 +27,13 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import os
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
-from torch._subclasses import fake_tensor
 
 logger = logging.getLogger("instaformer.export")
 
@@ -90,37 +87,12 @@ class OrderHeadWrapper(nn.Module):
         return tuple(outputs[t][-1] for t in self.tasks)
 
 
-@contextlib.contextmanager
-def _traced_shape_constants(limit: int = 64) -> Iterator[None]:
-    """Let export read back small constant tensors built from Python ints.
-
-    The pixel decoder builds its per-level ``spatial_shapes`` tensor from Python ints and reads
-    it back with ``.tolist()``; export's fake tensors only remember the values of one-element
-    constants (``CONSTANT_NUMEL_LIMIT``), so that read-back fails as "data dependent". Raising
-    the limit while tracing keeps those values static (the input size is static anyway).
-    """
-    previous = fake_tensor.CONSTANT_NUMEL_LIMIT
-    fake_tensor.CONSTANT_NUMEL_LIMIT = max(previous, limit)
-    try:
-        yield
-    finally:
-        fake_tensor.CONSTANT_NUMEL_LIMIT = previous
-
-
 def export_network(model: nn.Module, height: int, width: int) -> torch.export.ExportedProgram:
     """``torch.export`` of :class:`NetworkWrapper` for one ``[1, 3, height, width]`` input."""
     wrapper = NetworkWrapper(model).eval()
     example = (torch.rand(1, 3, height, width, device=model.pixel_mean.device) * 255,)
-    with torch.no_grad(), _traced_shape_constants():
-        program = torch.export.export(wrapper, example)
-    # The constant read-backs leave unused ``aten.item`` nodes that the .pt2 format cannot
-    # deserialize; their values were folded into the graph, so they are dropped.
-    graph = program.graph
-    for node in list(graph.nodes):
-        if node.target == torch.ops.aten.item.default and not node.users:
-            graph.erase_node(node)
-    program.graph_module.recompile()
-    return program
+    with torch.no_grad():
+        return torch.export.export(wrapper, example)
 
 
 def export_order_head(
