@@ -25,7 +25,11 @@ from mask2former.modeling.transformer_decoder.layers import (
 )
 from mask2former.modeling.transformer_decoder.position_encoding import PositionEmbeddingSine
 
-__all__ = ["MultiScaleMaskedTransformerDecoder", "build_transformer_decoder"]
+__all__ = [
+    "MultiScaleMaskedTransformerDecoder",
+    "build_transformer_decoder",
+    "downsample_bilinear",
+]
 
 
 @TRANSFORMER_DECODER_REGISTRY.register()
@@ -200,13 +204,30 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         outputs_mask = torch.bmm(mask_embed, mask_features.flatten(2)).view(
             mask_embed.shape[0], -1, *mask_features.shape[-2:]
         )
-        attn_mask = F.interpolate(
-            outputs_mask, size=attn_mask_target_size, mode="bilinear", align_corners=False
-        )
+        attn_mask = downsample_bilinear(outputs_mask, attn_mask_target_size)
         # B x Q x h_l x w_l -> B*nH x Q x h_l*w_l; sigmoid(x) < 0.5 <=> x < 0
         attn_mask = (attn_mask.sigmoid().flatten(2) < 0.5).detach()
         attn_mask = attn_mask.unsqueeze(1).expand(-1, self.num_heads, -1, -1).flatten(0, 1)
         return outputs_class, outputs_mask, mask_embed, attn_mask.contiguous()
+
+
+def downsample_bilinear(x: Tensor, size: tuple[int, int]) -> Tensor:
+    """``F.interpolate(x, size, mode="bilinear", align_corners=False)`` for Tensor[B, C, H, W].
+
+    When ``H / h`` and ``W / w`` are even integers ``k`` (the decoder's 128 -> 64/32/16 masks),
+    output pixel ``i`` samples input coordinate ``k * i + k / 2 - 1/2``, halfway between pixels
+    ``k * i + k / 2 - 1`` and ``k * i + k / 2``: the result is the mean of those 2 x 2 pixels,
+    computed here from strided views (same values; ``F.interpolate`` on CPU first copies the whole
+    input). Other sizes go to ``F.interpolate``.
+    """
+    (h_in, w_in), (h, w) = x.shape[-2:], size
+    kh, kw = h_in // h, w_in // w
+    if h * kh != h_in or w * kw != w_in or kh % 2 or kw % 2:
+        return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+    top, bottom = x[..., kh // 2 - 1 :: kh, :], x[..., kh // 2 :: kh, :]
+    rows = (top + bottom) * 0.5  # B x C x h x W
+    left, right = rows[..., kw // 2 - 1 :: kw], rows[..., kw // 2 :: kw]
+    return (left + right) * 0.5
 
 
 def build_transformer_decoder(cfg, in_channels: int) -> nn.Module:
