@@ -2,7 +2,9 @@
 
 :class:`InstaFormerTrainer` fills the project pieces into the generic loop of
 :class:`mask2former.engine.Trainer`: the model from ``MODEL.META_ARCHITECTURE``, the mapper from
-``INPUT.DATASET_MAPPER_NAME``, the evaluators the config enables (spec INSTAFORMER.md §3.7).
+``INPUT.DATASET_MAPPER_NAME``, the evaluators the config enables (spec INSTAFORMER.md §3.7);
+standalone InstaOrderNet configs (``MODEL.META_ARCHITECTURE: InstaOrderNet``) bring their own
+pair loaders, evaluators and weight loading (:data:`FAMILIES`).
 :func:`main` is the per-process entry point; :func:`run` parses nothing and launches it.
 """
 
@@ -10,11 +12,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
 
 import instaformer.data  # noqa: F401  (registers the InstaOrder datasets)
+import instaformer.instaordernet as instaordernet
 from instaformer.config import setup_cfg
 from instaformer.data import build_dataset_mapper
 from instaformer.evaluation import build_evaluators, report_results
@@ -23,7 +28,7 @@ from mask2former.checkpoint import M2FCheckpointer, format_report
 from mask2former.config import CfgNode
 from mask2former.data.build import build_detection_test_loader, build_detection_train_loader
 from mask2former.engine import Trainer, default_setup, launch, resolve_device
-from mask2former.evaluation import inference_on_dataset
+from mask2former.evaluation import DatasetEvaluator, inference_on_dataset
 from mask2former.utils import comm
 
 __all__ = ["InstaFormerTrainer", "evaluate", "load_weights", "main", "run", "setup"]
@@ -31,8 +36,28 @@ __all__ = ["InstaFormerTrainer", "evaluate", "load_weights", "main", "run", "set
 logger = logging.getLogger("instaformer")
 
 
+@dataclass(frozen=True)
+class ModelFamily:
+    """How to load data, evaluate and initialise one family of models (by meta-architecture)."""
+
+    train_loader: Callable[[CfgNode, int], Iterable[list[dict]]]
+    test_loader: Callable[[CfgNode, str], Iterable[list[dict]]]
+    evaluators: Callable[[CfgNode, str, str], DatasetEvaluator | list[DatasetEvaluator]]
+    load_weights: Callable[[CfgNode, nn.Module, str], Any]
+
+
+def _panoptic_train_loader(cfg: CfgNode, start_iter: int) -> Iterable[list[dict]]:
+    mapper = build_dataset_mapper(cfg, is_train=True)
+    return build_detection_train_loader(cfg, mapper=mapper, start_iter=start_iter)
+
+
+def _panoptic_test_loader(cfg: CfgNode, dataset_name: str) -> Iterable[list[dict]]:
+    mapper = build_dataset_mapper(cfg, is_train=False)
+    return build_detection_test_loader(cfg, dataset_name, mapper=mapper)
+
+
 def load_weights(cfg: CfgNode, model: nn.Module, path: str) -> dict[str, list]:
-    """Load ``path`` into ``model`` (missing/unexpected keys and shape mismatches are logged).
+    """Load ``path`` into an InstaFormer / Mask2Former ``model`` (mismatches are logged).
 
     Warns when a frozen part of the model receives no weight from the file, the usual mistake
     with the released configs (an ImageNet backbone instead of a Mask2Former checkpoint).
@@ -57,6 +82,27 @@ def load_weights(cfg: CfgNode, model: nn.Module, path: str) -> dict[str, list]:
     return report
 
 
+INSTAFORMER = ModelFamily(
+    train_loader=_panoptic_train_loader,
+    test_loader=_panoptic_test_loader,
+    evaluators=build_evaluators,
+    load_weights=load_weights,
+)
+INSTAORDERNET = ModelFamily(
+    train_loader=instaordernet.build_train_loader,
+    test_loader=instaordernet.build_test_loader,
+    evaluators=lambda cfg, name, output_dir: instaordernet.build_evaluators(cfg, output_dir),
+    load_weights=lambda cfg, model, path: instaordernet.load_weights(model, path),
+)
+FAMILIES = {"InstaOrderNet": INSTAORDERNET}
+"""``MODEL.META_ARCHITECTURE`` -> its family; every other name is an InstaFormer model."""
+
+
+def model_family(cfg: CfgNode) -> ModelFamily:
+    """The :class:`ModelFamily` of ``cfg.MODEL.META_ARCHITECTURE``."""
+    return FAMILIES.get(cfg.MODEL.META_ARCHITECTURE, INSTAFORMER)
+
+
 def evaluate(cfg: CfgNode, model: nn.Module) -> dict[str, dict[str, Any]]:
     """Evaluate ``model`` on every dataset of ``DATASETS.TEST``.
 
@@ -68,11 +114,10 @@ def evaluate(cfg: CfgNode, model: nn.Module) -> dict[str, dict[str, Any]]:
     """
     results: dict[str, dict[str, Any]] = {}
     names = list(cfg.DATASETS.TEST)
+    family = model_family(cfg)
     for name in names:
-        loader = build_detection_test_loader(
-            cfg, name, mapper=build_dataset_mapper(cfg, is_train=False)
-        )
-        evaluator = build_evaluators(cfg, name, cfg.OUTPUT_DIR)
+        loader = family.test_loader(cfg, name)
+        evaluator = family.evaluators(cfg, name, cfg.OUTPUT_DIR)
         logger.info("Evaluating %s", name)
         dataset_results = inference_on_dataset(model, loader, evaluator)
         if len(names) == 1:
@@ -98,11 +143,10 @@ class InstaFormerTrainer(Trainer):
         return model
 
     def build_train_loader(self, cfg: CfgNode, start_iter: int):
-        mapper = build_dataset_mapper(cfg, is_train=True)
-        return build_detection_train_loader(cfg, mapper=mapper, start_iter=start_iter)
+        return model_family(cfg).train_loader(cfg, start_iter)
 
     def load_weights(self, model: nn.Module, path: str) -> None:
-        load_weights(self.cfg, model, path)
+        model_family(self.cfg).load_weights(self.cfg, model, path)
 
     def evaluate(self, model: nn.Module) -> dict[str, dict[str, Any]]:
         return evaluate(self.cfg, model)
@@ -123,7 +167,7 @@ def main(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     if args.eval_only:
         model = build_model(cfg)
         if cfg.MODEL.WEIGHTS:
-            load_weights(cfg, model, cfg.MODEL.WEIGHTS)
+            model_family(cfg).load_weights(cfg, model, cfg.MODEL.WEIGHTS)
         else:
             logger.warning(
                 "--eval-only without MODEL.WEIGHTS evaluates a randomly initialised model"

@@ -141,3 +141,12 @@ def test_command_line_two_cpu_processes(tmp_path, synthetic_datasets):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "Rank 0 of 2" in (tmp_path / "log.txt").read_text()
     assert (tmp_path / "model_final.pth").is_file()
+
+
+def test_instaordernet_trains_and_evaluates_through_train_net(tmp_path):
+    config = str(REPO / "configs" / "instaordernet" / "synthetic_od_tiny.yaml")
+    argv = ["--config-file", config, "OUTPUT_DIR", str(tmp_path), "SOLVER.MAX_ITER", "2"]
+    results = main(default_argument_parser().parse_args(argv))
+    assert set(results) == {"occlusion_order", "depth_order"}
+    assert 0.0 <= results["occlusion_order"]["f1"] <= 100.0
+    assert (tmp_path / "model_final.pth").is_file() and (tmp_path / "eval_results.json").is_file()
