@@ -138,3 +138,22 @@ def test_bad_inputs_name_the_problem() -> None:
         ms_deform_attn(value, shapes, starts, locations, weights, im2col_step=0)
     with pytest.raises(ValueError, match="int64"):
         ms_deform_attn(value, shapes.int(), starts, locations, weights)
+
+
+def test_inference_and_training_paths_agree() -> None:
+    from mask2former.modeling.ops.pytorch_impl import gather_path, grid_sample_path
+
+    shapes = [(7, 9), (4, 5), (2, 3)]
+    value, spatial, _, loc, attn = random_inputs(
+        batch=2,
+        spatial_shapes=shapes,
+        num_queries=11,
+        num_heads=3,
+        head_dim=5,
+        num_points=4,
+        dtype=torch.float64,
+        margin=0.2,
+    )
+    gathered = gather_path(value, shapes, loc, attn)
+    sampled = grid_sample_path(value, spatial, loc, attn)
+    torch.testing.assert_close(gathered, sampled, rtol=0, atol=1e-12)

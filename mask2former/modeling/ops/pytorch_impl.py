@@ -32,6 +32,68 @@ def ms_deform_attn_pytorch(
     sampling_locations: Tensor,
     attention_weights: Tensor,
 ) -> Tensor:
+    """Multi-scale deformable attention in pure PyTorch; arguments as :func:`gather_path`.
+
+    Without autograd (inference) the weighted ``embedding_bag`` gather runs: it is several
+    times faster than per-level ``grid_sample`` on the CPU. When a gradient is needed the
+    per-level ``grid_sample`` formulation runs instead, because the backward of
+    ``embedding_bag`` (a sort of all gathered rows) is the slower one. Both compute the same
+    function (tests compare them with the loop reference).
+    """
+    needs_grad = torch.is_grad_enabled() and (
+        value.requires_grad or sampling_locations.requires_grad or attention_weights.requires_grad
+    )
+    path = grid_sample_path if needs_grad else gather_path
+    return path(value, spatial_shapes, sampling_locations, attention_weights)
+
+
+def grid_sample_path(
+    value: Tensor,
+    spatial_shapes: Tensor | Sequence[tuple[int, int]],
+    sampling_locations: Tensor,
+    attention_weights: Tensor,
+) -> Tensor:
+    """One bilinear ``grid_sample`` per level, with one layout copy for all levels.
+
+    Same arithmetic as the released per-level formulation (``reference.ms_deform_attn_grid_sample``)
+    up to the order of the final sum; arguments and return as :func:`gather_path`.
+    """
+    shapes = _level_shapes(spatial_shapes)
+    b, s, m, dh = value.shape
+    _, lq, _, num_levels, num_points, _ = sampling_locations.shape
+    # one copy for all levels: B x S x M x Dh -> B*M x Dh x S; each level is then a view
+    value_t = value.permute(0, 2, 3, 1).reshape(b * m, dh, s)
+    # [0, 1] -> [-1, 1] (grid_sample, align_corners=False)
+    # B x Lq x M x L x P x 2 -> L x B*M x Lq x P x 2
+    grids = (2 * sampling_locations - 1).permute(3, 0, 2, 1, 4, 5)
+    grids = grids.reshape(num_levels, b * m, lq, num_points, 2)
+    # B x Lq x M x L x P -> L x B*M x 1 x Lq x P
+    weights = attention_weights.permute(3, 0, 2, 1, 4)
+    weights = weights.reshape(num_levels, b * m, 1, lq, num_points)
+    output = None
+    levels = value_t.split([h * w for h, w in shapes], dim=-1)
+    for lid, ((h, w), value_l) in enumerate(zip(shapes, levels, strict=True)):
+        # B*M x Dh x Lq x P
+        sampled = F.grid_sample(
+            value_l.reshape(b * m, dh, h, w),
+            grids[lid],
+            mode="bilinear",
+            padding_mode="zeros",
+            align_corners=False,
+        )
+        # weighted sum over points, accumulated over levels: B*M x Dh x Lq
+        part = (sampled * weights[lid]).sum(-1)
+        output = part if output is None else output + part
+    # B*M x Dh x Lq -> B x M*Dh x Lq -> B x Lq x M*Dh
+    return output.view(b, m * dh, lq).transpose(1, 2).contiguous()
+
+
+def gather_path(
+    value: Tensor,
+    spatial_shapes: Tensor | Sequence[tuple[int, int]],
+    sampling_locations: Tensor,
+    attention_weights: Tensor,
+) -> Tensor:
     """Multi-scale deformable attention as one weighted ``embedding_bag`` gather.
 
     Same arithmetic as the loop reference (``reference.ms_deform_attn_reference``): corner
