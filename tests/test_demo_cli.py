@@ -1,4 +1,4 @@
-"""demo/demo.py end to end on a tiny random-init model, and input expansion."""
+"""demo/demo.py end to end on the tiny random-init od model, and input expansion."""
 
 from __future__ import annotations
 
@@ -8,9 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 from PIL import Image
-from test_demo_predictor import TINY_OPTS, make_scene
+from test_demo_predictor import LOW_THRESHOLDS, OD_CONFIG, make_scene
 
 from instaformer.demo_utils import expand_inputs
 
@@ -24,19 +23,6 @@ def _demo_module():
     return module
 
 
-def _tiny_config_file(tmp_path: Path) -> Path:
-    tree: dict = {}
-    for key, value in zip(TINY_OPTS[0::2], TINY_OPTS[1::2], strict=True):
-        node = tree
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = yaml.safe_load(value)
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(tree))
-    return path
-
-
 def test_demo_writes_pictures_and_json_and_reports_bad_input(tmp_path, caplog):
     inputs = tmp_path / "in"
     inputs.mkdir()
@@ -44,35 +30,42 @@ def test_demo_writes_pictures_and_json_and_reports_bad_input(tmp_path, caplog):
         Image.fromarray(make_scene(*size)[0]).save(inputs / f"scene{i}.png")
     (inputs / "corrupt.jpg").write_bytes(b"\xff\xd8 truncated jpeg")
     out = tmp_path / "out" / "nested"
-    argv = ["--config-file", str(_tiny_config_file(tmp_path)), "--input", str(inputs)]
-    argv += ["--output", str(out), "--confidence-threshold", "0.0", "MODEL.DEVICE", "cpu"]
+    argv = ["--config-file", str(OD_CONFIG), "--input", str(inputs), "--output", str(out)]
+    argv += ["--confidence-threshold", "0.0", "MODEL.MASK_FORMER.TEST.OVERLAP_THRESHOLD", "0.0"]
     code = _demo_module().main(argv)
     assert code == 1
     assert "corrupt.jpg" in caplog.text
     for stem, size in (("scene0", (64, 96)), ("scene1", (80, 64))):
-        assert (out / f"{stem}_panoptic.png").is_file()
+        for picture in ("panoptic", "occlusion", "depth"):
+            written = np.asarray(Image.open(out / f"{stem}_{picture}.png"))
+            assert written.shape[1] == size[1] and written.shape[0] >= size[0]
         record = json.loads((out / f"{stem}.json").read_text())
         assert record["image_size"] == list(size)
         assert record["input"].endswith(f"{stem}.png")
         k = len(record["segments"])
+        assert k >= 2, "the random-init od model should find several things in the scene"
+        assert all(s["isthing"] for s in record["segments"])
         for task in ("occlusion", "depth"):
-            if record[task] is not None:
-                assert (out / f"{stem}_{task}.png").is_file()
-                assert np.array(record[task]).shape == (k, k)
+            matrix = np.array(record[task])
+            assert matrix.shape == (k, k) and (np.diag(matrix) == -1).all()
+        assert np.array(record["occlusion_prob"]).shape == (k, k)
+        assert np.array(record["depth_prob"]).shape == (k, k, 3)
+        assert sorted(record["depth_ranking"]) == list(range(k))
     assert not list(out.glob("corrupt*"))
 
 
 def test_demo_exit_zero_on_good_inputs(tmp_path):
     path = tmp_path / "a.png"
     Image.fromarray(make_scene(64, 64)[0]).save(path)
-    argv = ["--config-file", str(_tiny_config_file(tmp_path)), "--input", str(path)]
-    argv += ["--output", str(tmp_path / "o"), "--opts", "MODEL.DEVICE", "cpu"]
+    argv = ["--config-file", str(OD_CONFIG), "--input", str(path), "--output", str(tmp_path / "o")]
+    argv += ["--opts", *LOW_THRESHOLDS]
     assert _demo_module().main(argv) == 0
     assert (tmp_path / "o" / "a_panoptic.png").is_file()
+    assert json.loads((tmp_path / "o" / "a.json").read_text())["depth"] is not None
 
 
 def test_demo_rejects_unknown_override(tmp_path):
-    argv = ["--config-file", str(_tiny_config_file(tmp_path)), "--input", "x.png"]
+    argv = ["--config-file", str(OD_CONFIG), "--input", "x.png"]
     argv += ["--output", str(tmp_path), "MODEL.NOT_A_KEY", "1"]
     with pytest.raises(SystemExit):
         _demo_module().main(argv)

@@ -1,17 +1,21 @@
-"""tools/export_model.py: exported programs match the eager model on a tiny config."""
+"""tools/export_model.py: the exported programs of the tiny od model match it in eager mode."""
 
 from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
+from types import SimpleNamespace
 
+import pytest
 import torch
-from test_demo_predictor import tiny_cfg
+from test_demo_predictor import LOW_THRESHOLDS, OD_CONFIG, make_scene, tiny_cfg
 
-from instaformer.modeling import build_model
-from instaformer.modeling.order.geometric_transformer import GeometricTransformer
+from instaformer.modeling.meta_arch import order_results
+from instaformer.modeling.order import select_segment_queries
+from instaformer.predictor import Predictor
 
 REPO = Path(__file__).resolve().parents[1]
+HEIGHT, WIDTH = 64, 96  # multiples of SIZE_DIVISIBILITY (32): no padding
 
 
 def _export_module():
@@ -23,36 +27,89 @@ def _export_module():
     return module
 
 
-def test_network_export_matches_eager(tmp_path):
-    export = _export_module()
-    model = build_model(tiny_cfg()).eval()
-    program = export.export_network(model, 64, 96)
-    image = torch.rand(1, 3, 64, 96) * 255
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """Weights of a random-init tiny od model, and the tool's output directory for them."""
+    torch.manual_seed(0)
+    model = Predictor(tiny_cfg()).model  # blind inference mode, as the tool builds it
+    root = tmp_path_factory.mktemp("export")
+    weights = root / "model.pth"
+    torch.save({"model": model.state_dict()}, weights)
+    out = root / "programs"
+    argv = ["--config-file", str(OD_CONFIG), "--output", str(out), "--height", str(HEIGHT)]
+    argv += ["--width", str(WIDTH), "--max-instances", "16", *LOW_THRESHOLDS]
+    argv += ["MODEL.WEIGHTS", str(weights)]
+    assert _export_module().main(argv) == 0
+    return model, out
+
+
+def test_exported_network_and_order_head_reproduce_the_model(exported):
+    """Exported network + exported head + the Python post-processing = the eager model."""
+    model, out = exported
+    assert sorted(p.name for p in out.iterdir()) == ["network.pt2", "order_head.pt2"]
+    network = torch.export.load(str(out / "network.pt2")).module()
+    head = torch.export.load(str(out / "order_head.pt2")).module()
+
+    image = torch.from_numpy(make_scene(HEIGHT, WIDTH)[0].transpose(2, 0, 1).copy())
     with torch.no_grad():
-        eager = export.NetworkWrapper(model)(image)
-    exported = program.module()(image)
-    assert [tuple(t.shape) for t in exported] == [tuple(t.shape) for t in eager]
-    assert export.max_abs_diff(eager, exported) < 1e-4
-    path = tmp_path / "network.pt2"
-    torch.export.save(program, str(path))
-    reloaded = torch.export.load(str(path)).module()(image)
-    assert export.max_abs_diff(eager, reloaded) < 1e-4
+        eager = model([{"image": image, "height": HEIGHT, "width": WIDTH}])[0]
+        eager_net = _export_module().NetworkWrapper(model)(image[None].float())
+        pred_logits, pred_masks, mask_embed, mask_features = network(image[None].float())
+    assert (
+        _export_module().max_abs_diff(
+            eager_net, (pred_logits, pred_masks, mask_embed, mask_features)
+        )
+        < 1e-3
+    )
+
+    queries, segment_ids = select_segment_queries(eager["panoptic_seg"][1])
+    k = len(queries)
+    assert k >= 2 and segment_ids == eager["order_segment_ids"].tolist()
+    masks = (pred_masks[0, queries] > 0).float()
+    logits = head(mask_embed[0, queries], masks, mask_features[0])
+    tasks = ("occlusion", "depth")
+    assert [tuple(t.shape) for t in logits] == [(k, k, 2), (k, k, 3)]
+    orders = order_results({t: [x] for t, x in zip(tasks, logits, strict=True)}, tasks)
+    for task in tasks:
+        assert torch.allclose(orders[f"{task}_prob"], eager[f"{task}_prob"], atol=1e-4)
+        assert torch.equal(orders[task], eager[task])
 
 
-def test_order_head_export_matches_eager_for_any_instance_count():
+def test_exported_order_head_takes_any_instance_count(exported):
+    model, out = exported
     export = _export_module()
-    head = GeometricTransformer(
-        tasks=("occlusion", "depth"), mask_dim=32, d_model=32, num_heads=2, num_layers=2
-    ).eval()
-    program = export.export_order_head(head, 32, (16, 24), max_instances=16)
-    assert head.dense_feature_attention is False  # restored after the export
-    wrapper = export.OrderHeadWrapper(head)
-    features = torch.randn(32, 16, 24)
-    for n in (2, 5, 9):
-        embed = torch.randn(n, 32)
-        masks = (torch.rand(n, 16, 24) > 0.6).float()
+    head = torch.export.load(str(out / "order_head.pt2")).module()
+    eager = export.OrderHeadWrapper(model.geometric_predictor)
+    assert model.geometric_predictor.dense_feature_attention is False  # restored after export
+    c = tiny_cfg().MODEL.SEM_SEG_HEAD.MASK_DIM
+    h, w = HEIGHT // 4, WIDTH // 4
+    features = torch.randn(c, h, w)
+    for n in (2, 5, 16):
+        embed = torch.randn(n, c)
+        masks = (torch.rand(n, h, w) > 0.6).float()
         with torch.no_grad():
-            eager = wrapper(embed, masks, features)  # sparse feature attention
-        exported = program.module()(embed, masks, features)
-        assert [tuple(t.shape) for t in exported] == [(n, n, 2), (n, n, 3)]
-        assert export.max_abs_diff(eager, exported) < 1e-4
+            reference = eager(embed, masks, features)  # sparse feature attention
+        result = head(embed, masks, features)
+        assert [tuple(t.shape) for t in result] == [(n, n, 2), (n, n, 3)]
+        assert export.max_abs_diff(reference, result) < 1e-4
+    with pytest.raises(Exception, match="<= 16"):
+        head(torch.randn(17, c), torch.zeros(17, h, w), features)
+
+
+def test_find_order_head_refuses_heads_it_cannot_export():
+    export = _export_module()
+    with pytest.raises(ValueError, match="Linear"):
+        export.find_order_head(SimpleNamespace(geometric_predictor=torch.nn.Linear(1, 1)))
+    assert export.find_order_head(SimpleNamespace(geometric_predictor=None)) is None
+
+
+def test_exported_network_saves_and_reloads_for_plain_mask2former(tmp_path):
+    """Without an order head the tool exports the segmentation network only."""
+    config = REPO / "configs" / "synthetic" / "maskformer2_R50_tiny.yaml"
+    out = tmp_path / "programs"
+    argv = ["--config-file", str(config), "--output", str(out), "--height", "64", "--width", "64"]
+    assert _export_module().main(argv) == 0
+    assert [p.name for p in out.iterdir()] == ["network.pt2"]
+    image = torch.rand(1, 3, 64, 64) * 255
+    outputs = torch.export.load(str(out / "network.pt2")).module()(image)
+    assert outputs[0].shape[:2] == (1, 20) and outputs[1].shape == (1, 20, 16, 16)

@@ -7,6 +7,7 @@ front, so occlusion and depth are known); the tiny-config tests use the real mod
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -15,7 +16,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from instaformer.config import get_cfg
+from instaformer.config import setup_cfg
 from instaformer.predictor import Predictor, depth_ranking, load_image, result_from_output
 from instaformer.visualization import (
     anchor_point,
@@ -25,34 +26,19 @@ from instaformer.visualization import (
     draw_video_frame,
 )
 
-TINY_OPTS = [
-    "MODEL.DEVICE", "cpu",
-    "MODEL.BACKBONE.NAME", "D2SwinTransformer",
-    "MODEL.SWIN.EMBED_DIM", "16",
-    "MODEL.SWIN.DEPTHS", "[1, 1, 1, 1]",
-    "MODEL.SWIN.NUM_HEADS", "[1, 1, 1, 1]",
-    "MODEL.SEM_SEG_HEAD.CONVS_DIM", "32",
-    "MODEL.SEM_SEG_HEAD.MASK_DIM", "32",
-    "MODEL.SEM_SEG_HEAD.NUM_CLASSES", "5",
-    "MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS", "1",
-    "MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_N_HEADS", "2",
-    "MODEL.MASK_FORMER.HIDDEN_DIM", "32",
-    "MODEL.MASK_FORMER.NUM_OBJECT_QUERIES", "10",
-    "MODEL.MASK_FORMER.DIM_FEEDFORWARD", "64",
-    "MODEL.MASK_FORMER.DEC_LAYERS", "2",
-    "MODEL.MASK_FORMER.NHEADS", "2",
+REPO = Path(__file__).resolve().parents[1]
+OD_CONFIG = REPO / "configs" / "synthetic" / "instaformer_od_tiny.yaml"
+"""Tiny InstaFormer^od: narrow R50 Mask2Former plus a small GeometricTransformer order head."""
+LOW_THRESHOLDS = [
     "MODEL.MASK_FORMER.TEST.OBJECT_MASK_THRESHOLD", "0.0",
     "MODEL.MASK_FORMER.TEST.OVERLAP_THRESHOLD", "0.0",
-    "INPUT.MIN_SIZE_TEST", "0",
 ]  # fmt: skip
-"""Overrides of a tiny random-init model (Swin with one block per stage, width 32) whose
-thresholds are low enough that segments appear."""
+"""Overrides under which a random-init model yields segments."""
 
 
 def tiny_cfg():
-    cfg = get_cfg()
-    cfg.merge_from_list(TINY_OPTS)
-    return cfg
+    """Config of the tiny od model (random init, low thresholds, CPU)."""
+    return setup_cfg(str(OD_CONFIG), LOW_THRESHOLDS + ["MODEL.DEVICE", "cpu"])
 
 
 def make_scene(h: int, w: int, n: int = 4):
@@ -121,10 +107,7 @@ class SceneModel(nn.Module):
 
 def scene_predictor(shuffle_rows: bool = False, size=(96, 128)):
     image, panoptic, infos = make_scene(*size)
-    cfg = tiny_cfg()
-    cfg.MODEL.GEOMETRIC_PREDICTOR.OCCLUSION_ON = True
-    cfg.MODEL.GEOMETRIC_PREDICTOR.DEPTH_ON = True
-    return Predictor(cfg, model=SceneModel(panoptic, infos, shuffle_rows)), image
+    return Predictor(tiny_cfg(), model=SceneModel(panoptic, infos, shuffle_rows)), image
 
 
 @pytest.mark.parametrize("shuffle_rows", [False, True])
@@ -262,31 +245,88 @@ def test_anchor_point_is_inside_a_ring():
     assert ring[y, x] == 1
 
 
-def test_tiny_real_model_results_are_consistent():
+@pytest.fixture(scope="module")
+def od_predictor():
+    """Predictor over the tiny od model, from a config with evaluation on and panoptic off
+    (the predictor must switch both)."""
+    torch.manual_seed(0)
     cfg = tiny_cfg()
-    predictor = Predictor(cfg)
-    image = (np.random.default_rng(0).random((64, 96, 3)) * 255).astype(np.uint8)
-    result = predictor(image)
-    assert result.panoptic_seg.shape == (64, 96)
-    assert len(result.segments) + len(result.stuff_segments) > 0
-    ids = {s.id for s in result.segments + result.stuff_segments}
-    assert set(np.unique(result.panoptic_seg)) - {0} == ids
-    k = len(result.segments)
-    for name in predictor.tasks:
-        matrix = getattr(result, name)
-        assert matrix.shape == (k, k) and (np.diag(matrix) == -1).all()
-    if "depth" in predictor.tasks:
-        assert sorted(result.depth_ranking) == list(range(k))
-    json.loads(result.to_json())
-
-
-def test_predictor_turns_evaluation_off_and_panoptic_on():
-    cfg = tiny_cfg()
-    cfg.TEST.OCCLUSION_EVALUATION = True
+    cfg.defrost()
     cfg.MODEL.MASK_FORMER.TEST.PANOPTIC_ON = False
     predictor = Predictor(cfg)
-    assert predictor.cfg.TEST.OCCLUSION_EVALUATION is False
-    assert predictor.cfg.MODEL.MASK_FORMER.TEST.PANOPTIC_ON is True
-    assert predictor.model.panoptic_on
-    assert cfg.TEST.OCCLUSION_EVALUATION is True  # the caller's config is left alone
-    assert not predictor.model.training
+    assert cfg.TEST.OCCLUSION_EVALUATION and cfg.TEST.DEPTH_EVALUATION  # left alone
+    assert not cfg.MODEL.MASK_FORMER.TEST.PANOPTIC_ON
+    return predictor
+
+
+def test_predictor_turns_evaluation_off_and_panoptic_on(od_predictor):
+    assert od_predictor.cfg.TEST.OCCLUSION_EVALUATION is False
+    assert od_predictor.cfg.TEST.DEPTH_EVALUATION is False
+    assert od_predictor.cfg.MODEL.MASK_FORMER.TEST.PANOPTIC_ON is True
+    model = od_predictor.model
+    assert type(model).__name__ == "InstaFormer" and model.geometric_predictor is not None
+    assert model.panoptic_on and not model.evaluation_mode and not model.training
+    assert od_predictor.tasks == ("occlusion", "depth") == model.output_tasks
+
+
+def test_tiny_od_model_orders_its_thing_segments(od_predictor):
+    image = make_scene(64, 96)[0]
+    with torch.inference_mode():
+        output = od_predictor.model([od_predictor.preprocess(image)])[0]
+    result = od_predictor.postprocess(output)
+    assert result.image_size == (64, 96) and result.panoptic_seg.shape == (64, 96)
+
+    # rows = the thing segments, in segments_info order, named by order_segment_ids
+    infos = output["panoptic_seg"][1]
+    things = [int(i["id"]) for i in infos if i["isthing"]]
+    k = len(result.segments)
+    assert k >= 2, "the random-init model should find several things in the scene"
+    assert [s.id for s in result.segments] == things == output["order_segment_ids"].tolist()
+    assert {s.id for s in result.stuff_segments} == {int(i["id"]) for i in infos} - set(things)
+    assert set(np.unique(result.panoptic_seg)) - {0} == {int(i["id"]) for i in infos}
+    for seg in result.segments:
+        assert seg.isthing and seg.area > 0 and (seg.mask == (result.panoptic_seg == seg.id)).all()
+
+    # matrices: k x k, -1 diagonals, labels = the most probable class, probabilities in [0, 1]
+    off = ~np.eye(k, dtype=bool)
+    assert result.occlusion.shape == (k, k) and result.depth.shape == (k, k)
+    assert result.occlusion.dtype == result.depth.dtype == np.int64
+    assert (np.diag(result.occlusion) == -1).all() and (np.diag(result.depth) == -1).all()
+    assert set(np.unique(result.occlusion[off])) <= {0, 1}
+    assert set(np.unique(result.depth[off])) <= {0, 1, 2}
+    occ_p, depth_p = result.occlusion_prob, result.depth_prob
+    assert occ_p.shape == (k, k) and depth_p.shape == (k, k, 3)
+    for p in (occ_p, depth_p):
+        assert ((p >= 0) & (p <= 1)).all() and (p[~off] == 0).all()
+    assert np.allclose(depth_p[off].sum(-1), 1, atol=1e-5)
+    assert ((occ_p[off] > 0.5) == (result.occlusion[off] == 1)).all()
+    assert (depth_p.argmax(-1)[off] == result.depth[off]).all()
+    assert np.allclose(occ_p, output["occlusion_prob"].numpy())
+
+    # ranking: a permutation, closest first by the Borda count
+    assert sorted(result.depth_ranking) == list(range(k))
+    assert result.depth_ranking == depth_ranking(depth_p)
+
+    # JSON round trip
+    loaded = json.loads(result.to_json(include_masks=True))
+    assert loaded == json.loads(json.dumps(result.to_dict(include_masks=True)))
+    assert [s["id"] for s in loaded["segments"]] == things
+    assert [s["index"] for s in loaded["segments"]] == list(range(k))
+    assert loaded["occlusion"] == result.occlusion.tolist()
+    assert loaded["depth"] == result.depth.tolist()
+    assert np.allclose(loaded["occlusion_prob"], occ_p) and np.allclose(
+        loaded["depth_prob"], depth_p
+    )
+    assert loaded["depth_ranking"] == result.depth_ranking
+    assert [s["depth_rank"] for s in loaded["segments"]] == result.depth_rank
+
+
+def test_tiny_od_model_batches_like_single_images(od_predictor):
+    images = [make_scene(64, 96)[0], make_scene(64, 96, n=3)[0][::-1].copy()]
+    single = [od_predictor(x) for x in images]
+    batched = od_predictor(images, batch_size=2)
+    for a, b in zip(single, batched, strict=True):
+        assert [s.id for s in a.segments] == [s.id for s in b.segments]
+        assert (a.panoptic_seg == b.panoptic_seg).all()
+        assert np.allclose(a.occlusion_prob, b.occlusion_prob, atol=1e-4)
+        assert np.allclose(a.depth_prob, b.depth_prob, atol=1e-4)

@@ -8,12 +8,16 @@ Two programs, because panoptic post-processing picks a data-dependent number of 
 * ``network.pt2``: :class:`NetworkWrapper`, image ``float32[B, 3, Hp, Wp]`` (0-255, channels in
   ``INPUT.FORMAT``) -> ``pred_logits [B, Q, K+1]``, ``pred_masks [B, Q, h, w]``, ``mask_embed
   [B, Q, C]``, ``mask_features [B, C, h, w]``; static input size (``--height/--width``).
-* ``order_head.pt2`` (models with an order head): :class:`OrderHeadWrapper`, ``mask_embed [n, C]``,
+* ``order_head.pt2`` (models with a ``GeometricTransformer`` order head, the model's
+  ``geometric_predictor``): :class:`OrderHeadWrapper`, ``mask_embed [n, C]``,
   ``masks [n, h, w]`` (0/1), ``mask_features [C, h, w]`` -> the last head layer's logits per task
   (``[n, n, 2]`` occlusion, ``[n, n, 3]`` depth); ``n`` is dynamic (2..``--max-instances``).
 
-Post-processing (panoptic merge, query selection) stays in Python: see
-``mask2former.modeling.postprocessing`` and :class:`instaformer.predictor.Predictor`.
+Post-processing stays in Python: the panoptic merge (``mask2former.modeling.postprocessing``),
+the rows of the head (the thing segments' queries, ``instaformer.modeling.order.selection.
+select_segment_queries``; masks = their ``pred_masks`` > 0) and labels/probabilities from the
+logits (``instaformer.modeling.meta_arch.order_results``); see
+:class:`instaformer.predictor.Predictor`.
 The deformable attention is exported on its pure-PyTorch path (``INSTAFORMER_MSDA_FORCE_PYTORCH``
 is set by this script; the compiled kernel has no export support). The order head is exported
 with dense feature attention (same numbers as the sparse path, no data-dependent shapes).
@@ -142,8 +146,21 @@ def max_abs_diff(a: tuple[Tensor, ...], b: tuple[Tensor, ...]) -> float:
 
 
 def find_order_head(model: nn.Module) -> nn.Module | None:
-    """The model's order head (attribute ``order_head``), or None for plain Mask2Former."""
-    return getattr(model, "order_head", None)
+    """The order head of an ``InstaFormer`` (``geometric_predictor``), or None without one.
+
+    Raises:
+        ValueError: a head other than ``GeometricTransformer`` (the pairwise head also reads
+            the image, which :class:`OrderHeadWrapper` does not pass).
+    """
+    from instaformer.modeling.order.geometric_transformer import GeometricTransformer
+
+    head = getattr(model, "geometric_predictor", None)
+    if head is not None and not isinstance(head, GeometricTransformer):
+        raise ValueError(
+            f"only the GeometricTransformer order head can be exported; the model has "
+            f"{type(head).__name__} (MODEL.GEOMETRIC_PREDICTOR.NAME)"
+        )
+    return head
 
 
 def _export_onnx(program: torch.export.ExportedProgram, path: Path) -> None:
@@ -181,7 +198,9 @@ def main(argv: list[str] | None = None) -> int:
 
     programs = {"network": export_network(model, args.height, args.width)}
     head = find_order_head(model)
-    if head is not None:
+    if head is None:
+        logger.info("the model has no order head: exporting the segmentation network only")
+    else:
         mask_size = (args.height // 4, args.width // 4)
         programs["order_head"] = export_order_head(
             head, cfg.MODEL.SEM_SEG_HEAD.MASK_DIM, mask_size, args.max_instances
