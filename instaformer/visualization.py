@@ -190,9 +190,22 @@ def _arrow(
     cv2.arrowedLine(image, p0, p1, color, thick, cv2.LINE_AA, tipLength=tip)
 
 
+def _side_line(
+    start: tuple[int, int], end: tuple[int, int], shift: float
+) -> tuple[tuple[int, int], tuple[int, int]]:
+    """The segment ``start -> end`` moved ``shift`` pixels to its right (image coordinates)."""
+    dx, dy = end[0] - start[0], end[1] - start[1]
+    length = max(1.0, math.hypot(dx, dy))
+    ox, oy = -dy / length * shift, dx / length * shift
+    return (
+        (int(start[0] + ox), int(start[1] + oy)),
+        (int(end[0] + ox), int(end[1] + oy)),
+    )
+
+
 def draw_occlusion(image: np.ndarray, result: OrderResult, max_edge_labels: int = 12) -> np.ndarray:
     """Occlusion graph over the image: an arrow ``#i -> #j`` for every ``occlusion[i, j] = 1``
-    (coloured as the occluder; mutual occlusion gives a double-headed arrow).
+    (coloured as the occluder; mutual occlusion gives two arrows side by side).
 
     Edge labels give ``occlusion_prob[i, j]`` when there are at most ``max_edge_labels`` arrows
     and the image is at least ``_DETAIL_SIZE`` pixels on its short side.
@@ -216,13 +229,19 @@ def draw_occlusion(image: np.ndarray, result: OrderResult, max_edge_labels: int 
     edges = [(i, j) for i in range(k) for j in range(k) if i != j and result.occlusion[i, j] == 1]
     (tw, th), _ = cv2.getTextSize("00", _FONT, scale, _thickness(scale))
     margin = max(tw, th) * 0.75 + 6
-    for i, j in edges:
-        _arrow(out, anchors[i], anchors[j], colors[i], scale, margin)
+    # Mutual occlusion: the two arrows run side by side, each label nearer its occluder.
+    lines = {e: _side_line(anchors[e[0]], anchors[e[1]], 3 * _thickness(scale)) for e in edges}
+    for (i, j), (start, end) in lines.items():
+        if result.occlusion[j, i] != 1:
+            start, end = anchors[i], anchors[j]
+        _arrow(out, start, end, colors[i], scale, margin)
     detailed = min(image.shape[:2]) >= _DETAIL_SIZE and len(edges) <= max_edge_labels
     if result.occlusion_prob is not None and detailed:
         for i, j in edges:
-            mid = ((anchors[i][0] + anchors[j][0]) // 2, (anchors[i][1] + anchors[j][1]) // 2)
-            _text(out, f"{result.occlusion_prob[i, j]:.2f}", mid, scale * 0.7, colors[i])
+            (x0, y0), (x1, y1) = lines[i, j]
+            at = 0.5 if result.occlusion[j, i] != 1 else 0.35
+            label = (int(x0 + at * (x1 - x0)), int(y0 + at * (y1 - y0)))
+            _text(out, f"{result.occlusion_prob[i, j]:.2f}", label, scale * 0.7, colors[i])
     for i, (anchor, color) in enumerate(zip(anchors, colors, strict=True)):
         _node(out, str(i), anchor, color, scale)
     return _legend(out, [f"occlusion: arrow i -> j = #i occludes #j ({len(edges)} pairs)"])
