@@ -46,6 +46,7 @@ __all__ = [
     "OrderHeadWrapper",
     "export_network",
     "export_order_head",
+    "find_order_head",
     "max_abs_diff",
     "main",
 ]
