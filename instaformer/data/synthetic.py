@@ -3,8 +3,9 @@
 Each image shows a sky and a grass region (two stuff classes) and 2-``max_objects`` things from
 four COCO classes, each drawn as its own shape and colour: person (tall ellipse), car (wide
 rectangle), sports ball (disc), kite (triangle). A thing at distance ``z`` (1-4) stands on the
-grass with its base lower in the image and its size larger the closer it is, and things are
-painted far to near, so:
+grass with its base lower in the image and its size larger the closer it is, its colour fades
+towards the sky colour the farther it is (aerial perspective), and things are painted far to
+near, so:
 
 * occlusion is read off the rendering: ``i`` occludes ``j`` when some pixel of ``j``'s shape
   shows ``i`` (painted later, i.e. closer);
@@ -48,6 +49,7 @@ _SKY, _GRASS, _PERSON = 187, 193, 1
 _STUFF_COLOURS = {_SKY: (120, 170, 230), _GRASS: (60, 150, 60)}
 _HORIZON = 0.35  # horizon height as a fraction of the image height
 _Z_RANGE = (1.0, 4.0)
+_HAZE = 0.6  # colour fade towards the sky at the farthest distance
 _TIE_PROB = 0.25
 _CROWD_PROB = 0.25
 _MAX_TRIES = 100
@@ -136,9 +138,13 @@ def _render(rng: np.random.Generator, labels: np.ndarray, things: list[_Thing]) 
     colours = np.zeros((3 + len(things), 3), dtype=np.float32)
     colours[0], colours[1] = _STUFF_COLOURS[_SKY], _STUFF_COLOURS[_GRASS]
     colours[2] = SYNTHETIC_THING_CLASSES[_PERSON][1]
+    sky = np.asarray(_STUFF_COLOURS[_SKY], dtype=np.float32)
     for thing in things:
         jitter = rng.uniform(-20, 20, size=3)
-        colours[thing.label] = np.asarray(SYNTHETIC_THING_CLASSES[thing.category_id][1]) + jitter
+        base = np.asarray(SYNTHETIC_THING_CLASSES[thing.category_id][1]) + jitter
+        # Aerial perspective: the farther a thing, the more its colour fades towards the sky.
+        haze = _HAZE * (thing.z - _Z_RANGE[0]) / (_Z_RANGE[1] - _Z_RANGE[0])
+        colours[thing.label] = (1.0 - haze) * base + haze * sky
     image = colours[labels] + rng.normal(0, 6, size=(h, w, 3))
     # Shading: darker towards the bottom of each thing's box gives the shapes some texture.
     image *= (1.0 - 0.15 * (np.arange(h) / h))[:, None, None]
