@@ -73,18 +73,15 @@ def default_argument_parser(description: str | None = None) -> argparse.Argument
 
 def resolve_device(cfg: CfgNode) -> None:
     """Replace an unavailable ``MODEL.DEVICE`` "cuda" by "cpu" (with a warning), in place."""
-    device = str(cfg.MODEL.DEVICE)
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        logging.getLogger(__name__).warning(
-            "MODEL.DEVICE is %s but CUDA is not available; using the CPU", device
-        )
+    from mask2former.modeling.build import resolve_device as device_of
+
+    device = str(device_of(cfg.MODEL.DEVICE))
+    if device != str(cfg.MODEL.DEVICE):
         frozen = cfg.is_frozen()
         cfg.defrost()
-        cfg.MODEL.DEVICE = "cpu"
+        cfg.MODEL.DEVICE = device
         if frozen:
             cfg.freeze()
-    elif device not in ("cpu",) and not device.startswith("cuda"):
-        raise ValueError(f"MODEL.DEVICE must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
 
 
 def seed_all(seed: int) -> int:

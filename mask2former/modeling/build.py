@@ -16,7 +16,12 @@ logger = logging.getLogger(__name__)
 
 def resolve_device(name: str) -> torch.device:
     """``MODEL.DEVICE`` -> device; "cuda" without CUDA falls back to "cpu" with a warning."""
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise ValueError(
+            f"MODEL.DEVICE {name!r} is not a device: use 'cpu', 'cuda' or 'cuda:N'"
+        ) from err
     if device.type == "cuda" and not torch.cuda.is_available():
         logger.warning("MODEL.DEVICE is %r but CUDA is not available; using cpu", name)
         return torch.device("cpu")
