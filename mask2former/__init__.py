@@ -1,4 +1,4 @@
-"""Mask2Former: the segmentation framework InstaFormer builds on (configs, models, data, evaluation).
+"""Mask2Former: the segmentation framework InstaFormer builds on (config, models, data, eval).
 
 Importing this package never needs a compiled extension or a GPU.
 """
