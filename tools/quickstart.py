@@ -33,9 +33,9 @@ GOALS = {("occlusion_order", "f1"): (">=", 80.0), ("depth_order", "ovlOX/WHDR_al
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--output-dir", default="output/quickstart", help="where everything goes")
-    parser.add_argument("--num-train", type=int, default=400, help="synthetic training images")
+    parser.add_argument("--num-train", type=int, default=2000, help="synthetic training images")
     parser.add_argument("--num-val", type=int, default=60, help="synthetic validation images")
-    parser.add_argument("--image-size", type=int, default=128, help="image side (pixels)")
+    parser.add_argument("--image-size", type=int, default=96, help="image side (pixels)")
     parser.add_argument("--demo-images", type=int, default=4, help="val images shown by the demo")
     parser.add_argument("--seed", type=int, default=0, help="seed of the data and the training")
     parser.add_argument(

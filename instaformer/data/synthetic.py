@@ -50,6 +50,7 @@ _STUFF_COLOURS = {_SKY: (120, 170, 230), _GRASS: (60, 150, 60)}
 _HORIZON = 0.35  # horizon height as a fraction of the image height
 _Z_RANGE = (1.0, 4.0)
 _HAZE = 0.6  # colour fade towards the sky at the farthest distance
+_CLUSTER_PROB = 0.6  # chance that a thing is placed next to an earlier one
 _TIE_PROB = 0.25
 _CROWD_PROB = 0.25
 _MAX_TRIES = 100
@@ -102,6 +103,7 @@ def _scene(rng: np.random.Generator, h: int, w: int, max_objects: int) -> dict[s
         labels[crowd] = 2
     categories = list(SYNTHETIC_THING_CLASSES)
     things: list[_Thing] = []
+    centres: list[float] = []
     for _ in range(int(rng.integers(2, max_objects + 1))):
         cat = categories[int(rng.integers(len(categories)))]
         if things and rng.random() < _TIE_PROB:
@@ -110,7 +112,14 @@ def _scene(rng: np.random.Generator, h: int, w: int, max_objects: int) -> dict[s
             z = float(np.round(rng.uniform(*_Z_RANGE), 3))
         shape, _, size_factor, _ = SYNTHETIC_THING_CLASSES[cat]
         bottom = horizon + (h - 2 - horizon) * (_Z_RANGE[0] / z)
-        mask = _draw(shape, h, w, rng.uniform(0.05 * w, 0.95 * w), bottom, size_factor * h / z)
+        if centres and rng.random() < _CLUSTER_PROB:
+            # Next to an earlier thing, so that things overlap in the image as in real scenes.
+            cx = centres[int(rng.integers(len(centres)))] + rng.normal(0.0, 0.12 * w)
+            cx = float(np.clip(cx, 0.05 * w, 0.95 * w))
+        else:
+            cx = rng.uniform(0.05 * w, 0.95 * w)
+        centres.append(cx)
+        mask = _draw(shape, h, w, cx, bottom, size_factor * h / z)
         things.append(_Thing(cat, z, mask))
     # Paint far to near; ties keep creation order.
     for k, thing in sorted(enumerate(things), key=lambda t: (-t[1].z, t[0])):
