@@ -28,7 +28,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from mask2former.evaluation.evaluator import DatasetEvaluator, Results
-from mask2former.evaluation.panoptic import read_panoptic_png
+from mask2former.evaluation.panoptic import read_panoptic_png, resolve_panoptic_gt
 from mask2former.utils import comm
 
 logger = logging.getLogger(__name__)
@@ -155,16 +155,9 @@ class COCOInstanceEvaluator(DatasetEvaluator):
         per_class: bool = False,
         distributed: bool = True,
     ) -> None:
-        if dataset_name is not None:
-            from mask2former.data.catalog import MetadataCatalog
-
-            meta = MetadataCatalog.get(dataset_name)
-            gt_json = gt_json or meta.panoptic_json
-            gt_folder = gt_folder or meta.panoptic_root
-            if thing_dataset_id_to_contiguous_id is None:
-                thing_dataset_id_to_contiguous_id = meta.thing_dataset_id_to_contiguous_id
-        if gt_json is None or gt_folder is None:
-            raise ValueError("COCOInstanceEvaluator needs dataset_name or gt_json and gt_folder")
+        gt_json, gt_folder, thing_dataset_id_to_contiguous_id, _ = resolve_panoptic_gt(
+            type(self).__name__, dataset_name, gt_json, gt_folder, thing_dataset_id_to_contiguous_id
+        )
         if not os.path.isfile(gt_json):
             raise FileNotFoundError(f"panoptic JSON not found: {gt_json}")
         with open(gt_json) as f:

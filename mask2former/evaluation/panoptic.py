@@ -257,6 +257,35 @@ def pq_compute_from_files(
     return pq_results(stats, categories, per_class)
 
 
+def resolve_panoptic_gt(
+    evaluator: str,
+    dataset_name: str | None,
+    gt_json: str | None,
+    gt_folder: str | None,
+    thing_map: Mapping[int, int] | None,
+    stuff_map: Mapping[int, int] | None = None,
+) -> tuple[str, str, Mapping[int, int] | None, Mapping[int, int] | None]:
+    """Panoptic ground truth of an evaluator: explicit arguments first, then the metadata of
+    ``dataset_name`` (``panoptic_json``, ``panoptic_root``, the dataset-id -> contiguous-id maps).
+
+    Returns:
+        ``(gt_json, gt_folder, thing_map, stuff_map)``.
+    """
+    if dataset_name is not None:
+        from mask2former.data.catalog import MetadataCatalog
+
+        meta = MetadataCatalog.get(dataset_name)
+        gt_json = gt_json or meta.panoptic_json
+        gt_folder = gt_folder or meta.panoptic_root
+        if thing_map is None:
+            thing_map = meta.thing_dataset_id_to_contiguous_id
+        if stuff_map is None:
+            stuff_map = getattr(meta, "stuff_dataset_id_to_contiguous_id", {})
+    if gt_json is None or gt_folder is None:
+        raise ValueError(f"{evaluator} needs dataset_name or gt_json and gt_folder")
+    return gt_json, gt_folder, thing_map, stuff_map
+
+
 class COCOPanopticEvaluator(DatasetEvaluator):
     """PQ of the model's ``panoptic_seg`` outputs; returns ``{"panoptic_seg": {...}}``.
 
@@ -280,20 +309,16 @@ class COCOPanopticEvaluator(DatasetEvaluator):
         per_class: bool = False,
         distributed: bool = True,
     ) -> None:
-        if dataset_name is not None:
-            from mask2former.data.catalog import MetadataCatalog
-
-            meta = MetadataCatalog.get(dataset_name)
-            gt_json = gt_json or meta.panoptic_json
-            gt_folder = gt_folder or meta.panoptic_root
-            if thing_dataset_id_to_contiguous_id is None:
-                thing_dataset_id_to_contiguous_id = meta.thing_dataset_id_to_contiguous_id
-            if stuff_dataset_id_to_contiguous_id is None:
-                stuff_dataset_id_to_contiguous_id = getattr(
-                    meta, "stuff_dataset_id_to_contiguous_id", {}
-                )
-        if gt_json is None or gt_folder is None:
-            raise ValueError("COCOPanopticEvaluator needs dataset_name or gt_json and gt_folder")
+        gt_json, gt_folder, thing_dataset_id_to_contiguous_id, stuff_dataset_id_to_contiguous_id = (
+            resolve_panoptic_gt(
+                type(self).__name__,
+                dataset_name,
+                gt_json,
+                gt_folder,
+                thing_dataset_id_to_contiguous_id,
+                stuff_dataset_id_to_contiguous_id,
+            )
+        )
         gt = _load_json(gt_json)
         self._categories = _categories(gt, gt_json)
         self._gt_by_image = {a["image_id"]: a for a in gt["annotations"]}
