@@ -28,7 +28,11 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from mask2former.evaluation.evaluator import DatasetEvaluator, Results
-from mask2former.evaluation.panoptic import read_panoptic_png, resolve_panoptic_gt
+from mask2former.evaluation.panoptic import (
+    load_panoptic_json,
+    read_panoptic_png,
+    resolve_panoptic_gt,
+)
 from mask2former.utils import comm
 
 logger = logging.getLogger(__name__)
@@ -158,10 +162,7 @@ class COCOInstanceEvaluator(DatasetEvaluator):
         gt_json, gt_folder, thing_dataset_id_to_contiguous_id, _ = resolve_panoptic_gt(
             type(self).__name__, dataset_name, gt_json, gt_folder, thing_dataset_id_to_contiguous_id
         )
-        if not os.path.isfile(gt_json):
-            raise FileNotFoundError(f"panoptic JSON not found: {gt_json}")
-        with open(gt_json) as f:
-            gt = json.load(f)
+        gt = load_panoptic_json(gt_json)
         self._categories = [
             {"id": int(c["id"]), "name": c.get("name", str(c["id"]))}
             for c in gt["categories"]

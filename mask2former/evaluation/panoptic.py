@@ -212,7 +212,8 @@ def pq_results(
     return results
 
 
-def _load_json(path: str) -> dict[str, Any]:
+def load_panoptic_json(path: str) -> dict[str, Any]:
+    """A COCO panoptic JSON file (ground truth or predictions); a missing file is named."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"panoptic JSON not found: {path}")
     with open(path) as f:
@@ -237,11 +238,11 @@ def pq_compute_from_files(
     Every image of ``pred_json`` must be in ``gt_json``; GT images without a prediction are
     ignored. Returns the metrics dict of ``pq_results``.
     """
-    gt = _load_json(gt_json)
+    gt = load_panoptic_json(gt_json)
     categories = _categories(gt, gt_json)
     gt_by_image = {a["image_id"]: a for a in gt["annotations"]}
     stats: PQStats = {}
-    for pred in _load_json(pred_json)["annotations"]:
+    for pred in load_panoptic_json(pred_json)["annotations"]:
         if pred["image_id"] not in gt_by_image:
             raise KeyError(f"{pred_json}: image_id {pred['image_id']!r} is not in {gt_json}")
         ann = gt_by_image[pred["image_id"]]
@@ -319,7 +320,7 @@ class COCOPanopticEvaluator(DatasetEvaluator):
                 stuff_dataset_id_to_contiguous_id,
             )
         )
-        gt = _load_json(gt_json)
+        gt = load_panoptic_json(gt_json)
         self._categories = _categories(gt, gt_json)
         self._gt_by_image = {a["image_id"]: a for a in gt["annotations"]}
         self._gt_folder = gt_folder
