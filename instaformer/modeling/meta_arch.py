@@ -229,6 +229,27 @@ class InstaFormer(MaskFormer):
                 )
         return results
 
+    def _image_orders(
+        self,
+        b: int,
+        queries: Tensor,
+        outputs: dict,
+        mask_embed: Tensor,
+        mask_features: Tensor,
+        batched_input: dict,
+        image_sizes: list[tuple[int, int]],
+        padded_size: tuple[int, int],
+    ) -> dict[str, list[Tensor]]:
+        """:meth:`run_order_head` for image ``b`` of the batch's decoder outputs."""
+        return self.run_order_head(
+            queries,
+            mask_embed[b],
+            outputs["pred_masks"][b],
+            mask_features[b],
+            batched_input=batched_input,
+            valid_size=_valid_size(image_sizes[b], padded_size, mask_features.shape[-2:]),
+        )
+
     def run_order_head(
         self,
         queries: Tensor,
@@ -297,13 +318,8 @@ class InstaFormer(MaskFormer):
             order_targets.append({t: _gt_matrix(x, t, n) for t in self.order_criterion.weights})
             queries = select_matched_queries(*indices[b], tgt_pan_idx)
             head_outputs.append(
-                self.run_order_head(
-                    queries,
-                    mask_embed[b],
-                    outputs["pred_masks"][b],
-                    mask_features[b],
-                    batched_input=x,
-                    valid_size=_valid_size(image_sizes[b], padded, mask_features.shape[-2:]),
+                self._image_orders(
+                    b, queries, outputs, mask_embed, mask_features, x, image_sizes, padded
                 )
             )
         weights = self.order_criterion.weight_dict(self.num_order_layers)
@@ -335,13 +351,8 @@ class InstaFormer(MaskFormer):
         for b, (x, result) in enumerate(zip(batched_inputs, results, strict=True)):
             tgt_pan_idx = _tgt_pan_idx(x, len(targets[b]["labels"]))
             queries = select_matched_queries(*indices[b], tgt_pan_idx)
-            head_out = self.run_order_head(
-                queries,
-                mask_embed[b],
-                outputs["pred_masks"][b],
-                mask_features[b],
-                batched_input=x,
-                valid_size=_valid_size(image_sizes[b], padded, mask_features.shape[-2:]),
+            head_out = self._image_orders(
+                b, queries, outputs, mask_embed, mask_features, x, image_sizes, padded
             )
             result.update(order_results(head_out, self.output_tasks))
 
@@ -363,13 +374,8 @@ class InstaFormer(MaskFormer):
             )
         for b, (x, result) in enumerate(zip(batched_inputs, results, strict=True)):
             queries, segment_ids = select_segment_queries(result["panoptic_seg"][1])
-            head_out = self.run_order_head(
-                queries,
-                mask_embed[b],
-                outputs["pred_masks"][b],
-                mask_features[b],
-                batched_input=x,
-                valid_size=_valid_size(image_sizes[b], padded_size, mask_features.shape[-2:]),
+            head_out = self._image_orders(
+                b, queries, outputs, mask_embed, mask_features, x, image_sizes, padded_size
             )
             result.update(order_results(head_out, self.output_tasks))
             result["order_segment_ids"] = torch.tensor(
