@@ -8,7 +8,7 @@ below needs only ``DistributedDataParallel``, ``torch.autocast`` and ``torch.amp
 from PyTorch itself. Every step of an iteration is visible in :meth:`Trainer.run_step`.
 
 Subclasses provide the project pieces: :meth:`build_model`, :meth:`build_train_loader`,
-:meth:`build_test_loader`, :meth:`build_evaluator` and :meth:`load_weights`.
+:meth:`load_weights` and :meth:`evaluate`.
 """
 
 from __future__ import annotations
@@ -71,12 +71,6 @@ class Trainer:
 
     def build_train_loader(self, cfg: CfgNode, start_iter: int) -> Iterable[list[dict]]:
         """Infinite iterable of per-process batches; resumes the data order at ``start_iter``."""
-        raise NotImplementedError
-
-    def build_test_loader(self, cfg: CfgNode, dataset_name: str) -> Iterable[list[dict]]:
-        raise NotImplementedError
-
-    def build_evaluator(self, cfg: CfgNode, dataset_name: str) -> Any:
         raise NotImplementedError
 
     def load_weights(self, model: nn.Module, path: str) -> None:
