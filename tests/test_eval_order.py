@@ -266,7 +266,16 @@ def test_per_image_files(tmp_path: Path) -> None:
     occ.evaluate()
     rows = json.loads((tmp_path / "occlusion_per_image.json").read_text())
     assert rows == [
-        {"image_id": 1, "num_instances": 2, "recall": 100.0, "precision": 100.0, "f1": 100.0}
+        {
+            "image_id": 1,
+            "num_instances": 2,
+            "true_positives": 1,
+            "false_positives": 0,
+            "false_negatives": 0,
+            "recall": 100.0,
+            "precision": 100.0,
+            "f1": 100.0,
+        }
     ]
 
 

@@ -200,6 +200,9 @@ class OcclusionEvaluator(DatasetEvaluator):
                 {
                     "image_id": image_id,
                     "num_instances": int(counts[i, _N]),
+                    "true_positives": int(counts[i, _TP]),
+                    "false_positives": int(counts[i, _FP]),
+                    "false_negatives": int(counts[i, _FN]),
                     "recall": float(recall[i]) if evaluated else None,
                     "precision": float(precision[i]) if evaluated else None,
                     "f1": float(f1[i]) if evaluated else None,
