@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from instaformer.config import get_cfg
-from instaformer.modeling.order import GeometricTransformer, build_order_head
+from instaformer.modeling.order import GeometricTransformer, build_order_head, feature_attention
 from instaformer.modeling.order.feature_attention import (
     attention_pool_dense,
     attention_pool_sparse,
@@ -87,8 +87,10 @@ def _random_case(n, c=32, h=9, w=11, overlap=True, seed=0):
     return masks, feats
 
 
+@pytest.mark.parametrize("chunk", [4096, 7])  # 7: many pixel chunks
 @pytest.mark.parametrize("overlap", [True, False])
-def test_fast_attention_equals_released_formulation(overlap):
+def test_fast_attention_equals_released_formulation(overlap, chunk, monkeypatch):
+    monkeypatch.setattr(feature_attention, "_PIXEL_CHUNK", chunk)
     layer = TransformerLayer(dim=32, num_heads=4)
     with torch.no_grad():  # non-trivial LayerNorm affine so that LN(0) matters
         layer.norm1.bias.normal_()

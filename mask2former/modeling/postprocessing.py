@@ -21,7 +21,10 @@ __all__ = [
     "panoptic_inference",
     "instance_inference",
     "masks_to_boxes",
+    "mask_scores",
 ]
+
+_CHUNK_ELEMENTS = 1 << 20  # values per chunk of the chunked full-resolution computations
 
 
 def sem_seg_postprocess(
@@ -35,18 +38,36 @@ def sem_seg_postprocess(
         output_height, output_width: requested output size.
 
     Returns:
-        Tensor[C, output_height, output_width].
+        Tensor[C, output_height, output_width]; a view of ``result`` when no resizing is needed
+        (a bilinear resize to the same size is the identity).
     """
-    result = result[:, : img_size[0], : img_size[1]].expand(1, -1, -1, -1)
+    result = result[:, : img_size[0], : img_size[1]]
+    if tuple(result.shape[-2:]) == (output_height, output_width):
+        return result
     return F.interpolate(
-        result, size=(output_height, output_width), mode="bilinear", align_corners=False
+        result[None], size=(output_height, output_width), mode="bilinear", align_corners=False
     )[0]
 
 
+def _row_chunks(mask_pred: Tensor) -> int:
+    """Rows of a Tensor[Q, H, W] per chunk so that a chunk holds about _CHUNK_ELEMENTS values."""
+    q, _, w = mask_pred.shape
+    return max(1, _CHUNK_ELEMENTS // max(1, q * w))
+
+
 def semantic_inference(mask_cls: Tensor, mask_pred: Tensor) -> Tensor:
-    """Tensor[Q, K+1], Tensor[Q, H, W] -> Tensor[K, H, W]: sum_q p(class | q) * sigmoid(mask_q)."""
-    mask_cls = F.softmax(mask_cls, dim=-1)[..., :-1]
-    return torch.einsum("qc,qhw->chw", mask_cls, mask_pred.sigmoid())
+    """Tensor[Q, K+1], Tensor[Q, H, W] -> Tensor[K, H, W]: sum_q p(class | q) * sigmoid(mask_q).
+
+    Computed over row chunks, so that no full-size sigmoid of the masks is held.
+    """
+    probs = F.softmax(mask_cls, dim=-1)[..., :-1]
+    h, w = mask_pred.shape[-2:]
+    out = mask_pred.new_empty((probs.shape[-1], h, w), dtype=torch.result_type(probs, mask_pred))
+    step = _row_chunks(mask_pred)
+    for top in range(0, h, step):
+        rows = mask_pred[:, top : top + step].sigmoid()
+        out[:, top : top + step] = torch.einsum("qc,qhw->chw", probs, rows)
+    return out
 
 
 def panoptic_inference(
@@ -72,19 +93,21 @@ def panoptic_inference(
         the first query); keep bool Tensor[Q], the queries that passed the class test.
     """
     scores, labels = F.softmax(mask_cls, dim=-1).max(-1)
-    mask_pred = mask_pred.sigmoid()
     keep = labels.ne(num_classes) & (scores > object_mask_threshold)
     query_ids = keep.nonzero().flatten().tolist()
     cur_scores = scores[keep]
     cur_classes = labels[keep]
-    cur_masks = mask_pred[keep]
+    cur_masks = mask_pred[keep].sigmoid_()  # the kept queries only (a copy)
     h, w = cur_masks.shape[-2:]
     panoptic_seg = torch.zeros((h, w), dtype=torch.int32, device=cur_masks.device)
     segments_info: list[dict] = []
     if cur_masks.shape[0] == 0:
         return panoptic_seg, segments_info, keep
-    cur_prob_masks = cur_scores.view(-1, 1, 1) * cur_masks
-    cur_mask_ids = cur_prob_masks.argmax(0)
+    cur_mask_ids = torch.empty((h, w), dtype=torch.int64, device=cur_masks.device)
+    step = _row_chunks(cur_masks)
+    for top in range(0, h, step):
+        prob_masks = cur_scores.view(-1, 1, 1) * cur_masks[:, top : top + step]
+        cur_mask_ids[top : top + step] = prob_masks.argmax(0)
     current_segment_id = 0
     stuff_memory: dict[int, int] = {}
     for k in range(cur_classes.shape[0]):
@@ -127,6 +150,22 @@ def masks_to_boxes(masks: Tensor) -> Tensor:
     return boxes * cols.any(1, keepdim=True)
 
 
+def mask_scores(mask_pred: Tensor, positive: Tensor) -> Tensor:
+    """Tensor[Q]: mean ``sigmoid(mask_pred)`` over each query's positive pixels (0 if none).
+
+    ``mask_pred`` Tensor[Q, H, W] logits, ``positive`` bool Tensor[Q, H, W] (``mask_pred > 0``);
+    computed a few queries at a time, so that no full-size sigmoid is held.
+    """
+    flat, pos = mask_pred.flatten(1), positive.flatten(1)
+    step = max(1, _CHUNK_ELEMENTS // max(1, flat.shape[1]))
+    sums, counts = flat.new_zeros(flat.shape[0]), flat.new_zeros(flat.shape[0])
+    for start in range(0, flat.shape[0], step):
+        m, p = flat[start : start + step], pos[start : start + step]
+        sums[start : start + step] = (m.sigmoid() * p).sum(1)
+        counts[start : start + step] = p.sum(1)
+    return sums / (counts + 1e-6)
+
+
 def instance_inference(
     mask_cls: Tensor,
     mask_pred: Tensor,
@@ -164,16 +203,13 @@ def instance_inference(
         scores_per_image = scores_per_image[keep]
         labels_per_image = labels_per_image[keep]
         query_index = query_index[keep]
-    mask_pred = mask_pred[query_index]
-    pred_masks = (mask_pred > 0).float()
-    mask_scores = (mask_pred.sigmoid().flatten(1) * pred_masks.flatten(1)).sum(1) / (
-        pred_masks.flatten(1).sum(1) + 1e-6
-    )
+    positive = mask_pred > 0
+    pred_masks = positive[query_index]
     return Instances(
         image_size,
-        pred_masks=pred_masks,
-        pred_boxes=masks_to_boxes(pred_masks > 0),
-        scores=scores_per_image * mask_scores,
+        pred_masks=pred_masks.float(),
+        pred_boxes=masks_to_boxes(pred_masks),
+        scores=scores_per_image * mask_scores(mask_pred, positive)[query_index],
         pred_classes=labels_per_image,
         query_index=query_index,
     )

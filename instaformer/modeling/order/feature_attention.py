@@ -42,6 +42,8 @@ __all__ = [
     "max_pool_in_masks",
 ]
 
+_PIXEL_CHUNK = 4096  # covered pixels per chunk of the fast attention
+
 
 def check_binary_masks(masks: Tensor) -> Tensor:
     """Tensor[n, h, w] of 0/1 values (any dtype) -> the same masks as bool; raises otherwise."""
@@ -157,7 +159,14 @@ def attention_pool_sparse(
     covered = coverage.nonzero().squeeze(1)  # P
     x = features.flatten(1).t()[covered]  # C x hw -> hw x C -> P x C (contiguous gather)
     if layer is not None:
-        y = _in_mask_outputs(layer, x, coverage[covered], n)
+        # Pixels are independent: chunks bound the memory of the MLP's hidden layer.
+        count = coverage[covered]
+        y = torch.cat(
+            [
+                _in_mask_outputs(layer, xs, ks, n)
+                for xs, ks in zip(x.split(_PIXEL_CHUNK), count.split(_PIXEL_CHUNK), strict=True)
+            ]
+        )
         # Element-wise zeroing where the gated input is exactly 0 (released semantics).
         x = y.masked_fill(x == 0, 0.0)
     return max_pool_in_masks(x, member[:, covered], member.all(1))
