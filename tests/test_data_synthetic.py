@@ -29,7 +29,8 @@ def test_deterministic_and_seed_dependent(tmp_path):
     assert files == _files(b) and files != _files(c)
     assert "coco/annotations/InstaOrderPanoptic_train2017.json" in files
     assert "coco/annotations/instances_val2017.json" in files
-    assert Image.open(next((a / "coco" / "train2017").iterdir())).size == (64, 48)
+    with Image.open(next((a / "coco" / "train2017").iterdir())) as image:
+        assert image.size == (64, 48)
 
 
 def test_formats_and_labels_by_construction(tmp_path):
@@ -82,3 +83,33 @@ def test_cli_writes_the_layout(tmp_path, capsys):
     assert len(list((tmp_path / "coco" / "panoptic_val2017").iterdir())) == 1
     assert len(list((tmp_path / "coco" / "train2017").iterdir())) == 2
     assert "synthetic_instaorder_train: 2 images" in capsys.readouterr().out
+
+
+def test_scene_labels_are_readable_at_quarter_resolution():
+    from instaformer.data import synthetic
+
+    rng = np.random.default_rng(0)
+    h = w = 96
+    min_hidden = round(synthetic._MIN_HIDDEN * h * w)
+    gap = round(synthetic._MIN_GAP * h)
+    scenes = [s for s in (synthetic._scene(rng, h, w, 5) for _ in range(60)) if s is not None]
+    assert len(scenes) >= 50
+    occlusions = 0
+    for scene in scenes:
+        labels, things = scene["labels"], scene["things"]
+        assert 2 <= len(things) <= 5
+        for a in things:
+            for b in things:
+                if a is b:
+                    continue
+                hidden = int((labels[b.mask] == a.label).sum())
+                if b.label in a.occludes:
+                    occlusions += 1
+                    assert hidden >= min_hidden
+                elif a.label not in b.occludes:
+                    assert hidden == 0
+                    pa = np.argwhere(labels == a.label)
+                    pb = np.argwhere(labels == b.label)
+                    distance = np.sqrt(((pa[:, None] - pb[None]) ** 2).sum(-1)).min()
+                    assert distance > gap
+    assert occlusions >= 20

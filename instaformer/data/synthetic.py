@@ -8,7 +8,9 @@ towards the sky colour the farther it is (aerial perspective), and things are pa
 near, so:
 
 * occlusion is read off the rendering: ``i`` occludes ``j`` when some pixel of ``j``'s shape
-  shows ``i`` (painted later, i.e. closer);
+  shows ``i`` (painted later, i.e. closer); labels stay readable at the model's 1/4
+  resolution: a thing is redrawn when it would hide a mere sliver of another or come within a
+  few pixels of a thing it does not occlude;
 * depth order compares ``z``; about one image in four has two things at exactly the same ``z``
   (an "=" label); every thing has a depth extent ``[z, z + thickness(class)]`` and a pair's
   ``overlap`` flag says whether the two extents intersect;
@@ -53,6 +55,9 @@ _HAZE = 0.6  # colour fade towards the sky at the farthest distance
 _CLUSTER_PROB = 0.6  # chance that a thing is placed next to an earlier one
 _TIE_PROB = 0.25
 _CROWD_PROB = 0.25
+_MIN_HIDDEN = 0.0025  # smallest hidden area of an occlusion, as a fraction of the image
+_MIN_GAP = 0.03  # smallest gap between things that do not occlude each other (of the side)
+_PLACE_TRIES = 10
 _MAX_TRIES = 100
 
 
@@ -61,6 +66,7 @@ class _Thing:
     category_id: int
     z: float
     mask: np.ndarray  # amodal (full shape) bool[H, W]
+    cx: float  # horizontal centre (pixels)
     label: int = 0  # index in the label map
     occludes: set[int] = field(default_factory=set)  # labels of things it hides part of
 
@@ -89,49 +95,39 @@ def _draw(shape: str, h: int, w: int, cx: float, bottom: float, size: float) -> 
     return canvas.astype(bool)
 
 
-def _scene(rng: np.random.Generator, h: int, w: int, max_objects: int) -> dict[str, Any] | None:
-    """One attempt at a scene; None when a thing is (almost) invisible or an occlusion is a
-    sliver (ambiguous labels)."""
-    horizon = round(h * _HORIZON)
-    labels = np.zeros((h, w), dtype=np.int32)  # 0 sky, 1 grass, 2 crowd, 3.. things
-    labels[horizon:] = 1
-    crowd = None
-    if rng.random() < _CROWD_PROB:
-        crowd = np.zeros((h, w), dtype=bool)
-        for cx in rng.uniform(0, w, size=int(rng.integers(3, 7))):
-            crowd |= _draw("ellipse", h, w, cx, horizon + 0.06 * h, 0.12 * h)
-        labels[crowd] = 2
-    categories = list(SYNTHETIC_THING_CLASSES)
-    things: list[_Thing] = []
-    centres: list[float] = []
-    for _ in range(int(rng.integers(2, max_objects + 1))):
-        cat = categories[int(rng.integers(len(categories)))]
-        if things and rng.random() < _TIE_PROB:
-            z = things[int(rng.integers(len(things)))].z
-        else:
-            z = float(np.round(rng.uniform(*_Z_RANGE), 3))
-        shape, _, size_factor, _ = SYNTHETIC_THING_CLASSES[cat]
-        bottom = horizon + (h - 2 - horizon) * (_Z_RANGE[0] / z)
-        if centres and rng.random() < _CLUSTER_PROB:
-            # Next to an earlier thing, so that things overlap in the image as in real scenes.
-            cx = centres[int(rng.integers(len(centres)))] + rng.normal(0.0, 0.12 * w)
-            cx = float(np.clip(cx, 0.05 * w, 0.95 * w))
-        else:
-            cx = rng.uniform(0.05 * w, 0.95 * w)
-        centres.append(cx)
-        mask = _draw(shape, h, w, cx, bottom, size_factor * h / z)
-        things.append(_Thing(cat, z, mask))
-    # Paint far to near; ties keep creation order.
-    for k, thing in sorted(enumerate(things), key=lambda t: (-t[1].z, t[0])):
-        thing.label = 3 + k
+def _new_thing(
+    rng: np.random.Generator, things: list[_Thing], h: int, w: int, horizon: int
+) -> _Thing:
+    cat = list(SYNTHETIC_THING_CLASSES)[int(rng.integers(len(SYNTHETIC_THING_CLASSES)))]
+    if things and rng.random() < _TIE_PROB:
+        z = things[int(rng.integers(len(things)))].z
+    else:
+        z = float(np.round(rng.uniform(*_Z_RANGE), 3))
+    shape, _, size_factor, _ = SYNTHETIC_THING_CLASSES[cat]
+    bottom = horizon + (h - 2 - horizon) * (_Z_RANGE[0] / z)
+    if things and rng.random() < _CLUSTER_PROB:
+        # Next to an earlier thing, so that things overlap in the image as in real scenes.
+        cx = things[int(rng.integers(len(things)))].cx + rng.normal(0.0, 0.12 * w)
+        cx = float(np.clip(cx, 0.05 * w, 0.95 * w))
+    else:
+        cx = rng.uniform(0.05 * w, 0.95 * w)
+    return _Thing(cat, z, _draw(shape, h, w, cx, bottom, size_factor * h / z), cx)
+
+
+def _compose(background: np.ndarray, things: list[_Thing]) -> np.ndarray | None:
+    """Paint ``things`` far to near over ``background`` (labels 0-2) and fill in their labels
+    and occlusions; None when a label would be ambiguous at the model's 1/4 resolution: a thing
+    (almost) invisible, an occlusion that hides less than ``_MIN_HIDDEN`` of the image, or two
+    things that do not occlude each other closer than ``_MIN_GAP``."""
+    h, w = background.shape
+    labels = background.copy()
+    for k, thing in sorted(enumerate(things), key=lambda t: (-t[1].z, t[0])):  # ties: creation
+        thing.label, thing.occludes = 3 + k, set()
         labels[thing.mask] = thing.label
     min_area = max(12, round(0.002 * h * w))
-    min_hidden = max(4, round(0.0005 * h * w))
-    for thing in things:
-        if (labels == thing.label).sum() < min_area:
-            return None
-    if crowd is not None and (labels == 2).sum() < min_area:
+    if any((labels == t.label).sum() < min_area for t in things):
         return None
+    min_hidden = max(4, round(_MIN_HIDDEN * h * w))
     for j in things:
         shown, counts = np.unique(labels[j.mask], return_counts=True)
         for label, n in zip(shown.tolist(), counts.tolist(), strict=True):
@@ -139,6 +135,42 @@ def _scene(rng: np.random.Generator, h: int, w: int, max_objects: int) -> dict[s
                 if n < min_hidden:
                     return None
                 things[label - 3].occludes.add(j.label)
+    gap = max(1, round(_MIN_GAP * min(h, w)))
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * gap + 1, 2 * gap + 1))
+    for a in things:
+        near = cv2.dilate((labels == a.label).astype(np.uint8), kernel).astype(bool)
+        for b in things:
+            apart = b.label not in a.occludes and a.label not in b.occludes
+            if b is not a and apart and (near & (labels == b.label)).any():
+                return None
+    return labels
+
+
+def _scene(rng: np.random.Generator, h: int, w: int, max_objects: int) -> dict[str, Any] | None:
+    """One attempt at a scene: things are added one at a time, each redrawn up to
+    ``_PLACE_TRIES`` times until the labels stay unambiguous (else left out); None when fewer
+    than two things or too little of the crowd remain visible."""
+    horizon = round(h * _HORIZON)
+    background = np.zeros((h, w), dtype=np.int32)  # 0 sky, 1 grass, 2 crowd, 3.. things
+    background[horizon:] = 1
+    crowd = None
+    if rng.random() < _CROWD_PROB:
+        crowd = np.zeros((h, w), dtype=bool)
+        for cx in rng.uniform(0, w, size=int(rng.integers(3, 7))):
+            crowd |= _draw("ellipse", h, w, cx, horizon + 0.06 * h, 0.12 * h)
+        background[crowd] = 2
+    things: list[_Thing] = []
+    for _ in range(int(rng.integers(2, max_objects + 1))):
+        for _ in range(_PLACE_TRIES):
+            candidate = [*things, _new_thing(rng, things, h, w, horizon)]
+            if _compose(background, candidate) is not None:
+                things = candidate
+                break
+    if len(things) < 2:
+        return None
+    labels = _compose(background, things)  # resets the labels of the rejected candidates
+    if crowd is not None and (labels == 2).sum() < max(12, round(0.002 * h * w)):
+        return None
     return {"labels": labels, "things": things, "crowd": crowd is not None}
 
 
