@@ -34,7 +34,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--output-dir", default="output/quickstart", help="where everything goes")
     parser.add_argument("--num-train", type=int, default=2000, help="synthetic training images")
-    parser.add_argument("--num-val", type=int, default=60, help="synthetic validation images")
+    parser.add_argument("--num-val", type=int, default=300, help="synthetic validation images")
     parser.add_argument("--image-size", type=int, default=96, help="image side (pixels)")
     parser.add_argument("--demo-images", type=int, default=4, help="val images shown by the demo")
     parser.add_argument("--seed", type=int, default=0, help="seed of the data and the training")

@@ -55,7 +55,8 @@ _HAZE = 0.6  # colour fade towards the sky at the farthest distance
 _CLUSTER_PROB = 0.6  # chance that a thing is placed next to an earlier one
 _TIE_PROB = 0.25
 _CROWD_PROB = 0.25
-_MIN_HIDDEN = 0.0025  # smallest hidden area of an occlusion, as a fraction of the image
+_MIN_HIDDEN = 0.004  # smallest hidden area of an occlusion, as a fraction of the image
+_MIN_AREA = 0.005  # smallest visible area of a thing, as a fraction of the image
 _MIN_GAP = 0.03  # smallest gap between things that do not occlude each other (of the side)
 _PLACE_TRIES = 10
 _MAX_TRIES = 100
@@ -124,7 +125,7 @@ def _compose(background: np.ndarray, things: list[_Thing]) -> np.ndarray | None:
     for k, thing in sorted(enumerate(things), key=lambda t: (-t[1].z, t[0])):  # ties: creation
         thing.label, thing.occludes = 3 + k, set()
         labels[thing.mask] = thing.label
-    min_area = max(12, round(0.002 * h * w))
+    min_area = max(12, round(_MIN_AREA * h * w))
     if any((labels == t.label).sum() < min_area for t in things):
         return None
     min_hidden = max(4, round(_MIN_HIDDEN * h * w))
