@@ -57,6 +57,7 @@ _TIE_PROB = 0.25
 _CROWD_PROB = 0.25
 _MIN_HIDDEN = 0.004  # smallest hidden area of an occlusion, as a fraction of the image
 _MIN_AREA = 0.005  # smallest visible area of a thing, as a fraction of the image
+_MIN_CROWD_AREA = 0.002  # smallest visible area of the crowd, as a fraction of the image
 _MIN_GAP = 0.03  # smallest gap between things that do not occlude each other (of the side)
 _PLACE_TRIES = 10
 _MAX_TRIES = 100
@@ -170,7 +171,7 @@ def _scene(rng: np.random.Generator, h: int, w: int, max_objects: int) -> dict[s
     if len(things) < 2:
         return None
     labels = _compose(background, things)  # resets the labels of the rejected candidates
-    if crowd is not None and (labels == 2).sum() < max(12, round(0.002 * h * w)):
+    if crowd is not None and (labels == 2).sum() < max(12, round(_MIN_CROWD_AREA * h * w)):
         return None
     return {"labels": labels, "things": things, "crowd": crowd is not None}
 

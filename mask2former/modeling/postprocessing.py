@@ -7,7 +7,7 @@ Inputs are one image's ``mask_cls`` Tensor[Q, K+1] (logits) and ``mask_pred`` Te
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -49,10 +49,11 @@ def sem_seg_postprocess(
     )[0]
 
 
-def _row_chunks(mask_pred: Tensor) -> int:
-    """Rows of a Tensor[Q, H, W] per chunk so that a chunk holds about _CHUNK_ELEMENTS values."""
-    q, _, w = mask_pred.shape
-    return max(1, _CHUNK_ELEMENTS // max(1, q * w))
+def _chunks(length: int, values_per_item: int) -> Iterator[slice]:
+    """Slices covering ``range(length)``, each holding about _CHUNK_ELEMENTS values."""
+    step = max(1, _CHUNK_ELEMENTS // max(1, values_per_item))
+    for start in range(0, length, step):
+        yield slice(start, start + step)
 
 
 def semantic_inference(mask_cls: Tensor, mask_pred: Tensor) -> Tensor:
@@ -61,12 +62,10 @@ def semantic_inference(mask_cls: Tensor, mask_pred: Tensor) -> Tensor:
     Computed over row chunks, so that no full-size sigmoid of the masks is held.
     """
     probs = F.softmax(mask_cls, dim=-1)[..., :-1]
-    h, w = mask_pred.shape[-2:]
+    q, h, w = mask_pred.shape
     out = mask_pred.new_empty((probs.shape[-1], h, w), dtype=torch.result_type(probs, mask_pred))
-    step = _row_chunks(mask_pred)
-    for top in range(0, h, step):
-        rows = mask_pred[:, top : top + step].sigmoid()
-        out[:, top : top + step] = torch.einsum("qc,qhw->chw", probs, rows)
+    for rows in _chunks(h, q * w):
+        out[:, rows] = torch.einsum("qc,qhw->chw", probs, mask_pred[:, rows].sigmoid())
     return out
 
 
@@ -104,10 +103,8 @@ def panoptic_inference(
     if cur_masks.shape[0] == 0:
         return panoptic_seg, segments_info, keep
     cur_mask_ids = torch.empty((h, w), dtype=torch.int64, device=cur_masks.device)
-    step = _row_chunks(cur_masks)
-    for top in range(0, h, step):
-        prob_masks = cur_scores.view(-1, 1, 1) * cur_masks[:, top : top + step]
-        cur_mask_ids[top : top + step] = prob_masks.argmax(0)
+    for rows in _chunks(h, cur_masks.shape[0] * w):
+        cur_mask_ids[rows] = (cur_scores.view(-1, 1, 1) * cur_masks[:, rows]).argmax(0)
     current_segment_id = 0
     stuff_memory: dict[int, int] = {}
     for k in range(cur_classes.shape[0]):
@@ -157,12 +154,10 @@ def mask_scores(mask_pred: Tensor, positive: Tensor) -> Tensor:
     computed a few queries at a time, so that no full-size sigmoid is held.
     """
     flat, pos = mask_pred.flatten(1), positive.flatten(1)
-    step = max(1, _CHUNK_ELEMENTS // max(1, flat.shape[1]))
     sums, counts = flat.new_zeros(flat.shape[0]), flat.new_zeros(flat.shape[0])
-    for start in range(0, flat.shape[0], step):
-        m, p = flat[start : start + step], pos[start : start + step]
-        sums[start : start + step] = (m.sigmoid() * p).sum(1)
-        counts[start : start + step] = p.sum(1)
+    for queries in _chunks(flat.shape[0], flat.shape[1]):
+        sums[queries] = (flat[queries].sigmoid() * pos[queries]).sum(1)
+        counts[queries] = pos[queries].sum(1)
     return sums / (counts + 1e-6)
 
 
