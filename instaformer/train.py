@@ -27,7 +27,13 @@ from instaformer.modeling import build_model
 from mask2former.checkpoint import M2FCheckpointer, format_report
 from mask2former.config import CfgNode
 from mask2former.data.build import build_detection_test_loader, build_detection_train_loader
-from mask2former.engine import Trainer, default_setup, launch, resolve_device
+from mask2former.engine import (
+    Trainer,
+    default_argument_parser,
+    default_setup,
+    launch,
+    resolve_device,
+)
 from mask2former.evaluation import DatasetEvaluator, inference_on_dataset
 from mask2former.utils import comm
 
@@ -190,3 +196,9 @@ def run(args: argparse.Namespace) -> None:
         args=(args,),
         backend=backend,
     )
+
+
+def cli(argv: list[str] | None = None) -> None:
+    """``instaformer-train`` / ``train_net.py``: parse detectron2's flags and :func:`run`."""
+    parser = default_argument_parser(description="Train or evaluate InstaFormer / InstaOrderNet.")
+    run(parser.parse_args(argv))

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-REFERENCE = REPO.parent / "shared" / "reference"
+REFERENCE = REPO / "tests" / "data" / "reference"
 
 
 @pytest.fixture(autouse=True)
@@ -19,11 +19,7 @@ def _deterministic():
 
 @pytest.fixture(scope="session")
 def reference_dir() -> Path:
-    """``../shared/reference`` next to the checkout (manifests, parity, evaluator cases)."""
-    if not REFERENCE.is_dir():
-        pytest.fail(
-            f"reference fixtures not found at {REFERENCE}; CI places shared/ beside the repo"
-        )
+    """``tests/data/reference``: manifests, parity fixtures and evaluator cases of the reference."""
     return REFERENCE
 
 

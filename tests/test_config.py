@@ -10,7 +10,7 @@ from instaformer.config import ConfigError, get_cfg, setup_cfg
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_FILES = sorted((REPO / "configs").rglob("*.yaml"))
-REFERENCE_MANIFESTS = REPO.parent / "shared" / "reference" / "manifests"
+REFERENCE_MANIFESTS = REPO / "tests" / "data" / "reference" / "manifests"
 
 
 def _rel(path: Path) -> str:

@@ -1,26 +1,16 @@
-"""demo/demo.py end to end on the tiny random-init od model, and input expansion."""
+"""The demo command (instaformer.demo, demo/demo.py) end to end on the tiny od model; inputs."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 from test_demo_predictor import LOW_THRESHOLDS, OD_CONFIG, make_scene
 
+from instaformer import demo
 from instaformer.demo_utils import expand_inputs
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _demo_module():
-    spec = importlib.util.spec_from_file_location("demo_cli", REPO / "demo" / "demo.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_demo_writes_pictures_and_json_and_reports_bad_input(tmp_path, caplog):
@@ -32,7 +22,7 @@ def test_demo_writes_pictures_and_json_and_reports_bad_input(tmp_path, caplog):
     out = tmp_path / "out" / "nested"
     argv = ["--config-file", str(OD_CONFIG), "--input", str(inputs), "--output", str(out)]
     argv += ["--confidence-threshold", "0.0", "MODEL.MASK_FORMER.TEST.OVERLAP_THRESHOLD", "0.0"]
-    code = _demo_module().main(argv)
+    code = demo.main(argv)
     assert code == 1
     assert "corrupt.jpg" in caplog.text
     for stem, size in (("scene0", (64, 96)), ("scene1", (80, 64))):
@@ -59,7 +49,7 @@ def test_demo_exit_zero_on_good_inputs(tmp_path):
     Image.fromarray(make_scene(64, 64)[0]).save(path)
     argv = ["--config-file", str(OD_CONFIG), "--input", str(path), "--output", str(tmp_path / "o")]
     argv += ["--opts", *LOW_THRESHOLDS]
-    assert _demo_module().main(argv) == 0
+    assert demo.main(argv) == 0
     assert (tmp_path / "o" / "a_panoptic.png").is_file()
     assert json.loads((tmp_path / "o" / "a.json").read_text())["depth"] is not None
 
@@ -68,7 +58,7 @@ def test_demo_rejects_unknown_override(tmp_path):
     argv = ["--config-file", str(OD_CONFIG), "--input", "x.png"]
     argv += ["--output", str(tmp_path), "MODEL.NOT_A_KEY", "1"]
     with pytest.raises(SystemExit):
-        _demo_module().main(argv)
+        demo.main(argv)
 
 
 def test_expand_inputs(tmp_path):

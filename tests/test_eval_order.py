@@ -12,9 +12,7 @@ import torch
 from instaformer.evaluation import DepthEvaluator, OcclusionEvaluator
 from instaformer.evaluation.depth import SUBSETS
 
-CASES_PATH = (
-    Path(__file__).resolve().parents[2] / "shared" / "reference" / "evaluators" / "cases.json"
-)
+CASES_PATH = Path(__file__).resolve().parent / "data" / "reference" / "evaluators" / "cases.json"
 # Exact means vs the reference's sum / (count + 1e-6): at most 100 * 1e-6 apart (percent units).
 TOL = 1e-4
 

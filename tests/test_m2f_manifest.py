@@ -1,6 +1,6 @@
 """Every released config builds a Mask2Former part with the reference's state-dict names/shapes.
 
-The reference manifests (``shared/reference/manifests``) list ``key, shape, dtype`` of the
+The reference manifests (``tests/data/reference/manifests``) list ``key, shape, dtype`` of the
 reference model built from each config file; keys under ``geometric_predictor.`` belong to the
 order head and are compared by the order-head tests. Models are built on the ``meta`` device,
 so no memory is allocated and all configs run in seconds.
@@ -18,7 +18,7 @@ from instaformer.config import get_cfg
 from mask2former.modeling.registry import META_ARCH_REGISTRY
 
 ROOT = Path(__file__).resolve().parents[1]
-MANIFESTS = ROOT.parent / "shared" / "reference" / "manifests"
+MANIFESTS = ROOT / "tests" / "data" / "reference" / "manifests"
 CONFIGS = sorted((ROOT / "configs" / "instaorder").rglob("*.yaml"))
 # The reference builds detectron2's GeneralizedRCNN from this base file (it names no
 # META_ARCHITECTURE); it is not a Mask2Former model (see the manifests README).
