@@ -7,6 +7,9 @@ Assembly order (as the reference): detectron2 defaults -> Mask2Former keys -> In
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 from mask2former.config import CfgNode, ConfigError, add_maskformer2_config, get_base_cfg
 
 __all__ = [
@@ -138,11 +141,43 @@ def get_cfg() -> CfgNode:
     return cfg
 
 
+def config_roots() -> list[Path]:
+    """Folders that hold the released configs: the installed package's copy, then a checkout's."""
+    package = Path(__file__).resolve().parent
+    return [package / "configs", package.parent / "configs"]
+
+
+def resolve_config_file(name: str) -> str:
+    """The path of a config file given as a path or by its name relative to ``configs/``.
+
+    ``name`` may be an existing file, or a released config's relative name such as
+    ``"instaorder/occlusion_depth/all/swin/maskformer2_swin_tiny_bs16_50ep.yaml"`` (a leading
+    ``configs/`` is accepted), looked up in :func:`config_roots`.
+
+    Raises:
+        ConfigError: neither a file nor a known config name.
+    """
+    if os.path.isfile(name):
+        return name
+    relative = name.removeprefix("configs/")
+    for root in config_roots():
+        candidate = root / relative
+        if candidate.is_file():
+            return str(candidate)
+    raise ConfigError(
+        f"config file {name!r} not found: neither a file nor a name under configs/ "
+        f"(looked in {', '.join(str(r) for r in config_roots())})"
+    )
+
+
 def setup_cfg(config_file: str = "", opts: list[str] | None = None, freeze: bool = True) -> CfgNode:
-    """``get_cfg()`` + ``merge_from_file(config_file)`` (if given) + ``merge_from_list(opts)``."""
+    """``get_cfg()`` + ``merge_from_file(config_file)`` (if given) + ``merge_from_list(opts)``.
+
+    ``config_file`` is a path or a released config's name (:func:`resolve_config_file`).
+    """
     cfg = get_cfg()
     if config_file:
-        cfg.merge_from_file(config_file)
+        cfg.merge_from_file(resolve_config_file(config_file))
     if opts:
         cfg.merge_from_list(list(opts))
     if freeze:

@@ -147,3 +147,14 @@ def test_defaults_are_valid():
     assert cfg.MODEL.GEOMETRIC_PREDICTOR.INSTAORDERNET_WEIGHTS_PATH == ""
     assert cfg.INPUT.OCC_SAMPLES_PER_CLASS == [2353545, 388323]
     assert get_cfg() is not get_cfg()
+
+
+def test_config_resolves_by_released_name_and_names_a_missing_one():
+    from instaformer.config import resolve_config_file
+
+    name = "instaorder/occlusion_depth/all/swin/maskformer2_swin_tiny_bs16_50ep.yaml"
+    found = Path(resolve_config_file(name))
+    assert found.is_file() and found.samefile(resolve_config_file("configs/" + name))
+    assert setup_cfg(name).MODEL.SWIN.EMBED_DIM == 96
+    with pytest.raises(ConfigError, match="no_such.yaml"):
+        resolve_config_file("instaorder/no_such.yaml")
