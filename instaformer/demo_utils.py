@@ -18,6 +18,7 @@ import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -95,6 +96,13 @@ def render(image: np.ndarray, result: OrderResult) -> dict[str, np.ndarray]:
     return pictures
 
 
+def result_record(
+    result: OrderResult, source: str | None, include_masks: bool = False
+) -> dict[str, Any]:
+    """The JSON record of one image: ``{"input": source, **result.to_dict(include_masks)}``."""
+    return {"input": source, **result.to_dict(include_masks)}
+
+
 def _write_png(path: Path, rgb: np.ndarray) -> None:
     if not cv2.imwrite(str(path), np.ascontiguousarray(rgb[:, :, ::-1])):
         raise OSError(f"cannot write {path}")
@@ -120,9 +128,8 @@ def save_result(
         path = out / f"{stem}_{name}.png"
         _write_png(path, picture)
         written.append(path)
-    record = {"input": source, **result.to_dict(include_masks)}
     path = out / f"{stem}.json"
-    path.write_text(json.dumps(record))
+    path.write_text(json.dumps(result_record(result, source, include_masks)))
     written.append(path)
     return written
 

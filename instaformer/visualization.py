@@ -329,3 +329,142 @@ def draw_video_frame(image: np.ndarray, result: OrderResult) -> np.ndarray:
         _contour(out, seg.mask, _WHITE, scale)
         _node(out, str(i), anchor_point(seg.mask), color, scale)
     return out
+
+
+# Interactive views (demo/app.py): one selected instance, depth layers, the occlusion graph.
+
+RELATION_COLORS = {  # RGB per relation of another instance to the selected one
+    "occludes it": (235, 64, 52),
+    "occluded by it": (52, 120, 235),
+    "occludes it / occluded by it": (170, 70, 210),
+    "closer": (245, 150, 30),
+    "farther": (40, 190, 180),
+    "same depth": (235, 220, 60),
+}
+_SELECTED_COLOR = (255, 255, 255)
+
+
+def draw_relations(
+    image: np.ndarray, result: OrderResult, index: int, kinds: dict[int, tuple[str, float]]
+) -> np.ndarray:
+    """The image with instance ``index`` outlined in white and every other instance coloured by
+    its relation to it (:data:`RELATION_COLORS`), labelled ``#id p``; the rest dimmed.
+
+    Args:
+        image: ``uint8[H, W, 3]`` RGB, the image the result was computed on.
+        result: its prediction.
+        index: row of the selected instance.
+        kinds: row of another instance -> (relation name, probability); rows left out keep the
+            dimmed image.
+
+    Returns:
+        ``uint8[H + band, W, 3]`` RGB with a legend band of the relation colours.
+    """
+    out = _dimmed(image, 0.55)
+    scale = _scale(image)
+    selected = result.segments[index]
+    _blend(out, selected.mask, _SELECTED_COLOR, 0.35)
+    for other, (kind, _) in kinds.items():
+        _blend(out, result.segments[other].mask, RELATION_COLORS[kind], 0.7)
+        _contour(out, result.segments[other].mask, _WHITE, scale)
+    cv2.drawContours(
+        out,
+        cv2.findContours(selected.mask.astype(np.uint8), cv2.RETR_LIST, cv2.CHAIN_APPROX_SIMPLE)[0],
+        -1,
+        _SELECTED_COLOR,
+        _thickness(scale) + 2,
+        cv2.LINE_AA,
+    )
+    for other, (kind, probability) in kinds.items():
+        seg = result.segments[other]
+        color = RELATION_COLORS[kind]
+        _text(
+            out,
+            f"#{seg.id} {probability:.2f}",
+            anchor_point(seg.mask),
+            scale,
+            color,
+            _text_color(color),
+        )
+    _text(out, f"#{selected.id}", anchor_point(selected.mask), scale, _SELECTED_COLOR, _BLACK)
+    used = sorted({kind for kind, _ in kinds.values()}, key=list(RELATION_COLORS).index)
+    legend = [f"selected: #{selected.id} {selected.class_name} (white)"]
+    legend += [f"{kind}: {len([1 for k, _ in kinds.values() if k == kind])}" for kind in used]
+    return _legend(out, legend)
+
+
+def draw_depth_layers(image: np.ndarray, result: OrderResult, step: int) -> np.ndarray:
+    """The ``step`` front-most instances of the depth ranking in their rank colours (labelled
+    ``#id`` and rank), everything behind them dimmed: moving ``step`` from 0 to k reveals the
+    scene from the front to the back.
+
+    Returns:
+        ``uint8[H + band, W, 3]`` RGB with a legend band.
+
+    Raises:
+        ValueError: the result has no depth ranking.
+    """
+    if result.depth_ranking is None:
+        raise ValueError("the result has no depth ranking (the model's task has no depth)")
+    k = len(result.depth_ranking)
+    step = int(np.clip(step, 0, k))
+    out = _dimmed(image, 0.4)
+    scale = _scale(image)
+    colors = _rank_colors(k)
+    shown = result.depth_ranking[:step]
+    for position in reversed(range(step)):  # back to front: closer contours stay on top
+        seg = result.segments[shown[position]]
+        out[seg.mask] = image[seg.mask]
+        _blend(out, seg.mask, colors[position], 0.45)
+        _contour(out, seg.mask, _WHITE, scale)
+    for position, index in enumerate(shown):
+        seg = result.segments[index]
+        _text(
+            out,
+            f"#{seg.id} rank {position + 1}",
+            anchor_point(seg.mask),
+            scale,
+            colors[position],
+            _text_color(colors[position]),
+        )
+    return _legend(out, [f"depth layers: the {step} closest of {k} instance(s)"])
+
+
+def draw_occlusion_graph(result: OrderResult, size: int = 480) -> np.ndarray:
+    """The occlusion graph as a picture: one node per instance (``#id``, instance colour) on a
+    circle, closest first clockwise from the top when the depth ranking is known, and an arrow
+    ``#a -> #b`` for every ``occlusion[a, b] = 1``.
+
+    Returns:
+        ``uint8[size + band, size, 3]`` RGB.
+
+    Raises:
+        ValueError: the result has no occlusion matrix.
+    """
+    if result.occlusion is None:
+        raise ValueError("the result has no occlusion matrix (the model's task has no occlusion)")
+    out = np.full((size, size, 3), 24, np.uint8)
+    k = len(result.segments)
+    scale = max(0.4, size / 900.0)
+    order = result.depth_ranking if result.depth_ranking is not None else list(range(k))
+    radius = size * 0.38
+    centre = size / 2.0
+    points: dict[int, tuple[int, int]] = {}
+    for position, index in enumerate(order):
+        angle = 2 * math.pi * position / max(1, k) - math.pi / 2
+        points[index] = (
+            int(centre + radius * math.cos(angle)),
+            int(centre + radius * math.sin(angle)),
+        )
+    colors = instance_colors(k)
+    (tw, th), _ = cv2.getTextSize("#00", _FONT, scale, _thickness(scale))
+    margin = max(tw, th) * 0.75 + 6
+    edges = [(a, b) for a in range(k) for b in range(k) if a != b and result.occlusion[a, b] == 1]
+    for a, b in edges:
+        start, end = points[a], points[b]
+        if result.occlusion[b, a] == 1:
+            start, end = _side_line(start, end, 3 * _thickness(scale))
+        _arrow(out, start, end, colors[a], scale, margin)
+    for index, point in points.items():
+        _node(out, f"#{result.segments[index].id}", point, colors[index], scale)
+    return _legend(out, [f"arrow #a -> #b: #a occludes #b ({len(edges)} pairs)"])

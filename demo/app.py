@@ -1,0 +1,303 @@
+"""Interactive viewer of occlusion and depth orders (Gradio): ``python demo/app.py``.
+
+Upload a photo (or pick an example), choose a model, and explore the prediction: the panoptic
+overlay; click an instance (or pick it from the list) to see what it occludes, what occludes it,
+and what is closer or farther, with probabilities; slide through the depth layers from the front
+to the back; the occlusion graph and the depth ranking; the JSON that ``demo/demo.py`` writes.
+
+    pip install ".[app]"
+    python demo/app.py [--port 7860] [--host 127.0.0.1] [--device cpu]
+
+Models: the quick-start model when ``output/quickstart`` holds one (the default then), or any
+config file with a checkpoint (an empty checkpoint = random initialisation, to try the page).
+Everything the page computes lives in :mod:`instaformer.interactive`; this file is the layout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import numpy as np
+
+from instaformer.config import ConfigError, resolve_config_file
+from instaformer.interactive import (
+    View,
+    instance_choices,
+    parse_choice,
+    ranking_rows,
+    relation_rows,
+)
+from instaformer.predictor import Predictor
+
+QUICKSTART = Path("output") / "quickstart"
+QUICKSTART_CONFIG = "synthetic/instaformer_od_tiny.yaml"
+QUICKSTART_LABEL = "quick-start model (output/quickstart)"
+CUSTOM_LABEL = "config file + checkpoint"
+RELATION_HEADERS = ["instance", "class", "relation to the selected one", "probability"]
+RANKING_HEADERS = ["rank (1 = closest)", "instance", "class", "score"]
+PICTURE_HEIGHT = 420  # display height of the result pictures (pixels; small images scaled up)
+
+
+def model_choices(quickstart: Path = QUICKSTART) -> list[str]:
+    """The model picker's entries: the quick-start model first when it has been trained."""
+    choices = [CUSTOM_LABEL]
+    if (quickstart / "train" / "model_final.pth").is_file():
+        choices.insert(0, QUICKSTART_LABEL)
+    return choices
+
+
+def build_predictor(config: str, weights: str, opts: list[str]) -> Predictor:
+    """A predictor from a config (path or name under configs/), a checkpoint (empty = random
+    initialisation) and ``KEY VALUE`` overrides."""
+    return Predictor.from_config_file(resolve_config_file(config), weights=weights, opts=opts)
+
+
+class PredictorCache:
+    """Builds each (config, checkpoint, overrides) predictor once and keeps the last ``size``.
+
+    Args:
+        device: torch device of the models.
+        factory: ``(config, weights, opts) -> Predictor``; default :func:`build_predictor`.
+        size: how many predictors stay in memory.
+    """
+
+    def __init__(
+        self,
+        device: str,
+        factory: Callable[[str, str, list[str]], Predictor] = build_predictor,
+        size: int = 2,
+    ) -> None:
+        self.device = device
+        self.factory = factory
+        self.size = size
+        self._cache: dict[tuple, Predictor] = {}
+
+    def get(
+        self,
+        choice: str,
+        config: str,
+        weights: str,
+        threshold: float,
+        overrides: str = "",
+        progress: Any = None,
+    ) -> Predictor:
+        """The predictor of the page's model fields (built on first use).
+
+        Raises:
+            ValueError: no config, or an odd number of override words.
+            ConfigError: a bad config file or override.
+        """
+        if choice == QUICKSTART_LABEL:
+            config = QUICKSTART_CONFIG
+            weights = str(QUICKSTART / "train" / "model_final.pth")
+        if not config.strip():
+            raise ValueError("choose a config file (a path or a name under configs/)")
+        words = overrides.split()
+        if len(words) % 2:
+            raise ValueError(f"config overrides must be KEY VALUE pairs; got {overrides!r}")
+        opts = ["MODEL.DEVICE", self.device]
+        opts += ["MODEL.MASK_FORMER.TEST.OBJECT_MASK_THRESHOLD", str(float(threshold)), *words]
+        key = (config.strip(), weights.strip(), tuple(opts))
+        if key not in self._cache:
+            if progress is not None:
+                progress(0.1, desc="building the model (first use of this model)")
+            self._cache[key] = self.factory(key[0], key[1], opts)
+            while len(self._cache) > self.size:
+                self._cache.pop(next(iter(self._cache)))
+        return self._cache[key]
+
+
+def _relations(view: View | None, index: int | None) -> tuple:
+    """Outputs of a selection: occlusion picture, depth picture, relations table, status."""
+    if view is None or index is None:
+        return None, None, gr.update(value=[]), "Select an instance: click it or pick it."
+    pictures = view.select(index)
+    seg = view.result.segments[index]
+    rows = relation_rows(view.result, index)
+    status = f"Selected #{seg.id} {seg.class_name}: {len(rows)} relation(s)."
+    return pictures.get("occlusion"), pictures.get("depth"), gr.update(value=rows), status
+
+
+def build_app(cache: PredictorCache) -> gr.Blocks:
+    """The page. Handlers call :class:`~instaformer.interactive.View`; errors go to the status
+    line, never to a dead page."""
+    examples = _example_images()
+    choices = model_choices()
+
+    with gr.Blocks(title="InstaFormer: occlusion and depth orders", analytics_enabled=False) as app:
+        state = gr.State(None)
+        gr.Markdown(
+            "# InstaFormer: occlusion and depth orders\n"
+            "Upload a photo, run the model, then click an instance in the panoptic picture."
+        )
+        with gr.Row():
+            with gr.Column(scale=1):
+                image = gr.Image(label="image", type="numpy", elem_id="input-image")
+                model = gr.Dropdown(choices, value=choices[0], label="model", elem_id="model")
+                config = gr.Textbox(
+                    label="config file (path or name under configs/)",
+                    value="" if choices[0] == QUICKSTART_LABEL else QUICKSTART_CONFIG,
+                    elem_id="config",
+                )
+                weights = gr.Textbox(
+                    label="checkpoint (empty = random initialisation)", elem_id="weights"
+                )
+                threshold = gr.Slider(
+                    0.0, 1.0, value=0.8, step=0.05, label="min. segment score", elem_id="score"
+                )
+                overrides = gr.Textbox(
+                    label="config overrides (KEY VALUE ...)", elem_id="overrides"
+                )
+                run = gr.Button("Run", variant="primary", elem_id="run")
+                if examples:
+                    gr.Examples(examples, inputs=image, label="examples")
+            with gr.Column(scale=2):
+                status = gr.Markdown("Upload an image and press Run.", elem_id="status")
+                panoptic = gr.Image(
+                    label="panoptic (click an instance)",
+                    interactive=False,
+                    format="png",
+                    height=PICTURE_HEIGHT,
+                    elem_id="panoptic",
+                )
+                instance = gr.Dropdown([], label="selected instance", elem_id="instance")
+        with gr.Row():
+            occlusion_view = gr.Image(
+                label="occlusion relations",
+                interactive=False,
+                format="png",
+                height=PICTURE_HEIGHT,
+                elem_id="occ-view",
+            )
+            depth_view = gr.Image(
+                label="depth relations",
+                interactive=False,
+                format="png",
+                height=PICTURE_HEIGHT,
+                elem_id="depth-view",
+            )
+        relations = gr.Dataframe(
+            headers=RELATION_HEADERS, label="relations", interactive=False, elem_id="relations"
+        )
+        with gr.Row():
+            with gr.Column():
+                layer = gr.Slider(0, 1, value=0, step=1, label="depth layers", elem_id="layers")
+                layers_view = gr.Image(
+                    label="front to back",
+                    interactive=False,
+                    format="png",
+                    height=PICTURE_HEIGHT,
+                    elem_id="layers-view",
+                )
+            graph = gr.Image(
+                label="occlusion graph",
+                interactive=False,
+                format="png",
+                height=PICTURE_HEIGHT,
+                elem_id="graph",
+            )
+        ranking = gr.Dataframe(
+            headers=RANKING_HEADERS, label="depth ranking", interactive=False, elem_id="ranking"
+        )
+        download = gr.File(label="result JSON (as demo/demo.py writes it)", elem_id="json")
+
+        def on_run(img, choice, cfg, ckpt, thr, opts, progress=gr.Progress()):  # noqa: B008
+            empty = (None,) * 8
+            if img is None:
+                return (None, *empty, "Upload an image first.")
+            try:
+                array = _as_rgb(img)
+                predictor = cache.get(choice, cfg, ckpt, thr, opts, progress)
+                progress(0.5, desc="predicting")
+                view = View.predict(predictor, array, source="upload")
+            except (ConfigError, ValueError, OSError, RuntimeError) as err:
+                return (None, *empty, f"**Error:** {err}")
+            k = len(view.result.segments)
+            path = Path(tempfile.mkdtemp(prefix="instaformer-app-")) / "result.json"
+            path.write_text(view.to_json())
+            steps = k if view.result.depth_ranking is not None else 0
+            return (
+                view,
+                view.panoptic(),
+                gr.update(choices=instance_choices(view.result), value=None),
+                gr.update(minimum=0, maximum=max(1, steps), value=steps),
+                view.depth_layers(steps),
+                view.occlusion_graph(),
+                gr.update(value=ranking_rows(view.result)),
+                str(path),
+                f"{k} instance(s), tasks: {', '.join(view.tasks) or 'none'}. Click one.",
+            )
+
+        def on_click(view, evt: gr.SelectData):
+            if view is None:
+                return gr.update(), None, None, gr.update(value=[]), "Run the model first."
+            x, y = (int(v) for v in evt.index[:2])
+            index = view.instance_at(x, y)
+            if index is None:
+                return (gr.update(value=None), *_relations(view, None))
+            return (gr.update(value=instance_choices(view.result)[index]), *_relations(view, index))
+
+        def on_pick(view, choice):
+            return _relations(view, None if view is None else parse_choice(view.result, choice))
+
+        def on_layer(view, step):
+            return None if view is None else view.depth_layers(int(step))
+
+        run.click(
+            on_run,
+            [image, model, config, weights, threshold, overrides],
+            [state, panoptic, instance, layer, layers_view, graph, ranking, download, status],
+        )
+        panoptic.select(
+            on_click, [state], [instance, occlusion_view, depth_view, relations, status]
+        )
+        instance.input(on_pick, [state, instance], [occlusion_view, depth_view, relations, status])
+        layer.change(on_layer, [state, layer], [layers_view])
+    return app
+
+
+def _as_rgb(image: np.ndarray) -> np.ndarray:
+    """An uploaded array as RGB ``uint8[H, W, 3]`` (grey and RGBA uploads converted)."""
+    array = np.asarray(image)
+    if array.dtype != np.uint8:
+        raise ValueError(f"the uploaded image has pixel type {array.dtype}; expected 8-bit")
+    if array.ndim == 2:
+        array = np.repeat(array[:, :, None], 3, axis=2)
+    if array.ndim != 3 or array.shape[2] not in (3, 4):
+        raise ValueError(f"the uploaded image has shape {array.shape}; expected H x W x 3")
+    return np.ascontiguousarray(array[:, :, :3])
+
+
+def _example_images() -> list[str]:
+    """A few validation images of the quick start's synthetic dataset, when it was written."""
+    val = QUICKSTART / "datasets" / "synthetic_instaorder" / "coco" / "val2017"
+    return [str(p) for p in sorted(val.glob("*.jpg"))[:4]] if val.is_dir() else []
+
+
+def serve(cache: PredictorCache, host: str, port: int, block: bool = True) -> gr.Blocks:
+    """Build the page and serve it on ``http://host:port``; ``block=False`` returns at once (the
+    server runs in a thread until ``app.close()``)."""
+    app = build_app(cache)
+    theme = gr.themes.Default(font=["sans-serif"], font_mono=["monospace"])  # no web fonts
+    app.launch(
+        server_name=host, server_port=port, theme=theme, prevent_thread_lock=not block, quiet=True
+    )
+    return app
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--host", default="127.0.0.1", help="address to serve on")
+    parser.add_argument("--port", type=int, default=7860, help="port to serve on")
+    parser.add_argument("--device", default="cpu", help="torch device of the model (cpu, cuda)")
+    args = parser.parse_args(argv)
+    serve(PredictorCache(args.device), args.host, args.port)
+
+
+if __name__ == "__main__":
+    main()

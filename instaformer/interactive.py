@@ -1,0 +1,265 @@
+"""What the interactive viewer (``demo/app.py``) shows, as plain data: no web framework here.
+
+Shape shorthand: H x W the image; k thing segments, ``result.segments[i]`` being row/column i of
+every order matrix. Instances are named by their segment id (``#<id>``), as in the pictures.
+
+* :func:`segment_at`: which thing segment lies under a clicked pixel.
+* :func:`relations_of`: for one selected instance, every other instance with what it is to the
+  selected one (occludes it, is occluded by it, closer, farther, same depth) and the probability.
+* :func:`ranking_rows`: the depth ranking as table rows, closest first.
+* :func:`instance_choices` / :func:`parse_choice`: the labels of an instance picker and back.
+* :class:`View`: one prediction with everything the page shows of it (pictures, tables, the
+  JSON that ``demo/demo.py`` writes), the event handlers being its methods.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from instaformer.demo_utils import result_record
+from instaformer.predictor import (
+    DEPTH_CLOSER,
+    DEPTH_EQUAL,
+    DEPTH_FARTHER,
+    OrderResult,
+    Predictor,
+    Segment,
+)
+from instaformer.visualization import (
+    draw_depth_layers,
+    draw_occlusion_graph,
+    draw_panoptic,
+    draw_relations,
+)
+
+__all__ = [
+    "View",
+    "Relation",
+    "RELATION_KINDS",
+    "instance_choices",
+    "parse_choice",
+    "ranking_rows",
+    "relation_rows",
+    "relations_of",
+    "segment_at",
+]
+
+# Relation of another instance j to the selected instance i, in the words of the table.
+OCCLUDES_SELECTED = "occludes it"  # occlusion[j, i] = 1
+OCCLUDED_BY_SELECTED = "occluded by it"  # occlusion[i, j] = 1
+CLOSER = "closer"  # depth[j, i] = 1: j is closer than i
+FARTHER = "farther"  # depth[j, i] = 0: j is farther than i
+SAME_DEPTH = "same depth"  # depth[j, i] = 2
+RELATION_KINDS = (OCCLUDES_SELECTED, OCCLUDED_BY_SELECTED, CLOSER, FARTHER, SAME_DEPTH)
+_DEPTH_WORDS = {DEPTH_CLOSER: CLOSER, DEPTH_FARTHER: FARTHER, DEPTH_EQUAL: SAME_DEPTH}
+
+
+@dataclass(frozen=True)
+class Relation:
+    """Instance ``other`` (a row index of the result) is ``kind`` relative to the selected one.
+
+    ``probability`` is the model's probability of that relation (1.0 when the model gives only
+    hard labels).
+    """
+
+    other: int
+    kind: str
+    probability: float
+
+
+def segment_at(result: OrderResult, x: int, y: int) -> int | None:
+    """Row index of the thing segment under pixel ``(x, y)`` of the result's image, or ``None``
+    (background, stuff or outside the image)."""
+    height, width = result.image_size
+    if not (0 <= x < width and 0 <= y < height):
+        return None
+    segment_id = int(result.panoptic_seg[y, x])
+    for index, seg in enumerate(result.segments):
+        if seg.id == segment_id:
+            return index
+    return None
+
+
+def relations_of(result: OrderResult, index: int) -> list[Relation]:
+    """Every predicted relation between instance ``index`` and the other instances.
+
+    Occlusion: ``occlusion[j, index] = 1`` gives "occludes it" (with ``occlusion_prob[j, index]``)
+    and ``occlusion[index, j] = 1`` gives "occluded by it"; both may hold (mutual occlusion).
+    Depth: ``depth[j, index]`` gives exactly one of "closer", "farther", "same depth" for each j,
+    with ``depth_prob[j, index, class]``.
+
+    Args:
+        result: a prediction.
+        index: row of the selected instance, ``0 <= index < k``.
+
+    Returns:
+        Relations sorted by ``other`` then by :data:`RELATION_KINDS` order.
+
+    Raises:
+        IndexError: ``index`` is not a row of the result.
+    """
+    k = len(result.segments)
+    if not 0 <= index < k:
+        raise IndexError(f"instance index {index} is out of range for {k} instance(s)")
+    relations = []
+    for j in range(k):
+        if j == index:
+            continue
+        if result.occlusion is not None:
+            prob = result.occlusion_prob
+            if result.occlusion[j, index] == 1:
+                p = 1.0 if prob is None else float(prob[j, index])
+                relations.append(Relation(j, OCCLUDES_SELECTED, p))
+            if result.occlusion[index, j] == 1:
+                p = 1.0 if prob is None else float(prob[index, j])
+                relations.append(Relation(j, OCCLUDED_BY_SELECTED, p))
+        if result.depth is not None:
+            label = int(result.depth[j, index])
+            p = 1.0 if result.depth_prob is None else float(result.depth_prob[j, index, label])
+            relations.append(Relation(j, _DEPTH_WORDS[label], p))
+    return relations
+
+
+def ranking_rows(result: OrderResult) -> list[list]:
+    """The depth ranking as rows ``[rank (1 = closest), "#id", class, score]``; empty without
+    the depth task."""
+    if result.depth_ranking is None:
+        return []
+    rows = []
+    for position, index in enumerate(result.depth_ranking):
+        seg = result.segments[index]
+        rows.append([position + 1, f"#{seg.id}", seg.class_name, round(seg.score, 3)])
+    return rows
+
+
+def instance_choices(result: OrderResult) -> list[str]:
+    """One label per instance, ``"#<id> <class>"``, in row order."""
+    return [f"#{seg.id} {seg.class_name}" for seg in result.segments]
+
+
+def parse_choice(result: OrderResult, choice: str | None) -> int | None:
+    """Row index of an :func:`instance_choices` label, ``None`` for no or an unknown label."""
+    if not choice:
+        return None
+    choices = instance_choices(result)
+    return choices.index(choice) if choice in choices else None
+
+
+def relation_rows(result: OrderResult, index: int) -> list[list]:
+    """:func:`relations_of` as table rows ``["#id", class, relation, probability]``."""
+    rows = []
+    for rel in relations_of(result, index):
+        seg = result.segments[rel.other]
+        rows.append([f"#{seg.id}", seg.class_name, rel.kind, round(rel.probability, 3)])
+    return rows
+
+
+_MUTUAL = "occludes it / occluded by it"
+DISPLAY_MIN_SIDE = 384  # pictures of smaller images are drawn enlarged (pixels)
+
+
+def upscaled(image: np.ndarray, result: OrderResult, factor: int) -> tuple[np.ndarray, OrderResult]:
+    """The image and the result's masks enlarged ``factor`` times (pixel replication), for
+    legible pictures of small images; orders and scores unchanged."""
+    if factor == 1:
+        return image, result
+
+    def grow(a: np.ndarray) -> np.ndarray:
+        return np.repeat(np.repeat(a, factor, axis=0), factor, axis=1)
+
+    def segs(segments: list[Segment]) -> list[Segment]:
+        return [
+            replace(
+                s,
+                mask=grow(s.mask),
+                area=s.area * factor**2,
+                bbox=tuple(v * factor for v in s.bbox),
+            )
+            for s in segments
+        ]
+
+    height, width = result.image_size
+    big = replace(
+        result,
+        image_size=(height * factor, width * factor),
+        panoptic_seg=grow(result.panoptic_seg),
+        segments=segs(result.segments),
+        stuff_segments=segs(result.stuff_segments),
+    )
+    return grow(image), big
+
+
+@dataclass
+class View:
+    """One image and its prediction, and what the viewer shows of them.
+
+    Pictures are drawn on the image enlarged by :attr:`factor` (an integer) when its short side
+    is under ``DISPLAY_MIN_SIDE`` pixels, so that labels stay legible; :meth:`instance_at` takes
+    picture coordinates.
+
+    Attributes:
+        image: ``uint8[H, W, 3]`` RGB, the image the prediction was made on.
+        result: the prediction.
+        source: a name for the image (the uploaded file's name), written into the JSON.
+    """
+
+    image: np.ndarray
+    result: OrderResult
+    source: str | None = None
+
+    def __post_init__(self) -> None:
+        self.factor = max(1, -(-DISPLAY_MIN_SIDE // max(1, min(self.result.image_size))))
+        self._picture_image, self._picture_result = upscaled(self.image, self.result, self.factor)
+
+    def instance_at(self, x: int, y: int) -> int | None:
+        """Row of the thing segment under pixel ``(x, y)`` of a picture, or ``None``."""
+        return segment_at(self.result, x // self.factor, y // self.factor)
+
+    @classmethod
+    def predict(cls, predictor: Predictor, image: np.ndarray, source: str | None = None) -> View:
+        """Run ``predictor`` on an RGB ``uint8[H, W, 3]`` image."""
+        return cls(image=image, result=predictor(image), source=source)
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        """The order tasks of the prediction, among ``("occlusion", "depth")``."""
+        present = (("occlusion", self.result.occlusion), ("depth", self.result.depth))
+        return tuple(task for task, matrix in present if matrix is not None)
+
+    def to_json(self) -> str:
+        """The JSON record ``demo/demo.py`` writes for this image (same keys and values)."""
+        return json.dumps(result_record(self.result, self.source))
+
+    def panoptic(self) -> np.ndarray:
+        """The panoptic overlay with instance ids and class names."""
+        return draw_panoptic(self._picture_image, self._picture_result)
+
+    def occlusion_graph(self) -> np.ndarray | None:
+        """The occlusion graph picture, ``None`` without the occlusion task."""
+        return None if self.result.occlusion is None else draw_occlusion_graph(self.result)
+
+    def depth_layers(self, step: int) -> np.ndarray | None:
+        """The ``step`` front-most instances revealed, ``None`` without the depth task."""
+        if self.result.depth_ranking is None:
+            return None
+        return draw_depth_layers(self._picture_image, self._picture_result, step)
+
+    def select(self, index: int) -> dict[str, np.ndarray]:
+        """Pictures of instance ``index``'s relations: ``{"occlusion": ..., "depth": ...}`` for
+        the prediction's tasks, each other instance coloured by what it is to ``index``."""
+        relations = relations_of(self.result, index)
+        pictures = {}
+        for task in self.tasks:
+            kinds: dict[int, tuple[str, float]] = {}
+            for rel in relations:
+                if (rel.kind in (OCCLUDES_SELECTED, OCCLUDED_BY_SELECTED)) != (task == "occlusion"):
+                    continue
+                if rel.other in kinds:  # both directions: mutual occlusion
+                    kinds[rel.other] = (_MUTUAL, max(kinds[rel.other][1], rel.probability))
+                else:
+                    kinds[rel.other] = (rel.kind, rel.probability)
+            pictures[task] = draw_relations(self._picture_image, self._picture_result, index, kinds)
+        return pictures
