@@ -1,11 +1,19 @@
-"""Optional ahead-of-time build of the multi-scale deformable attention CUDA kernels.
+"""Build steps that pyproject.toml cannot declare: the released configs and the CUDA kernels.
 
-All project metadata lives in pyproject.toml; this file only adds the ``CUDAExtension``
-``mask2former.modeling.ops._C`` when a CUDA toolkit is usable (``torch.cuda.is_available()``)
-or ``FORCE_CUDA=1`` is set (building on a machine without a GPU, e.g. in a container; set
-``TORCH_CUDA_ARCH_LIST`` too). Otherwise no extension is built and the kernels are compiled
-just in time on first CUDA use, or the PyTorch path runs. The build needs torch at build
-time: ``pip install --no-build-isolation .``.
+All project metadata lives in pyproject.toml; this file adds two things.
+
+* Configs: the top-level ``configs/`` tree is the single source of the released configs. The
+  ``build_py`` step copies it into the built package as ``instaformer/configs/`` (package data of
+  wheels, so an installed copy finds configs by name; MANIFEST.in puts ``configs/`` in the sdist).
+  Editable installs skip the copy: ``instaformer.config.config_roots`` then finds the checkout's
+  ``configs/`` next to the package.
+* CUDA kernels: the ``CUDAExtension`` ``mask2former.modeling.ops._C`` is compiled ahead of time
+  only when torch is importable at build time and a CUDA toolkit is usable
+  (``torch.cuda.is_available()``), or ``FORCE_CUDA=1`` is set (building on a machine without a
+  GPU, e.g. in a container; set ``TORCH_CUDA_ARCH_LIST`` too). With build isolation torch is
+  absent, so nothing is compiled and the kernels are built just in time with ninja on first CUDA
+  use (``mask2former/modeling/ops/build.py``), or the PyTorch path runs. To compile ahead of time,
+  install torch first and use ``pip install --no-build-isolation .``.
 """
 
 from __future__ import annotations
@@ -15,8 +23,34 @@ import os
 from pathlib import Path
 
 from setuptools import setup
+from setuptools.command.build_py import build_py
 
 ROOT = Path(__file__).resolve().parent
+CONFIGS = ROOT / "configs"
+CONFIGS_IN_PACKAGE = Path("instaformer") / "configs"
+
+
+class BuildPyWithConfigs(build_py):
+    """``build_py`` that also copies ``configs/`` to ``<build_lib>/instaformer/configs/``."""
+
+    def run(self) -> None:
+        super().run()
+        if self.editable_mode:
+            return
+        if not CONFIGS.is_dir():
+            raise FileNotFoundError(f"{CONFIGS}: the released configs are missing from the source")
+        self.copy_tree(str(CONFIGS), str(Path(self.build_lib) / CONFIGS_IN_PACKAGE))
+
+    def get_outputs(self, include_bytecode: bool = True) -> list[str]:
+        outputs = super().get_outputs(include_bytecode)
+        if self.editable_mode:
+            return outputs
+        target = Path(self.build_lib) / CONFIGS_IN_PACKAGE
+        return outputs + [str(target / p.relative_to(CONFIGS)) for p in _config_files()]
+
+
+def _config_files() -> list[Path]:
+    return sorted(p for p in CONFIGS.rglob("*") if p.is_file())
 
 
 def _load_build_helpers():
@@ -32,8 +66,16 @@ def _want_cuda() -> bool:
     force = os.environ.get("FORCE_CUDA", "0")
     if force not in ("0", "1"):
         raise ValueError(f"FORCE_CUDA must be 0 or 1, got {force!r}")
+    has_torch = importlib.util.find_spec("torch") is not None
     if force == "1":
+        if not has_torch:
+            raise RuntimeError(
+                "FORCE_CUDA=1 needs torch at build time: install torch first and build with "
+                "pip install --no-build-isolation ."
+            )
         return True
+    if not has_torch:
+        return False
     import torch
     from torch.utils.cpp_extension import CUDA_HOME
 
@@ -52,4 +94,5 @@ def _extensions() -> dict:
     }
 
 
-setup(**_extensions())
+extensions = _extensions()
+setup(cmdclass={"build_py": BuildPyWithConfigs, **extensions.pop("cmdclass", {})}, **extensions)

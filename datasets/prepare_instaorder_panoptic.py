@@ -1,4 +1,4 @@
-"""Convert InstaOrder + COCO panoptic 2017 into InstaOrder Panoptic (spec DATASETS.md §5).
+"""Convert InstaOrder + COCO panoptic 2017 into InstaOrder Panoptic (docs/reference.md [DS 5]).
 
 For each image with both an InstaOrder record and a COCO panoptic annotation, the InstaOrder
 instances (COCO instance masks) are matched greedily by IoU to the panoptic *thing, non-crowd*
@@ -40,7 +40,7 @@ IOU_THRESHOLD = 0.5
 
 
 def match_instances(segment_masks: np.ndarray, instance_masks: np.ndarray) -> list[int]:
-    """Greedy IoU matching of K instances to P segments (DATASETS.md §5.2 step 3).
+    """Greedy IoU matching of K instances to P segments ([DS 5.2] step 3).
 
     Repeatedly takes the (segment, instance) pair of largest IoU (first in row-major order on
     ties) while it is > 0.5 and instances are unmatched, then removes the instance's pixels from
@@ -105,7 +105,7 @@ def convert_split(
             ``panoptic_{split}2017.json``.
         panoptic_dir: folder of the panoptic PNGs.
     Returns:
-        ``(output, summary)``: the JSON object (DATASETS.md §5.3) and counts of what was kept
+        ``(output, summary)``: the JSON object ([DS 5.3]) and counts of what was kept
         and dropped, keyed by a readable reason (``"images kept"``, ``"instances unmatched"``,
         ``"images dropped: fewer than two matched instances"``, ``"records skipped: ..."``).
     Raises:

@@ -22,7 +22,7 @@ __all__ = [
 ]
 
 
-# Keys of the reference that never changed its behaviour (spec INSTAFORMER.md §7.14-15, §7.20).
+# Keys of the reference that never changed its behaviour (docs/reference.md [IF 7.14-15, 7.20]).
 # Files that set them to the released value still load; any other value is refused.
 CfgNode.REMOVED_KEYS.update(
     {
@@ -59,7 +59,7 @@ CfgNode.REMOVED_KEYS.update(
 
 
 def add_instaformer_config(cfg: CfgNode) -> None:
-    """Add the order-prediction keys to ``cfg`` in place (spec INSTAFORMER.md §5.1)."""
+    """Add the order-prediction keys to ``cfg`` in place (docs/reference.md [IF 5.1])."""
     cfg.INPUT.AUGMENT = False  # mapper augmentation (train: LSJ + flip; test: resize)
     cfg.INPUT.RM_BIDIREC = 0  # 1: bidirectional occlusion pairs are ignored (-1)
     cfg.INPUT.RM_OVERLAP = 0  # 1: depth pairs with overlapping extents are ignored (-1)
@@ -114,18 +114,18 @@ def add_instaformer_config(cfg: CfgNode) -> None:
 
 
 def add_instaordernet_config(cfg: CfgNode) -> None:
-    """Add the standalone InstaOrderNet keys (spec INSTAORDERNET.md; docs/instaordernet.md)."""
+    """Add the standalone InstaOrderNet keys (docs/reference.md [ION]; docs/instaordernet.md)."""
     net = cfg.MODEL.INSTAORDERNET = CfgNode()
     net.TASK = "od"  # "o" occlusion, "d" depth, "od" both heads on one trunk
     net.INPUT_MODE = "resize"  # "patch": square crop around the pair (o); "resize": whole image
     net.INPUT_SIZE = 384  # side (pixels) of the square network input (o: 256; d, od: 384)
-    net.POSITIVE_RATIO = 0.7  # o training: probability of drawing an occluding cell (spec §6)
+    net.POSITIVE_RATIO = 0.7  # o training: probability of drawing an occluding cell ([ION 6])
     net.OCCLUSION_WEIGHT = 1.0  # weight of the occlusion BCE (o, od)
     net.DEPTH_OVERLAP_WEIGHT = 0.1  # weight of the depth CE over pairs with overlapping extents
     net.DEPTH_DISTINCT_WEIGHT = 0.9  # weight of the depth CE over distinct pairs
-    net.DEPTH_DOUBLE_SOFTMAX = False  # True: reference CE on softmax outputs (defect, spec §15.2)
+    net.DEPTH_DOUBLE_SOFTMAX = False  # True: reference CE on softmax outputs (defect, [ION 15.2])
     # Patch-mode test crop: k > 0 first enlarges each box to a square of side sqrt(k*w*h) (the
-    # reference's 3, spec §15.1, needed for its numbers); 0 crops as in training.
+    # reference's 3, [ION 15.1], needed for its numbers); 0 crops as in training.
     net.TEST_BOX_ENLARGE = 0.0
     # Resize-mode training RGB interpolation: "bicubic" (as at test) or "bilinear" (reference).
     net.TRAIN_INTERPOLATION = "bicubic"

@@ -1,10 +1,10 @@
-"""Blind inference on user images: ``Predictor`` -> ``OrderResult`` (spec INSTAFORMER.md §3.2).
+"""Blind inference on user images: ``Predictor`` -> ``OrderResult`` (docs/reference.md [IF 3.2]).
 
 Shape shorthand: H x W the original image, h x w the image fed to the model (after the test-time
 resize), k the number of *thing* segments of the panoptic output (the rows of the order
 matrices), s the number of stuff segments.
 
-Conventions (spec §0): ``occlusion[i, j] = 1`` means segment i occludes segment j (i is over j),
+Conventions ([IF 0]): ``occlusion[i, j] = 1`` means segment i occludes segment j (i is over j),
 0 that it does not; ``depth[i, j]`` is 1 when i is closer to the camera than j, 0 when i is
 farther, 2 for the same depth. Diagonals are -1 (probability diagonals 0). Row/column ``i`` is
 ``segments[i]``: the thing segments of the panoptic output, in the model's ``segments_info`` order.
@@ -47,7 +47,7 @@ logger = logging.getLogger(__name__)
 ImageInput = str | os.PathLike | np.ndarray | Image.Image
 """A file path, a PIL image, or an RGB ``uint8`` array ``[H, W, 3]`` (or grey ``[H, W]``)."""
 
-# Depth classes of ``depth_prob[..., c]`` (spec §0).
+# Depth classes of ``depth_prob[..., c]`` ([IF 0]).
 DEPTH_FARTHER, DEPTH_CLOSER, DEPTH_EQUAL = 0, 1, 2
 
 
@@ -250,7 +250,7 @@ def class_names_from_cfg(cfg: CfgNode) -> list[str]:
 
 
 def inference_cfg(cfg: CfgNode) -> CfgNode:
-    """A frozen copy of ``cfg`` set up for blind inference (spec §3.2).
+    """A frozen copy of ``cfg`` set up for blind inference ([IF 3.2]).
 
     Turns order evaluation off (``TEST.OCCLUSION_EVALUATION/DEPTH_EVALUATION``), panoptic
     inference on, and resolves ``MODEL.DEVICE`` (CPU when CUDA is missing).

@@ -2,7 +2,7 @@
 
 :class:`InstaFormerTrainer` fills the project pieces into the generic loop of
 :class:`mask2former.engine.Trainer`: the model from ``MODEL.META_ARCHITECTURE``, the mapper from
-``INPUT.DATASET_MAPPER_NAME``, the evaluators the config enables (spec INSTAFORMER.md §3.7);
+``INPUT.DATASET_MAPPER_NAME``, the evaluators the config enables (docs/reference.md [IF 3.7]);
 standalone InstaOrderNet configs (``MODEL.META_ARCHITECTURE: InstaOrderNet``) bring their own
 pair loaders, evaluators and weight loading (:data:`FAMILIES`).
 :func:`main` is the per-process entry point; :func:`run` parses nothing and launches it.

@@ -1,4 +1,4 @@
-"""The conversion script: DATASETS.md §8 worked example round trip, synthetic twin, drops."""
+"""The conversion script: [DS 8] worked example round trip, synthetic twin, drops."""
 
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ SEGMENTS = [
     {"id": 6579300, "category_id": 1, "iscrowd": 0, "bbox": [201, 80, 118, 302], "area": 21044},
     {"id": 9868950, "category_id": 149, "iscrowd": 0, "bbox": [0, 300, 640, 180], "area": 80311},
 ]
-EXPECTED_ANNOTATION = {  # DATASETS.md §8.4
+EXPECTED_ANNOTATION = {  # [DS 8.4]
     "file_name": "000000424242.png",
     "image_id": 424242,
     "segments_info": SEGMENTS,
@@ -117,7 +117,7 @@ def _write_worked_example(root: Path) -> None:
     (ann / "InstaOrder_val2017.json").write_text(json.dumps({"annotations": [RECORD]}))
 
 
-def test_worked_example_matrices():  # DATASETS.md §8.2
+def test_worked_example_matrices():  # [DS 8.2]
     m = build_order_matrices(RECORD)
     assert m["occlusion"].tolist() == [[0, 1, 0], [1, 0, 1], [0, 0, 0]]
     assert m["depth"].tolist() == [[-1, 0, 2], [1, -1, 1], [2, 0, -1]]
@@ -140,7 +140,7 @@ def test_worked_example_round_trips_through_script(tmp_path, caplog):
     assert out["categories"] == COCO_CATEGORIES and out["info"] == {"description": "worked example"}
     assert out_file.read_text().startswith('{\n    "info"')  # 4-space indentation
 
-    # Load time (§8.4): annotated segments bicycle (position 1) and person (position 2).
+    # Load time ([DS 8.4]): annotated segments bicycle (position 1) and person (position 2).
     coco = tmp_path / "coco"
     dicts = load_instaorder_panoptic_json(
         str(out_file), str(coco / "val2017"), str(coco / "panoptic_val2017")

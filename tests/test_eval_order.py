@@ -142,7 +142,7 @@ def test_depth_per_sample_values_match_reference_exactly() -> None:
 
 
 def test_occlusion_worked_example() -> None:
-    """INSTAORDERNET.md §14: TP = 2, FP = 0, FN = 1."""
+    """[ION 14]: TP = 2, FP = 0, FN = 1."""
     gt = np.array([[0, 1, 0], [1, 0, 1], [0, 0, 0]])
     pred = np.array([[-1, 1, 0], [0, -1, 1], [0, 0, -1]])
     evaluator = OcclusionEvaluator()
@@ -154,7 +154,7 @@ def test_occlusion_worked_example() -> None:
 
 
 def test_depth_worked_example() -> None:
-    """INSTAORDERNET.md §14: distinct 0, overlap 100, all 25."""
+    """[ION 14]: distinct 0, overlap 100, all 25."""
     gt = np.array([[-1, 0, 2], [1, -1, 1], [2, 0, -1]])
     overlap = np.array([[-1, 1, 0], [1, -1, 0], [0, 0, -1]])
     count = np.array([[-1, 3, 2], [3, -1, 2], [2, 2, -1]])

@@ -1,4 +1,4 @@
-"""Monocular-depth ordering baseline (spec INSTAORDERNET.md §13) on synthetic depth maps."""
+"""Monocular-depth ordering baseline (docs/reference.md [ION 13]) on synthetic depth maps."""
 
 from __future__ import annotations
 

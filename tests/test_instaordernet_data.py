@@ -1,4 +1,4 @@
-"""InstaOrderNet data on the synthetic twin: pair drawing (spec §6), targets (§4), test images,
+"""InstaOrderNet data on the synthetic twin: pair drawing ([ION 6]), targets ([ION 4]), test images,
 loaders, and evaluation through the project's evaluators."""
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from instaformer.instaordernet.predict import predict_orders
 from mask2former.modeling.registry import META_ARCH_REGISTRY
 
 CONFIGS = "configs/instaordernet"
-# Spec INSTAORDERNET.md §2 / §7.
+# docs/reference.md [ION 2] / [ION 7].
 FLAVOURS = {
     "o": (23_518_402, "patch", 256, 1e-3, 86_000),
     "d": (23_520_451, "resize", 384, 1e-4, 60_000),
@@ -139,7 +139,7 @@ def test_losses_swap_and_double_softmax():
         logits, target, overlap, overlap_weight=0.1, distinct_weight=0.9, double_softmax=True
     )
     assert float(fixed) > 40  # logits CE grows without bound
-    # Spec §5: the double softmax confines the per-pair loss to [log(1 + 2/e), log(e + 2)].
+    # [ION 5]: the double softmax confines the per-pair loss to [log(1 + 2/e), log(e + 2)].
     assert math.log(1 + 2 / math.e) - 1e-4 <= float(reference) / 0.9 <= math.log(math.e + 2)
     # Subsets are averaged separately and weighted; ignored targets do not count.
     mixed = depth_loss(

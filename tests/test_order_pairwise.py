@@ -24,7 +24,7 @@ from instaformer.modeling.order import PairwiseResNet, build_order_head
 
 
 def test_parameter_counts_of_the_three_flavours():
-    # INSTAORDERNET.md §2
+    # [ION 2]
     expected = {
         instaordernet_o: 23_518_402,
         instaordernet_d: 23_520_451,
@@ -41,7 +41,7 @@ def test_parameter_counts_of_the_three_flavours():
 
 
 def test_symmetrisation_example_and_antisymmetry():
-    # INSTAORDERNET.md §14: sigmoid(z01) = (0.30, 0.90), sigmoid(z10) = (0.70, 0.20)
+    # [ION 14]: sigmoid(z01) = (0.30, 0.90), sigmoid(z10) = (0.70, 0.20)
     logit = torch.special.logit
     z01, z10 = logit(torch.tensor([[0.30, 0.90]])), logit(torch.tensor([[0.70, 0.20]]))
     probs = symmetrise_occlusion(z01, z10)

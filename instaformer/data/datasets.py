@@ -62,7 +62,7 @@ def _load_json(path: str, what: str) -> Any:
 def load_instaorder_panoptic_json(
     json_file: str, image_dir: str, panoptic_dir: str
 ) -> list[dict[str, Any]]:
-    """Read an InstaOrder Panoptic file (DATASETS.md §5.3) into dataset dicts.
+    """Read an InstaOrder Panoptic file ([DS 5.3]) into dataset dicts.
 
     Returns:
         one dict per annotation, in file order: ``file_name`` (image path, PNG stem + ``.jpg``),
@@ -144,7 +144,7 @@ def check_instaorder_panoptic_record(record: dict, segment_ids: set[int], where:
 def load_instaorder_json(
     instaorder_json: str, instances_json: str, image_dir: str
 ) -> list[dict[str, Any]]:
-    """Read an InstaOrder file (DATASETS.md §2) joined with COCO instances (§3).
+    """Read an InstaOrder file ([DS 2]) joined with COCO instances ([DS 3]).
 
     Returns:
         one dict per InstaOrder record, in file order: ``file_name``, ``image_id``, ``height``,

@@ -4,7 +4,7 @@ Shape shorthand: H, W image size (after augmentation); N non-crowd segments (thi
 that are visible after augmentation; n of them annotated with InstaOrder labels; S the pairwise
 head's input side.
 
-Output keys (spec INSTAFORMER.md §4.3, with the fixes of §7 items 1, 4, 25, 26):
+Output keys (docs/reference.md [IF 4.3], with the fixes of [IF 7.1, 7.4, 7.25, 7.26]):
     ``file_name``, ``image_id``, ``height``, ``width`` (original image size), ``segments_info``;
     ``image``: uint8 Tensor[3, H, W] in ``image_format`` channel order;
     ``instances``: :class:`Instances` of the N non-crowd segments in ``segments_info`` order:

@@ -1,4 +1,4 @@
-"""InstaOrder order labels -> ground-truth matrices (spec DATASETS.md §4, INSTAFORMER.md §2.2).
+"""InstaOrder order labels -> ground-truth matrices (docs/reference.md [DS 4], [IF 2.2]).
 
 Shape shorthand: m instances of an InstaOrder record, n annotated panoptic segments.
 

@@ -2,7 +2,7 @@
 
 Shape shorthand: K annotated instances of one image, I evaluated images.
 
-Spec: INSTAFORMER.md §3.5 and §3.6, INSTAORDERNET.md §9.2. Per image, the pairs i < j (strict
+See docs/reference.md [IF 3.5] and [IF 3.6], [ION 9.2]. Per image, the pairs i < j (strict
 upper triangle) with a label (GT depth in {0, 1, 2} and overlap flag in {0, 1}; -1 = unlabelled
 or removed) are weighted ``w = 2 / count``. For a subset S of them
 

@@ -2,7 +2,7 @@
 
 Shape shorthand: K annotated instances of one image, I evaluated images.
 
-Spec: INSTAFORMER.md §3.4 and §3.6, INSTAORDERNET.md §9.1. Per image, the K(K-1) off-diagonal
+See docs/reference.md [IF 3.4] and [IF 3.6], [ION 9.1]. Per image, the K(K-1) off-diagonal
 ordered pairs (i, j) are binary samples with positive class 1 (``occlusion[i, j] = 1`` means
 instance i occludes instance j); GT cells equal to -1 are ignored. Two summaries are reported:
 

@@ -7,7 +7,7 @@ Entry points for the training script and the demo (see docs/instaordernet.md):
   ``(cfg, dataset_name)``, :func:`build_evaluators` ``(cfg, output_dir)``;
 * :func:`load_weights` ``(model, path)``: released ``.pth.tar`` files or project checkpoints;
 * :func:`predict_orders` ``(model, image, masks)``: orders between user-given masks;
-* :class:`MonocularDepthOrder`: depth order from any depth-map callable (spec §13).
+* :class:`MonocularDepthOrder`: depth order from any depth-map callable ([ION 13]).
 """
 
 from instaformer.instaordernet.data import (

@@ -2,7 +2,7 @@
 
 Shape shorthand: K annotated instances of an image, H x W image, S network input side.
 
-Spec INSTAORDERNET.md §3 (inputs), §4 (targets), §6 (pair drawing); DATASETS.md §2-§4
+docs/reference.md [ION 3] (inputs), [ION 4] (targets), [ION 6] (pair drawing); [DS 2-4]
 (records, COCO masks, matrices). Dataset dicts come from
 :func:`instaformer.data.datasets.load_instaorder_json` (registered as
 ``instaorder_2017_{train,val}``): ``file_name``, ``image_id``, ``height``, ``width``,
@@ -69,10 +69,10 @@ __all__ = [
 MAPPER_NAME = "instaordernet_pairs"  # INPUT.DATASET_MAPPER_NAME of the InstaOrderNet configs
 TASKS = {"o": ("occlusion",), "d": ("depth",), "od": ("occlusion", "depth")}
 INPUT_MODES = ("patch", "resize")
-# Training jitter of the patch window (spec §3.1 step 4).
+# Training jitter of the patch window ([ION 3.1] step 4).
 SHIFT_JITTER = 0.2  # centre shift, fraction of the window side
 SCALE_JITTER = (0.8, 1.2)  # the side is divided by a factor drawn uniformly from this range
-SWAP_PROBABILITY = 0.5  # spec §6: A and B swapped with this probability
+SWAP_PROBABILITY = 0.5  # [ION 6]: A and B swapped with this probability
 # InstaOrderNet depth class (0 A closer, 1 A farther, 2 same, -1 none) of a depth-matrix value
 # D[A, B] (1 A closer, 0 A farther, 2 same, -1 none).
 _DEPTH_CLASS = {1: 0, 0: 1, 2: 2, -1: -1}
@@ -82,7 +82,7 @@ def decode_segmentation(
     segmentation: Any, height: int, width: int, *, where: str = ""
 ) -> np.ndarray:
     """COCO ``segmentation`` (polygons, uncompressed or compressed RLE) -> uint8 array[H, W] in
-    {0, 1}; polygon parts are merged into one mask (DATASETS.md §3)."""
+    {0, 1}; polygon parts are merged into one mask ([DS 3])."""
     if isinstance(segmentation, list):
         if not segmentation:
             return np.zeros((height, width), dtype=np.uint8)
@@ -134,7 +134,7 @@ class DepthPairItems(Sequence):
 def training_items(
     records: Sequence[dict], task: str, *, rm_bidirec: bool = False
 ) -> Sequence[dict]:
-    """Training items of spec §6 (module docstring): images with an occlusion for ``o``,
+    """Training items of [ION 6] (module docstring): images with an occlusion for ``o``,
     depth entries for ``d`` / ``od``.
 
     Raises:
@@ -155,7 +155,7 @@ def training_items(
 
 
 def _union_window(box_a: np.ndarray, box_b: np.ndarray) -> tuple[float, float, float]:
-    """Centre and side of the square around the union of two xywh boxes (spec §3.1 steps 2-3)."""
+    """Centre and side of the square around the union of two xywh boxes ([ION 3.1] steps 2-3)."""
     left, top = min(box_a[0], box_b[0]), min(box_a[1], box_b[1])
     right = max(box_a[0] + box_a[2], box_b[0] + box_b[2])
     bottom = max(box_a[1] + box_a[3], box_b[1] + box_b[3])
@@ -200,7 +200,7 @@ class InstaOrderNetMapper:
             positive_ratio: task o, probability of drawing an occluding cell.
             random_flip: horizontal flip of the training input with probability 0.5.
             train_interpolation: RGB resize at training, "bicubic" or "bilinear" (reference).
-            rm_bidirec, rm_overlap: ``INPUT.RM_BIDIREC`` / ``INPUT.RM_OVERLAP`` (DATASETS.md §4).
+            rm_bidirec, rm_overlap: ``INPUT.RM_BIDIREC`` / ``INPUT.RM_OVERLAP`` ([DS 4]).
             image_format: "RGB" or "BGR", channel order of the test ``image``.
         """
         if task not in TASKS:
@@ -358,7 +358,7 @@ class InstaOrderNetMapper:
         }
 
     def _resize_input(self, rgb: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-        """Whole image and masks to S x S, aspect ratio not kept (spec §3.2)."""
+        """Whole image and masks to S x S, aspect ratio not kept ([ION 3.2])."""
         size = (self.input_size, self.input_size)
         rgb = F.interpolate(
             rgb[None], size=size, mode=self.train_interpolation, align_corners=False
@@ -369,7 +369,7 @@ class InstaOrderNetMapper:
     def _patch_input(
         self, rgb: torch.Tensor, masks: torch.Tensor, box_a: np.ndarray, box_b: np.ndarray
     ) -> torch.Tensor:
-        """Jittered square window around the pair's union box (spec §3.1 steps 1-6)."""
+        """Jittered square window around the pair's union box ([ION 3.1] steps 1-6)."""
         cx, cy, side = _union_window(box_a, box_b)
         cx += np.random.uniform(-SHIFT_JITTER, SHIFT_JITTER) * side
         cy += np.random.uniform(-SHIFT_JITTER, SHIFT_JITTER) * side

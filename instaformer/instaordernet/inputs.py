@@ -1,4 +1,4 @@
-"""InstaOrderNet input construction for batches of instance pairs (spec INSTAORDERNET.md §3).
+"""InstaOrderNet input construction for batches of instance pairs (docs/reference.md [ION 3]).
 
 Shape shorthand: n instances, P ordered pairs ``(A, B)``, H x W image, S network input side.
 
@@ -7,7 +7,7 @@ the ImageNet mean/std. Images are float RGB in [0, 1], ``Tensor[3, H, W]``.
 
 * Resize mode (``d``, ``od``; S = 384): the whole image and every mask resized to S x S
   (aspect not kept), RGB bicubic, masks nearest; computed once per image, gathered per pair.
-* Patch mode (``o``; S = 256): a square window around the pair's union box (§3.1), padded with
+* Patch mode (``o``; S = 256): a square window around the pair's union box ([ION 3.1]), padded with
   0 outside the image, resized to S x S. ``enlarge`` reproduces the test-time crop of the
   reference (each box first replaced by a square of side ``max(sqrt(enlarge*w*h), 1.1w, 1.1h)``);
   ``enlarge=None`` crops as in training (no jitter).
@@ -71,7 +71,7 @@ def enlarge_boxes(boxes: Tensor, factor: float) -> Tensor:
 
 
 def pair_windows(boxes: Tensor, pairs: Tensor) -> Tensor:
-    """Square window around each pair's union box (spec §3.1 steps 2, 3, 5, no jitter).
+    """Square window around each pair's union box ([ION 3.1] steps 2, 3, 5, no jitter).
 
     Args:
         boxes: Tensor[n, 4] float xywh boxes.

@@ -3,13 +3,13 @@
 Shape shorthand: B pair items of a training batch, K instances of a test image,
 P = K(K-1)/2 unordered pairs, S network input side, H x W image.
 
-Spec INSTAORDERNET.md §5 (losses, both input orders per step), §8 (inference over every pair,
+docs/reference.md [ION 5] (losses, both input orders per step), [ION 8] (inference over every pair,
 both orders, symmetrised). Registered in ``META_ARCH_REGISTRY`` as "InstaOrderNet"
 (``MODEL.META_ARCHITECTURE``); the pair classifier itself is
 :class:`instaformer.instaordernet.network.InstaOrderNet`, held as ``self.net`` (so released
 weights load into ``model.net``, see :func:`load_weights`).
 
-Test outputs per image, in the project's matrix convention (INSTAFORMER.md §0), over the
+Test outputs per image, in the project's matrix convention ([IF 0]), over the
 instances of ``input["instances"].gt_masks`` in their order:
 
 * ``"occlusion"``: Tensor[K, K] int64, ``[i, j] = 1`` iff P(i occludes j) > 0.5 (both, one or no
@@ -94,11 +94,11 @@ class InstaOrderNet(nn.Module):
                 pair needs two: (i, j) and (j, i)); 1 reproduces the reference's one-at-a-time.
             test_box_enlarge: patch mode at test time: None crops as in training; k > 0 first
                 enlarges each box to a square of side ``max(sqrt(k*w*h), 1.1w, 1.1h)``
-                (reference: 3, spec §3.1 / §15.1).
+                (reference: 3, [ION 3.1] / [ION 15.1]).
             occlusion_weight: weight of the occlusion loss.
             depth_overlap_weight, depth_distinct_weight: weights of the depth CE over pairs with
-                overlapping / distinct depth extents (spec §5).
-            depth_double_softmax: reference defect of the depth loss (spec §15.2).
+                overlapping / distinct depth extents ([ION 5]).
+            depth_double_softmax: reference defect of the depth loss ([ION 15.2]).
         """
         super().__init__()
         if input_mode not in INPUT_MODES:
@@ -173,7 +173,7 @@ class InstaOrderNet(nn.Module):
 
     # -- training --------------------------------------------------------------------------------
     def losses(self, batched_inputs: Sequence[dict[str, Any]]) -> dict[str, Tensor]:
-        """Both input orders of every pair item, each pass supervised with its targets (§5)."""
+        """Both input orders of every pair item, each pass supervised with its targets ([ION 5])."""
         x = torch.stack([b["pair_input"] for b in batched_inputs]).to(self.device)  # B x 5 x S x S
         out_ab = self.net(x)
         out_ba = self.net(x[:, [1, 0, 2, 3, 4]])  # masks A and B exchanged
@@ -274,7 +274,7 @@ class InstaOrderNet(nn.Module):
         if "depth" in logits:
             z = logits["depth"].reshape(-1, 2, 3)
             probs = symmetrise_depth(z[:, 0], z[:, 1])  # P x 3: farther, closer, equal
-            # arg-max over (closer, farther, equal), ties to the first (spec §8).
+            # arg-max over (closer, farther, equal), ties to the first ([ION 8]).
             choice = probs[:, [1, 0, 2]].argmax(dim=1)
             row_value = torch.tensor([1, 0, 2], device=device)[choice]  # D[i, j]
             col_value = torch.tensor([0, 1, 2], device=device)[choice]  # D[j, i]

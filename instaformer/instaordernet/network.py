@@ -1,4 +1,4 @@
-"""InstaOrderNet: a 5-channel ResNet-50 pair classifier (spec INSTAORDERNET.md §2, §4, §11).
+"""InstaOrderNet: a 5-channel ResNet-50 pair classifier (docs/reference.md [ION 2, 4, 11]).
 
 Shape shorthand: B pairs, S input side (256 for ``o``, 384 for ``d``/``od``).
 

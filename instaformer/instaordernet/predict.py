@@ -3,7 +3,7 @@
 Shape shorthand: K instances, H x W image.
 
 Used by the demo and the Predictor for InstaOrderNet configs: the masks may come from the user or
-from a panoptic model. Outputs follow the project's matrix convention (INSTAFORMER.md §0); see
+from a panoptic model. Outputs follow the project's matrix convention ([IF 0]); see
 :mod:`instaformer.instaordernet.meta_arch`.
 """
 

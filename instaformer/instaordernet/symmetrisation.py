@@ -1,9 +1,9 @@
 """Test-time symmetrisation of InstaOrderNet over (A, B) and (B, A), and conversion to matrices.
 
-Spec INSTAORDERNET.md §8 (and INSTAFORMER.md §3.3 without the double sigmoid of §7.7).
+docs/reference.md [ION 8] (and [IF 3.3] without the double sigmoid of [IF 7.7]).
 Shape shorthand: P unordered pairs ``(i, j)``, n instances.
 
-Project matrix convention (INSTAFORMER.md §0): ``O[i, j] = 1`` means i occludes j;
+Project matrix convention ([IF 0]): ``O[i, j] = 1`` means i occludes j;
 ``D[i, j]`` is 1 if i is closer than j, 0 if farther, 2 if same depth, -1 on the diagonal.
 """
 
@@ -54,7 +54,7 @@ def symmetrise_depth(logits_ab: Tensor, logits_ba: Tensor) -> Tensor:
 
     Returns:
         Tensor[P, 3] probabilities for row i vs column j: ``[:, 0]`` i farther, ``[:, 1]`` i
-        closer, ``[:, 2]`` same depth (the averaged softmaxes of spec §8).
+        closer, ``[:, 2]`` same depth (the averaged softmaxes of [ION 8]).
     """
     p_ab, p_ba = torch.softmax(logits_ab, dim=1), torch.softmax(logits_ba, dim=1)
     closer = 0.5 * (p_ab[:, 0] + p_ba[:, 1])

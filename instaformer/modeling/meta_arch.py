@@ -1,4 +1,4 @@
-"""``InstaFormer``: Mask2Former plus an order head (spec INSTAFORMER.md §1.2-1.5, §2, §3.1-3.3).
+"""``InstaFormer``: Mask2Former plus an order head (docs/reference.md [IF 1.2-1.5, 2, 3.1-3.3]).
 
 Shape shorthand: B images, Q queries, C mask-embedding width, Hp x Wp padded image, h x w mask
 logits / mask features (Hp/4 x Wp/4), n annotated ground-truth instances of one image, k thing

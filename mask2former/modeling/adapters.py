@@ -1,4 +1,4 @@
-"""Residual bottleneck adapters of InstaFormer (spec INSTAFORMER.md §1.2.2).
+"""Residual bottleneck adapters of InstaFormer (docs/reference.md [IF 1.2.2]).
 
 Shape shorthand: N tokens (any leading dims), C model width, A adapter width.
 An adapter is Linear(C -> A), ReLU, Linear(A -> C); its first weight is Kaiming-normal and

@@ -4,7 +4,7 @@ Shape shorthand: B images, Q queries, K+1 classes (last = no object), M ground-t
 P sampled points, h, w mask-logit size, Hp, Wp padded image size.
 Deep supervision: every entry of ``outputs["aux_outputs"]`` is matched and supervised with
 every loss (including the class loss, which the reference silently dropped for the auxiliary
-predictions, spec INSTAFORMER.md §7.2); its losses are named ``<loss>_<i>``.
+predictions, docs/reference.md [IF 7.2]); its losses are named ``<loss>_<i>``.
 """
 
 from __future__ import annotations

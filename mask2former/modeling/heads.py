@@ -20,7 +20,7 @@ __all__ = ["MaskFormerHead", "build_sem_seg_head"]
 
 @SEM_SEG_HEADS_REGISTRY.register()
 class MaskFormerHead(nn.Module):
-    """``forward(features) -> (outputs, mask_embed, mask_features)`` (spec §1.2.1)."""
+    """``forward(features) -> (outputs, mask_embed, mask_features)`` ([IF 1.2.1])."""
 
     @configurable
     def __init__(

@@ -121,7 +121,7 @@ def full_mask_matching(
     cost_mask: float,
     cost_dice: float,
 ) -> Indices:
-    """Deterministic matching over every mask-logit pixel (evaluation, spec INSTAFORMER.md §3.1).
+    """Deterministic matching over every mask-logit pixel (evaluation, docs/reference.md [IF 3.1]).
 
     Ground-truth masks ``Tensor[M, Hp, Wp]`` are nearest-downsampled to the logit size
     ``h x w``; otherwise as :class:`HungarianMatcher` (same arguments and return value).

@@ -192,7 +192,7 @@ class MaskFormer(nn.Module):
         return self.pixel_mean.device
 
     def freeze(self, *, backbone: bool, sem_seg_head: bool) -> None:
-        """Stop gradients of the backbone / head; adapters stay trainable (spec §1.2.3).
+        """Stop gradients of the backbone / head; adapters stay trainable ([IF 1.2.3]).
 
         Frozen modules keep their train/eval mode (drop-path stays active, as the reference).
         """

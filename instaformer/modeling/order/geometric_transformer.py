@@ -1,9 +1,9 @@
-"""The holistic order head ``GeometricTransformer`` (spec INSTAFORMER.md §1.4, names §1.7).
+"""The holistic order head ``GeometricTransformer`` (docs/reference.md [IF 1.4], names [IF 1.7]).
 
 Shape shorthand: n selected instances of one image, C mask-embedding / mask-feature width
 (``MASK_DIM``), D head width (``D_MODEL``), h x w mask-feature map, K classes of a task.
 
-Output conventions (spec §0): ``occlusion[i, j]`` logits over {0: i does not occlude j,
+Output conventions ([IF 0]): ``occlusion[i, j]`` logits over {0: i does not occlude j,
 1: i occludes j}; ``depth[i, j]`` logits over {0: i is farther than j, 1: i is closer than j,
 2: same depth}. Diagonal entries are computed but carry no meaning.
 """

@@ -1,6 +1,6 @@
 """Order losses: Balanced-Softmax (or plain) cross-entropy over instance pairs, deep supervision.
 
-Spec INSTAFORMER.md §2.3, with the fixes of §7.4 and §7.13. Shape shorthand: B images, n_b
+docs/reference.md [IF 2.3], with the fixes of [IF 7.4] and [IF 7.13]. Shape shorthand: B images, n_b
 instances of image b, K classes of a task, L head layers.
 
 Per image, the supervised pairs are the off-diagonal cells ``(i, j)`` whose target is not -1

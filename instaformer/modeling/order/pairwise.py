@@ -1,12 +1,12 @@
-"""Pairwise order head ``PairwiseResNet``: InstaOrderNet inside InstaFormer (spec INSTAFORMER.md
-§1.6, §3.3; INSTAORDERNET.md §12).
+"""Pairwise order head ``PairwiseResNet``: InstaOrderNet inside InstaFormer (docs/reference.md
+[IF 1.6], [IF 3.3]; [ION 12]).
 
 Shape shorthand: n selected instances, h x w mask-feature map, S InstaOrderNet input side,
 P = n(n-1)/2 unordered pairs.
 
 For every unordered pair ``(i, j)`` the network runs on ``[mask_i, mask_j, image]`` and on
 ``[mask_j, mask_i, image]``; all 2P inputs go through in chunks of ``max_pairs_per_batch``. The two
-passes are symmetrised (INSTAORDERNET.md §8, one sigmoid only: the reference's double sigmoid in
+passes are symmetrised ([ION 8], one sigmoid only: the reference's double sigmoid in
 ``od`` is fixed) and returned as log-probabilities in the project's matrix convention, so that
 ``argmax`` and ``softmax`` work as for the holistic head:
 
@@ -15,7 +15,7 @@ passes are symmetrised (INSTAORDERNET.md §8, one sigmoid only: the reference's 
 
 Differences from the reference: masks are the head's binary masks resized (nearest) to S x S
 after cropping the padding away (``valid_size``), instead of mask logits resized bilinearly from
-the padded frame (spec §7.9 misalignment fixed); exact probability ties resolve towards the first
+the padded frame ([IF 7.9] misalignment fixed); exact probability ties resolve towards the first
 class of the project order.
 """
 

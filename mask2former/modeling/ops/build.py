@@ -2,13 +2,15 @@
 
 Two ways to get the kernels:
 
-* ahead of time: ``setup.py`` (``pip install --no-build-isolation .``) compiles
-  :func:`cuda_extension` into ``mask2former/modeling/ops/_C*.so`` when CUDA is available or
-  ``FORCE_CUDA=1``;
+* ahead of time: ``setup.py`` (``pip install --no-build-isolation .``, torch installed first)
+  compiles :func:`cuda_extension` into ``mask2former/modeling/ops/_C*.so`` when CUDA is
+  available or ``FORCE_CUDA=1``. A build without torch (the default ``pip install .``, ``pip
+  wheel .`` and ``python -m build`` run in an isolated environment) skips this step;
 * just in time: on the first use with CUDA tensors, :func:`load_library` compiles the same
-  sources with ninja through ``torch.utils.cpp_extension.load``; the build is cached in
-  ``TORCH_EXTENSIONS_DIR`` (default ``~/.cache/torch_extensions``), so later processes only load
-  it.
+  sources with ninja through ``torch.utils.cpp_extension.load`` (needs ``ninja`` and a CUDA
+  toolkit, ``CUDA_HOME`` / ``nvcc``); the build is cached in ``TORCH_EXTENSIONS_DIR`` (default
+  ``~/.cache/torch_extensions``), so later processes only load it. The sources ship with the
+  package (package data), so this works from an installed wheel too.
 
 Either way the shared library registers ``torch.ops.instaformer.ms_deform_attn_forward`` and
 ``torch.ops.instaformer.ms_deform_attn_backward`` (see ``csrc/ms_deform_attn.cpp``).

@@ -4,7 +4,7 @@ Shape shorthand: B images, Q queries, C hidden width, K classes (+1 = no object)
 E mask-embedding width (``MASK_DIM``), h, w mask-feature size, L = 3 memory levels.
 Layer i: masked cross-attention on level ``i % 3`` -> self-attention -> FFN (+ adapter).
 Each prediction's mask logits above 0 define where the next layer's queries may attend.
-(Spec INSTAFORMER.md §1.1, §1.2.1-2.)
+(docs/reference.md [IF 1.1], [IF 1.2.1-2].)
 """
 
 from __future__ import annotations
