@@ -109,8 +109,8 @@ def cache_dir() -> Path:
 
 
 def _safe_name(name: str) -> str:
-    """``name`` reduced to ``[A-Za-z0-9._-]``, no leading dot, at most 100 characters."""
-    name = _NAME_CHARS.sub("_", name).lstrip(".")[-100:].lstrip(".")
+    """``name`` reduced to ``[A-Za-z0-9._-]``, no ``..``, no leading dot, at most 100 characters."""
+    name = re.sub(r"\.{2,}", "_", _NAME_CHARS.sub("_", name))[-100:].lstrip(".")
     return name or "download"
 
 
