@@ -14,7 +14,8 @@ records a sha256 or a size yet (``None``: the files could not be fetched to meas
 sha256 of every download is logged.
 
 Command line: ``instaformer-zoo list`` / ``python -m instaformer.model_zoo list`` prints the table,
-``instaformer-zoo download NAME`` fetches a file and prints its path.
+``instaformer-zoo download NAME`` fetches a file and prints its path, ``instaformer-zoo path NAME``
+prints where the file goes in the cache (to put it there by hand) and its URL.
 """
 
 from __future__ import annotations
@@ -290,7 +291,7 @@ def format_table(entries: tuple[ZooEntry, ...] = ENTRIES) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``instaformer-zoo list`` | ``instaformer-zoo download NAME [NAME ...]``."""
+    """``instaformer-zoo list`` | ``download NAME [NAME ...]`` | ``path NAME [NAME ...]``."""
     parser = argparse.ArgumentParser(
         prog="instaformer-zoo", description="Released InstaFormer / InstaOrderNet / Mask2Former."
     )
@@ -298,6 +299,10 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("list", help="print the model table with the published metrics")
     get = commands.add_parser("download", help="download into the cache, print the local path")
     get.add_argument("names", nargs="+", metavar="NAME", help="zoo names (see list)")
+    where = commands.add_parser(
+        "path", help="print where the cached file goes (to put it there by hand) and its URL"
+    )
+    where.add_argument("names", nargs="+", metavar="NAME", help="zoo names (see list)")
     args = parser.parse_args(argv)
     if args.command == "list":
         print(format_table())
@@ -306,6 +311,10 @@ def main(argv: list[str] | None = None) -> int:
         entries = [get_entry(n) for n in args.names]
     except KeyError as err:
         parser.error(str(err.args[0]))
+    if args.command == "path":
+        for entry in entries:
+            print(f"{download.cache_path(entry.url, entry.file_name)}  {entry.url}")
+        return 0
     for entry in entries:
         try:
             path = download.download(entry.remote())
