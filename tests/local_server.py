@@ -3,7 +3,8 @@
 ``LocalServer(files)`` serves ``files`` (``{url path: bytes}``) from a thread and records every
 request path. Extra routes imitate failures and Google Drive:
 
-* ``/short/<path>``: announces the full ``Content-Length`` of ``<path>``, sends half, closes;
+* ``/short/<path>``: announces the full ``Content-Length`` of ``<path>``, sends half, closes
+  (also Drive ids ``short-ID``: half of ``files["/drive/" + ID]``);
 * ``/redirect?to=URL``: a 302 to ``URL``;
 * ``/uc?id=ID``: Drive's large-file page, a form (``#download-form``) whose action is
   ``https://drive.usercontent.google.com/download`` with hidden ``id``, ``export``, ``confirm``
@@ -48,21 +49,20 @@ class LocalServer:
                     self._drive_page(query["id"][0])
                 elif parts.path == "/download":
                     ok = query.get("confirm") == ["t"] and query.get("uuid") == [_UUID]
-                    body = server.files.get("/drive/" + query["id"][0]) if ok else None
-                    self._send(body, {"Content-Disposition": 'attachment; filename="w.pth"'})
+                    file_id = query["id"][0]
+                    body = server.files.get("/drive/" + file_id.removeprefix("short-"))
+                    if ok and body is not None and file_id.startswith("short-"):
+                        self._send_half(body)
+                    else:
+                        attachment = {"Content-Disposition": 'attachment; filename="w.pth"'}
+                        self._send(body if ok else None, attachment)
                 elif parts.path == "/redirect":
                     self.send_response(302)
                     self.send_header("Location", query["to"][0])
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                 elif parts.path.startswith("/short/"):
-                    body = server.files[parts.path.removeprefix("/short")]
-                    self.send_response(200)
-                    self.send_header("Content-Length", str(len(body)))
-                    self.end_headers()
-                    self.wfile.write(body[: len(body) // 2])
-                    self.wfile.flush()
-                    self.close_connection = True
+                    self._send_half(server.files[parts.path.removeprefix("/short")])
                 else:
                     self._send(server.files.get(urllib.parse.unquote(parts.path)))
 
@@ -77,6 +77,17 @@ class LocalServer:
                     self.send_header(key, value)
                 self.end_headers()
                 self.wfile.write(body)
+
+            def _send_half(self, body: bytes) -> None:
+                """Announce all of ``body``, send half of it and close: a cut transfer."""
+                self.send_response(200)
+                self.send_header("Content-Type", "application/octet-stream")
+                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Content-Disposition", 'attachment; filename="w.pth"')
+                self.end_headers()
+                self.wfile.write(body[: len(body) // 2])
+                self.wfile.flush()
+                self.close_connection = True
 
             def _drive_page(self, file_id: str) -> None:
                 fields = {"id": file_id, "export": "download", "confirm": "t", "uuid": _UUID}

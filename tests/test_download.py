@@ -146,6 +146,16 @@ def test_drive_confirmation_page_is_followed(server, cache, monkeypatch):
     assert finished_files(cache) == [path]
 
 
+def test_truncated_drive_download_leaves_no_finished_file(server, cache, monkeypatch):
+    server.files["/drive/FILEID123"] = PAYLOAD
+    route_drive_to(monkeypatch, server)
+    url = "https://drive.google.com/uc?id=short-FILEID123&export=download"
+    with pytest.raises(DownloadError, match="short-FILEID123") as err:
+        download.download(RemoteFile(url, file_name="released.pth"))
+    assert "incomplete" in str(err.value) and ".part" not in str(err.value)
+    assert list(cache.iterdir()) == []
+
+
 def test_checkpointer_loads_https_weights_through_the_downloader(server, cache, tmp_path):
     import torch
     from torch import nn

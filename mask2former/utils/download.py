@@ -219,8 +219,10 @@ def download(
         except DownloadError as err:
             raise DownloadError(_by_hand(remote.url, target, str(err))) from err
         except _failures() as err:
+            # gdown offers to resume from its partial file, which is deleted below
+            reason = re.sub(r"\s*The received bytes are kept in .*", "", str(err), flags=re.S)
             raise DownloadError(
-                _by_hand(remote.url, target, f"{type(err).__name__}: {err}")
+                _by_hand(remote.url, target, f"{type(err).__name__}: {reason}")
             ) from err
         _check(remote, partial, hasher.hexdigest(), target)
         os.replace(partial, target)
