@@ -21,6 +21,7 @@ prints where the file goes in the cache (to put it there by hand) and its URL.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -315,6 +316,7 @@ def main(argv: list[str] | None = None) -> int:
         for entry in entries:
             print(f"{download.cache_path(entry.url, entry.file_name)}  {entry.url}")
         return 0
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for entry in entries:
         try:
             path = download.download(entry.remote())
