@@ -322,14 +322,14 @@ def _get_drive(
     """
     import gdown
 
-    bar = _progress_bar(None, partial.name, progress)
+    bars = []  # opened at the first bytes: no bar when Drive cannot be reached
 
     def report(done: int, total: int | None) -> None:
-        if total is not None and bar.total != total:
-            bar.total = total
-        bar.update(done - bar.n)
+        if not bars:
+            bars.append(_progress_bar(total, partial.name, progress))
+        bars[0].update(done - bars[0].n)
 
-    with bar:
+    try:
         gdown.download(
             url,
             str(partial),
@@ -339,5 +339,8 @@ def _get_drive(
             hasher=hasher,
             timeout=timeout,
         )
+    finally:
+        for bar in bars:
+            bar.close()
     if not partial.is_file():
         raise DownloadError("gdown returned without writing the file")
