@@ -129,6 +129,13 @@ def test_redirect_to_plain_http_elsewhere_is_refused(server, cache):
     assert followed.read_bytes() == PAYLOAD
 
 
+def test_detectron2_names_go_through_the_downloader(server, cache, monkeypatch):
+    monkeypatch.setattr(download, "DETECTRON2_MODEL_ZOO", server.url("/w/"))
+    path = download.fetch("detectron2://model.pth")
+    assert Path(path).parent == cache and Path(path).read_bytes() == PAYLOAD
+    assert server.requests == ["/w/model.pth"]
+
+
 def test_fetch_local_paths_unchanged_unknown_schemes_refused(tmp_path):
     assert download.fetch(str(tmp_path / "a.pth")) == str(tmp_path / "a.pth")
     with pytest.raises(DownloadError, match="unknown scheme 'file'"):
