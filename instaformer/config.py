@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from instaformer import model_zoo  # noqa: F401  (registers zoo://NAME weights)
 from mask2former.config import CfgNode, ConfigError, add_maskformer2_config, get_base_cfg
 
 __all__ = [

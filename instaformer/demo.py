@@ -10,6 +10,11 @@ MODEL.WEIGHTS instaformer_od_swin_t.pth MODEL.DEVICE cpu
 
     python demo/demo.py --config-file CFG --video-input clip.mp4 --output out/
 
+    instaformer-demo --model instaformer_od_swin_t --input photo.jpg --output out/
+
+``--model NAME`` takes a released model's config and weights (``instaformer-zoo list``); the
+weights are downloaded once into the cache (``$INSTAFORMER_CACHE``).
+
 Per image ``<stem>``: ``<stem>_panoptic.png``, ``<stem>_occlusion.png``, ``<stem>_depth.png``
 (pictures for the model's tasks) and ``<stem>.json``. Order evaluation flags need not be set:
 the predictor turns them off. Exit status 1 when some input could not be read.
@@ -26,7 +31,9 @@ from pathlib import Path
 
 from instaformer.config import ConfigError, setup_cfg
 from instaformer.demo_utils import expand_inputs, opencv_has_gui, run_on_paths, run_on_video
+from instaformer.model_zoo import model_args
 from instaformer.predictor import Predictor
+from mask2former.utils.download import DownloadError
 
 logger = logging.getLogger("instaformer.demo")
 
@@ -37,7 +44,13 @@ def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--config-file", required=True, metavar="FILE", help="yaml config")
+    model = parser.add_mutually_exclusive_group(required=True)
+    model.add_argument("--config-file", metavar="FILE", help="yaml config (path or name)")
+    model.add_argument(
+        "--model",
+        metavar="NAME",
+        help="released model by name (instaformer-zoo list): its config and weights",
+    )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument(
         "--input",
@@ -96,11 +109,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.input and show:
         parser.error("--output is required for --input")
     try:
-        cfg = setup_cfg(args.config_file, opts)
+        config_file = args.config_file
+        if args.model:
+            config_file, weights = model_args(args.model, for_images=True)
+            opts = weights + opts
+        cfg = setup_cfg(config_file, opts)
         paths = expand_inputs(args.input) if args.input else []
     except (ConfigError, ValueError) as err:
         parser.error(str(err))
-    predictor = Predictor(cfg)
+    except KeyError as err:
+        parser.error(str(err.args[0]))
+    try:
+        predictor = Predictor(cfg)
+    except DownloadError as err:
+        parser.exit(1, f"{parser.prog}: {err}\n")
 
     if args.input:
         report = run_on_paths(predictor, paths, args.output, include_masks=args.masks)

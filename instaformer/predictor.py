@@ -309,6 +309,27 @@ class Predictor:
             overrides += ["MODEL.WEIGHTS", str(weights)]
         return cls(setup_cfg(str(config_file), overrides))
 
+    @classmethod
+    def from_pretrained(
+        cls, name: str, *, device: str | None = None, opts: Sequence[str] | None = None
+    ) -> Predictor:
+        """A released model by its zoo name (``instaformer-zoo list``): config and weights.
+
+        The weights are downloaded once into the cache (:mod:`mask2former.utils.download`).
+        ``device`` sets ``MODEL.DEVICE`` (default: the config's, CPU without CUDA); ``opts`` are
+        ``KEY VALUE`` overrides applied last.
+
+        Raises:
+            KeyError: unknown name.
+            ValueError: an InstaOrderNet entry (it classifies pairs of given masks).
+            DownloadError: the weights could not be fetched (the message says where to put them).
+        """
+        from instaformer.model_zoo import model_args
+
+        config_file, weights = model_args(name, for_images=True)
+        overrides = weights + (["MODEL.DEVICE", device] if device else []) + list(opts or [])
+        return cls(setup_cfg(config_file, overrides))
+
     def preprocess(self, image: np.ndarray) -> dict[str, Any]:
         """RGB ``uint8[H, W, 3]`` -> the model's input dict (resized, in ``INPUT.FORMAT``)."""
         height, width = image.shape[:2]

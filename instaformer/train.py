@@ -23,6 +23,7 @@ import instaformer.instaordernet as instaordernet
 from instaformer.config import setup_cfg
 from instaformer.data import build_dataset_mapper
 from instaformer.evaluation import build_evaluators, report_results
+from instaformer.model_zoo import model_args
 from instaformer.modeling import build_model
 from mask2former.checkpoint import M2FCheckpointer, format_report
 from mask2former.config import CfgNode
@@ -35,9 +36,9 @@ from mask2former.engine import (
     resolve_device,
 )
 from mask2former.evaluation import DatasetEvaluator, inference_on_dataset
-from mask2former.utils import comm
+from mask2former.utils import comm, download
 
-__all__ = ["InstaFormerTrainer", "evaluate", "load_weights", "main", "run", "setup"]
+__all__ = ["InstaFormerTrainer", "evaluate", "load_weights", "main", "parse_args", "run", "setup"]
 
 logger = logging.getLogger("instaformer")
 
@@ -183,9 +184,14 @@ def main(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
 
 
 def run(args: argparse.Namespace) -> None:
-    """Launch :func:`main` in one process per device as ``--num-gpus`` etc. ask."""
+    """Launch :func:`main` in one process per device as ``--num-gpus`` etc. ask.
+
+    Remote ``MODEL.WEIGHTS`` are downloaded here, once, before the processes start.
+    """
     cfg = setup_cfg(args.config_file, args.opts, freeze=False)
     resolve_device(cfg)
+    if download.is_remote(cfg.MODEL.WEIGHTS):
+        download.fetch(cfg.MODEL.WEIGHTS)
     backend = "nccl" if str(cfg.MODEL.DEVICE).startswith("cuda") else "gloo"
     launch(
         main,
@@ -198,7 +204,31 @@ def run(args: argparse.Namespace) -> None:
     )
 
 
-def cli(argv: list[str] | None = None) -> None:
-    """``instaformer-train`` / ``train_net.py``: parse detectron2's flags and :func:`run`."""
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """detectron2's flags plus ``--model NAME``: a released model's config and weights.
+
+    ``--model NAME`` becomes ``--config-file <its config>`` with ``MODEL.WEIGHTS zoo://NAME``
+    before the other overrides (see :mod:`instaformer.model_zoo`).
+    """
     parser = default_argument_parser(description="Train or evaluate InstaFormer / InstaOrderNet.")
-    run(parser.parse_args(argv))
+    parser.add_argument(
+        "--model",
+        metavar="NAME",
+        help="released model by name (instaformer-zoo list): its config and weights; "
+        "not with --config-file",
+    )
+    args = parser.parse_args(argv)
+    if args.model:
+        if args.config_file:
+            parser.error("--model and --config-file are mutually exclusive")
+        try:
+            args.config_file, weights = model_args(args.model)
+        except KeyError as err:
+            parser.error(str(err.args[0]))
+        args.opts = weights + list(args.opts or [])
+    return args
+
+
+def cli(argv: list[str] | None = None) -> None:
+    """``instaformer-train`` / ``train_net.py``: :func:`parse_args`, then :func:`run`."""
+    run(parse_args(argv))

@@ -1,8 +1,9 @@
 """Loading weights into a model: detectron2 ``.pkl``, ``.pth`` checkpoints and plain state dicts.
 
 Built on fvcore's ``Checkpointer`` (saving, resuming, other checkpointables unchanged). Paths
-may be local files, ``https://`` URLs or ``detectron2://<name>`` model-zoo names; remote files
-are downloaded once by iopath into its cache (``$FVCORE_CACHE``, default ``~/.torch/iopath_cache``).
+may be local files, ``https://`` URLs, ``detectron2://<name>`` model-zoo names or ``zoo://<name>``
+released models; remote files are downloaded once by :mod:`mask2former.utils.download` into its
+cache (``$INSTAFORMER_CACHE``, default ``~/.cache/instaformer``).
 
 * ``.pkl`` (detectron2 model zoo, ``{"model": {name: numpy array}, "__author__": ...}``) is read
   with a restricted unpickler that only rebuilds numpy arrays/dtypes and plain containers; any
@@ -22,8 +23,10 @@ from typing import Any
 
 import torch
 from fvcore.common.checkpoint import Checkpointer
-from iopath.common.file_io import HTTPURLHandler, PathHandler, PathManager
+from iopath.common.file_io import PathHandler, PathManager
 from torch import nn
+
+from mask2former.utils import download
 
 __all__ = [
     "UnsafeCheckpointError",
@@ -35,8 +38,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-DETECTRON2_MODEL_ZOO = "https://dl.fbaipublicfiles.com/detectron2/"
-
 
 class UnsafeCheckpointError(pickle.UnpicklingError):
     """A pickle references a global outside the numpy / container allow-list."""
@@ -46,29 +47,25 @@ class CheckpointMismatchError(ValueError):
     """Strict loading found missing / unexpected keys or shape mismatches."""
 
 
-class _Detectron2Handler(PathHandler):
-    """``detectron2://<name>`` -> the detectron2 model-zoo URL."""
-
-    PREFIX = "detectron2://"
-
-    def __init__(self, manager: PathManager) -> None:
-        super().__init__()
-        self._manager = manager
+class _RemoteHandler(PathHandler):
+    """Remote weights -> the local copy made by :func:`mask2former.utils.download.fetch`."""
 
     def _get_supported_prefixes(self) -> list[str]:
-        return [self.PREFIX]
+        return ["https://", "http://", "detectron2://", "zoo://"]
 
     def _get_local_path(self, path: str, **kwargs: Any) -> str:
-        url = DETECTRON2_MODEL_ZOO + path[len(self.PREFIX) :]
-        return self._manager.get_local_path(url, **kwargs)
+        return download.fetch(path)
 
     def _open(self, path: str, mode: str = "r", **kwargs: Any):
-        return self._manager.open(self._get_local_path(path), mode, **kwargs)
+        if "r" not in mode or "+" in mode:
+            raise ValueError(
+                f"{path}: remote weights are read-only; cannot open with mode {mode!r}"
+            )
+        return open(self._get_local_path(path), mode)
 
 
 path_manager = PathManager()
-path_manager.register_handler(HTTPURLHandler())
-path_manager.register_handler(_Detectron2Handler(path_manager))
+path_manager.register_handler(_RemoteHandler())
 
 # (module, name) pairs a detectron2 / numpy pickle legitimately references.
 _ALLOWED_GLOBALS = {
@@ -108,7 +105,7 @@ def load_pickle_restricted(path: str) -> Any:
 
 
 class M2FCheckpointer(Checkpointer):
-    """fvcore ``Checkpointer`` that reads detectron2 pickles safely and any URL via iopath."""
+    """fvcore ``Checkpointer`` that reads detectron2 pickles safely and remote weights by name."""
 
     def __init__(
         self, model: nn.Module, save_dir: str = "", *, save_to_disk: bool = True, **checkpointables

@@ -41,6 +41,7 @@ from instaformer.instaordernet.symmetrisation import (
 from mask2former.config import CfgNode
 from mask2former.modeling.configurable import configurable
 from mask2former.modeling.registry import META_ARCH_REGISTRY
+from mask2former.utils import download
 
 __all__ = ["InstaOrderNet", "boxes_from_masks", "load_weights"]
 
@@ -292,14 +293,16 @@ def load_weights(model: nn.Module, path: str | os.PathLike) -> None:
     Accepts a released ``InstaOrder_InstaOrderNet_{o,d,od}.pth.tar`` (or a bare network state
     dict, with or without ``module.``), loaded into ``model.net`` with every mismatch listed;
     or a checkpoint of this project (``{"model": state_dict}``), loaded into ``model``.
+    ``path`` may be remote (``https://``, ``zoo://NAME``): it is downloaded once and cached.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
+        DownloadError: a remote ``path`` could not be fetched.
         ValueError: keys or shapes do not fit (all listed).
     """
     if not isinstance(model, InstaOrderNet):
         raise TypeError(f"expected an InstaOrderNet meta-architecture, got {type(model).__name__}")
-    path = os.fspath(path)
+    path = download.fetch(os.fspath(path))
     if not os.path.isfile(path):
         raise FileNotFoundError(f"MODEL.WEIGHTS not found: {path}")
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
