@@ -8,7 +8,8 @@ to the back; the occlusion graph and the depth ranking; the JSON that ``demo/dem
     pip install ".[app]"
     python demo/app.py [--port 7860] [--host 127.0.0.1] [--device cpu]
 
-Models: the quick-start model when ``output/quickstart`` holds one (the default then), or any
+Models: the quick-start model when ``output/quickstart`` holds one (the default then), the
+released InstaFormer models by zoo name (downloaded once into the cache, with progress), or any
 config file with a checkpoint (an empty checkpoint = random initialisation, to try the page).
 Everything the page computes lives in :mod:`instaformer.interactive`; this file is the layout.
 """
@@ -24,6 +25,7 @@ from typing import Any
 import gradio as gr
 import numpy as np
 
+from instaformer import model_zoo
 from instaformer.config import ConfigError, resolve_config_file
 from instaformer.interactive import (
     View,
@@ -33,6 +35,7 @@ from instaformer.interactive import (
     relation_rows,
 )
 from instaformer.predictor import Predictor
+from mask2former.utils.download import DownloadError
 
 QUICKSTART = Path("output") / "quickstart"
 QUICKSTART_CONFIG = "synthetic/instaformer_od_tiny.yaml"
@@ -44,8 +47,9 @@ PICTURE_HEIGHT = 420  # display height of the result pictures (pixels; small ima
 
 
 def model_choices(quickstart: Path = QUICKSTART) -> list[str]:
-    """The model picker's entries: the quick-start model first when it has been trained."""
-    choices = [CUSTOM_LABEL]
+    """The model picker's entries: the quick-start model first when it has been trained, the
+    released InstaFormer models by zoo name (downloaded on first use), a config + checkpoint."""
+    choices = [e.name for e in model_zoo.ENTRIES if e.family == "instaformer"] + [CUSTOM_LABEL]
     if (quickstart / "train" / "model_final.pth").is_file():
         choices.insert(0, QUICKSTART_LABEL)
     return choices
@@ -95,6 +99,9 @@ class PredictorCache:
         if choice == QUICKSTART_LABEL:
             config = QUICKSTART_CONFIG
             weights = str(QUICKSTART / "train" / "model_final.pth")
+        elif choice != CUSTOM_LABEL:
+            entry = model_zoo.get_entry(choice)
+            config, weights = entry.config, entry.weights
         if not config.strip():
             raise ValueError("choose a config file (a path or a name under configs/)")
         words = overrides.split()
@@ -105,7 +112,7 @@ class PredictorCache:
         key = (config.strip(), weights.strip(), tuple(opts))
         if key not in self._cache:
             if progress is not None:
-                progress(0.1, desc="building the model (first use of this model)")
+                progress(0.1, desc="building the model, downloading its weights on first use")
             self._cache[key] = self.factory(key[0], key[1], opts)
             while len(self._cache) > self.size:
                 self._cache.pop(next(iter(self._cache)))
@@ -141,12 +148,13 @@ def build_app(cache: PredictorCache) -> gr.Blocks:
                 model = gr.Dropdown(choices, value=choices[0], label="model", elem_id="model")
                 config = gr.Textbox(
                     label="config file (path or name under configs/)",
-                    value="" if choices[0] == QUICKSTART_LABEL else QUICKSTART_CONFIG,
+                    value=QUICKSTART_CONFIG,
                     elem_id="config",
                 )
                 weights = gr.Textbox(
                     label="checkpoint (empty = random initialisation)", elem_id="weights"
                 )
+                gr.Markdown("The config file and checkpoint are used with *" + CUSTOM_LABEL + "*.")
                 threshold = gr.Slider(
                     0.0, 1.0, value=0.8, step=0.05, label="min. segment score", elem_id="score"
                 )
@@ -206,7 +214,7 @@ def build_app(cache: PredictorCache) -> gr.Blocks:
         )
         download = gr.File(label="result JSON (as demo/demo.py writes it)", elem_id="json")
 
-        def on_run(img, choice, cfg, ckpt, thr, opts, progress=gr.Progress()):  # noqa: B008
+        def on_run(img, choice, cfg, ckpt, thr, opts, progress=gr.Progress(track_tqdm=True)):  # noqa: B008
             empty = (None,) * 8
             if img is None:
                 return (None, *empty, "Upload an image first.")
@@ -215,7 +223,7 @@ def build_app(cache: PredictorCache) -> gr.Blocks:
                 predictor = cache.get(choice, cfg, ckpt, thr, opts, progress)
                 progress(0.5, desc="predicting")
                 view = View.predict(predictor, array, source="upload")
-            except (ConfigError, ValueError, OSError, RuntimeError) as err:
+            except (ConfigError, DownloadError, KeyError, ValueError, OSError, RuntimeError) as err:
                 return (None, *empty, f"**Error:** {err}")
             k = len(view.result.segments)
             path = Path(tempfile.mkdtemp(prefix="instaformer-app-")) / "result.json"

@@ -38,11 +38,22 @@ app = _app_module()
 
 
 def test_model_choices_offer_the_quickstart_model_only_when_trained(tmp_path):
-    assert app.model_choices(tmp_path) == [app.CUSTOM_LABEL]
+    choices = app.model_choices(tmp_path)
+    assert choices[-1] == app.CUSTOM_LABEL and app.QUICKSTART_LABEL not in choices
+    assert "instaformer_od_swin_t" in choices and len(choices) == 16  # 15 InstaFormer models
     final = tmp_path / "train" / "model_final.pth"
     final.parent.mkdir(parents=True)
     final.write_bytes(b"")
-    assert app.model_choices(tmp_path) == [app.QUICKSTART_LABEL, app.CUSTOM_LABEL]
+    assert app.model_choices(tmp_path) == [app.QUICKSTART_LABEL, *choices]
+
+
+def test_a_zoo_choice_uses_its_config_and_zoo_weights():
+    built = []
+    cache = app.PredictorCache("cpu", factory=lambda *args: built.append(args) or object())
+    cache.get("instaformer_od_swin_t", "ignored.yaml", "ignored.pth", 0.8)
+    config, weights, _ = built[0]
+    assert config.endswith("occlusion_depth/all/swin/maskformer2_swin_tiny_bs16_50ep.yaml")
+    assert weights == "zoo://instaformer_od_swin_t"
 
 
 def test_predictor_cache_builds_once_and_names_bad_fields():
