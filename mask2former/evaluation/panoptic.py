@@ -14,8 +14,9 @@ region of their category. Dataset scores average the categories that have TP + F
 GT: a COCO panoptic JSON (``annotations[*].file_name`` / ``segments_info`` with dataset
 category ids and ``iscrowd``; ``categories[*].isthing``) and the folder of its PNGs (segment
 id = R + 256 G + 256^2 B). Predictions: the model's ``panoptic_seg`` = (Tensor[H, W] int segment
-ids, 0 = void; ``segments_info`` list of ``{"id", "category_id" (contiguous), "isthing"}``), or
-a prediction JSON + PNG folder in the same COCO format (``pq_compute_from_files``).
+ids, 0 = void unless listed; ``segments_info`` list of ``{"id", "category_id" (contiguous),
+"isthing"}``), or a prediction JSON + PNG folder in the same COCO format
+(``pq_compute_from_files``). A listed id 0 is an ordinary segment, as panopticapi counts it.
 """
 
 from __future__ import annotations
@@ -72,7 +73,8 @@ def pq_stats_single_image(
     Args:
         gt_ids: int [H, W] GT segment ids, 0 = void.
         gt_segments: GT segment id -> ``{"category_id", "iscrowd"}`` (dataset category ids).
-        pred_ids: int [H, W] predicted segment ids, 0 = void.
+        pred_ids: int [H, W] predicted segment ids, 0 = void unless ``pred_segments`` lists
+            id 0: then, as in panopticapi, it is an ordinary segment (matched, TP or FP).
         pred_segments: predicted segment id -> ``{"category_id"}`` (dataset category ids).
             Segments without pixels are ignored.
 
@@ -108,7 +110,7 @@ def pq_stats_single_image(
     crowd_inter: dict[tuple[int, int], int] = {}
     candidates = []
     for g, p, inter in zip(gt_of.tolist(), pred_of.tolist(), intersections.tolist(), strict=True):
-        if p == VOID:
+        if p not in pred_segments:  # unlisted predicted id 0: void, never matched
             continue
         if g == VOID:
             void_inter[p] = void_inter.get(p, 0) + inter
