@@ -15,12 +15,15 @@ import torch
 from torch import nn
 
 from instaformer.config import ConfigError, get_cfg
+from instaformer.modeling.order.build import build_order_head
+from mask2former.data.catalog import MetadataCatalog
 from mask2former.modeling.meta_arch import MaskFormer
 from mask2former.modeling.pixel_decoder.deform_attn import MSDeformAttn
 from mask2former.modeling.registry import META_ARCH_REGISTRY
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = ROOT / "configs" / "instaorder" / "maskformer2_R50_bs16_50ep.yaml"
+OD_CONFIG = ROOT / "configs/instaorder/occlusion_depth/all/occlusion_depth_config.yaml"
 Shapes = dict[str, tuple[int, ...]]
 
 # Non-default values of every shape-changing key of the head (defaults in brackets).
@@ -299,3 +302,74 @@ def test_unread_deformable_encoder_keys_are_legacy(
     yaml.write_text(f"_BASE_: {BASE}\nMODEL:\n  SEM_SEG_HEAD:\n    {name}: {other}\n")
     with pytest.raises(ConfigError, match="legacy.yaml"):
         get_cfg().merge_from_file(str(yaml))
+
+
+def test_thing_classes_come_from_training_dataset_metadata() -> None:
+    # The reference reads the thing classes of panoptic/instance inference from the metadata
+    # of DATASETS.TRAIN[0]; without such metadata, every class of a non-COCO head is a thing.
+    name = "config_shapes_two_things_of_five"
+    MetadataCatalog.get(name).set(thing_dataset_id_to_contiguous_id={11: 0, 17: 2})
+    try:
+        cfg = _cfg({**HEAD, **RESNEXT, "DATASETS.TRAIN": f"('{name}',)"})
+        assert _build(cfg).thing_ids == {0, 2}
+    finally:
+        MetadataCatalog.remove(name)
+    cfg = _cfg({**HEAD, **RESNEXT, "DATASETS.TRAIN": "('config_shapes_unregistered',)"})
+    assert _build(cfg).thing_ids == set(range(5))
+    MetadataCatalog.remove("config_shapes_unregistered")
+
+
+def _order_mlp(prefix: str, dims: list[int]) -> Shapes:
+    shapes: Shapes = {}
+    for k, (n_in, n_out) in enumerate(zip(dims[:-1], dims[1:], strict=True)):
+        shapes.update(_linear(f"{prefix}.layers.{k}", n_out, n_in))
+    return shapes
+
+
+def _order_transformer(prefix: str, d: int, layers: int, mlp_layers: int, expansion: int) -> Shapes:
+    shapes: Shapes = {}
+    for i in range(layers):
+        q = f"{prefix}.layers.{i}"
+        shapes.update(_norm(f"{q}.norm1", d))
+        shapes[f"{q}.attn.in_proj_weight"] = (3 * d, d)
+        shapes[f"{q}.attn.in_proj_bias"] = (3 * d,)
+        shapes.update(_linear(f"{q}.attn.out_proj", d, d))
+        shapes.update(_norm(f"{q}.norm2", d))
+        hidden = [d * expansion] * (mlp_layers - 1)
+        shapes.update(_order_mlp(f"{q}.mlp", [d, *hidden, d]))
+    return shapes
+
+
+def _geometric_transformer(cfg) -> Shapes:
+    """InstaOrder GeometricTransformer (method "stack", attention before pooling): input width
+    256 (hard-coded there; MASK_DIM here, 256 in every release), one 256-wide feature layer."""
+    gp = cfg.MODEL.GEOMETRIC_PREDICTOR
+    d, m, e, width = gp.D_MODEL, gp.MLP_NUM_LAYERS, gp.MLP_EXPANSION, 256
+    shapes = _order_transformer("features_transformer", width, 1, m, e)
+    if d != width:
+        shapes.update(_linear("proj_feats_to_input_size", d, width))
+        shapes.update(_linear("proj_embed_to_input_size", d, width))
+    shapes.update(_order_transformer("concat_transformer", d, gp.NUM_LAYERS, m, e))
+    hidden = [d * e] * (m - 1)
+    for t, classes in enumerate((2, 3)):  # occlusion, depth
+        for k in range(2):
+            shapes.update(_order_mlp(f"projs.{t}.{k}", [d, *hidden, d]))
+        shapes.update(_order_mlp(f"out_projs.{t}", [1, *[d] * (m - 1), classes]))
+    return shapes
+
+
+@pytest.mark.parametrize("d_model", [32, 256], ids=["projected", "unprojected"])
+def test_order_head_shapes_follow_reference_formulas(d_model: int) -> None:
+    cfg = get_cfg()
+    cfg.merge_from_file(
+        str(ROOT / "configs/instaorder/occlusion_depth/all/occlusion_depth_config.yaml")
+    )
+    gp = "MODEL.GEOMETRIC_PREDICTOR."
+    cfg.merge_from_list(
+        [gp + "D_MODEL", str(d_model), gp + "NUM_HEADS", "2", gp + "NUM_LAYERS", "3"]
+        + [gp + "MLP_NUM_LAYERS", "3", gp + "MLP_EXPANSION", "2"]
+    )
+    head = build_order_head(cfg)
+    _assert_state_dict(head, _geometric_transformer(cfg))
+    attns = [m for m in head.modules() if isinstance(m, nn.MultiheadAttention)]
+    assert len(attns) == 1 + 3 and all(m.num_heads == 2 for m in attns)
