@@ -236,6 +236,28 @@ def test_pq_listed_segment_id_0_is_an_ordinary_segment() -> None:
     assert unlisted["PQ_th"] == pytest.approx(0.0)
 
 
+def test_pq_crowd_region_is_the_last_crowd_segment_of_its_category() -> None:
+    # Two person crowd segments (ids 3, 4). A person prediction lies half on each: panopticapi
+    # only counts the last one listed, 50% is not > 50%, so the prediction is a FP.
+    gt = np.zeros((10, 10), dtype=np.int64)
+    gt[:3] = 3
+    gt[3:6] = 4
+    gt[6:] = 5
+    segments = {
+        3: {"category_id": 1, "iscrowd": 1},
+        4: {"category_id": 1, "iscrowd": 1},
+        5: {"category_id": 7, "iscrowd": 0},
+    }
+    pred = np.zeros((10, 10), dtype=np.int64)
+    pred[:6, :5] = 1  # person: 15 px on each crowd segment
+    pred[6:] = 2  # sky: exact
+    stats = pq_stats_single_image(
+        gt, segments, pred, {1: {"category_id": 1}, 2: {"category_id": 7}}
+    )
+    assert stats[1].tolist() == [0.0, 0.0, 1.0, 0.0]  # person: one FP; crowds are never FN
+    assert stats[7].tolist() == [1.0, 1.0, 0.0, 0.0]
+
+
 def _instances(masks: list[np.ndarray], scores: list[float], classes: list[int]) -> Instances:
     return Instances(
         (12, 16),

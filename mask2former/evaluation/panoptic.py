@@ -7,9 +7,9 @@ void and crowd regions): a predicted and a GT segment of the same category match
 IoU is > 0.5, where the union leaves out the predicted pixels that fall on GT void (id 0).
 Per category, ``PQ = sum IoU(TP) / (TP + FP/2 + FN/2)``, ``SQ = sum IoU(TP) / TP``,
 ``RQ = TP / (TP + FP/2 + FN/2)``. Unmatched GT segments that are not crowd are FN; unmatched
-predicted segments are FP unless more than half of their pixels lie on GT void or on a crowd
-region of their category. Dataset scores average the categories that have TP + FP + FN > 0
-(times 100).
+predicted segments are FP unless more than half of their pixels lie on GT void or on the crowd
+region of their category (panopticapi keeps one per category: the last crowd segment listed).
+Dataset scores average the categories that have TP + FP + FN > 0 (times 100).
 
 GT: a COCO panoptic JSON (``annotations[*].file_name`` / ``segments_info`` with dataset
 category ids and ``iscrowd``; ``categories[*].isthing``) and the folder of its PNGs (segment
@@ -107,7 +107,13 @@ def pq_stats_single_image(
         return stats[category]
 
     void_inter: dict[int, int] = {}
-    crowd_inter: dict[tuple[int, int], int] = {}
+    crowd_inter: dict[tuple[int, int], int] = {}  # (pred id, crowd GT id) -> intersection
+    # The crowd region of a category: its last crowd segment, as panopticapi keeps one per category.
+    crowd_of = {
+        int(segment["category_id"]): g
+        for g, segment in gt_segments.items()
+        if segment.get("iscrowd", 0)
+    }
     candidates = []
     for g, p, inter in zip(gt_of.tolist(), pred_of.tolist(), intersections.tolist(), strict=True):
         if p not in pred_segments:  # unlisted predicted id 0: void, never matched
@@ -115,8 +121,7 @@ def pq_stats_single_image(
         if g == VOID:
             void_inter[p] = void_inter.get(p, 0) + inter
         elif gt_segments[g].get("iscrowd", 0):
-            key = (p, int(gt_segments[g]["category_id"]))
-            crowd_inter[key] = crowd_inter.get(key, 0) + inter
+            crowd_inter[(p, g)] = inter
         else:
             candidates.append((g, p, inter))
 
@@ -142,7 +147,7 @@ def pq_stats_single_image(
         if p in matched_pred or p not in pred_area:
             continue
         category = int(segment["category_id"])
-        ignored = void_inter.get(p, 0) + crowd_inter.get((p, category), 0)
+        ignored = void_inter.get(p, 0) + crowd_inter.get((p, crowd_of.get(category, VOID)), 0)
         if ignored / pred_area[p] > 0.5:
             continue
         stat(category)[_FP] += 1
