@@ -180,7 +180,7 @@ def get_base_cfg() -> CfgNode:
     _C.SOLVER.CLIP_GRADIENTS.ENABLED = False  # clip gradients before each step
     _C.SOLVER.CLIP_GRADIENTS.CLIP_TYPE = "value"  # "value", "norm" (per parameter) or "full_model"
     _C.SOLVER.CLIP_GRADIENTS.CLIP_VALUE = 1.0  # clip threshold (value, or max norm)
-    _C.SOLVER.CLIP_GRADIENTS.NORM_TYPE = 2.0  # p of the p-norm for "norm" and "full_model"
+    _C.SOLVER.CLIP_GRADIENTS.NORM_TYPE = 2.0  # p of the p-norm for "norm" ("full_model": always 2)
     _C.SOLVER.AMP = CfgNode()
     _C.SOLVER.AMP.ENABLED = False  # mixed precision training (CUDA only; ignored on CPU)
     _C.SOLVER.AMP.PRECISION = "float16"  # "float16" (with a grad scaler) or "bfloat16"
