@@ -258,6 +258,24 @@ def test_pq_crowd_region_is_the_last_crowd_segment_of_its_category() -> None:
     assert stats[7].tolist() == [1.0, 1.0, 0.0, 0.0]
 
 
+def test_panoptic_segment_without_isthing_has_a_dataset_category(tmp_path: Path) -> None:
+    # detectron2's COCOPanopticEvaluator converts contiguous ids only for segments that say
+    # "isthing"; without it the category_id is already the dataset's.
+    gt_json, gt_folder, gts = _write_dataset(tmp_path)
+    evaluator = COCOPanopticEvaluator(
+        gt_json=gt_json,
+        gt_folder=gt_folder,
+        thing_dataset_id_to_contiguous_id=THING_MAP,
+        stuff_dataset_id_to_contiguous_id=STUFF_MAP,
+    )
+    seg = torch.tensor(np.where(gts[1] == 11, 1, 2), dtype=torch.int32)
+    infos = [{"id": 1, "category_id": 1}, {"id": 2, "category_id": 7}]  # dataset ids
+    evaluator.process([{"image_id": 2}], [{"panoptic_seg": (seg, infos)}])
+    result = evaluator.evaluate()["panoptic_seg"]
+    assert result["PQ_th"] == pytest.approx(100.0)
+    assert result["PQ_st"] == pytest.approx(100.0)
+
+
 def _instances(masks: list[np.ndarray], scores: list[float], classes: list[int]) -> Instances:
     return Instances(
         (12, 16),

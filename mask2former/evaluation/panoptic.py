@@ -16,7 +16,8 @@ category ids and ``iscrowd``; ``categories[*].isthing``) and the folder of its P
 id = R + 256 G + 256^2 B). Predictions: the model's ``panoptic_seg`` = (Tensor[H, W] int segment
 ids, 0 = void unless listed; ``segments_info`` list of ``{"id", "category_id" (contiguous),
 "isthing"}``), or a prediction JSON + PNG folder in the same COCO format
-(``pq_compute_from_files``). A listed id 0 is an ordinary segment, as panopticapi counts it.
+(``pq_compute_from_files``). A listed id 0 is an ordinary segment, as panopticapi counts it; a
+segment without ``isthing`` carries a dataset category id, as in detectron2's evaluator.
 """
 
 from __future__ import annotations
@@ -344,14 +345,15 @@ class COCOPanopticEvaluator(DatasetEvaluator):
         self._predictions: list[dict[str, Any]] = []
 
     def _dataset_category(self, segment: Mapping[str, Any]) -> int:
+        """Dataset category id of a predicted segment; as detectron2, a segment without
+        ``isthing`` already carries a dataset id, one with it a contiguous id."""
         contiguous = int(segment["category_id"])
         isthing = segment.get("isthing")
-        tables = (self._thing_ids,) if isthing else (self._stuff_ids,)
         if isthing is None:
-            tables = (self._thing_ids, self._stuff_ids)
-        for table in tables:
-            if contiguous in table:
-                return int(table[contiguous])
+            return contiguous
+        table = self._thing_ids if isthing else self._stuff_ids
+        if contiguous in table:
+            return int(table[contiguous])
         if not self._thing_ids and not self._stuff_ids:
             return contiguous
         raise KeyError(f"predicted contiguous category_id {contiguous} has no dataset id")
