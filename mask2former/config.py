@@ -180,7 +180,7 @@ def get_base_cfg() -> CfgNode:
     _C.SOLVER.CLIP_GRADIENTS.ENABLED = False  # clip gradients before each step
     _C.SOLVER.CLIP_GRADIENTS.CLIP_TYPE = "value"  # "value", "norm" (per parameter) or "full_model"
     _C.SOLVER.CLIP_GRADIENTS.CLIP_VALUE = 1.0  # clip threshold (value, or max norm)
-    _C.SOLVER.CLIP_GRADIENTS.NORM_TYPE = 2.0  # p of the p-norm for "norm" and "full_model"
+    _C.SOLVER.CLIP_GRADIENTS.NORM_TYPE = 2.0  # p of the p-norm for "norm" ("full_model": always 2)
     _C.SOLVER.AMP = CfgNode()
     _C.SOLVER.AMP.ENABLED = False  # mixed precision training (CUDA only; ignored on CPU)
     _C.SOLVER.AMP.PRECISION = "float16"  # "float16" (with a grad scaler) or "bfloat16"
@@ -193,6 +193,24 @@ def get_base_cfg() -> CfgNode:
     _C.SEED = -1  # global random seed; < 0 draws one and logs it
     _C.CUDNN_BENCHMARK = False  # let cuDNN pick convolution algorithms per input size
     return _C
+
+
+# Mask2Former keys that its pixel decoder never reads: the deformable encoder takes its heads from
+# MODEL.MASK_FORMER.NHEADS and always samples 4 points. Files that keep the default still load.
+CfgNode.REMOVED_KEYS.update(
+    {
+        "MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_N_HEADS": (
+            8,
+            "the pixel decoder's deformable attention heads are MODEL.MASK_FORMER.NHEADS, as in "
+            "Mask2Former, which never read this key.",
+        ),
+        "MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_N_POINTS": (
+            4,
+            "the pixel decoder's deformable attention samples 4 points per head and level, as in "
+            "Mask2Former, which never read this key.",
+        ),
+    }
+)
 
 
 def add_maskformer2_config(cfg: CfgNode) -> None:
@@ -242,8 +260,6 @@ def add_maskformer2_config(cfg: CfgNode) -> None:
     head.TRANSFORMER_ENC_LAYERS = 0  # deformable encoder layers in the pixel decoder
     head.PIXEL_DECODER_NAME = "MSDeformAttnPixelDecoder"  # name in PIXEL_DECODER_REGISTRY
     head.DEFORMABLE_TRANSFORMER_ENCODER_IN_FEATURES = ["res3", "res4", "res5"]  # encoder inputs
-    head.DEFORMABLE_TRANSFORMER_ENCODER_N_POINTS = 4  # sampling points per head and level
-    head.DEFORMABLE_TRANSFORMER_ENCODER_N_HEADS = 8  # deformable attention heads
 
     swin = cfg.MODEL.SWIN = CfgNode()
     swin.PRETRAIN_IMG_SIZE = 224  # image size of the pretraining checkpoint (pixels)

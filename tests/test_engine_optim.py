@@ -81,6 +81,39 @@ def test_poly_schedule_and_no_warmup():
     assert lrs[5] == pytest.approx(0.5**0.9)
 
 
+@pytest.mark.parametrize(
+    "name, steps, expected",
+    [
+        # cosine: the value at the end of warmup is 0.5, the warmup starts at 0.5 x 1
+        ("WarmupCosineLR", (), [0.5, 0.5, 0.5]),
+        # a step inside warmup: from 0.1 x 1 to the decayed 0.1
+        ("WarmupMultiStepLR", (2,), [0.1, 0.1, 0.1]),
+    ],
+)
+def test_warmup_starts_at_factor_times_initial_value(name, steps, expected):
+    # detectron2's WarmupParamScheduler: start = WARMUP_FACTOR * schedule(0)
+    cfg = get_cfg()
+    cfg.SOLVER.LR_SCHEDULER_NAME, cfg.SOLVER.BASE_LR, cfg.SOLVER.MAX_ITER = name, 1.0, 10
+    cfg.SOLVER.STEPS, cfg.SOLVER.GAMMA = steps, 0.1
+    cfg.SOLVER.WARMUP_ITERS, cfg.SOLVER.WARMUP_FACTOR = 5, 0.5 if name == "WarmupCosineLR" else 0.1
+    assert _lrs(cfg, 3) == pytest.approx(expected)
+
+
+def test_poly_warmup_multiplies_like_deeplab():
+    # DeepLab's WarmupPolyLR: lr = warmup_factor(it) * (1 - it / max_iter) ** power, the
+    # constant ending only after warmup.
+    cfg = get_cfg()
+    cfg.SOLVER.LR_SCHEDULER_NAME, cfg.SOLVER.BASE_LR, cfg.SOLVER.MAX_ITER = "WarmupPolyLR", 1.0, 10
+    cfg.SOLVER.WARMUP_ITERS, cfg.SOLVER.WARMUP_FACTOR = 4, 0.1
+    cfg.SOLVER.POLY_LR_CONSTANT_ENDING = 0.5
+    lrs = _lrs(cfg, 10)
+    assert lrs[0] == pytest.approx(0.1)  # below the constant ending: still warming up
+    assert lrs[2] == pytest.approx((0.1 * 0.5 + 0.5) * 0.8**0.9)
+    assert lrs[3] == pytest.approx((0.1 * 0.25 + 0.75) * 0.7**0.9)
+    assert lrs[4] == pytest.approx(0.6**0.9)
+    assert lrs[8] == pytest.approx(0.5)  # 0.2 ** 0.9 = 0.23 < 0.5
+
+
 def test_unknown_schedule_is_named():
     cfg = get_cfg()
     cfg.SOLVER.LR_SCHEDULER_NAME = "Nope"
@@ -114,3 +147,19 @@ def test_checkpoint_files_are_atomic(tmp_path, monkeypatch):
     assert path.endswith("model_0000009.pth")
     assert torch.load(path, weights_only=True)["iteration"] == 9
     assert sorted(os.listdir(tmp_path)) == ["last_checkpoint", "model_0000009.pth"]
+
+
+def test_full_model_clipping_is_l2_and_off_for_non_positive_value():
+    # Mask2Former's FullModelGradientClippingOptimizer: clip_grad_norm_(params, CLIP_VALUE),
+    # i.e. the L2 norm whatever NORM_TYPE says, and only when CLIP_VALUE > 0.
+    cfg = get_cfg()
+    clip = cfg.SOLVER.CLIP_GRADIENTS
+    clip.ENABLED, clip.CLIP_TYPE, clip.CLIP_VALUE, clip.NORM_TYPE = True, "full_model", 0.01, 1.0
+    model = nn.Linear(8, 8)
+    model(torch.randn(4, 8)).pow(2).sum().backward()
+    clip_gradients(cfg, model.parameters())
+    grads = torch.cat([p.grad.flatten() for p in model.parameters()])
+    assert float(torch.linalg.vector_norm(grads)) == pytest.approx(0.01, rel=1e-4)
+    clip.CLIP_VALUE = 0.0
+    assert clip_gradients(cfg, model.parameters()) is None
+    assert torch.equal(torch.cat([p.grad.flatten() for p in model.parameters()]), grads)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -222,6 +223,59 @@ def test_panoptic_evaluator_matches_file_based_pq(tmp_path: Path) -> None:
     assert from_files == pytest.approx(result)
 
 
+def test_pq_listed_segment_id_0_is_an_ordinary_segment() -> None:
+    # panopticapi treats an id listed in segments_info as a segment, 0 included: both halves
+    # match (PQ 100). Unlisted, 0 is void: the person is a FN and the sky still matches (PQ 50).
+    gt, segments = _halves()
+    pred = np.where(gt == 1, 0, 1)
+    listed = _pq(gt, segments, pred, {0: {"category_id": 1}, 1: {"category_id": 7}})
+    assert listed["PQ"] == pytest.approx(100.0)
+    assert listed["PQ_th"] == pytest.approx(100.0)
+    unlisted = _pq(gt, segments, pred, {1: {"category_id": 7}})
+    assert unlisted["PQ"] == pytest.approx(50.0)
+    assert unlisted["PQ_th"] == pytest.approx(0.0)
+
+
+def test_pq_crowd_region_is_the_last_crowd_segment_of_its_category() -> None:
+    # Two person crowd segments (ids 3, 4). A person prediction lies half on each: panopticapi
+    # only counts the last one listed, 50% is not > 50%, so the prediction is a FP.
+    gt = np.zeros((10, 10), dtype=np.int64)
+    gt[:3] = 3
+    gt[3:6] = 4
+    gt[6:] = 5
+    segments = {
+        3: {"category_id": 1, "iscrowd": 1},
+        4: {"category_id": 1, "iscrowd": 1},
+        5: {"category_id": 7, "iscrowd": 0},
+    }
+    pred = np.zeros((10, 10), dtype=np.int64)
+    pred[:6, :5] = 1  # person: 15 px on each crowd segment
+    pred[6:] = 2  # sky: exact
+    stats = pq_stats_single_image(
+        gt, segments, pred, {1: {"category_id": 1}, 2: {"category_id": 7}}
+    )
+    assert stats[1].tolist() == [0.0, 0.0, 1.0, 0.0]  # person: one FP; crowds are never FN
+    assert stats[7].tolist() == [1.0, 1.0, 0.0, 0.0]
+
+
+def test_panoptic_segment_without_isthing_has_a_dataset_category(tmp_path: Path) -> None:
+    # detectron2's COCOPanopticEvaluator converts contiguous ids only for segments that say
+    # "isthing"; without it the category_id is already the dataset's.
+    gt_json, gt_folder, gts = _write_dataset(tmp_path)
+    evaluator = COCOPanopticEvaluator(
+        gt_json=gt_json,
+        gt_folder=gt_folder,
+        thing_dataset_id_to_contiguous_id=THING_MAP,
+        stuff_dataset_id_to_contiguous_id=STUFF_MAP,
+    )
+    seg = torch.tensor(np.where(gts[1] == 11, 1, 2), dtype=torch.int32)
+    infos = [{"id": 1, "category_id": 1}, {"id": 2, "category_id": 7}]  # dataset ids
+    evaluator.process([{"image_id": 2}], [{"panoptic_seg": (seg, infos)}])
+    result = evaluator.evaluate()["panoptic_seg"]
+    assert result["PQ_th"] == pytest.approx(100.0)
+    assert result["PQ_st"] == pytest.approx(100.0)
+
+
 def _instances(masks: list[np.ndarray], scores: list[float], classes: list[int]) -> Instances:
     return Instances(
         (12, 16),
@@ -257,18 +311,56 @@ def test_instance_ap_known_values(tmp_path: Path) -> None:
     assert result["AP50"] == pytest.approx(75.0, abs=1e-6)
 
 
+def test_instance_ap_without_predictions_is_nan(tmp_path: Path) -> None:
+    # detectron2's COCOEvaluator reports NaN ("no predictions"), not 0.
+    gt_json, gt_folder, _ = _write_dataset(tmp_path)
+    evaluator = COCOInstanceEvaluator(
+        gt_json=gt_json, gt_folder=gt_folder, thing_dataset_id_to_contiguous_id=THING_MAP
+    )
+    empty = Instances(
+        (12, 16),
+        pred_masks=torch.zeros((0, 12, 16), dtype=torch.bool),
+        scores=torch.zeros(0),
+        pred_classes=torch.zeros(0, dtype=torch.int64),
+    )
+    evaluator.process([{"image_id": 1}], [{"instances": empty}])
+    result = evaluator.evaluate()["segm"]
+    assert set(result) == {"AP", "AP50", "AP75", "APs", "APm", "APl"}
+    assert all(math.isnan(v) for v in result.values())
+
+
 def test_semantic_metrics_known_values() -> None:
     gt = np.array([[0, 0, 1, 1], [0, 0, 1, 255]])
     pred = np.array([[0, 1, 1, 1], [0, 0, 2, 2]])
     conf = confusion_matrix(gt, pred, num_classes=3, ignore_label=255)
     assert conf.tolist() == [[3, 1, 0], [0, 2, 1], [0, 0, 0]]
     result = semantic_metrics(conf, ["a", "b", "c"])
-    # IoU: a 3/4, b 2/4, c 0/1 -> mIoU 5/12; ACC: a 3/4, b 2/3 (c has no GT).
-    assert result["mIoU"] == pytest.approx(100 * 5 / 12)
+    # IoU: a 3/4, b 2/4; c has no GT pixel, so it is undefined and not averaged (detectron2's
+    # rule) -> mIoU 5/8; ACC: a 3/4, b 2/3.
+    assert result["mIoU"] == pytest.approx(100 * 5 / 8)
     assert result["mACC"] == pytest.approx(100 * (3 / 4 + 2 / 3) / 2)
     assert result["pACC"] == pytest.approx(100 * 5 / 7)
     assert result["fwIoU"] == pytest.approx(100 * (4 / 7 * 3 / 4 + 3 / 7 * 2 / 4))
-    assert result["IoU-c"] == pytest.approx(0.0)
+    assert math.isnan(result["IoU-c"]) and math.isnan(result["ACC-c"])
+    assert result["ACC-b"] == pytest.approx(100 * 2 / 3)
+
+
+def test_semantic_mean_over_gt_classes_only() -> None:
+    # Class 1 is predicted but absent from the GT: detectron2 leaves it out of mIoU and mACC.
+    gt = np.array([[0, 0, 0, 0], [2, 2, 2, 2]])
+    pred = np.array([[0, 0, 1, 1], [2, 2, 2, 2]])
+    result = semantic_metrics(confusion_matrix(gt, pred, num_classes=3, ignore_label=255))
+    assert result["mIoU"] == pytest.approx(100 * (1 / 2 + 1) / 2)  # not (1/2 + 0 + 1) / 3
+    assert result["mACC"] == pytest.approx(100 * (1 / 2 + 1) / 2)
+    assert result["pACC"] == pytest.approx(100 * 6 / 8)
+
+
+def test_semantic_metrics_without_labelled_pixels_are_nan() -> None:
+    gt = np.full((2, 3), 255)
+    conf = confusion_matrix(gt, np.zeros((2, 3), dtype=np.int64), 2, ignore_label=255)
+    result = semantic_metrics(conf, ["a", "b"])
+    for key in ("mIoU", "fwIoU", "mACC", "pACC", "IoU-a", "ACC-b"):
+        assert math.isnan(result[key]), key
 
 
 def test_semseg_evaluator_from_panoptic_gt(tmp_path: Path) -> None:

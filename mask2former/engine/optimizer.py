@@ -114,8 +114,11 @@ def clip_gradients(cfg: CfgNode, params: Iterable[nn.Parameter]) -> float | None
         return None
     params = [p for p in params if p.grad is not None]
     if clip.CLIP_TYPE == "full_model":
-        norm = torch.nn.utils.clip_grad_norm_(params, clip.CLIP_VALUE, clip.NORM_TYPE)
-        return float(norm)
+        # Mask2Former's full-model clipping: the L2 norm (NORM_TYPE is detectron2's per-parameter
+        # setting), and none at all when CLIP_VALUE <= 0.
+        if clip.CLIP_VALUE <= 0:
+            return None
+        return float(torch.nn.utils.clip_grad_norm_(params, clip.CLIP_VALUE))
     if clip.CLIP_TYPE == "value":
         for p in params:
             torch.nn.utils.clip_grad_value_(p, clip.CLIP_VALUE)
@@ -130,24 +133,64 @@ def clip_gradients(cfg: CfgNode, params: Iterable[nn.Parameter]) -> float | None
     return None
 
 
-class PolyParamScheduler(ParamScheduler):
-    """``max((1 - where) ** power, constant_ending)`` times the start value."""
+class WarmupPolyParamScheduler(ParamScheduler):
+    """DeepLab's ``WarmupPolyLR`` (Mask2Former's poly schedule) as a multiplier of ``where``.
 
-    def __init__(self, power: float, constant_ending: float) -> None:
+    ``warmup(where) * (1 - where) ** power`` with ``warmup`` going from ``warmup_factor`` to 1
+    over the first ``warmup_length`` of training (linearly, or constant then 1); after warmup
+    the value never falls below ``constant_ending`` (when > 0).
+    """
+
+    def __init__(
+        self,
+        *,
+        power: float,
+        constant_ending: float,
+        warmup_factor: float,
+        warmup_length: float,
+        warmup_method: str,
+    ) -> None:
+        if warmup_method not in ("linear", "constant"):
+            raise ValueError(
+                f"SOLVER.WARMUP_METHOD must be linear or constant, got {warmup_method!r}"
+            )
         self.power = power
         self.constant_ending = constant_ending
+        self.warmup_factor = warmup_factor
+        self.warmup_length = warmup_length
+        self.warmup_method = warmup_method
 
     def __call__(self, where: float) -> float:
+        factor = 1.0
+        if where < self.warmup_length:
+            if self.warmup_method == "constant":
+                factor = self.warmup_factor
+            else:
+                alpha = where / self.warmup_length
+                factor = self.warmup_factor * (1 - alpha) + alpha
         value = (1.0 - where) ** self.power
-        if self.constant_ending > 0 and value < self.constant_ending:
+        if self.constant_ending > 0 and factor == 1.0 and value < self.constant_ending:
             return self.constant_ending
-        return value
+        return factor * value
 
 
 def build_param_scheduler(cfg: CfgNode) -> ParamScheduler:
-    """LR multiplier as a function of the fraction of training done, warmup included."""
+    """LR multiplier as a function of the fraction of training done, warmup included.
+
+    As detectron2's ``build_lr_scheduler`` (warmup from ``WARMUP_FACTOR`` times the schedule's
+    initial value to its value at the end of warmup) and, for ``WarmupPolyLR``, as DeepLab's
+    ``WarmupPolyLR`` that Mask2Former uses (warmup factor times the poly value).
+    """
     solver = cfg.SOLVER
     name = solver.LR_SCHEDULER_NAME
+    if name == "WarmupPolyLR":
+        return WarmupPolyParamScheduler(
+            power=solver.POLY_LR_POWER,
+            constant_ending=solver.POLY_LR_CONSTANT_ENDING,
+            warmup_factor=solver.WARMUP_FACTOR,
+            warmup_length=solver.WARMUP_ITERS / max(solver.MAX_ITER, 1),
+            warmup_method=solver.WARMUP_METHOD,
+        )
     if name == "WarmupMultiStepLR":
         steps = [s for s in solver.STEPS if s <= solver.MAX_ITER]
         scheduler: ParamScheduler = MultiStepParamScheduler(
@@ -157,8 +200,6 @@ def build_param_scheduler(cfg: CfgNode) -> ParamScheduler:
         )
     elif name == "WarmupCosineLR":
         scheduler = CosineParamScheduler(1.0, 0.0)
-    elif name == "WarmupPolyLR":
-        scheduler = PolyParamScheduler(solver.POLY_LR_POWER, solver.POLY_LR_CONSTANT_ENDING)
     else:
         raise ValueError(
             "SOLVER.LR_SCHEDULER_NAME must be WarmupMultiStepLR, WarmupCosineLR or "
@@ -167,11 +208,11 @@ def build_param_scheduler(cfg: CfgNode) -> ParamScheduler:
     warmup_length = min(solver.WARMUP_ITERS / max(solver.MAX_ITER, 1), 1.0)
     if warmup_length <= 0:
         return scheduler
-    end = scheduler(warmup_length)
+    start = solver.WARMUP_FACTOR * scheduler(0.0)
     if solver.WARMUP_METHOD == "linear":
-        warmup: ParamScheduler = LinearParamScheduler(solver.WARMUP_FACTOR * end, end)
+        warmup: ParamScheduler = LinearParamScheduler(start, scheduler(warmup_length))
     elif solver.WARMUP_METHOD == "constant":
-        warmup = ConstantParamScheduler(solver.WARMUP_FACTOR * end)
+        warmup = ConstantParamScheduler(start)
     else:
         raise ValueError(
             f"SOLVER.WARMUP_METHOD must be linear or constant, got {solver.WARMUP_METHOD!r}"

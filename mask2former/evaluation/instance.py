@@ -7,7 +7,7 @@ no separate instances JSON is needed. Predictions: the model's ``instances`` wit
 ``pred_masks`` Tensor[K, H, W] (bool, or float thresholded at 0.5), ``scores`` Tensor[K] and
 ``pred_classes`` Tensor[K] (contiguous thing ids). Masks are RLE-encoded and scored with
 ``COCOeval(iouType="segm")``; AP, AP50, AP75, APs, APm, APl are reported times 100 under
-``"segm"``.
+``"segm"``, NaN when there is no prediction at all (as detectron2).
 """
 
 from __future__ import annotations
@@ -102,7 +102,8 @@ def coco_segm_ap(
 
     Returns:
         ``{"AP", "AP50", "AP75", "APs", "APm", "APl"}`` (+ per class); -1 from COCOeval (no GT in
-        a size range) is passed through as NaN.
+        a size range) is passed through as NaN. Without any prediction every metric is NaN and
+        no per-class entry is given (detectron2's ``COCOEvaluator`` rule).
     """
     gt = {
         "images": [dict(i) for i in images],
@@ -113,9 +114,9 @@ def coco_segm_ap(
         coco_gt = COCO()
         coco_gt.dataset = gt
         coco_gt.createIndex()
-    if not predictions:
-        logger.warning("No instance predictions: AP is 0")
-        return dict.fromkeys(AP_METRICS, 0.0)
+    if not predictions:  # as detectron2's COCOEvaluator: undefined, not 0
+        logger.warning("No instance predictions: AP is NaN")
+        return dict.fromkeys(AP_METRICS, float("nan"))
     buffer = io.StringIO()
     with contextlib.redirect_stdout(buffer):
         coco_dt = coco_gt.loadRes(copy.deepcopy(predictions))

@@ -7,15 +7,17 @@ void and crowd regions): a predicted and a GT segment of the same category match
 IoU is > 0.5, where the union leaves out the predicted pixels that fall on GT void (id 0).
 Per category, ``PQ = sum IoU(TP) / (TP + FP/2 + FN/2)``, ``SQ = sum IoU(TP) / TP``,
 ``RQ = TP / (TP + FP/2 + FN/2)``. Unmatched GT segments that are not crowd are FN; unmatched
-predicted segments are FP unless more than half of their pixels lie on GT void or on a crowd
-region of their category. Dataset scores average the categories that have TP + FP + FN > 0
-(times 100).
+predicted segments are FP unless more than half of their pixels lie on GT void or on the crowd
+region of their category (panopticapi keeps one per category: the last crowd segment listed).
+Dataset scores average the categories that have TP + FP + FN > 0 (times 100).
 
 GT: a COCO panoptic JSON (``annotations[*].file_name`` / ``segments_info`` with dataset
 category ids and ``iscrowd``; ``categories[*].isthing``) and the folder of its PNGs (segment
 id = R + 256 G + 256^2 B). Predictions: the model's ``panoptic_seg`` = (Tensor[H, W] int segment
-ids, 0 = void; ``segments_info`` list of ``{"id", "category_id" (contiguous), "isthing"}``), or
-a prediction JSON + PNG folder in the same COCO format (``pq_compute_from_files``).
+ids, 0 = void unless listed; ``segments_info`` list of ``{"id", "category_id" (contiguous),
+"isthing"}``), or a prediction JSON + PNG folder in the same COCO format
+(``pq_compute_from_files``). A listed id 0 is an ordinary segment, as panopticapi counts it; a
+segment without ``isthing`` carries a dataset category id, as in detectron2's evaluator.
 """
 
 from __future__ import annotations
@@ -72,7 +74,8 @@ def pq_stats_single_image(
     Args:
         gt_ids: int [H, W] GT segment ids, 0 = void.
         gt_segments: GT segment id -> ``{"category_id", "iscrowd"}`` (dataset category ids).
-        pred_ids: int [H, W] predicted segment ids, 0 = void.
+        pred_ids: int [H, W] predicted segment ids, 0 = void unless ``pred_segments`` lists
+            id 0: then, as in panopticapi, it is an ordinary segment (matched, TP or FP).
         pred_segments: predicted segment id -> ``{"category_id"}`` (dataset category ids).
             Segments without pixels are ignored.
 
@@ -105,16 +108,21 @@ def pq_stats_single_image(
         return stats[category]
 
     void_inter: dict[int, int] = {}
-    crowd_inter: dict[tuple[int, int], int] = {}
+    crowd_inter: dict[tuple[int, int], int] = {}  # (pred id, crowd GT id) -> intersection
+    # The crowd region of a category: its last crowd segment, as panopticapi keeps one per category.
+    crowd_of = {
+        int(segment["category_id"]): g
+        for g, segment in gt_segments.items()
+        if segment.get("iscrowd", 0)
+    }
     candidates = []
     for g, p, inter in zip(gt_of.tolist(), pred_of.tolist(), intersections.tolist(), strict=True):
-        if p == VOID:
+        if p not in pred_segments:  # unlisted predicted id 0: void, never matched
             continue
         if g == VOID:
             void_inter[p] = void_inter.get(p, 0) + inter
         elif gt_segments[g].get("iscrowd", 0):
-            key = (p, int(gt_segments[g]["category_id"]))
-            crowd_inter[key] = crowd_inter.get(key, 0) + inter
+            crowd_inter[(p, g)] = inter
         else:
             candidates.append((g, p, inter))
 
@@ -140,7 +148,7 @@ def pq_stats_single_image(
         if p in matched_pred or p not in pred_area:
             continue
         category = int(segment["category_id"])
-        ignored = void_inter.get(p, 0) + crowd_inter.get((p, category), 0)
+        ignored = void_inter.get(p, 0) + crowd_inter.get((p, crowd_of.get(category, VOID)), 0)
         if ignored / pred_area[p] > 0.5:
             continue
         stat(category)[_FP] += 1
@@ -337,14 +345,15 @@ class COCOPanopticEvaluator(DatasetEvaluator):
         self._predictions: list[dict[str, Any]] = []
 
     def _dataset_category(self, segment: Mapping[str, Any]) -> int:
+        """Dataset category id of a predicted segment; as detectron2, a segment without
+        ``isthing`` already carries a dataset id, one with it a contiguous id."""
         contiguous = int(segment["category_id"])
         isthing = segment.get("isthing")
-        tables = (self._thing_ids,) if isthing else (self._stuff_ids,)
         if isthing is None:
-            tables = (self._thing_ids, self._stuff_ids)
-        for table in tables:
-            if contiguous in table:
-                return int(table[contiguous])
+            return contiguous
+        table = self._thing_ids if isthing else self._stuff_ids
+        if contiguous in table:
+            return int(table[contiguous])
         if not self._thing_ids and not self._stuff_ids:
             return contiguous
         raise KeyError(f"predicted contiguous category_id {contiguous} has no dataset id")

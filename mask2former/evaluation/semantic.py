@@ -4,9 +4,11 @@ Shape shorthand: C classes, H, W image size.
 
 Per class c with ``TP_c`` correctly labelled pixels, ``G_c`` GT pixels and ``P_c`` predicted
 pixels (pixels whose GT is ``ignore_label`` are left out): ``IoU_c = TP_c / (G_c + P_c - TP_c)``,
-``ACC_c = TP_c / G_c``. mIoU averages IoU over classes with ``G_c + P_c > 0``, mACC averages ACC
-over classes with ``G_c > 0``, fwIoU weighs IoU by ``G_c / sum G``, pACC = ``sum TP / sum G``.
-All times 100 under ``"sem_seg"``.
+``ACC_c = TP_c / G_c``, both defined only for classes with ``G_c > 0`` (detectron2's
+``SemSegEvaluator`` rule, with which Mask2Former's mIoU is published): mIoU and mACC average
+them over those classes, so a class that is only predicted lowers the IoU of the GT classes it
+overlaps but is not averaged in. fwIoU weighs IoU by ``G_c / sum G``, pACC = ``sum TP / sum G``.
+All times 100 under ``"sem_seg"``; all NaN when no pixel is labelled.
 """
 
 from __future__ import annotations
@@ -56,31 +58,42 @@ def confusion_matrix(
 def semantic_metrics(
     conf: np.ndarray, class_names: Sequence[str] | None = None
 ) -> dict[str, float]:
-    """mIoU, fwIoU, mACC, pACC (times 100) of a confusion matrix; ``IoU-{name}`` per class if
-    ``class_names`` is given (NaN for classes absent from GT and prediction)."""
+    """mIoU, fwIoU, mACC, pACC (times 100) of a confusion matrix, as detectron2 computes them.
+
+    Args:
+        conf: int [C, C] pixel counts, row = GT class, column = predicted class.
+        class_names: C names; adds ``IoU-{name}`` and ``ACC-{name}`` per class (NaN for a
+            class without GT pixels).
+
+    Returns:
+        The metrics; NaN (with a warning) when ``conf`` holds no pixel.
+    """
     conf = conf.astype(np.float64)
     tp = np.diag(conf)
     gt_pixels = conf.sum(axis=1)
     pred_pixels = conf.sum(axis=0)
     union = gt_pixels + pred_pixels - tp
-    iou_valid = (gt_pixels + pred_pixels) > 0
-    acc_valid = gt_pixels > 0
-    iou = np.where(iou_valid, tp / np.where(union > 0, union, 1), np.nan)
-    acc = np.where(acc_valid, tp / np.where(acc_valid, gt_pixels, 1), np.nan)
+    valid = gt_pixels > 0  # union >= G_c > 0 there
+    iou = np.full(len(tp), np.nan)
+    acc = np.full(len(tp), np.nan)
+    iou[valid] = tp[valid] / union[valid]
+    acc[valid] = tp[valid] / gt_pixels[valid]
     total = gt_pixels.sum()
     if total == 0:
-        logger.warning("No labelled GT pixel: semantic metrics are 0")
-    results = {
-        "mIoU": 100 * float(iou[iou_valid].mean()) if iou_valid.any() else 0.0,
-        "fwIoU": 100 * float((iou[iou_valid] * gt_pixels[iou_valid]).sum() / total)
-        if total
-        else 0.0,
-        "mACC": 100 * float(acc[acc_valid].mean()) if acc_valid.any() else 0.0,
-        "pACC": 100 * float(tp.sum() / total) if total else 0.0,
-    }
+        logger.warning("No labelled GT pixel: semantic metrics are NaN")
+        results = dict.fromkeys(("mIoU", "fwIoU", "mACC", "pACC"), float("nan"))
+    else:
+        results = {
+            "mIoU": 100 * float(iou[valid].mean()),
+            "fwIoU": 100 * float((iou[valid] * gt_pixels[valid]).sum() / total),
+            "mACC": 100 * float(acc[valid].mean()),
+            "pACC": 100 * float(tp.sum() / total),
+        }
     if class_names is not None:
         for name, value in zip(class_names, iou, strict=True):
             results[f"IoU-{name}"] = 100 * float(value)
+        for name, value in zip(class_names, acc, strict=True):
+            results[f"ACC-{name}"] = 100 * float(value)
     return results
 
 

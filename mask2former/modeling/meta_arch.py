@@ -60,6 +60,20 @@ def thing_class_ids(num_classes: int) -> frozenset[int]:
     return frozenset(range(num_classes))
 
 
+def thing_ids_from_config(cfg) -> frozenset[int]:  # noqa: ANN001 (fvcore CfgNode)
+    """Contiguous thing ids: those of ``thing_dataset_id_to_contiguous_id`` in the metadata of
+    ``DATASETS.TRAIN[0]`` (where the reference reads them), else :func:`thing_class_ids`."""
+    from mask2former.data.catalog import MetadataCatalog
+
+    if cfg.DATASETS.TRAIN:
+        mapping = MetadataCatalog.get(cfg.DATASETS.TRAIN[0]).get(
+            "thing_dataset_id_to_contiguous_id"
+        )
+        if mapping is not None:
+            return frozenset(int(v) for v in mapping.values())
+    return thing_class_ids(cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES)
+
+
 def pad_images(
     images: list[Tensor], size_divisibility: int
 ) -> tuple[Tensor, list[tuple[int, int]]]:
@@ -170,7 +184,7 @@ class MaskFormer(nn.Module):
             "num_queries": mf.NUM_OBJECT_QUERIES,
             "object_mask_threshold": mf.TEST.OBJECT_MASK_THRESHOLD,
             "overlap_threshold": mf.TEST.OVERLAP_THRESHOLD,
-            "thing_ids": thing_class_ids(cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES),
+            "thing_ids": thing_ids_from_config(cfg),
             "size_divisibility": mf.SIZE_DIVISIBILITY,
             "sem_seg_postprocess_before_inference": (
                 mf.TEST.SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE

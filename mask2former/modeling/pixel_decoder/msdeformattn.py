@@ -320,10 +320,10 @@ class MSDeformAttnPixelDecoder(nn.Module):
             "mask_dim": head.MASK_DIM,
             "norm": head.NORM,
             "transformer_dropout": cfg.MODEL.MASK_FORMER.DROPOUT,
-            "transformer_nheads": head.DEFORMABLE_TRANSFORMER_ENCODER_N_HEADS,
+            "transformer_nheads": cfg.MODEL.MASK_FORMER.NHEADS,  # as the reference
             "transformer_dim_feedforward": 1024,  # fixed in the reference's pixel decoder
             "transformer_enc_layers": head.TRANSFORMER_ENC_LAYERS,
-            "transformer_enc_n_points": head.DEFORMABLE_TRANSFORMER_ENCODER_N_POINTS,
+            "transformer_enc_n_points": 4,  # fixed in the reference's pixel decoder
             "transformer_in_features": list(head.DEFORMABLE_TRANSFORMER_ENCODER_IN_FEATURES),
             "common_stride": head.COMMON_STRIDE,
             "adapter_dim": gp.ADAPTER_DIM if gp.USE_ADAPTERS else 0,
