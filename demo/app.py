@@ -43,6 +43,7 @@ QUICKSTART_LABEL = "quick-start model (output/quickstart)"
 CUSTOM_LABEL = "config file + checkpoint"
 RELATION_HEADERS = ["instance", "class", "relation to the selected one", "probability"]
 RANKING_HEADERS = ["rank (1 = closest)", "instance", "class", "score"]
+LAUNCH_TRIES = 3  # see serve()
 PICTURE_HEIGHT = 420  # display height of the result pictures (pixels; small images scaled up)
 
 
@@ -289,12 +290,28 @@ def _example_images() -> list[str]:
 
 def serve(cache: PredictorCache, host: str, port: int, block: bool = True) -> gr.Blocks:
     """Build the page and serve it on ``http://host:port``; ``block=False`` returns at once (the
-    server runs in a thread until ``app.close()``)."""
+    server runs in a thread until ``app.close()``).
+
+    Gradio gives up when its own first request to the page takes over 3 s (it then asks for a
+    public share link); on a busy machine that happens while the server is fine, so the launch
+    is tried up to ``LAUNCH_TRIES`` times before the error is raised.
+    """
     app = build_app(cache)
     theme = gr.themes.Default(font=["sans-serif"], font_mono=["monospace"])  # no web fonts
-    app.launch(
-        server_name=host, server_port=port, theme=theme, prevent_thread_lock=not block, quiet=True
-    )
+    for attempt in range(1, LAUNCH_TRIES + 1):
+        try:
+            app.launch(
+                server_name=host,
+                server_port=port,
+                theme=theme,
+                prevent_thread_lock=not block,
+                quiet=True,
+            )
+            break
+        except ValueError as err:
+            app.close()
+            if "localhost is not accessible" not in str(err) or attempt == LAUNCH_TRIES:
+                raise
     return app
 
 
