@@ -48,3 +48,6 @@ def test_gpu_check_dry_run(tmp_path):
     assert steps["instaordernet"]["results"]["speedup"] > 0
     assert steps["train_net"]["results"]["logged_total_loss"]
     assert (out / "work" / "train_net" / "train" / "model_final.pth").is_file()
+    goals = report["goals"]
+    assert len(goals) == 5 and goals["instaordernet_batched_speedup"]["status"] in ("met", "missed")
+    assert goals["kernel_forward_backward_speedup_1024px"]["status"] == "not measured"

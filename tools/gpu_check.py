@@ -24,12 +24,15 @@ loses none of the others:
    20 iterations, as medians over the last 20, so two windows are compared; a dry run trains
    two iterations and only checks that the loss is finite).
 
-Outputs in ``--output-dir``: ``gpu_check.json`` (rewritten after every step: environment, and
-per step ``status`` passed / failed / timeout / skipped, ``seconds``, ``reason``, ``results``),
+Outputs in ``--output-dir``: ``gpu_check.json`` (rewritten after every step: environment; per
+step ``status`` passed / failed / timeout / skipped, ``seconds``, ``cpu_seconds``, ``reason``,
+``results``; and the goals of :data:`GOALS`, met / missed / not measured),
 ``gpu_check.log`` (everything the steps print), ``steps/<name>.json`` (a step's own results,
 kept when it times out half-way) and ``work/`` (synthetic data, training output).
-``--dry-run`` runs the same code on the CPU with tiny shapes in well under a minute; the steps
-that need CUDA are recorded as skipped. Exit status: 0 when no step failed or timed out.
+Steps run in the order 1, 2, 4, 5, 6, 3 (the compile-heavy inference last) within
+``--budget-s``. ``--dry-run`` runs the same code on the CPU with tiny models and shapes (about
+half a minute of CPU time, one thread per step); the steps that need CUDA are recorded as
+skipped. Exit status: 0 when no step failed or timed out.
 """
 
 from __future__ import annotations
@@ -473,6 +476,52 @@ CACHES = {
 DRY_RUN_TIMEOUT_S = 300  # only a guard against hangs: a shared CPU can be slow
 
 
+# The issue's goals: (name, step, how to read the figure from its results, "<=" / ">=", bound).
+GOALS = [
+    (
+        "kernel_forward_backward_speedup_1024px",
+        "op_bench",
+        lambda r: r["float32_1024px"]["speedup_forward_backward_ms"],
+        ">=",
+        3.0,
+    ),
+    (
+        "swin_t_order_head_share_float32",
+        "inference_swin_t",
+        lambda r: r["float32"]["order_head_share"],
+        "<=",
+        0.05,
+    ),
+    (
+        "swin_t_fully_trainable_step_peak_gib",
+        "train_step",
+        lambda r: r["fully_trainable"]["peak_memory_mib"] / 1024,
+        "<=",
+        16.0,
+    ),
+    ("instaordernet_batched_speedup", "instaordernet", lambda r: r["speedup"], ">=", 5.0),
+    ("train_net_loss_falls", "train_net", lambda r: float(r["loss_fell"]), ">=", 1.0),
+]
+
+
+def _goals(steps: dict) -> dict:
+    """Each goal as ``{"value", "bound", "status": met / missed / not measured}``."""
+    goals = {}
+    for name, step, read, op, bound in GOALS:
+        try:
+            value = read(steps[step]["results"])
+        except (KeyError, TypeError):  # step skipped, failed early, or no GPU figure
+            goals[name] = {"value": None, "bound": f"{op} {bound:g}", "status": "not measured"}
+            continue
+        met = value >= bound if op == ">=" else value <= bound
+        goals[name] = {
+            "value": value,
+            "bound": f"{op} {bound:g}",
+            "status": "met" if met else "missed",
+        }
+    return goals
+
+
 # ---------------------------------------------------------------------------------------------
 # Driver
 
@@ -575,6 +624,7 @@ def main(argv: list[str] | None = None) -> int:
             if entry["status"] != "skipped" and results.is_file():
                 entry["results"] = json.loads(results.read_text())
             report["steps"][name] = entry
+            report["goals"] = _goals(report["steps"])
             report["total_s"] = round(time.perf_counter() - start, 1)
             _atomic_write_json(report_path, report)
             print(f"[gpu_check] {name}: {entry['status']} {entry['reason']}".rstrip(), flush=True)
