@@ -26,6 +26,7 @@ from pathlib import Path
 
 from instaformer.config import ConfigError, setup_cfg
 from instaformer.demo_utils import expand_inputs, opencv_has_gui, run_on_paths, run_on_video
+from instaformer.errors import run_cli
 from instaformer.predictor import Predictor
 
 logger = logging.getLogger("instaformer.demo")
@@ -61,6 +62,9 @@ def get_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--max-frames", type=int, default=None, help="stop a video/webcam after this many frames"
+    )
+    parser.add_argument(
+        "--debug", action="store_true", help="full traceback of config/data/checkpoint errors"
     )
     parser.add_argument(
         "--opts",
@@ -119,5 +123,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cli() -> None:
-    """``instaformer-demo`` / ``demo/demo.py``: exit with :func:`main`'s status."""
-    sys.exit(main())
+    """``instaformer-demo`` / ``demo/demo.py``: exit with :func:`main`'s status (2 with one
+    message for a config, data or checkpoint error; ``--debug`` keeps the traceback)."""
+    sys.exit(run_cli(main, None, "instaformer-demo"))

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -22,10 +24,11 @@ import instaformer.data  # noqa: F401  (registers the InstaOrder datasets)
 import instaformer.instaordernet as instaordernet
 from instaformer.config import setup_cfg
 from instaformer.data import build_dataset_mapper
+from instaformer.errors import run_cli
 from instaformer.evaluation import build_evaluators, report_results
 from instaformer.modeling import build_model
 from mask2former.checkpoint import M2FCheckpointer, format_report
-from mask2former.config import CfgNode
+from mask2former.config import CfgNode, check_training_cfg
 from mask2former.data.build import build_detection_test_loader, build_detection_train_loader
 from mask2former.engine import (
     Trainer,
@@ -34,6 +37,7 @@ from mask2former.engine import (
     launch,
     resolve_device,
 )
+from mask2former.engine.lock import hold_output_dir
 from mask2former.evaluation import DatasetEvaluator, inference_on_dataset
 from mask2former.utils import comm
 
@@ -68,7 +72,7 @@ def load_weights(cfg: CfgNode, model: nn.Module, path: str) -> dict[str, list]:
     Warns when a frozen part of the model receives no weight from the file, the usual mistake
     with the released configs (an ImageNet backbone instead of a Mask2Former checkpoint).
     """
-    report = M2FCheckpointer(model).load_weights(path)
+    report = M2FCheckpointer(model).load_weights(path, min_share=cfg.MODEL.WEIGHTS_MIN_SHARE)
     if any(report.values()):
         logger.warning(format_report(path, report))
     frozen = {
@@ -183,9 +187,17 @@ def main(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
 
 
 def run(args: argparse.Namespace) -> None:
-    """Launch :func:`main` in one process per device as ``--num-gpus`` etc. ask."""
+    """Launch :func:`main` in one process per device as ``--num-gpus`` etc. ask.
+
+    Checks the config and takes the lock of ``OUTPUT_DIR`` (machine 0) before starting any
+    process, so that a bad value or a folder in use is refused with one message.
+    """
     cfg = setup_cfg(args.config_file, args.opts, freeze=False)
     resolve_device(cfg)
+    if not args.eval_only:
+        check_training_cfg(cfg)
+    if cfg.OUTPUT_DIR and args.machine_rank == 0 and os.environ.get("RANK", "0") == "0":
+        hold_output_dir(cfg.OUTPUT_DIR)  # the processes it starts share this lock
     backend = "nccl" if str(cfg.MODEL.DEVICE).startswith("cuda") else "gloo"
     launch(
         main,
@@ -199,6 +211,10 @@ def run(args: argparse.Namespace) -> None:
 
 
 def cli(argv: list[str] | None = None) -> None:
-    """``instaformer-train`` / ``train_net.py``: parse detectron2's flags and :func:`run`."""
+    """``instaformer-train`` / ``train_net.py``: parse detectron2's flags and :func:`run`.
+
+    A configuration, data, checkpoint or output-folder error exits with status 2 and one line
+    on stderr (``--debug`` or ``INSTAFORMER_DEBUG=1`` keeps the traceback).
+    """
     parser = default_argument_parser(description="Train or evaluate InstaFormer / InstaOrderNet.")
-    run(parser.parse_args(argv))
+    sys.exit(run_cli(lambda a: run(parser.parse_args(a)), argv, "instaformer-train"))

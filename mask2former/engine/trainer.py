@@ -24,7 +24,8 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from mask2former.config import CfgNode
+from mask2former.checkpoint import load_torch_file
+from mask2former.config import CfgNode, check_training_cfg
 from mask2former.engine.checkpoint import last_checkpoint_path, save_training_checkpoint
 from mask2former.engine.events import MetricsWriter
 from mask2former.engine.launch import local_rank
@@ -41,6 +42,7 @@ class Trainer:
     """Builds model, optimizer, schedule and data from ``cfg`` and runs the training loop."""
 
     def __init__(self, cfg: CfgNode) -> None:
+        check_training_cfg(cfg)
         self.cfg = cfg
         self.device = torch.device(cfg.MODEL.DEVICE)
         if self.device.type == "cuda" and comm.get_world_size() > 1:
@@ -106,7 +108,7 @@ class Trainer:
             self.start_iter = 0
             return
         logger.info("Resuming from %s", path)
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = load_torch_file(path)
         self.model_without_ddp.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
