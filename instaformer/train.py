@@ -16,6 +16,7 @@ import os
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from torch import nn
@@ -207,6 +208,7 @@ def run(args: argparse.Namespace) -> None:
         dist_url=args.dist_url,
         args=(args,),
         backend=backend,
+        timeout=timedelta(seconds=cfg.DIST_TIMEOUT),
     )
 
 

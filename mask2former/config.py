@@ -221,6 +221,10 @@ _TRAINING_CHECKS: dict[str, tuple[Any, str]] = {
         "an integer >= 0 (0 = evaluate only at the end)",
     ),
     "DATALOADER.NUM_WORKERS": (lambda v: isinstance(v, int) and v >= 0, "an integer >= 0"),
+    "DIST_TIMEOUT": (
+        lambda v: isinstance(v, (int, float)) and math.isfinite(v) and v > 0,
+        "a positive number of seconds",
+    ),
 }
 
 
@@ -325,6 +329,9 @@ def get_base_cfg() -> CfgNode:
     _C.TEST.EVAL_PERIOD = 0  # iterations between evaluations during training; 0 = only at the end
     _C.TEST.DETECTIONS_PER_IMAGE = 100  # instance-segmentation predictions kept per image
 
+    # Seconds a collective operation (gradient all-reduce, gather, barrier) waits for every
+    # process before the run stops, naming the process that did not answer.
+    _C.DIST_TIMEOUT = 1800
     _C.OUTPUT_DIR = "./output"  # where checkpoints, logs, metrics and results are written
     _C.SEED = -1  # global random seed; < 0 draws one and logs it
     _C.CUDNN_BENCHMARK = False  # let cuDNN pick convolution algorithms per input size
