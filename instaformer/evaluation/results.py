@@ -15,6 +15,8 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
+NOT_AVAILABLE = "n/a"
+
 # (task, metric, column header), in print order.
 COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("occlusion_order", "recall", "Occ R"),
@@ -39,13 +41,15 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
 def format_results_table(results: dict[str, dict[str, Any]]) -> str:
     """A two-line, pipe-separated table (header, values with 2 decimals) of the main metrics.
 
-    Returns an empty string when none of the columns is present.
+    An undefined metric (NaN: the evaluation set has no pair or segment it can score) is shown
+    as ``n/a``. Returns an empty string when none of the columns is present.
     """
     headers, values = [], []
     for task, metric, header in COLUMNS:
         if metric in results.get(task, {}):
             headers.append(header)
-            values.append(f"{float(results[task][metric]):.2f}")
+            value = float(results[task][metric])
+            values.append(f"{value:.2f}" if math.isfinite(value) else NOT_AVAILABLE)
     if not headers:
         return ""
     widths = [max(len(h), len(v)) for h, v in zip(headers, values, strict=True)]
@@ -78,7 +82,13 @@ def report_results(results: dict[str, dict[str, Any]], output_dir: str | None = 
     table."""
     table = format_results_table(results)
     if table:
-        logger.info("Evaluation results:\n%s", table)
+        note = (
+            f"\n{NOT_AVAILABLE}: undefined, nothing in the evaluation set to score (see the "
+            "evaluator's warning above)"
+            if NOT_AVAILABLE in table
+            else ""
+        )
+        logger.info("Evaluation results:\n%s%s", table, note)
     for task, metrics in results.items():
         logger.info("%s: %s", task, ", ".join(f"{k}={v}" for k, v in metrics.items()))
     if output_dir:
