@@ -24,13 +24,18 @@ from torch import nn
 import instaformer.data  # noqa: F401  (registers the InstaOrder datasets)
 import instaformer.instaordernet as instaordernet
 from instaformer.config import setup_cfg
-from instaformer.data import build_dataset_mapper
+from instaformer.data import DataError, build_dataset_mapper
 from instaformer.errors import run_cli
 from instaformer.evaluation import build_evaluators, report_results
 from instaformer.modeling import build_model
 from mask2former.checkpoint import M2FCheckpointer, format_report
 from mask2former.config import CfgNode, check_training_cfg
-from mask2former.data.build import build_detection_test_loader, build_detection_train_loader
+from mask2former.data.build import (
+    build_detection_test_loader,
+    build_detection_train_loader,
+    get_detection_dataset_dicts,
+    has_no_instance,
+)
 from mask2former.engine import (
     Trainer,
     default_argument_parser,
@@ -59,7 +64,30 @@ class ModelFamily:
 
 def _panoptic_train_loader(cfg: CfgNode, start_iter: int) -> Iterable[list[dict]]:
     mapper = build_dataset_mapper(cfg, is_train=True)
-    return build_detection_train_loader(cfg, mapper=mapper, start_iter=start_iter)
+    names = list(cfg.DATASETS.TRAIN)
+    everything = get_detection_dataset_dicts(names, filter_empty=False)
+    empty = sum(has_no_instance(d) for d in everything)
+    if empty == len(everything):
+        raise DataError(
+            f"training set {names}: none of its {len(everything)} images has an annotated "
+            "(non-crowd) segment, so every loss would be 0. Check the annotation files and "
+            "DETECTRON2_DATASETS (see datasets/README.md)."
+        )
+    dataset = everything
+    if cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS:
+        dataset = [d for d in everything if not has_no_instance(d)]
+        if empty:
+            logger.info(
+                "Training skips %d of %d images without annotations", empty, len(everything)
+            )
+    elif empty:
+        logger.warning(
+            "%d of %d training images have no annotated segment (DATALOADER."
+            "FILTER_EMPTY_ANNOTATIONS is False): they train the 'no object' class only",
+            empty,
+            len(everything),
+        )
+    return build_detection_train_loader(cfg, mapper=mapper, dataset=dataset, start_iter=start_iter)
 
 
 def _panoptic_test_loader(cfg: CfgNode, dataset_name: str) -> Iterable[list[dict]]:

@@ -299,7 +299,9 @@ def get_base_cfg() -> CfgNode:
     _C.DATALOADER = CfgNode()
     _C.DATALOADER.NUM_WORKERS = 4  # data-loading worker processes per training process
     _C.DATALOADER.ASPECT_RATIO_GROUPING = True  # batch landscape and portrait images apart
-    _C.DATALOADER.FILTER_EMPTY_ANNOTATIONS = True  # training skips images without instances
+    # Training skips images without a non-crowd instance (panoptic: segment); a set with none
+    # at all is refused.
+    _C.DATALOADER.FILTER_EMPTY_ANNOTATIONS = True
 
     _C.SOLVER = CfgNode()
     _C.SOLVER.LR_SCHEDULER_NAME = "WarmupMultiStepLR"  # or "WarmupCosineLR", "WarmupPolyLR"

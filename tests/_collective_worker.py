@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -16,7 +17,12 @@ from mask2former.engine.collective import CollectiveProgress, is_peer_failure
 
 
 def silent_rank(result_file: str) -> None:
-    """Rank 1 hangs in the forward pass of iteration 1; rank 0 writes what it was told."""
+    """Rank 1 hangs in the forward pass of iteration 1; rank 0 writes what it was told.
+
+    The collectives run in a group with a 1.5 s timeout; the job's own (rendezvous) timeout is
+    long, so that a slow start on a busy machine does not fail the test.
+    """
+    group = dist.new_group(ranks=[0, 1], timeout=timedelta(seconds=1.5))
     progress = CollectiveProgress()
     for iteration in range(3):
         progress.mark(iteration, "forward")
@@ -25,7 +31,7 @@ def silent_rank(result_file: str) -> None:
             os._exit(0)
         progress.mark(iteration, "backward")
         try:
-            dist.all_reduce(torch.ones(1))
+            dist.all_reduce(torch.ones(1), group=group)
         except RuntimeError as err:
             assert is_peer_failure(err)
             Path(result_file).write_text(progress.explain(err, 1.5))

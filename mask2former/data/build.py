@@ -37,6 +37,7 @@ __all__ = [
     "build_detection_train_loader",
     "die_with_parent",
     "get_detection_dataset_dicts",
+    "has_no_instance",
     "shared_seed",
     "trivial_batch_collator",
     "worker_init_fn",
@@ -50,8 +51,9 @@ def get_detection_dataset_dicts(
 ) -> list[dict]:
     """Concatenate the dataset dicts of the registered datasets ``names``.
 
-    With ``filter_empty``, dicts that carry an ``annotations`` list and have no non-crowd
-    annotation are dropped (InstaOrder Panoptic dicts have no ``annotations`` key and are kept).
+    With ``filter_empty``, dicts without a non-crowd instance are dropped: an ``annotations``
+    list (COCO instances) or, for panoptic dicts without one, a ``segments_info`` list with no
+    non-crowd segment. Dicts with neither key are kept.
     """
     if isinstance(names, str):
         names = [names]
@@ -65,14 +67,16 @@ def get_detection_dataset_dicts(
         dicts.extend(part)
     if filter_empty:
         before = len(dicts)
-        dicts = [d for d in dicts if not _has_no_instance(d)]
+        dicts = [d for d in dicts if not has_no_instance(d)]
         if len(dicts) < before:
             logger.info("Removed %d images without non-crowd annotations", before - len(dicts))
     return dicts
 
 
-def _has_no_instance(record: dict) -> bool:
-    anns = record.get("annotations")
+def has_no_instance(record: dict) -> bool:
+    """True when the dataset dict lists instances (``annotations``, or panoptic
+    ``segments_info``) and none of them is a non-crowd one."""
+    anns = record.get("annotations", record.get("segments_info"))
     return anns is not None and not any(a.get("iscrowd", 0) == 0 for a in anns)
 
 
