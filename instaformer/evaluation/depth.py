@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from instaformer.evaluation._matrix import check_same_shape, get_matrix, image_name
+from mask2former.engine.checkpoint import atomic_write_bytes
 from mask2former.evaluation.evaluator import DatasetEvaluator, Results
 from mask2former.utils import comm
 
@@ -224,8 +225,6 @@ class DepthEvaluator(DatasetEvaluator):
                 value = per_image[i, s]
                 row[name] = None if np.isnan(value) else float(value)
             rows.append(row)
-        os.makedirs(self._output_dir, exist_ok=True)
         path = os.path.join(self._output_dir, "depth_per_image.json")
-        with open(path, "w") as f:
-            json.dump(rows, f)
+        atomic_write_bytes(path, json.dumps(rows).encode("utf-8"))
         logger.info("Per-image depth WHDR written to %s", path)

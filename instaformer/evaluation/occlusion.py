@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from instaformer.evaluation._matrix import check_same_shape, get_matrix, image_name
+from mask2former.engine.checkpoint import atomic_write_bytes
 from mask2former.evaluation.evaluator import DatasetEvaluator, Results
 from mask2former.utils import comm
 
@@ -215,8 +216,6 @@ class OcclusionEvaluator(DatasetEvaluator):
                     "f1": float(f1[i]) if evaluated else None,
                 }
             )
-        os.makedirs(self._output_dir, exist_ok=True)
         path = os.path.join(self._output_dir, "occlusion_per_image.json")
-        with open(path, "w") as f:
-            json.dump(rows, f)
+        atomic_write_bytes(path, json.dumps(rows).encode("utf-8"))
         logger.info("Per-image occlusion scores written to %s", path)

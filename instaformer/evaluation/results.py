@@ -13,6 +13,8 @@ import math
 import os
 from typing import Any
 
+from mask2former.engine.checkpoint import atomic_write_bytes
+
 logger = logging.getLogger(__name__)
 
 NOT_AVAILABLE = "n/a"
@@ -69,11 +71,11 @@ def _json_safe(value: Any) -> Any:
 
 
 def write_results(results: dict[str, dict[str, Any]], output_dir: str) -> str:
-    """Write ``results`` to ``{output_dir}/eval_results.json`` (NaN/inf as null); return path."""
-    os.makedirs(output_dir, exist_ok=True)
+    """Write ``results`` to ``{output_dir}/eval_results.json`` (NaN/inf as null) atomically;
+    return the path."""
     path = os.path.join(output_dir, "eval_results.json")
-    with open(path, "w") as f:
-        json.dump(_json_safe(results), f, indent=2, allow_nan=False)
+    text = json.dumps(_json_safe(results), indent=2, allow_nan=False)
+    atomic_write_bytes(path, text.encode("utf-8"))
     return path
 
 
