@@ -82,6 +82,9 @@ def test_out_of_range_training_values_name_the_key(key: str, value: str) -> None
         check_training_cfg(cfg)
 
 
-def test_defaults_and_released_values_pass_the_training_check() -> None:
+def test_defaults_and_every_released_config_pass_the_training_check() -> None:
     check_training_cfg(setup_cfg(""))
-    check_training_cfg(setup_cfg("synthetic/instaformer_od_tiny.yaml"))
+    configs = sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml"))
+    assert len(configs) > 40
+    for path in configs:
+        check_training_cfg(setup_cfg(str(path)))
