@@ -83,3 +83,22 @@ def test_checkpoint_filling_too_little_is_refused_unless_asked(tmp_path: Path) -
     with pytest.raises(CheckpointMismatchError, match="fills only 20.0%"):
         M2FCheckpointer(Model()).load_weights(path, min_share=0.5)
     M2FCheckpointer(Model()).load_weights(nothing, min_share=0.0)
+
+
+def test_demo_names_a_broken_checkpoint_in_one_line(tmp_path: Path, capsys, monkeypatch) -> None:
+    from PIL import Image
+
+    from instaformer.demo import cli
+
+    (tmp_path / "empty.pth").write_bytes(b"")
+    Image.new("RGB", (32, 32)).save(tmp_path / "photo.png")
+    argv = ["instaformer-demo", "--config-file", "synthetic/instaformer_od_tiny.yaml"]
+    argv += ["--input", str(tmp_path / "photo.png"), "--output", str(tmp_path / "out")]
+    argv += ["MODEL.WEIGHTS", str(tmp_path / "empty.pth"), "MODEL.DEVICE", "cpu"]
+    monkeypatch.setattr("sys.argv", argv)
+    with pytest.raises(SystemExit) as info:
+        cli()
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"instaformer-demo: error: checkpoint file {tmp_path / 'empty.pth'} is empty" in err
+    assert "Traceback" not in err
