@@ -181,7 +181,7 @@ def load_torch_file(path: str) -> Any:
         if "Weights only load failed" not in str(err):
             raise _unreadable(path, err) from err
         raise UnsafeCheckpointError(
-            f"refusing checkpoint file {path}: it contains Python objects (code) besides "
+            f"refusing unsafe checkpoint file {path}: it contains Python objects (code) besides "
             "tensors, numbers and containers, which a weights file never needs; loading it "
             "could run that code. Use a checkpoint that holds only weights (e.g. re-save "
             "model.state_dict() from a source you trust)."
