@@ -8,7 +8,10 @@ segments; images with at least two matched instances are written with the record
     python datasets/prepare_instaorder_panoptic.py --train --val
 
 writes ``coco/annotations/InstaOrderPanoptic_{train,val}2017.json`` (one file per split) and
-prints what was dropped and why.
+prints what was dropped and why. Every input of the requested splits is checked before anything
+is created; each output is written to a temporary file in ``--dest-dir`` and renamed into place,
+so an interrupted run or a full disk never leaves a truncated file where a good one was, and a
+symbolic link at the output name is replaced (its target is never written).
 
 Differences from the original script: the output is a file per split inside ``--dest-dir`` (the
 original wrote both splits to ``--dest_path`` verbatim, so the default folder failed and
@@ -23,6 +26,7 @@ import argparse
 import json
 import logging
 import os
+import tempfile
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
@@ -32,7 +36,7 @@ from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
 from instaformer.data.io import DataError, read_panoptic_ids
-from instaformer.data.relations import build_order_matrices
+from instaformer.data.relations import build_order_matrices, check_record_types
 
 logger = logging.getLogger("prepare_instaorder_panoptic")
 
@@ -97,6 +101,7 @@ def convert_split(
     panoptic_dir: str,
     *,
     progress: bool = True,
+    source: str = "InstaOrder file",
 ) -> tuple[dict[str, Any], Counter]:
     """Build the InstaOrder Panoptic JSON object of one split.
 
@@ -104,6 +109,7 @@ def convert_split(
         instaorder, instances, panoptic: the parsed ``InstaOrder_``, ``instances_`` and
             ``panoptic_{split}2017.json``.
         panoptic_dir: folder of the panoptic PNGs.
+        source: the InstaOrder file's name, used in messages.
     Returns:
         ``(output, summary)``: the JSON object ([DS 5.3]) and counts of what was kept
         and dropped, keyed by a readable reason (``"images kept"``, ``"instances unmatched"``,
@@ -125,7 +131,9 @@ def convert_split(
     coco_anns = {a["id"]: a for a in instances["annotations"]}
     records = {}
     summary: Counter = Counter()
-    for record in instaorder["annotations"]:
+    for index, record in enumerate(instaorder["annotations"]):
+        if not isinstance(record, dict) or "image_id" not in record:
+            raise DataError(f"{source}, annotation {index}: not an object with an 'image_id'")
         records[record["image_id"]] = record
     panoptic_ids = {a["image_id"] for a in panoptic["annotations"]}
     summary["records without a panoptic annotation"] = sum(r not in panoptic_ids for r in records)
@@ -136,10 +144,10 @@ def convert_split(
         image_id = pan["image_id"]
         record = records[image_id]
         where = f"image_id {image_id}"
-        reason = _invalid_record(record, coco_anns, image_id)
+        reason, detail = _invalid_record(record, coco_anns, image_id)
         if reason:
             summary[f"records skipped: {reason}"] += 1
-            logger.warning("%s: InstaOrder record skipped: %s", where, reason)
+            logger.warning("%s, %s: InstaOrder record skipped: %s", source, where, detail)
             continue
         if image_id not in images:
             raise DataError(f"panoptic annotation of {where} has no entry in 'images'")
@@ -185,29 +193,90 @@ def convert_split(
     return output, summary
 
 
-def _invalid_record(record: dict, coco_anns: dict[int, dict], image_id: int) -> str:
-    """Why an InstaOrder record cannot be used ("" when it can)."""
+def _invalid_record(record: dict, coco_anns: dict[int, dict], image_id: int) -> tuple[str, str]:
+    """Why an InstaOrder record cannot be used: (reason for the summary, detail for the log);
+    ``("", "")`` when it can."""
     ids = record.get("instance_ids")
     if not isinstance(ids, list) or "occlusion" not in record or "depth" not in record:
-        return "missing instance_ids, occlusion or depth"
+        reason = "missing instance_ids, occlusion or depth"
+        return reason, reason
+    try:
+        check_record_types(record, f"image_id {image_id}")
+    except DataError as err:
+        return "wrongly typed field", str(err)
     if len(set(ids)) != len(ids):
-        return "repeated instance id"
+        return "repeated instance id", f"repeated instance id in {ids}"
     if any(i not in coco_anns for i in ids):
-        return "instance id not in the instances file"
-    if any(coco_anns[i]["image_id"] != image_id for i in ids):
-        return "instance of another image"
+        return "instance id not in the instances file", f"instance ids {ids}"
+    if any(coco_anns[i].get("image_id") != image_id for i in ids):
+        return "instance of another image", f"instance ids {ids}"
+    for i in ids:
+        if not isinstance(coco_anns[i].get("segmentation"), list | dict):
+            kind = type(coco_anns[i].get("segmentation")).__name__
+            return (
+                "instance without a COCO segmentation",
+                f"instance {i} of the instances file has a 'segmentation' of type {kind}, not "
+                "COCO polygons or RLE",
+            )
     try:
         build_order_matrices(record, where=f"image_id {image_id}")
-    except DataError:
-        return "malformed order label"
-    return ""
+    except DataError as err:
+        return "malformed order label", str(err)
+    return "", ""
 
 
-def _load(path: str) -> Any:
+def _load(path: str) -> dict[str, Any]:
+    """A JSON object file; errors name the file."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path} not found; see datasets/README.md for the layout")
-    with open(path) as f:
-        return json.load(f)
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path} is not UTF-8 text: {err}") from err
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path} is not valid JSON: {err}") from err
+    if not isinstance(data, dict):
+        raise DataError(f"{path} must hold a JSON object, got a {type(data).__name__}")
+    return data
+
+
+def _split_inputs(root: str, split: str) -> dict[str, str]:
+    ann_dir = os.path.join(root, "coco", "annotations")
+    return {
+        "instaorder": os.path.join(ann_dir, f"InstaOrder_{split}2017.json"),
+        "instances": os.path.join(ann_dir, f"instances_{split}2017.json"),
+        "panoptic": os.path.join(ann_dir, f"panoptic_{split}2017.json"),
+        "panoptic_dir": os.path.join(root, "coco", f"panoptic_{split}2017"),
+    }
+
+
+def _check_inputs(inputs: dict[str, str]) -> None:
+    for key, path in inputs.items():
+        exists = os.path.isdir(path) if key == "panoptic_dir" else os.path.isfile(path)
+        if not exists:
+            raise FileNotFoundError(f"{path} not found; see datasets/README.md for the layout")
+
+
+def write_json_atomic(output: Any, dest: str) -> None:
+    """Write ``output`` as JSON to ``dest`` via a temporary file in the same folder.
+
+    A symbolic link at ``dest`` is replaced by the new file; its target is left untouched.
+    """
+    folder = os.path.dirname(os.path.abspath(dest))
+    if os.path.islink(dest):
+        logger.warning("%s is a symbolic link (to %s): replacing the link", dest, os.readlink(dest))
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(dest)}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(output, f, indent=4)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, dest)
+    except BaseException:
+        if os.path.lexists(tmp):
+            os.remove(tmp)
+        raise
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -230,20 +299,25 @@ def main(argv: Sequence[str] | None = None) -> None:
     splits = [s for s, on in (("train", args.train), ("val", args.val)) if on]
     if not splits:
         parser.error("choose at least one of --train and --val")
-    ann_dir = os.path.join(args.root, "coco", "annotations")
-    dest_dir = args.dest_dir or ann_dir
-    os.makedirs(dest_dir, exist_ok=True)
+    inputs = {split: _split_inputs(args.root, split) for split in splits}
+    for split_inputs in inputs.values():  # every input exists before anything is created
+        _check_inputs(split_inputs)
+    dest_dir = args.dest_dir or os.path.join(args.root, "coco", "annotations")
+    if os.path.exists(dest_dir) and not os.path.isdir(dest_dir):
+        parser.error(f"--dest-dir {dest_dir} exists and is not a folder")
     for split in splits:
+        paths = inputs[split]
         output, summary = convert_split(
-            _load(os.path.join(ann_dir, f"InstaOrder_{split}2017.json")),
-            _load(os.path.join(ann_dir, f"instances_{split}2017.json")),
-            _load(os.path.join(ann_dir, f"panoptic_{split}2017.json")),
-            os.path.join(args.root, "coco", f"panoptic_{split}2017"),
+            _load(paths["instaorder"]),
+            _load(paths["instances"]),
+            _load(paths["panoptic"]),
+            paths["panoptic_dir"],
             progress=not args.no_progress,
+            source=paths["instaorder"],
         )
+        os.makedirs(dest_dir, exist_ok=True)
         dest = os.path.join(dest_dir, f"InstaOrderPanoptic_{split}2017.json")
-        with open(dest, "w") as f:
-            json.dump(output, f, indent=4)
+        write_json_atomic(output, dest)
         logger.info("%s2017 -> %s", split, dest)
         for key in sorted(summary):
             logger.info("  %-50s %d", key, summary[key])

@@ -31,9 +31,9 @@ from pathlib import Path
 
 from instaformer.config import ConfigError, setup_cfg
 from instaformer.demo_utils import expand_inputs, opencv_has_gui, run_on_paths, run_on_video
+from instaformer.errors import run_cli
 from instaformer.model_zoo import model_args
 from instaformer.predictor import Predictor
-from mask2former.utils.download import DownloadError
 
 logger = logging.getLogger("instaformer.demo")
 
@@ -74,6 +74,9 @@ def get_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--max-frames", type=int, default=None, help="stop a video/webcam after this many frames"
+    )
+    parser.add_argument(
+        "--debug", action="store_true", help="full traceback of config/data/checkpoint errors"
     )
     parser.add_argument(
         "--opts",
@@ -119,10 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(err))
     except KeyError as err:
         parser.error(str(err.args[0]))
-    try:
-        predictor = Predictor(cfg)
-    except DownloadError as err:
-        parser.exit(1, f"{parser.prog}: {err}\n")
+    predictor = Predictor(cfg)
 
     if args.input:
         report = run_on_paths(predictor, paths, args.output, include_masks=args.masks)
@@ -141,5 +141,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cli() -> None:
-    """``instaformer-demo`` / ``demo/demo.py``: exit with :func:`main`'s status."""
-    sys.exit(main())
+    """``instaformer-demo`` / ``demo/demo.py``: exit with :func:`main`'s status (2 with one
+    message for a config, data or checkpoint error; ``--debug`` keeps the traceback)."""
+    sys.exit(run_cli(main, None, "instaformer-demo"))

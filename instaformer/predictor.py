@@ -386,7 +386,9 @@ def _build_and_load(cfg: CfgNode) -> nn.Module:
             raise FileNotFoundError(f"MODEL.WEIGHTS file not found: {cfg.MODEL.WEIGHTS}")
         from mask2former.checkpoint import M2FCheckpointer, format_report
 
-        report = M2FCheckpointer(model, save_to_disk=False).load_weights(cfg.MODEL.WEIGHTS)
+        report = M2FCheckpointer(model, save_to_disk=False).load_weights(
+            cfg.MODEL.WEIGHTS, min_share=cfg.MODEL.WEIGHTS_MIN_SHARE
+        )
         if any(report.values()):
             logger.warning("%s", format_report(cfg.MODEL.WEIGHTS, report))
     else:

@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from torch import nn
@@ -21,13 +24,19 @@ from torch import nn
 import instaformer.data  # noqa: F401  (registers the InstaOrder datasets)
 import instaformer.instaordernet as instaordernet
 from instaformer.config import setup_cfg
-from instaformer.data import build_dataset_mapper
+from instaformer.data import DataError, build_dataset_mapper
+from instaformer.errors import run_cli
 from instaformer.evaluation import build_evaluators, report_results
 from instaformer.model_zoo import model_args
 from instaformer.modeling import build_model
 from mask2former.checkpoint import M2FCheckpointer, format_report
-from mask2former.config import CfgNode
-from mask2former.data.build import build_detection_test_loader, build_detection_train_loader
+from mask2former.config import CfgNode, check_training_cfg
+from mask2former.data.build import (
+    build_detection_test_loader,
+    build_detection_train_loader,
+    get_detection_dataset_dicts,
+    has_no_instance,
+)
 from mask2former.engine import (
     Trainer,
     default_argument_parser,
@@ -35,6 +44,7 @@ from mask2former.engine import (
     launch,
     resolve_device,
 )
+from mask2former.engine.lock import hold_output_dir
 from mask2former.evaluation import DatasetEvaluator, inference_on_dataset
 from mask2former.utils import comm, download
 
@@ -55,7 +65,30 @@ class ModelFamily:
 
 def _panoptic_train_loader(cfg: CfgNode, start_iter: int) -> Iterable[list[dict]]:
     mapper = build_dataset_mapper(cfg, is_train=True)
-    return build_detection_train_loader(cfg, mapper=mapper, start_iter=start_iter)
+    names = list(cfg.DATASETS.TRAIN)
+    everything = get_detection_dataset_dicts(names, filter_empty=False)
+    empty = sum(has_no_instance(d) for d in everything)
+    if empty == len(everything):
+        raise DataError(
+            f"training set {names}: none of its {len(everything)} images has an annotated "
+            "(non-crowd) segment, so every loss would be 0. Check the annotation files and "
+            "DETECTRON2_DATASETS (see datasets/README.md)."
+        )
+    dataset = everything
+    if cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS:
+        dataset = [d for d in everything if not has_no_instance(d)]
+        if empty:
+            logger.info(
+                "Training skips %d of %d images without annotations", empty, len(everything)
+            )
+    elif empty:
+        logger.warning(
+            "%d of %d training images have no annotated segment (DATALOADER."
+            "FILTER_EMPTY_ANNOTATIONS is False): they train the 'no object' class only",
+            empty,
+            len(everything),
+        )
+    return build_detection_train_loader(cfg, mapper=mapper, dataset=dataset, start_iter=start_iter)
 
 
 def _panoptic_test_loader(cfg: CfgNode, dataset_name: str) -> Iterable[list[dict]]:
@@ -69,7 +102,7 @@ def load_weights(cfg: CfgNode, model: nn.Module, path: str) -> dict[str, list]:
     Warns when a frozen part of the model receives no weight from the file, the usual mistake
     with the released configs (an ImageNet backbone instead of a Mask2Former checkpoint).
     """
-    report = M2FCheckpointer(model).load_weights(path)
+    report = M2FCheckpointer(model).load_weights(path, min_share=cfg.MODEL.WEIGHTS_MIN_SHARE)
     if any(report.values()):
         logger.warning(format_report(path, report))
     frozen = {
@@ -186,10 +219,16 @@ def main(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
 def run(args: argparse.Namespace) -> None:
     """Launch :func:`main` in one process per device as ``--num-gpus`` etc. ask.
 
-    Remote ``MODEL.WEIGHTS`` are downloaded here, once, before the processes start.
+    Checks the config and takes the lock of ``OUTPUT_DIR`` (machine 0) before starting any
+    process, so that a bad value or a folder in use is refused with one message; remote
+    ``MODEL.WEIGHTS`` are downloaded here, once, before the processes start.
     """
     cfg = setup_cfg(args.config_file, args.opts, freeze=False)
     resolve_device(cfg)
+    if not args.eval_only:
+        check_training_cfg(cfg)
+    if cfg.OUTPUT_DIR and args.machine_rank == 0 and os.environ.get("RANK", "0") == "0":
+        hold_output_dir(cfg.OUTPUT_DIR)  # the processes it starts share this lock
     if download.is_remote(cfg.MODEL.WEIGHTS):
         download.fetch(cfg.MODEL.WEIGHTS)
     backend = "nccl" if str(cfg.MODEL.DEVICE).startswith("cuda") else "gloo"
@@ -201,6 +240,7 @@ def run(args: argparse.Namespace) -> None:
         dist_url=args.dist_url,
         args=(args,),
         backend=backend,
+        timeout=timedelta(seconds=cfg.DIST_TIMEOUT),
     )
 
 
@@ -230,5 +270,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def cli(argv: list[str] | None = None) -> None:
-    """``instaformer-train`` / ``train_net.py``: :func:`parse_args`, then :func:`run`."""
-    run(parse_args(argv))
+    """``instaformer-train`` / ``train_net.py``: :func:`parse_args`, then :func:`run`.
+
+    A configuration, data, checkpoint, download or output-folder error exits with status 2 and
+    one line on stderr (``--debug`` or ``INSTAFORMER_DEBUG=1`` keeps the traceback).
+    """
+    sys.exit(run_cli(lambda a: run(parse_args(a)), argv, "instaformer-train"))

@@ -8,12 +8,21 @@ key has one. Use :func:`instaformer.config.get_cfg` to obtain a complete config.
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any
 
+import yaml
+from fvcore.common.config import BASE_KEY
 from fvcore.common.config import CfgNode as _FvcoreCfgNode
 
-__all__ = ["CfgNode", "ConfigError", "get_base_cfg", "add_maskformer2_config"]
+__all__ = [
+    "CfgNode",
+    "ConfigError",
+    "check_training_cfg",
+    "get_base_cfg",
+    "add_maskformer2_config",
+]
 
 
 class ConfigError(KeyError):
@@ -36,13 +45,16 @@ class CfgNode(_FvcoreCfgNode):
 
     @classmethod
     def load_yaml_with_base(cls, filename: str, allow_unsafe: bool = False) -> dict[str, Any]:
-        """Load a yaml file and, recursively, the files named by its ``_BASE_`` key."""
-        if not os.path.isfile(filename):
-            raise ConfigError(f"config file not found: {filename}")
-        try:
-            return super().load_yaml_with_base(filename, allow_unsafe=allow_unsafe)
-        except ConfigError as err:
-            raise ConfigError(f"{err} (named by _BASE_ in {filename})") from err
+        """Load a yaml file and, recursively, the files named by its ``_BASE_`` key.
+
+        ``allow_unsafe`` is accepted for fvcore compatibility and ignored: configs are plain data.
+
+        Raises:
+            ConfigError: a missing, unreadable, empty or non-mapping file, a key given twice in
+                one mapping, a ``_BASE_`` that is not a path (or list of paths) or that names a
+                file already being loaded (a cycle); the message names the file and the key.
+        """
+        return _load_with_base(filename, ())
 
     def merge_from_file(self, cfg_filename: str, allow_unsafe: bool = False) -> None:
         """Merge a yaml file (following ``_BASE_``) into this config."""
@@ -79,6 +91,96 @@ class CfgNode(_FvcoreCfgNode):
             raise ConfigError(f"{_strip(err)} (in command-line overrides)") from err
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a mapping with the same key twice (yaml keeps the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise ConfigError(
+                    f"key {key!r} is given twice in config file {self.name} (lines {seen[key]} "
+                    f"and {line}); yaml would silently keep only the second"
+                )
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def _read_yaml(filename: str) -> dict[str, Any]:
+    """One yaml file as a dict (no ``_BASE_`` handling); every failure is a ConfigError."""
+    if not os.path.isfile(filename):
+        raise ConfigError(f"config file not found: {filename}")
+    try:
+        with open(filename, encoding="utf-8") as f:
+            text = f.read()
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"config file {filename} is not UTF-8 text: {err}") from err
+    except OSError as err:
+        raise ConfigError(f"cannot read config file {filename}: {err}") from err
+    loader = _UniqueKeyLoader(text)
+    loader.name = filename
+    try:
+        data = loader.get_single_data()
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {filename} is not valid yaml: {err}") from err
+    finally:
+        loader.dispose()
+    if data is None:
+        raise ConfigError(f"config file {filename} is empty")
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"config file {filename} holds a {type(data).__name__}, not a mapping of keys to values"
+        )
+    return data
+
+
+def _merge_into(a: dict[str, Any], b: dict[str, Any], filename: str) -> None:
+    """Merge dict ``a`` into ``b`` (values of ``a`` win), in place."""
+    for key, value in a.items():
+        if isinstance(value, dict) and key in b:
+            if not isinstance(b[key], dict):
+                raise ConfigError(
+                    f"config file {filename} gives key {key} sub-keys, but its _BASE_ sets it "
+                    f"to the value {b[key]!r}"
+                )
+            _merge_into(value, b[key], filename)
+        else:
+            b[key] = value
+
+
+def _load_with_base(filename: str, chain: tuple[str, ...]) -> dict[str, Any]:
+    real = os.path.realpath(filename)
+    if real in chain:
+        cycle = " -> ".join([*chain[chain.index(real) :], real])
+        raise ConfigError(f"circular _BASE_ in config files: {cycle}")
+    data = _read_yaml(filename)
+    if BASE_KEY not in data:
+        return data
+    bases = data.pop(BASE_KEY)
+    if isinstance(bases, str):
+        bases = [bases]
+    if not isinstance(bases, list) or not all(isinstance(b, str) and b for b in bases):
+        raise ConfigError(
+            f"_BASE_ in config file {filename} must be a file path or a list of paths, got "
+            f"{bases!r}"
+        )
+    merged: dict[str, Any] = {}
+    for base in bases:
+        path = os.path.expanduser(base)
+        if not os.path.isabs(path):  # relative to the file that names it, as detectron2
+            path = os.path.join(os.path.dirname(filename), path)
+        try:
+            _merge_into(_load_with_base(path, (*chain, real)), merged, filename)
+        except ConfigError as err:
+            if "circular _BASE_" in str(err):
+                raise
+            raise ConfigError(f"{err} (named by _BASE_ in {filename})") from err
+    _merge_into(data, merged, filename)
+    return merged
+
+
 def _decode(value: Any) -> Any:
     return _FvcoreCfgNode._decode_cfg_value(value) if isinstance(value, str) else value
 
@@ -105,6 +207,42 @@ def _strip(err: BaseException) -> str:
     return str(err.args[0]) if err.args else repr(err)
 
 
+# key -> (test, what the value must be), checked by ``check_training_cfg``.
+_TRAINING_CHECKS: dict[str, tuple[Any, str]] = {
+    "SOLVER.MAX_ITER": (lambda v: isinstance(v, int) and v > 0, "a positive integer"),
+    "SOLVER.CHECKPOINT_PERIOD": (lambda v: isinstance(v, int) and v > 0, "a positive integer"),
+    "SOLVER.IMS_PER_BATCH": (lambda v: isinstance(v, int) and v > 0, "a positive integer"),
+    "SOLVER.BASE_LR": (
+        lambda v: isinstance(v, (int, float)) and math.isfinite(v) and v >= 0,
+        "a finite number >= 0",
+    ),
+    "TEST.EVAL_PERIOD": (
+        lambda v: isinstance(v, int) and v >= 0,
+        "an integer >= 0 (0 = evaluate only at the end)",
+    ),
+    "DATALOADER.NUM_WORKERS": (lambda v: isinstance(v, int) and v >= 0, "an integer >= 0"),
+    "DIST_TIMEOUT": (
+        lambda v: isinstance(v, (int, float)) and math.isfinite(v) and v > 0,
+        "a positive number of seconds",
+    ),
+}
+
+
+def check_training_cfg(cfg: CfgNode) -> None:
+    """Refuse values that would make training fail late or silently misbehave.
+
+    Raises:
+        ConfigError: naming the first key whose value is out of range (e.g. ``SOLVER.MAX_ITER``
+            0, a negative ``SOLVER.CHECKPOINT_PERIOD``).
+    """
+    for key, (valid, what) in _TRAINING_CHECKS.items():
+        node: Any = cfg
+        for part in key.split("."):
+            node = node[part]
+        if isinstance(node, bool) or not valid(node):
+            raise ConfigError(f"config key {key} must be {what}, got {node!r}")
+
+
 def get_base_cfg() -> CfgNode:
     """The detectron2 default keys this project uses, with detectron2's default values."""
     _C = CfgNode()
@@ -115,6 +253,8 @@ def get_base_cfg() -> CfgNode:
     _C.MODEL.META_ARCHITECTURE = "MaskFormer"  # name in META_ARCH_REGISTRY
     # Initial weights: local path, https:// URL or detectron2:// model-zoo name; "" = random init.
     _C.MODEL.WEIGHTS = ""
+    # Least share (0-1) of the model's weight values MODEL.WEIGHTS must fill; 0 = accept any.
+    _C.MODEL.WEIGHTS_MIN_SHARE = 0.2
     _C.MODEL.PIXEL_MEAN = [103.530, 116.280, 123.675]  # per channel of INPUT.FORMAT, 0-255 scale
     _C.MODEL.PIXEL_STD = [1.0, 1.0, 1.0]  # per channel of INPUT.FORMAT, 0-255 scale
 
@@ -159,7 +299,9 @@ def get_base_cfg() -> CfgNode:
     _C.DATALOADER = CfgNode()
     _C.DATALOADER.NUM_WORKERS = 4  # data-loading worker processes per training process
     _C.DATALOADER.ASPECT_RATIO_GROUPING = True  # batch landscape and portrait images apart
-    _C.DATALOADER.FILTER_EMPTY_ANNOTATIONS = True  # training skips images without instances
+    # Training skips images without a non-crowd instance (panoptic: segment); a set with none
+    # at all is refused.
+    _C.DATALOADER.FILTER_EMPTY_ANNOTATIONS = True
 
     _C.SOLVER = CfgNode()
     _C.SOLVER.LR_SCHEDULER_NAME = "WarmupMultiStepLR"  # or "WarmupCosineLR", "WarmupPolyLR"
@@ -189,6 +331,9 @@ def get_base_cfg() -> CfgNode:
     _C.TEST.EVAL_PERIOD = 0  # iterations between evaluations during training; 0 = only at the end
     _C.TEST.DETECTIONS_PER_IMAGE = 100  # instance-segmentation predictions kept per image
 
+    # Seconds a collective operation (gradient all-reduce, gather, barrier) waits for every
+    # process before the run stops, naming the process that did not answer.
+    _C.DIST_TIMEOUT = 1800
     _C.OUTPUT_DIR = "./output"  # where checkpoints, logs, metrics and results are written
     _C.SEED = -1  # global random seed; < 0 draws one and logs it
     _C.CUDNN_BENCHMARK = False  # let cuDNN pick convolution algorithms per input size

@@ -126,7 +126,10 @@ def _assert_close(a: dict, b: dict) -> None:
     for task in a:
         assert a[task].keys() == b[task].keys(), task
         for key in a[task]:
-            assert a[task][key] == pytest.approx(b[task][key], rel=1e-9, abs=1e-9), (task, key)
+            assert a[task][key] == pytest.approx(b[task][key], rel=1e-9, abs=1e-9, nan_ok=True), (
+                task,
+                key,
+            )
 
 
 def test_two_gloo_processes_match_one(tmp_path: Path) -> None:

@@ -60,10 +60,21 @@ def _run(case: dict, multi_scale: bool, as_tensor: bool = False) -> dict:
     return evaluator.evaluate()
 
 
-def _assert_matches(ours: dict, reference: dict) -> None:
+def _undefined_in_reference(case: dict, key: str) -> bool:
+    """True when no sample of ``case`` defines the depth subset ``key`` (per-sample value -1)."""
+    per_sample = case["reference"].get("per_sample") or []
+    ref_key = key.replace("/WHDR_", "_")
+    return bool(per_sample) and all(row.get(ref_key, -1) == -1 for row in per_sample)
+
+
+def _assert_matches(ours: dict, reference: dict, case: dict) -> None:
     for task, metrics in reference.items():
         assert task in ours, f"missing task {task}"
         for key, value in metrics.items():
+            if np.isnan(ours[task][key]):
+                # A subset no sample defines: the reference reports 0.0, we report n/a (NaN).
+                assert value == 0.0 and _undefined_in_reference(case, key), (task, key, value)
+                continue
             assert abs(ours[task][key] - value) <= TOL, (task, key, ours[task][key], value)
 
 
@@ -71,8 +82,8 @@ def _assert_matches(ours: dict, reference: dict) -> None:
 def test_reference_case(case: dict) -> None:
     ref = case["reference"]
     if "error" not in ref:
-        _assert_matches(_run(case, multi_scale=False), ref["evaluate"])
-        _assert_matches(_run(case, multi_scale=False, as_tensor=True), ref["evaluate"])
+        _assert_matches(_run(case, multi_scale=False), ref["evaluate"], case)
+        _assert_matches(_run(case, multi_scale=False, as_tensor=True), ref["evaluate"], case)
     else:
         # The reference raises on a single-instance sample; we skip that sample instead.
         assert case["id"] == "occlusion_16"
@@ -99,7 +110,7 @@ def test_reference_case_multi_scale(case: dict) -> None:
     ms = case["reference_multi_scale"]
     ours = _run(case, multi_scale=True)
     if "error" not in ms:
-        _assert_matches(ours, ms["evaluate"])
+        _assert_matches(ours, ms["evaluate"], case)
         return
     per_sample = case["reference"].get("per_sample")
     task = "occlusion_order" if case["evaluator"] == "OcclusionEvaluator" else "depth_order"
@@ -116,8 +127,8 @@ def test_reference_case_multi_scale(case: dict) -> None:
         rows = [r for s, r in zip(sizes, per_sample, strict=True) if s == n]
         for key, ref_key in _metric_keys(task):
             values = [r[ref_key] for r in rows if r[ref_key] != -1]
-            expected = float(np.mean(values)) if values else 0.0
-            assert ours[f"{task}/dim_{n}"][key] == pytest.approx(expected, abs=1e-9)
+            expected = float(np.mean(values)) if values else float("nan")
+            assert ours[f"{task}/dim_{n}"][key] == pytest.approx(expected, abs=1e-9, nan_ok=True)
 
 
 def _has_value(row: dict) -> bool:
@@ -138,7 +149,8 @@ def test_depth_per_sample_values_match_reference_exactly() -> None:
         ours = _run(case, multi_scale=False)["depth_order"]
         for name in SUBSETS:
             ref = case["reference"]["per_sample"][0][name.replace("/WHDR_", "_")]
-            assert ours[name] == pytest.approx(ref if ref != -1 else 0.0, rel=1e-9, abs=1e-12)
+            expected = ref if ref != -1 else float("nan")  # -1: the subset is undefined
+            assert ours[name] == pytest.approx(expected, rel=1e-9, abs=1e-12, nan_ok=True)
 
 
 def test_occlusion_worked_example() -> None:
@@ -202,22 +214,15 @@ def test_occlusion_micro_differs_from_macro() -> None:
     assert result["micro_f1"] == pytest.approx(600 / 7)
 
 
-def test_all_images_skipped_does_not_crash() -> None:
+def test_all_images_skipped_reports_nan_not_a_score() -> None:
     evaluator = OcclusionEvaluator(multi_scale_evaluation=True)
     evaluator.process([{"occlusion_matrix": np.zeros((1, 1))}], [{"occlusion": -np.ones((1, 1))}])
     result = evaluator.evaluate()
-    assert result == {
-        "occlusion_order": {
-            "recall": 0.0,
-            "precision": 0.0,
-            "f1": 0.0,
-            "micro_recall": 100.0,
-            "micro_precision": 100.0,
-            "micro_f1": 100.0,
-            "num_images": 0,
-            "num_skipped": 1,
-        }
-    }
+    assert list(result) == ["occlusion_order"]
+    scores = result["occlusion_order"]
+    assert (scores["num_images"], scores["num_skipped"]) == (0, 1)
+    for key in ("recall", "precision", "f1", "micro_recall", "micro_precision", "micro_f1"):
+        assert np.isnan(scores[key]), key
 
 
 def test_shape_mismatch_names_the_image() -> None:

@@ -15,6 +15,7 @@ from test_demo_predictor import LOW_THRESHOLDS, make_scene
 
 from instaformer import demo, model_zoo, train
 from instaformer.config import resolve_config_file, setup_cfg
+from instaformer.errors import run_cli
 from mask2former.utils import download
 
 REPO = Path(__file__).resolve().parents[1]
@@ -194,9 +195,8 @@ def test_demo_names_the_url_when_the_download_fails(monkeypatch, cache, tmp_path
             config=TINY_OD,
         )
         argv = ["--model", "instaformer_od_swin_t", "--input", str(image), "--output", "o"]
-        with pytest.raises(SystemExit) as exit_info:
-            demo.main(argv + ["MODEL.DEVICE", "cpu"])
-    assert exit_info.value.code == 1
+        code = run_cli(demo.main, argv + ["MODEL.DEVICE", "cpu"], "instaformer-demo")
+    assert code == 2
     err = capsys.readouterr().err
     assert server.url("/gone.pth") in err and "put it at" in err
     assert not (tmp_path / "o").exists()

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from instaformer.data.io import DataError
+from instaformer.data.relations import check_record_types
 from mask2former.data.catalog import DatasetCatalog, Deferred, MetadataCatalog
 from mask2former.data.coco_categories import coco_panoptic_metadata
 
@@ -50,13 +51,28 @@ def _require(path: str, what: str) -> None:
         )
 
 
-def _load_json(path: str, what: str) -> Any:
+def _load_json(path: str, what: str, *, list_keys: tuple[str, ...] = ("annotations",)) -> Any:
+    """A JSON object file whose ``list_keys`` are lists; errors name the file."""
     _require(path, what)
     try:
-        with open(path) as f:
-            return json.load(f)
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except UnicodeDecodeError as e:
+        raise DataError(f"{what} {path} is not UTF-8 text: {e}") from e
     except json.JSONDecodeError as e:
         raise DataError(f"{what} {path} is not valid JSON: {e}") from e
+    if not isinstance(data, dict):
+        raise DataError(f"{what} {path} must hold a JSON object, got a {type(data).__name__}")
+    for key in list_keys:
+        if not isinstance(data.get(key), list):
+            found = "no" if key not in data else f"a {type(data[key]).__name__} as"
+            raise DataError(f"{what} {path} has {found} top-level '{key}' (a list is expected)")
+    return data
+
+
+def _malformed(where: str, err: Exception) -> DataError:
+    detail = f"missing key {err}" if isinstance(err, KeyError) else str(err)
+    return DataError(f"{where}: malformed record ({type(err).__name__}: {detail})")
 
 
 def load_instaorder_panoptic_json(
@@ -76,48 +92,75 @@ def load_instaorder_panoptic_json(
             ``instance_ids`` / ``segments_info``.
     """
     data = _load_json(json_file, "InstaOrder Panoptic annotation file")
-    meta = coco_panoptic_metadata()
-    thing_ids = meta["thing_dataset_id_to_contiguous_id"]
-    all_ids = meta["stuff_dataset_id_to_contiguous_id"]
-    sizes = {img["id"]: (img["height"], img["width"]) for img in data.get("images", [])}
+    try:
+        sizes = {img["id"]: (img["height"], img["width"]) for img in data.get("images", [])}
+    except (KeyError, TypeError) as e:
+        raise _malformed(f"{json_file}, 'images'", e) from e
     dicts = []
-    for ann in data["annotations"]:
-        where = f"{json_file}, image_id {ann.get('image_id')}"
-        if "instaorder" not in ann:
-            raise DataError(
-                f"{where}: annotation has no 'instaorder' record (not an InstaOrder "
-                f"Panoptic file? see {_README})"
-            )
-        segments = []
-        for seg in ann["segments_info"]:
-            if seg["category_id"] not in all_ids:
-                raise DataError(
-                    f"{where}: segment {seg['id']} has unknown category_id {seg['category_id']}"
-                )
-            segments.append(
-                dict(
-                    seg,
-                    category_id=all_ids[seg["category_id"]],
-                    isthing=seg["category_id"] in thing_ids,
-                )
-            )
-        record = ann["instaorder"]
-        check_instaorder_panoptic_record(record, {s["id"] for s in segments}, where)
-        stem = os.path.splitext(ann["file_name"])[0]
-        item = {
-            "file_name": os.path.join(image_dir, stem + ".jpg"),
-            "image_id": ann["image_id"],
-            "pan_seg_file_name": os.path.join(panoptic_dir, ann["file_name"]),
-            "segments_info": segments,
-            "instaorder": record,
-        }
-        if ann["image_id"] in sizes:
-            item["height"], item["width"] = sizes[ann["image_id"]]
-        dicts.append(item)
+    for index, ann in enumerate(data["annotations"]):
+        image_id = ann.get("image_id") if isinstance(ann, dict) else None
+        where = f"{json_file}, " + (f"image_id {image_id}" if image_id else f"annotation {index}")
+        try:
+            dicts.append(_panoptic_item(ann, where, image_dir, panoptic_dir, sizes))
+        except DataError:
+            raise
+        except (KeyError, TypeError, AttributeError, ValueError) as e:
+            raise _malformed(where, e) from e
     if dicts:
         _require(dicts[0]["file_name"], "image")
         _require(dicts[0]["pan_seg_file_name"], "panoptic PNG")
     return dicts
+
+
+def _panoptic_item(
+    ann: dict[str, Any],
+    where: str,
+    image_dir: str,
+    panoptic_dir: str,
+    sizes: dict[Any, tuple[int, int]],
+) -> dict[str, Any]:
+    """One dataset dict from one annotation of an InstaOrder Panoptic file."""
+    if not isinstance(ann, dict):
+        raise DataError(f"{where}: annotation must be an object, got {type(ann).__name__}")
+    if "instaorder" not in ann:
+        raise DataError(
+            f"{where}: annotation has no 'instaorder' record (not an InstaOrder "
+            f"Panoptic file? see {_README})"
+        )
+    if not isinstance(ann.get("segments_info"), list) or not all(
+        isinstance(seg, dict) for seg in ann["segments_info"]
+    ):
+        raise DataError(f"{where}: 'segments_info' must be a list of objects")
+    meta = coco_panoptic_metadata()
+    thing_ids = meta["thing_dataset_id_to_contiguous_id"]
+    all_ids = meta["stuff_dataset_id_to_contiguous_id"]
+    segments = []
+    for seg in ann["segments_info"]:
+        if seg["category_id"] not in all_ids:
+            raise DataError(
+                f"{where}: segment {seg['id']} has unknown category_id {seg['category_id']}"
+            )
+        segments.append(
+            dict(
+                seg,
+                category_id=all_ids[seg["category_id"]],
+                isthing=seg["category_id"] in thing_ids,
+            )
+        )
+    record = ann["instaorder"]
+    check_record_types(record, where)
+    check_instaorder_panoptic_record(record, {s["id"] for s in segments}, where)
+    stem = os.path.splitext(ann["file_name"])[0]
+    item = {
+        "file_name": os.path.join(image_dir, stem + ".jpg"),
+        "image_id": ann["image_id"],
+        "pan_seg_file_name": os.path.join(panoptic_dir, ann["file_name"]),
+        "segments_info": segments,
+        "instaorder": record,
+    }
+    if ann["image_id"] in sizes:
+        item["height"], item["width"] = sizes[ann["image_id"]]
+    return item
 
 
 def check_instaorder_panoptic_record(record: dict, segment_ids: set[int], where: str) -> None:
@@ -156,38 +199,67 @@ def load_instaorder_json(
         DataError: a record names an image or instance id absent from the instances file.
     """
     orders = _load_json(instaorder_json, "InstaOrder annotation file")
-    coco = _load_json(instances_json, "COCO instances file")
-    images = {img["id"]: img for img in coco["images"]}
-    anns = {a["id"]: a for a in coco["annotations"]}
+    coco = _load_json(instances_json, "COCO instances file", list_keys=("images", "annotations"))
+    try:
+        images = {img["id"]: img for img in coco["images"]}
+        anns = {a["id"]: a for a in coco["annotations"]}
+    except (KeyError, TypeError) as e:
+        raise _malformed(instances_json, e) from e
     dicts = []
-    for record in orders["annotations"]:
-        where = f"{instaorder_json}, image_id {record.get('image_id')}"
-        if record.get("image_id") not in images:
-            raise DataError(f"{where}: image not in {instances_json}")
-        missing = [i for i in record["instance_ids"] if i not in anns]
-        if missing:
-            raise DataError(f"{where}: instance ids {missing} not in {instances_json}")
-        image = images[record["image_id"]]
-        instances = []
-        for i in record["instance_ids"]:
-            a = anns[i]
-            if a["image_id"] != record["image_id"]:
-                raise DataError(f"{where}: instance {i} belongs to image {a['image_id']}")
-            keys = ("id", "category_id", "bbox", "segmentation", "iscrowd", "area")
-            instances.append({k: a[k] for k in keys if k in a})
-        dicts.append(
-            {
-                "file_name": os.path.join(image_dir, image["file_name"]),
-                "image_id": record["image_id"],
-                "height": image["height"],
-                "width": image["width"],
-                "annotations": instances,
-                "instaorder": {k: v for k, v in record.items() if k != "image_id"},
-            }
+    for index, record in enumerate(orders["annotations"]):
+        image_id = record.get("image_id") if isinstance(record, dict) else None
+        where = f"{instaorder_json}, " + (
+            f"image_id {image_id}" if image_id else f"annotation {index}"
         )
+        try:
+            dicts.append(_instaorder_item(record, where, images, anns, instances_json, image_dir))
+        except DataError:
+            raise
+        except (KeyError, TypeError, AttributeError, ValueError) as e:
+            raise _malformed(where, e) from e
     if dicts:
         _require(dicts[0]["file_name"], "image")
     return dicts
+
+
+def _instaorder_item(
+    record: Any,
+    where: str,
+    images: dict[Any, dict],
+    anns: dict[Any, dict],
+    instances_json: str,
+    image_dir: str,
+) -> dict[str, Any]:
+    """One dataset dict from one InstaOrder record joined with its COCO instances."""
+    check_record_types(record, where)
+    if record.get("image_id") not in images:
+        raise DataError(f"{where}: image not in {instances_json}")
+    missing = [i for i in record["instance_ids"] if i not in anns]
+    if missing:
+        raise DataError(f"{where}: instance ids {missing} not in {instances_json}")
+    image = images[record["image_id"]]
+    instances = []
+    for i in record["instance_ids"]:
+        a = anns[i]
+        if a["image_id"] != record["image_id"]:
+            raise DataError(f"{where}: instance {i} belongs to image {a['image_id']}")
+        segmentation = a.get("segmentation")
+        if not isinstance(segmentation, list | dict):
+            raise DataError(
+                f"{where}: instance {i} of {instances_json} has a 'segmentation' of type "
+                f"{type(segmentation).__name__} ({segmentation!r:.40}); COCO polygons (a list) "
+                "or RLE (an object) are expected"
+            )
+        keys = ("id", "category_id", "bbox", "segmentation", "iscrowd", "area")
+        instances.append({k: a[k] for k in keys if k in a})
+    return {
+        "file_name": os.path.join(image_dir, image["file_name"]),
+        "image_id": record["image_id"],
+        "height": image["height"],
+        "width": image["width"],
+        "annotations": instances,
+        "instaorder": {k: v for k, v in record.items() if k != "image_id"},
+    }
 
 
 SYNTHETIC_SUBDIR = "synthetic_instaorder"

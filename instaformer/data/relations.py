@@ -20,7 +20,7 @@ import numpy as np
 
 from instaformer.data.io import DataError
 
-__all__ = ["parse_order", "build_order_matrices", "reindex_matrices"]
+__all__ = ["check_record_types", "parse_order", "build_order_matrices", "reindex_matrices"]
 
 _ORDER = re.compile(r"^\s*(\d+)\s*([<=])\s*(\d+)\s*$")
 
@@ -54,6 +54,43 @@ def parse_order(order: str, num_instances: int, *, where: str = "") -> tuple[int
     return i, op, j, bidirectional
 
 
+def check_record_types(record: Any, where: str) -> None:
+    """Refuse an InstaOrder record whose fields have the wrong JSON types (DATASETS.md §2).
+
+    Raises:
+        DataError: naming ``where`` (file and record) and the field: the record is not an
+            object, ``instance_ids`` is not a list of integers, ``occlusion`` / ``depth`` are not
+            lists of objects with a string ``order``.
+    """
+    if not isinstance(record, dict):
+        raise DataError(
+            f"{where}: InstaOrder record must be an object, got {type(record).__name__}"
+        )
+    for key in ("instance_ids", "occlusion", "depth"):
+        if key not in record:
+            raise DataError(f"{where}: InstaOrder record has no '{key}'")
+        if not isinstance(record[key], list):
+            raise DataError(
+                f"{where}: '{key}' must be a list, got {type(record[key]).__name__} "
+                f"{_short(record[key])}"
+            )
+    ids = record["instance_ids"]
+    if not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+        raise DataError(f"{where}: 'instance_ids' must hold integers, got {_short(ids)}")
+    for key in ("occlusion", "depth"):
+        for entry in record[key]:
+            if not isinstance(entry, dict) or not isinstance(entry.get("order"), str):
+                raise DataError(
+                    f"{where}: each '{key}' entry must be an object with a string 'order', got "
+                    f"{_short(entry)}"
+                )
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def build_order_matrices(
     record: dict[str, Any], *, rm_bidirec: bool = False, rm_overlap: bool = False, where: str = ""
 ) -> dict[str, np.ndarray]:
@@ -62,31 +99,37 @@ def build_order_matrices(
 
     Args:
         record: ``{"instance_ids": [m], "occlusion": [...], "depth": [...]}``.
-        rm_bidirec: mark bidirectional occlusion pairs -1 (ignored) in both directions.
+        rm_bidirec: mark bidirectional occlusion pairs -1 (ignored) in both directions. A pair
+            is bidirectional when written ``"i<j & j<i"`` or as two entries ``"i<j"`` and
+            ``"j<i"`` (in any order): both give the same matrix.
         rm_overlap: mark depth pairs with overlapping extents -1 in the overlap matrix (removes
             them from every WHDR subset; the depth label is kept).
         where: file/record description used in error messages.
     Returns:
         ``{"occlusion": int32[m, m], "depth": ..., "overlap": ..., "count": ...}``.
     Raises:
-        DataError: a malformed entry; a pair labelled twice with contradicting labels.
+        DataError: a malformed entry or field type; a depth pair labelled twice with
+            contradicting labels.
     """
-    for key in ("instance_ids", "occlusion", "depth"):
-        if key not in record:
-            raise DataError(f"{where}: InstaOrder record has no '{key}'")
+    check_record_types(record, where)
     m = len(record["instance_ids"])
     occ = np.zeros((m, m), dtype=np.int32)
     depth = np.full((m, m), -1, dtype=np.int32)
     overlap = np.full((m, m), -1, dtype=np.int32)
     count = np.full((m, m), -1, dtype=np.int32)
+    # Directed "i occludes j" facts first: "i<j & j<i" and the two entries "i<j", "j<i" say the
+    # same, in any order, so both are bidirectional.
+    occludes: set[tuple[int, int]] = set()
     for entry in record["occlusion"]:
         i, op, j, bidirectional = parse_order(entry.get("order"), m, where=where)
         if op != "<":
             raise DataError(f"{where}: occlusion order {entry['order']!r} must use '<'")
+        occludes.add((i, j))
         if bidirectional:
-            occ[i, j] = occ[j, i] = -1 if rm_bidirec else 1
-        else:
-            occ[i, j] = 1
+            occludes.add((j, i))
+    for i, j in occludes:
+        mutual = (j, i) in occludes
+        occ[i, j] = -1 if (mutual and rm_bidirec) else 1
     seen: dict[tuple[int, int], str] = {}
     for entry in record["depth"]:
         i, op, j, bidirectional = parse_order(entry.get("order"), m, where=where)

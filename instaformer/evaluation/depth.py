@@ -11,7 +11,8 @@ or removed) are weighted ``w = 2 / count``. For a subset S of them
 for S = overlap filter x label filter: ``ovlX`` (overlap 0, "distinct"), ``ovlO`` (overlap 1),
 ``ovlOX`` (both) x ``eq`` (gt 2), ``neq`` (gt 0/1), ``all``. The dataset value of a subset is
 the exact mean over the images where it is defined (the reference divides by count + 1e-6),
-and 0.0 when no image defines it (as the reference). See docs/metrics.md.
+and NaN ("n/a", with a warning naming the subset) when no image defines it: the reference's 0.0
+would read as a perfect score. See docs/metrics.md.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from instaformer.evaluation._matrix import check_same_shape, get_matrix, image_name
+from mask2former.engine.checkpoint import atomic_write_bytes
 from mask2former.evaluation.evaluator import DatasetEvaluator, Results
 from mask2former.utils import comm
 
@@ -72,13 +74,12 @@ def depth_cell_sums(
         float64 [8]: weighted errors of the cells (distinct-neq, distinct-eq, overlap-neq,
         overlap-eq), then their weight sums in the same order.
     """
+    off_diagonal = ~np.eye(gt.shape[0], dtype=bool)
+    _check_values(gt[off_diagonal], (-1, 0, 1, 2), "GT depth")
+    _check_values(overlap[off_diagonal], (-1, 0, 1), "overlap")
     rows, cols = _upper(gt.shape[0])
     g = gt[rows, cols]
     v = overlap[rows, cols]
-    if ((g < -1) | (g > 2)).any():
-        raise ValueError(f"GT depth values must be in {{-1, 0, 1, 2}}, got {np.unique(g).tolist()}")
-    if ((v < -1) | (v > 1)).any():
-        raise ValueError(f"overlap values must be in {{-1, 0, 1}}, got {np.unique(v).tolist()}")
     valid = (g >= 0) & (v >= 0)
     g = g[valid]
     v = v[valid]
@@ -86,11 +87,23 @@ def depth_cell_sums(
     if (c <= 0).any():
         raise ValueError(f"count must be >= 1 on labelled pairs, got {np.unique(c).tolist()}")
     weight = 2.0 / c
-    wrong = pred[rows, cols][valid] != g
+    p = pred[rows, cols][valid]
+    _check_values(p, (0, 1, 2), "predicted depth (labelled pairs)")
+    wrong = p != g
     cell = 2 * v.astype(np.int64) + (g == 2)
     errors = np.bincount(cell, weights=weight * wrong, minlength=4)
     weights = np.bincount(cell, weights=weight, minlength=4)
     return np.concatenate([errors, weights])
+
+
+def _check_values(values: np.ndarray, allowed: tuple[int, ...], what: str) -> None:
+    """Refuse values outside ``allowed`` (the labels the metric defines)."""
+    bad = ~np.isin(values, allowed)
+    if bad.any():
+        raise ValueError(
+            f"{what} values must be in {{{', '.join(map(str, allowed))}}}, got "
+            f"{np.unique(values[bad]).tolist()} (values the metric does not define)"
+        )
 
 
 def whdr_per_image(sums: np.ndarray) -> np.ndarray:
@@ -163,11 +176,12 @@ class DepthEvaluator(DatasetEvaluator):
 
     @staticmethod
     def summarize(per_image: np.ndarray) -> dict[str, float]:
-        """Dataset values from per-image WHDR (float64 [I, 9], NaN = undefined)."""
+        """Dataset values from per-image WHDR (float64 [I, 9], NaN = undefined); a subset that no
+        image defines is NaN."""
         defined = ~np.isnan(per_image)
         num_defined = defined.sum(axis=0)
         totals = np.where(defined, per_image, 0.0).sum(axis=0)
-        means = np.where(num_defined > 0, totals / np.maximum(num_defined, 1), 0.0)
+        means = np.where(num_defined > 0, totals / np.maximum(num_defined, 1), np.nan)
         result: dict[str, float] = {name: float(m) for name, m in zip(SUBSETS, means, strict=True)}
         evaluated = int(defined.any(axis=1).sum())
         result["num_images"] = evaluated
@@ -189,7 +203,12 @@ class DepthEvaluator(DatasetEvaluator):
         results: Results = {TASK: self.summarize(per_image)}
         empty = [SUBSETS[s] for s in np.flatnonzero(np.isnan(per_image).all(axis=0))]
         if empty:
-            logger.warning("DepthEvaluator: no image has a pair in %s; reported as 0", empty)
+            logger.warning(
+                "DepthEvaluator: n/a (NaN) for %s: no image of the evaluation set has a labelled "
+                "pair in %s",
+                ", ".join(empty),
+                "it" if len(empty) == 1 else "them",
+            )
         if self._multi_scale:
             evaluated = ~np.isnan(per_image).all(axis=1)
             for k in np.unique(sizes_arr[evaluated]).tolist():
@@ -206,8 +225,6 @@ class DepthEvaluator(DatasetEvaluator):
                 value = per_image[i, s]
                 row[name] = None if np.isnan(value) else float(value)
             rows.append(row)
-        os.makedirs(self._output_dir, exist_ok=True)
         path = os.path.join(self._output_dir, "depth_per_image.json")
-        with open(path, "w") as f:
-            json.dump(rows, f)
+        atomic_write_bytes(path, json.dumps(rows).encode("utf-8"))
         logger.info("Per-image depth WHDR written to %s", path)

@@ -12,7 +12,8 @@ instance i occludes instance j); GT cells equal to -1 are ignored. Two summaries
   then recall/precision/F1 once, times 100.
 
 Images without an evaluable pair (K <= 1) are skipped and counted in ``num_skipped``; the
-reference crashes on them. See docs/metrics.md.
+reference crashes on them. When no image has an evaluable pair every score is NaN ("n/a", with
+a warning): there is nothing to score, and 0 or 100 would read as a result. See docs/metrics.md.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from instaformer.evaluation._matrix import check_same_shape, get_matrix, image_name
+from mask2former.engine.checkpoint import atomic_write_bytes
 from mask2former.evaluation.evaluator import DatasetEvaluator, Results
 from mask2former.utils import comm
 
@@ -155,11 +157,17 @@ class OcclusionEvaluator(DatasetEvaluator):
         micro = binary_scores(tp.sum(), fp.sum(), fn.sum(), self._zero_division)
         num = len(valid)
         if num == 0:
-            logger.warning("OcclusionEvaluator: no image with an evaluable pair; macro scores = 0")
+            logger.warning(
+                "OcclusionEvaluator: every score is n/a (NaN): none of the %d images has an "
+                "evaluable pair (two annotated instances with a GT cell other than -1)",
+                len(counts),
+            )
+            recall = precision = f1 = np.full(1, np.nan)
+            micro = (np.nan, np.nan, np.nan)
         return {
-            "recall": float(recall.mean()) if num else 0.0,
-            "precision": float(precision.mean()) if num else 0.0,
-            "f1": float(f1.mean()) if num else 0.0,
+            "recall": float(recall.mean()),
+            "precision": float(precision.mean()),
+            "f1": float(f1.mean()),
             "micro_recall": float(micro[0]),
             "micro_precision": float(micro[1]),
             "micro_f1": float(micro[2]),
@@ -208,8 +216,6 @@ class OcclusionEvaluator(DatasetEvaluator):
                     "f1": float(f1[i]) if evaluated else None,
                 }
             )
-        os.makedirs(self._output_dir, exist_ok=True)
         path = os.path.join(self._output_dir, "occlusion_per_image.json")
-        with open(path, "w") as f:
-            json.dump(rows, f)
+        atomic_write_bytes(path, json.dumps(rows).encode("utf-8"))
         logger.info("Per-image occlusion scores written to %s", path)

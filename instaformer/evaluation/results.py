@@ -13,7 +13,11 @@ import math
 import os
 from typing import Any
 
+from mask2former.engine.checkpoint import atomic_write_bytes
+
 logger = logging.getLogger(__name__)
+
+NOT_AVAILABLE = "n/a"
 
 # (task, metric, column header), in print order.
 COLUMNS: tuple[tuple[str, str, str], ...] = (
@@ -39,13 +43,15 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
 def format_results_table(results: dict[str, dict[str, Any]]) -> str:
     """A two-line, pipe-separated table (header, values with 2 decimals) of the main metrics.
 
-    Returns an empty string when none of the columns is present.
+    An undefined metric (NaN: the evaluation set has no pair or segment it can score) is shown
+    as ``n/a``. Returns an empty string when none of the columns is present.
     """
     headers, values = [], []
     for task, metric, header in COLUMNS:
         if metric in results.get(task, {}):
             headers.append(header)
-            values.append(f"{float(results[task][metric]):.2f}")
+            value = float(results[task][metric])
+            values.append(f"{value:.2f}" if math.isfinite(value) else NOT_AVAILABLE)
     if not headers:
         return ""
     widths = [max(len(h), len(v)) for h, v in zip(headers, values, strict=True)]
@@ -65,11 +71,11 @@ def _json_safe(value: Any) -> Any:
 
 
 def write_results(results: dict[str, dict[str, Any]], output_dir: str) -> str:
-    """Write ``results`` to ``{output_dir}/eval_results.json`` (NaN/inf as null); return path."""
-    os.makedirs(output_dir, exist_ok=True)
+    """Write ``results`` to ``{output_dir}/eval_results.json`` (NaN/inf as null) atomically;
+    return the path."""
     path = os.path.join(output_dir, "eval_results.json")
-    with open(path, "w") as f:
-        json.dump(_json_safe(results), f, indent=2, allow_nan=False)
+    text = json.dumps(_json_safe(results), indent=2, allow_nan=False)
+    atomic_write_bytes(path, text.encode("utf-8"))
     return path
 
 
@@ -78,7 +84,13 @@ def report_results(results: dict[str, dict[str, Any]], output_dir: str | None = 
     table."""
     table = format_results_table(results)
     if table:
-        logger.info("Evaluation results:\n%s", table)
+        note = (
+            f"\n{NOT_AVAILABLE}: undefined, nothing in the evaluation set to score (see the "
+            "evaluator's warning above)"
+            if NOT_AVAILABLE in table
+            else ""
+        )
+        logger.info("Evaluation results:\n%s%s", table, note)
     for task, metrics in results.items():
         logger.info("%s: %s", task, ", ".join(f"{k}={v}" for k, v in metrics.items()))
     if output_dir:

@@ -38,6 +38,7 @@ from instaformer.instaordernet.symmetrisation import (
     symmetrise_depth,
     symmetrise_occlusion,
 )
+from mask2former.checkpoint import load_torch_file
 from mask2former.config import CfgNode
 from mask2former.modeling.configurable import configurable
 from mask2former.modeling.registry import META_ARCH_REGISTRY
@@ -305,7 +306,7 @@ def load_weights(model: nn.Module, path: str | os.PathLike) -> None:
     path = download.fetch(os.fspath(path))
     if not os.path.isfile(path):
         raise FileNotFoundError(f"MODEL.WEIGHTS not found: {path}")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    checkpoint = load_torch_file(path)  # names an empty, truncated or unsafe file
     if isinstance(checkpoint, dict) and isinstance(checkpoint.get("model"), dict):
         result = model.load_state_dict(checkpoint["model"], strict=False)
         if result.missing_keys or result.unexpected_keys:

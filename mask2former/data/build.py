@@ -7,9 +7,14 @@ collates a batch as a plain ``list[dict]``; images of different sizes are padded
 from __future__ import annotations
 
 import copy
+import ctypes
 import itertools
 import logging
+import multiprocessing
+import os
 import random
+import signal
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -30,7 +35,9 @@ __all__ = [
     "build_batch_data_loader",
     "build_detection_test_loader",
     "build_detection_train_loader",
+    "die_with_parent",
     "get_detection_dataset_dicts",
+    "has_no_instance",
     "shared_seed",
     "trivial_batch_collator",
     "worker_init_fn",
@@ -44,8 +51,9 @@ def get_detection_dataset_dicts(
 ) -> list[dict]:
     """Concatenate the dataset dicts of the registered datasets ``names``.
 
-    With ``filter_empty``, dicts that carry an ``annotations`` list and have no non-crowd
-    annotation are dropped (InstaOrder Panoptic dicts have no ``annotations`` key and are kept).
+    With ``filter_empty``, dicts without a non-crowd instance are dropped: an ``annotations``
+    list (COCO instances) or, for panoptic dicts without one, a ``segments_info`` list with no
+    non-crowd segment. Dicts with neither key are kept.
     """
     if isinstance(names, str):
         names = [names]
@@ -59,14 +67,16 @@ def get_detection_dataset_dicts(
         dicts.extend(part)
     if filter_empty:
         before = len(dicts)
-        dicts = [d for d in dicts if not _has_no_instance(d)]
+        dicts = [d for d in dicts if not has_no_instance(d)]
         if len(dicts) < before:
             logger.info("Removed %d images without non-crowd annotations", before - len(dicts))
     return dicts
 
 
-def _has_no_instance(record: dict) -> bool:
-    anns = record.get("annotations")
+def has_no_instance(record: dict) -> bool:
+    """True when the dataset dict lists instances (``annotations``, or panoptic
+    ``segments_info``) and none of them is a non-crowd one."""
+    anns = record.get("annotations", record.get("segments_info"))
     return anns is not None and not any(a.get("iscrowd", 0) == 0 for a in anns)
 
 
@@ -89,13 +99,40 @@ def trivial_batch_collator(batch: list[Any]) -> list[Any]:
     return batch
 
 
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with_parent() -> None:
+    """Linux: ask the kernel to kill this process (SIGKILL) when its parent dies.
+
+    A data-loading worker of a killed training process would otherwise live on, holding its
+    memory, until it next looks at its queues. Elsewhere (or without a C library) nothing is
+    done.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        failed = libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) != 0
+    except (OSError, AttributeError):
+        return
+    if failed:
+        logger.debug("prctl(PR_SET_PDEATHSIG) failed: errno %d", ctypes.get_errno())
+        return
+    parent = multiprocessing.parent_process()
+    if parent is not None and os.getppid() != parent.pid:  # the parent died before prctl
+        os._exit(1)
+
+
 def worker_init_fn(worker_id: int) -> None:
-    """Seed ``random`` and ``numpy`` of a worker from torch's per-worker seed.
+    """Seed ``random`` and ``numpy`` of a worker from torch's per-worker seed, and make the
+    worker die with its parent (:func:`die_with_parent`).
 
     The DataLoader seeds torch in each worker with ``base_seed + worker_id``, and ``base_seed``
     comes from the loader's seeded generator, so every worker's augmentations are reproducible
     and differ between workers and ranks.
     """
+    die_with_parent()
     seed = torch.initial_seed() % 2**32
     random.seed(seed)
     np.random.seed(seed)

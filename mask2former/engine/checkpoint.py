@@ -10,12 +10,18 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import tempfile
 from typing import Any
 
 import torch
 
-__all__ = ["atomic_write_bytes", "save_training_checkpoint", "last_checkpoint_path"]
+__all__ = [
+    "atomic_write_bytes",
+    "save_training_checkpoint",
+    "last_checkpoint_path",
+    "remove_stale_temp_files",
+]
 
 logger = logging.getLogger(__name__)
 LAST_CHECKPOINT = "last_checkpoint"
@@ -35,6 +41,35 @@ def _atomic_replace(path: str, write: Any) -> None:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+# ``.<name>.<random>.tmp``: the temporary names ``_atomic_replace`` gives in the output folder.
+_TEMP_NAME = re.compile(r"^\.(.+\.pth|last_checkpoint|config\.yaml)\.[A-Za-z0-9_]+\.tmp$")
+
+
+def remove_stale_temp_files(output_dir: str) -> list[str]:
+    """Delete the hidden temporary files a save killed mid-write left in ``output_dir``.
+
+    Call only while holding the folder's run lock (no other process of ours writes there).
+
+    Returns:
+        the removed paths.
+    """
+    if not os.path.isdir(output_dir):
+        return []
+    removed = []
+    for name in sorted(os.listdir(output_dir)):
+        path = os.path.join(output_dir, name)
+        if _TEMP_NAME.match(name) and os.path.isfile(path) and not os.path.islink(path):
+            os.remove(path)
+            removed.append(path)
+    if removed:
+        logger.info(
+            "Removed %d temporary file(s) left by an interrupted save: %s",
+            len(removed),
+            ", ".join(os.path.basename(p) for p in removed),
+        )
+    return removed
 
 
 def atomic_write_bytes(path: str, data: bytes) -> None:

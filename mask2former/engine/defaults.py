@@ -14,6 +14,8 @@ import numpy as np
 import torch
 
 from mask2former.config import CfgNode
+from mask2former.engine.checkpoint import atomic_write_bytes
+from mask2former.engine.lock import hold_output_dir
 from mask2former.utils import comm
 from mask2former.utils.logger import setup_logger
 
@@ -61,6 +63,12 @@ def default_argument_parser(description: str | None = None) -> argparse.Argument
         "--dist-url",
         default="auto",
         help="tcp://HOST:PORT of machine 0; 'auto' picks a free local port (one machine)",
+    )
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="show the full traceback of configuration, data and checkpoint errors "
+        "(also INSTAFORMER_DEBUG=1)",
     )
     parser.add_argument(
         "opts",
@@ -119,11 +127,17 @@ def collect_env_info() -> str:
 
 
 def default_setup(cfg: CfgNode, args: argparse.Namespace) -> logging.Logger:
-    """Per-process set-up: output folder, loggers, environment summary, config dump, seed."""
+    """Per-process set-up: output folder and its lock, loggers, environment summary, config
+    dump, seed.
+
+    Raises:
+        RunLockError: (main process) another live run owns ``OUTPUT_DIR``.
+    """
     output_dir = cfg.OUTPUT_DIR
     rank = comm.get_rank()
     if comm.is_main_process() and output_dir:
         os.makedirs(output_dir, exist_ok=True)
+        hold_output_dir(output_dir)  # before anything is written: a second live run is refused
     logger = setup_logger(output_dir, rank=rank, name="instaformer")
     logger.info("Rank %d of %d", rank, comm.get_world_size())
     logger.info("Environment:\n%s", collect_env_info())
@@ -132,8 +146,7 @@ def default_setup(cfg: CfgNode, args: argparse.Namespace) -> logging.Logger:
         logger.info("Config file %s", args.config_file)
     if comm.is_main_process() and output_dir:
         path = os.path.join(output_dir, "config.yaml")
-        with open(path, "w") as f:
-            f.write(cfg.dump())
+        atomic_write_bytes(path, cfg.dump().encode("utf-8"))
         logger.info("Full config saved to %s", path)
     seed = seed_all(cfg.SEED if cfg.SEED < 0 else cfg.SEED + rank)
     logger.info("Random seed %d", seed)

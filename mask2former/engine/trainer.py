@@ -24,8 +24,14 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from mask2former.config import CfgNode
-from mask2former.engine.checkpoint import last_checkpoint_path, save_training_checkpoint
+from mask2former.checkpoint import load_torch_file
+from mask2former.config import CfgNode, check_training_cfg
+from mask2former.engine.checkpoint import (
+    last_checkpoint_path,
+    remove_stale_temp_files,
+    save_training_checkpoint,
+)
+from mask2former.engine.collective import CollectiveProgress, is_peer_failure
 from mask2former.engine.events import MetricsWriter
 from mask2former.engine.launch import local_rank
 from mask2former.engine.optimizer import build_lr_scheduler, build_optimizer, clip_gradients
@@ -41,6 +47,7 @@ class Trainer:
     """Builds model, optimizer, schedule and data from ``cfg`` and runs the training loop."""
 
     def __init__(self, cfg: CfgNode) -> None:
+        check_training_cfg(cfg)
         self.cfg = cfg
         self.device = torch.device(cfg.MODEL.DEVICE)
         if self.device.type == "cuda" and comm.get_world_size() > 1:
@@ -64,6 +71,7 @@ class Trainer:
         self.start_iter = 0
         self.iteration = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
+        self._progress = CollectiveProgress()
 
     # -- pieces provided by subclasses ----------------------------------------------------------
     def build_model(self, cfg: CfgNode) -> nn.Module:
@@ -106,7 +114,7 @@ class Trainer:
             self.start_iter = 0
             return
         logger.info("Resuming from %s", path)
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = load_torch_file(path)
         self.model_without_ddp.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -137,6 +145,7 @@ class Trainer:
         }
 
     def save_checkpoint(self, name: str) -> None:
+        self._progress.mark(self.iteration, "checkpoint")
         state = self.state_dict()
         if comm.is_main_process():
             save_training_checkpoint(self.cfg.OUTPUT_DIR, name, state)
@@ -145,6 +154,8 @@ class Trainer:
     def train(self, resume: bool = False) -> dict[str, dict[str, float]]:
         """Run iterations ``start_iter .. MAX_ITER - 1``; returns the last evaluation results."""
         cfg = self.cfg
+        if comm.is_main_process():
+            remove_stale_temp_files(cfg.OUTPUT_DIR)
         self.resume_or_load(resume)
         writer = self._build_writer() if comm.is_main_process() else None
         results: dict[str, dict[str, float]] = {}
@@ -157,17 +168,12 @@ class Trainer:
             start = time.perf_counter()
             for iteration in range(self.start_iter, self.max_iter):
                 self.iteration = iteration
-                scalars = self.run_step(data)
-                last = self.iteration == self.max_iter - 1
-                if writer is not None:
-                    writer.put(self.iteration, scalars)
-                    if (self.iteration + 1) % LOG_PERIOD == 0 or last:
-                        writer.write(self.iteration, self.optimizer.param_groups[0]["lr"])
-                if (self.iteration + 1) % cfg.SOLVER.CHECKPOINT_PERIOD == 0 and not last:
-                    self.save_checkpoint(f"model_{self.iteration:07d}")
-                period = cfg.TEST.EVAL_PERIOD
-                if period > 0 and (self.iteration + 1) % period == 0 and not last:
-                    results = self._evaluate_and_log(writer)
+                try:
+                    self._train_iteration(data, writer)
+                except RuntimeError as err:
+                    if comm.get_world_size() > 1 and is_peer_failure(err):
+                        raise self._progress.error(err, cfg.DIST_TIMEOUT) from err
+                    raise
             elapsed = time.perf_counter() - start
             done = self.max_iter - self.start_iter
             logger.info(
@@ -180,7 +186,37 @@ class Trainer:
             writer.close()
         return results
 
+    def _train_iteration(self, data: Iterator[list[dict]], writer: MetricsWriter | None) -> None:
+        """One iteration of the loop: step, metrics, periodic checkpoint and evaluation."""
+        cfg = self.cfg
+        scalars = self.run_step(data)
+        last = self.iteration == self.max_iter - 1
+        if writer is not None:
+            writer.put(self.iteration, scalars)
+            if (self.iteration + 1) % LOG_PERIOD == 0 or last:
+                writer.write(self.iteration, self.optimizer.param_groups[0]["lr"])
+        if (self.iteration + 1) % cfg.SOLVER.CHECKPOINT_PERIOD == 0 and not last:
+            self.save_checkpoint(f"model_{self.iteration:07d}")
+        period = cfg.TEST.EVAL_PERIOD
+        if period > 0 and (self.iteration + 1) % period == 0 and not last:
+            self._evaluate_and_log(writer)
+
+    def _check_parameters_finite(self, loss: float) -> None:
+        """Stop when the optimizer step made a weight NaN or infinite (e.g. a far too large
+        learning rate), before the next forward pass feeds such values to the matcher."""
+        params = [(n, p) for n, p in self.model_without_ddp.named_parameters() if p.requires_grad]
+        bad = _non_finite(params)
+        if bad:
+            shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+            raise FloatingPointError(
+                f"Weights became infinite or NaN in the optimizer step of iteration "
+                f"{self.iteration} (learning rate {self.optimizer.param_groups[0]['lr']:.4g}, "
+                f"loss {loss:.4g}): {shown}. Lower SOLVER.BASE_LR or enable "
+                "SOLVER.CLIP_GRADIENTS."
+            )
+
     def _evaluate_and_log(self, writer: MetricsWriter | None) -> dict[str, dict[str, float]]:
+        self._progress.mark(self.iteration, "evaluation")
         results = self.evaluate(self.model_without_ddp)
         self.model.train()
         if writer is not None and results:
@@ -206,6 +242,7 @@ class Trainer:
         start = time.perf_counter()
         batch = next(data)
         data_time = time.perf_counter() - start
+        self._progress.mark(self.iteration, "forward")
         autocast = (
             torch.autocast(self.device.type, dtype=self.amp_dtype)
             if self.amp_dtype is not None
@@ -223,11 +260,13 @@ class Trainer:
                 f"terms: {terms}"
             )
         self.optimizer.zero_grad(set_to_none=True)
+        self._progress.mark(self.iteration, "backward")  # DDP all-reduces the gradients
         self.scaler.scale(losses).backward()
         self.scaler.unscale_(self.optimizer)
         clip_gradients(self.cfg, self.model_without_ddp.parameters())
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        self._check_parameters_finite(total)
         self.scheduler.step()
         reduced = comm.reduce_dict(detached)
         return {
@@ -236,6 +275,23 @@ class Trainer:
             "time": time.perf_counter() - start,
             "data_time": data_time,
         }
+
+
+def _non_finite(params: list[tuple[str, torch.Tensor]]) -> list[str]:
+    """Names of the tensors holding NaN or inf. Cheap in the usual case: a per-tensor sum (NaN and
+    inf propagate; one read of each tensor, no temporary copy); only when a sum is not finite
+    are the extremes of each tensor looked at (a sum of huge finite values may overflow)."""
+    if not params:
+        return []
+    sums = torch.stack([p.detach().sum(dtype=torch.float32) for _, p in params])
+    if bool(torch.isfinite(sums).all()):
+        return []
+    bad = []
+    for name, p in params:
+        extremes = torch.stack([p.detach().amax(), p.detach().amin()]).float()
+        if not bool(torch.isfinite(extremes).all()):
+            bad.append(name)
+    return bad
 
 
 def _get_rng_state() -> dict[str, Any]:
