@@ -22,6 +22,7 @@ import instaformer.data  # noqa: F401  (registers the InstaOrder datasets)
 import instaformer.instaordernet as instaordernet
 from instaformer.config import setup_cfg
 from instaformer.data import build_dataset_mapper
+from instaformer.data.custom import check_num_classes, register_custom_datasets
 from instaformer.evaluation import build_evaluators, report_results
 from instaformer.modeling import build_model
 from mask2former.checkpoint import M2FCheckpointer, format_report
@@ -163,6 +164,9 @@ def setup(args: argparse.Namespace) -> CfgNode:
     cfg = setup_cfg(args.config_file, args.opts, freeze=False)
     resolve_device(cfg)
     cfg.freeze()
+    register_custom_datasets(cfg)
+    if model_family(cfg) is INSTAFORMER:
+        check_num_classes(cfg)
     default_setup(cfg, args)
     return cfg
 

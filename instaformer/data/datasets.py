@@ -60,15 +60,22 @@ def _load_json(path: str, what: str) -> Any:
 
 
 def load_instaorder_panoptic_json(
-    json_file: str, image_dir: str, panoptic_dir: str
+    json_file: str,
+    image_dir: str,
+    panoptic_dir: str,
+    metadata: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Read an InstaOrder Panoptic file (DATASETS.md §5.3) into dataset dicts.
 
+    Args:
+        metadata: the category maps ``thing_dataset_id_to_contiguous_id`` and
+            ``stuff_dataset_id_to_contiguous_id`` (all classes); None = COCO panoptic's 133.
     Returns:
-        one dict per annotation, in file order: ``file_name`` (image path, PNG stem + ``.jpg``),
-        ``image_id``, ``height``, ``width`` (from ``images``), ``pan_seg_file_name``,
-        ``segments_info`` (each segment with ``category_id`` mapped to the contiguous id 0-132
-        and ``isthing`` added), and ``instaorder`` (the record with ``pan_instance_ids``).
+        one dict per annotation, in file order: ``file_name`` (image path: the ``file_name`` of
+        the image entry, or the PNG stem + ``.jpg`` when ``images`` lacks it), ``image_id``,
+        ``height``, ``width`` (from ``images``), ``pan_seg_file_name``, ``segments_info`` (each
+        segment with ``category_id`` mapped to its contiguous id and ``isthing`` added), and
+        ``instaorder`` (the record with ``pan_instance_ids``).
     Raises:
         FileNotFoundError: the JSON, or the first image / PNG, is missing (message names the
             path and points to datasets/README.md).
@@ -76,10 +83,11 @@ def load_instaorder_panoptic_json(
             ``instance_ids`` / ``segments_info``.
     """
     data = _load_json(json_file, "InstaOrder Panoptic annotation file")
-    meta = coco_panoptic_metadata()
+    meta = coco_panoptic_metadata() if metadata is None else metadata
     thing_ids = meta["thing_dataset_id_to_contiguous_id"]
     all_ids = meta["stuff_dataset_id_to_contiguous_id"]
     sizes = {img["id"]: (img["height"], img["width"]) for img in data.get("images", [])}
+    names = {img["id"]: img["file_name"] for img in data.get("images", []) if "file_name" in img}
     dicts = []
     for ann in data["annotations"]:
         where = f"{json_file}, image_id {ann.get('image_id')}"
@@ -104,8 +112,9 @@ def load_instaorder_panoptic_json(
         record = ann["instaorder"]
         check_instaorder_panoptic_record(record, {s["id"] for s in segments}, where)
         stem = os.path.splitext(ann["file_name"])[0]
+        image_name = names.get(ann["image_id"], stem + ".jpg")
         item = {
-            "file_name": os.path.join(image_dir, stem + ".jpg"),
+            "file_name": os.path.join(image_dir, image_name),
             "image_id": ann["image_id"],
             "pan_seg_file_name": os.path.join(panoptic_dir, ann["file_name"]),
             "segments_info": segments,
