@@ -10,11 +10,13 @@ and one JSON per image, each one entry of ``images``, read in file-name order)::
         "file_name": "kitchen/0001.jpg",          # relative to the image folder
         "height": 480, "width": 640,              # optional: read from the image
         "image_id": 1,                            # optional: position in the list + 1
-        "mask_file": "masks/0001.png",            # optional: PNG of instance ids (0 = none),
-                                                  #   relative to the input file's folder
+        "mask_file": "masks/0001.png",            # optional: PNG of instance ids (0 = none;
+                                                  #   one channel, or RGB in the COCO panoptic
+                                                  #   encoding), relative to the input's folder
         "instances": [                            # things and stuff regions, m in all
             {"category_id": 1, "mask_id": 3},                  # pixels == 3 in mask_file
             {"category_id": 5, "segmentation": {"size": [H, W], "counts": ...}},  # COCO RLE
+            {"category_id": 2, "mask_file": "masks/0001_cup.png"},  # own binary PNG (> 0)
             {"category_id": 1, "mask_id": 7, "iscrowd": 1},    # crowd: never ordered
             {"category_id": 1, "mask_id": 8, "ordered": false}, # a thing without order labels
         ],
@@ -100,9 +102,14 @@ def _decode_masks(
         path = os.path.join(folder, image["mask_file"])
         if not os.path.isfile(path):
             raise DataError(f"{where}: mask_file not found: {path}")
-        ids = np.asarray(Image.open(path))
+        ids = np.asarray(Image.open(path)).astype(np.int64)
+        if ids.ndim == 3 and ids.shape[2] == 3:  # COCO panoptic encoding R + 256 G + 256^2 B
+            ids = ids[:, :, 0] + 256 * ids[:, :, 1] + 65536 * ids[:, :, 2]
         if ids.ndim != 2:
-            raise DataError(f"{where}: mask_file {path} must be single-channel (instance ids)")
+            raise DataError(
+                f"{where}: mask_file {path} must hold instance ids: one channel, or RGB "
+                "with the COCO panoptic encoding"
+            )
         if ids.shape != size:
             raise DataError(
                 f"{where}: mask_file {path} is {ids.shape[1]}x{ids.shape[0]}, "
@@ -122,8 +129,18 @@ def _decode_masks(
             if ids is None:
                 raise DataError(f"{what} has a 'mask_id' but the image has no 'mask_file'")
             mask = ids == inst["mask_id"]
+        elif "mask_file" in inst:
+            path = os.path.join(folder, inst["mask_file"])
+            if not os.path.isfile(path):
+                raise DataError(f"{what}: mask_file not found: {path}")
+            mask = np.asarray(Image.open(path).convert("L")) > 0
+            if mask.shape != size:
+                raise DataError(
+                    f"{what}: mask_file {path} is {mask.shape[1]}x{mask.shape[0]}, "
+                    f"the image is {size[1]}x{size[0]}"
+                )
         else:
-            raise DataError(f"{what} needs 'segmentation' (RLE) or 'mask_id'")
+            raise DataError(f"{what} needs 'segmentation' (RLE), 'mask_id' or 'mask_file'")
         if not mask.any():
             raise DataError(f"{what}: the mask is empty")
         masks.append(mask)
