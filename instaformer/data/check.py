@@ -211,8 +211,8 @@ def check_dataset(
             out = mapper(item)
         except _ERRORS as err:
             message = str(err)
-            named = item.get("file_name", "") in message or item.get("pan_seg_file_name", "")
-            report.faults.append(message if named and named in message else f"{where}: {message}")
+            named = any(item.get(k, "\0") in message for k in ("file_name", "pan_seg_file_name"))
+            report.faults.append(message if named else f"{where}: {message}")
             if len(report.faults) >= max_faults:
                 report.faults.append(f"stopped after {max_faults} faulty images")
                 break
