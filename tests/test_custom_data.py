@@ -6,6 +6,7 @@ categories (blob, block: things; backdrop: stuff) in a layout unlike COCO's.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import shutil
@@ -364,3 +365,55 @@ def test_convert_names_the_fault(tmp_path, changes, expected):
     with pytest.raises(DataError, match=expected):
         _run_convert(_one_image(tmp_path, **changes))
     assert not (tmp_path / "out.json").exists()
+
+
+def test_new_class_count_reinitialises_only_the_class_head(tmp_path):
+    from instaformer.modeling import build_model
+    from instaformer.train import load_weights
+
+    base = str(REPO / "configs" / "synthetic" / "instaformer_od_tiny.yaml")
+    no_data = ["DATASETS.TRAIN", "()", "DATASETS.TEST", "()"]
+    coco = build_model(setup_cfg(base, no_data))
+    torch.save({"model": coco.state_dict()}, tmp_path / "coco.pth")
+    cfg = setup_cfg(base, [*no_data, "MODEL.SEM_SEG_HEAD.NUM_CLASSES", "3"])
+    report = load_weights(cfg, build_model(cfg), str(tmp_path / "coco.pth"))
+    head = "sem_seg_head.predictor.class_embed"
+    assert sorted(report["missing_keys"]) == [
+        "criterion.empty_weight",
+        f"{head}.bias",
+        f"{head}.weight",
+    ]
+    assert report["unexpected_keys"] == []
+    assert [k for k, _, _ in report["incorrect_shapes"]] == [
+        f"{head}.weight",
+        f"{head}.bias",
+        "criterion.empty_weight",
+    ]
+
+
+def test_predictor_names_the_classes_of_a_custom_dataset(datasets, monkeypatch):
+    from instaformer.predictor import Predictor
+
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(datasets))
+    predictor = Predictor(
+        setup_cfg(str(CONFIG), ["MODEL.DEVICE", "cpu"]), model=torch.nn.Identity()
+    )
+    assert predictor.class_names == ["blob", "block", "backdrop"]
+
+
+def test_check_dataset_tool_exit_code(datasets, tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("check_tool", REPO / "tools" / "check_dataset.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    _register("shapes_val_tool", datasets / "shapes")
+    assert tool.main(["--datasets", "shapes_val_tool"]) == 0
+    assert "shapes_val_tool: OK" in capsys.readouterr().out
+    shapes = tmp_path / "shapes"
+    for sub in ("images/val", "panoptic/val"):
+        shutil.copytree(datasets / "shapes" / sub, shapes / sub)
+    shutil.copy(datasets / "shapes" / "instaorder_val.json", shapes)
+    _unknown_category(shapes)
+    _register("shapes_val_tool_broken", shapes)
+    assert tool.main(["--datasets", "shapes_val_tool", "shapes_val_tool_broken"]) == 1
+    out = capsys.readouterr().out
+    assert "FAULT" in out and "unknown category_id 555" in out and "shapes_val_tool: OK" in out
