@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from pycocotools import mask as mask_utils
 
 from instaformer.config import ConfigError, setup_cfg
 from instaformer.data import make_synthetic_dataset, register_instaorder_panoptic
@@ -417,3 +418,38 @@ def test_check_dataset_tool_exit_code(datasets, tmp_path, capsys):
     assert tool.main(["--datasets", "shapes_val_tool", "shapes_val_tool_broken"]) == 1
     out = capsys.readouterr().out
     assert "FAULT" in out and "unknown category_id 555" in out and "shapes_val_tool: OK" in out
+
+
+def test_per_image_folder_and_every_mask_kind_convert_alike(tmp_path):
+    reference = _run_convert(_one_image(tmp_path))
+    split = json.loads((tmp_path / "split.json").read_text())
+    image = split["images"][0]
+    ids = np.array(Image.open(tmp_path / "ids.png"))
+    folder = tmp_path / "per_image"
+    folder.mkdir()
+    instances = []
+    for k, inst in enumerate(image["instances"]):
+        mask = ids == inst["mask_id"]
+        if k == 1:  # own binary PNG
+            Image.fromarray(mask.astype(np.uint8) * 255).save(folder / "region1.png")
+            instances.append({"category_id": inst["category_id"], "mask_file": "region1.png"})
+        else:  # compressed RLE
+            rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+            rle = {"size": rle["size"], "counts": rle["counts"].decode("ascii")}
+            instances.append({"category_id": inst["category_id"], "segmentation": rle})
+    per_image = {k: v for k, v in image.items() if k != "mask_file"}
+    (folder / "0001.json").write_text(json.dumps({**per_image, "instances": instances}))
+    (folder / "categories.json").write_text(json.dumps({"categories": EXAMPLE_CATEGORIES}))
+    converted = convert_to_instaorder_panoptic(
+        str(folder),
+        image_root=str(tmp_path),
+        out_json=str(tmp_path / "from_folder.json"),
+        out_panoptic=str(tmp_path / "pan_folder"),
+    )
+    assert converted["images"] == 1 and converted["ordered_instances"] == 2
+    data = json.loads((tmp_path / "from_folder.json").read_text())
+    assert data["annotations"] == reference["annotations"]
+    assert np.array_equal(
+        np.array(Image.open(tmp_path / "pan_folder" / "a.png")),
+        np.array(Image.open(tmp_path / "pan" / "a.png")),
+    )
