@@ -358,6 +358,10 @@ def test_convert_writes_the_instaorder_record(tmp_path):
             r"instance 1 overlaps instance 0",
         ),
         ({"instances": [{"category_id": 101, "mask_id": 9}]}, r"instance 0: the mask is empty"),
+        (
+            {"depth": [{"closer": 1, "farther": 2}, {"closer": 2, "farther": 1}]},
+            r"depth pair \(0, 1\) is labelled twice",
+        ),
     ],
 )
 def test_convert_names_the_fault(tmp_path, changes, expected):
@@ -453,3 +457,16 @@ def test_per_image_folder_and_every_mask_kind_convert_alike(tmp_path):
         np.array(Image.open(tmp_path / "pan_folder" / "a.png")),
         np.array(Image.open(tmp_path / "pan" / "a.png")),
     )
+
+
+def test_a_categories_only_json_is_enough_for_the_metadata(tmp_path):
+    (tmp_path / "cats.json").write_text(json.dumps({"categories": EXAMPLE_CATEGORIES}))
+    register_panoptic_order_dataset(
+        "shapes_metadata_only",
+        image_root=str(tmp_path),
+        panoptic_root=str(tmp_path),
+        json_file=str(tmp_path / "cats.json"),
+        replace=True,
+    )
+    assert MetadataCatalog.get("shapes_metadata_only").stuff_classes[2] == "backdrop"
+    assert thing_class_ids(3, ["shapes_metadata_only"]) == frozenset({0, 1})

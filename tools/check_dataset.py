@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pictures", type=int, default=0, help="images drawn per dataset")
     parser.add_argument("--output-dir", default=None, help="where the pictures go")
     parser.add_argument("--max-faults", type=int, default=20, help="faulty images listed")
+    parser.add_argument("--max-images", type=int, default=None, help="check the first N only")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     args = parser.parse_args(argv)
     if args.pictures and not args.output_dir:
@@ -53,7 +54,11 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         output_dir = os.path.join(args.output_dir, name) if args.output_dir else None
         report = check_dataset(
-            name, pictures=args.pictures, output_dir=output_dir, max_faults=args.max_faults
+            name,
+            pictures=args.pictures,
+            output_dir=output_dir,
+            max_faults=args.max_faults,
+            max_images=args.max_images,
         )
         print(report.summary())
         ok = ok and report.ok

@@ -171,11 +171,17 @@ def _write_pictures(
 
 
 def check_dataset(
-    name: str, *, pictures: int = 0, output_dir: str | None = None, max_faults: int = 20
+    name: str,
+    *,
+    pictures: int = 0,
+    output_dir: str | None = None,
+    max_faults: int = 20,
+    max_images: int | None = None,
 ) -> DatasetReport:
     """Check the registered dataset ``name`` (module docstring).
 
     Args:
+        max_images: check only the first ``max_images`` images (None: all).
         pictures: draw the ground truth of the first ``pictures`` images into ``output_dir``
             (``<stem>_{panoptic,occlusion,depth}.png``).
         max_faults: stop after this many faulty images.
@@ -203,7 +209,7 @@ def check_dataset(
         report.faults.append(f"{name}: the dataset has no images")
     mapper = InstaOrderPanopticMapper(is_train=False, task="od")
     drawn = 0
-    for item in items:
+    for item in items[:max_images]:
         where = f"{item.get('file_name')} (image_id {item.get('image_id')})"
         report.images += 1
         try:

@@ -51,6 +51,7 @@ from pycocotools import mask as mask_utils
 
 from instaformer.data.custom import categories_metadata
 from instaformer.data.io import DataError
+from instaformer.data.relations import build_order_matrices
 
 __all__ = ["atomic_write", "convert_to_instaorder_panoptic", "read_order_annotations"]
 
@@ -289,6 +290,7 @@ def convert_to_instaorder_panoptic(
                 ordered.append(k)
         record = _orders(image, ordered, where)
         segment_ids = [k + 1 for k in ordered]
+        build_order_matrices({"instance_ids": segment_ids, **record}, where=where)
         images.append(
             {"id": image_id, "file_name": image["file_name"], "height": size[0], "width": size[1]}
         )
