@@ -216,7 +216,10 @@ def test_check_dataset_passes_and_draws(datasets, tmp_path):
         "occlusion.png",
         "panoptic.png",
     ]
-    assert "shapes_val_check: OK" in report.summary()
+    summary = report.summary()
+    assert "shapes_val_check: OK" in summary
+    strict, equal = report.depth["closer"], report.depth["equal"]
+    assert f"INPUT.DEPTH_SAMPLES_PER_CLASS {[strict, strict, 2 * equal]}" in summary
 
 
 def _edit_json(shapes: Path, edit) -> None:  # noqa: ANN001 (function of the JSON dict)

@@ -70,6 +70,12 @@ class DatasetReport:
             f"unlabelled {self.depth['unlabelled']} (overlap {self.depth['overlap']}, distinct "
             f"{self.depth['distinct']})",
         ]
+        occ = [self.occlusion["not"], self.occlusion["occludes"]]
+        strict = self.depth["closer"]
+        lines.append(
+            f"  class counts: INPUT.OCC_SAMPLES_PER_CLASS {occ} "
+            f"INPUT.DEPTH_SAMPLES_PER_CLASS {[strict, strict, 2 * self.depth['equal']]}"
+        )
         lines += [f"  picture: {p}" for p in self.pictures]
         lines += [f"WARNING {w}" for w in self.warnings]
         lines += [f"FAULT {f}" for f in self.faults]
