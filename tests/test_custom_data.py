@@ -151,6 +151,16 @@ def test_num_classes_mismatch_names_the_key_and_both_numbers(datasets, monkeypat
         check_num_classes(cfg)
 
 
+def test_custom_entry_cannot_take_a_built_in_name(tmp_path):
+    config = tmp_path / "clash.yaml"
+    entry = "IMAGE_ROOT: a\n      PANOPTIC_ROOT: b\n      JSON: c.json\n"
+    config.write_text(
+        f"_BASE_: {CONFIG}\nDATASETS:\n  CUSTOM:\n    instaorder_2017_val_panoptic:\n      {entry}"
+    )
+    with pytest.raises(ConfigError, match="instaorder_2017_val_panoptic' is already a registered"):
+        register_custom_datasets(setup_cfg(str(config)))
+
+
 def test_custom_entry_missing_a_key_is_named(tmp_path):
     config = tmp_path / "bad.yaml"
     config.write_text(

@@ -171,6 +171,9 @@ def register_panoptic_order_dataset(
     )
 
 
+_FROM_CONFIG: set[str] = set()  # names registered by register_custom_datasets
+
+
 def _under_root(path: str) -> str:
     return os.path.join(datasets_root(), path)
 
@@ -185,11 +188,17 @@ def register_custom_datasets(cfg: CfgNode) -> list[str]:
         The registered names.
     Raises:
         ConfigError: an entry that is not a mapping, misses one of :data:`CUSTOM_KEYS` or has
-            another key; the message names the entry.
+            another key, or whose name belongs to a dataset registered otherwise (built in or
+            in code); the message names the entry.
     """
     names = []
     for name, entry in cfg.DATASETS.CUSTOM.items():
         key = f"DATASETS.CUSTOM.{name}"
+        if name in DatasetCatalog and name not in _FROM_CONFIG:
+            raise ConfigError(
+                f"{key}: '{name}' is already a registered dataset (built in or registered in "
+                "code); give the custom dataset another name"
+            )
         if not isinstance(entry, dict):
             raise ConfigError(f"{key} must map {', '.join(CUSTOM_KEYS)} to paths; got {entry!r}")
         unknown = sorted(set(entry) - set(CUSTOM_KEYS))
@@ -206,6 +215,7 @@ def register_custom_datasets(cfg: CfgNode) -> list[str]:
             json_file=_under_root(entry["JSON"]),
             replace=True,
         )
+        _FROM_CONFIG.add(name)
         names.append(name)
     return names
 
