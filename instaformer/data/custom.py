@@ -192,7 +192,7 @@ def register_custom_datasets(cfg: CfgNode) -> list[str]:
             in code); the message names the entry.
     """
     names = []
-    for name, entry in cfg.DATASETS.CUSTOM.items():
+    for name, entry in cfg.DATASETS.get("CUSTOM", {}).items():
         key = f"DATASETS.CUSTOM.{name}"
         if name in DatasetCatalog and name not in _FROM_CONFIG:
             raise ConfigError(
