@@ -103,6 +103,11 @@ def add_instaformer_config(cfg: CfgNode) -> None:
     gp.ADD_INPUT_REPRESENTATIONS = True  # add the projected inputs to the task-MLP outputs
     gp.CHAIN_TASK_MLPS = True  # od: depth MLPs read the occlusion MLPs' outputs (as released)
 
+    # Own InstaOrder Panoptic datasets, registered when train_net sets up the config: dataset
+    # name -> IMAGE_ROOT, PANOPTIC_ROOT, JSON (relative to $DETECTRON2_DATASETS). See
+    # docs/custom_data.md; empty = none.
+    cfg.DATASETS.CUSTOM = CfgNode(new_allowed=True)
+
     cfg.SOLVER.OCCLUSION_ZERO_DIV = 1  # per-image occlusion P/R/F1 when undefined (0/0): 0 or 1
 
     cfg.TEST.OCCLUSION_EVALUATION = False  # evaluation mode: occlusion over GT instances + metrics

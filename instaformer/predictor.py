@@ -281,6 +281,9 @@ class Predictor:
     """
 
     def __init__(self, cfg: CfgNode, *, model: nn.Module | None = None) -> None:
+        from instaformer.data.custom import register_custom_datasets
+
+        register_custom_datasets(cfg)  # their categories name the classes (DATASETS.CUSTOM)
         self.cfg = inference_cfg(cfg)
         self.device = torch.device(self.cfg.MODEL.DEVICE)
         if model is None:

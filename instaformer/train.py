@@ -25,6 +25,7 @@ import instaformer.data  # noqa: F401  (registers the InstaOrder datasets)
 import instaformer.instaordernet as instaordernet
 from instaformer.config import setup_cfg
 from instaformer.data import DataError, build_dataset_mapper
+from instaformer.data.custom import check_num_classes, register_custom_datasets
 from instaformer.errors import run_cli
 from instaformer.evaluation import build_evaluators, report_results
 from instaformer.model_zoo import model_args
@@ -197,6 +198,9 @@ def setup(args: argparse.Namespace) -> CfgNode:
     cfg = setup_cfg(args.config_file, args.opts, freeze=False)
     resolve_device(cfg)
     cfg.freeze()
+    register_custom_datasets(cfg)
+    if model_family(cfg) is INSTAFORMER:
+        check_num_classes(cfg)
     default_setup(cfg, args)
     return cfg
 

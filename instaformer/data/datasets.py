@@ -76,15 +76,22 @@ def _malformed(where: str, err: Exception) -> DataError:
 
 
 def load_instaorder_panoptic_json(
-    json_file: str, image_dir: str, panoptic_dir: str
+    json_file: str,
+    image_dir: str,
+    panoptic_dir: str,
+    metadata: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Read an InstaOrder Panoptic file ([DS 5.3]) into dataset dicts.
 
+    Args:
+        metadata: the category maps ``thing_dataset_id_to_contiguous_id`` and
+            ``stuff_dataset_id_to_contiguous_id`` (all classes); None = COCO panoptic's 133.
     Returns:
-        one dict per annotation, in file order: ``file_name`` (image path, PNG stem + ``.jpg``),
-        ``image_id``, ``height``, ``width`` (from ``images``), ``pan_seg_file_name``,
-        ``segments_info`` (each segment with ``category_id`` mapped to the contiguous id 0-132
-        and ``isthing`` added), and ``instaorder`` (the record with ``pan_instance_ids``).
+        one dict per annotation, in file order: ``file_name`` (image path: the ``file_name`` of
+        the image entry, or the PNG stem + ``.jpg`` when ``images`` lacks it), ``image_id``,
+        ``height``, ``width`` (from ``images``), ``pan_seg_file_name``, ``segments_info`` (each
+        segment with ``category_id`` mapped to its contiguous id and ``isthing`` added), and
+        ``instaorder`` (the record with ``pan_instance_ids``).
     Raises:
         FileNotFoundError: the JSON, or the first image / PNG, is missing (message names the
             path and points to datasets/README.md).
@@ -92,8 +99,10 @@ def load_instaorder_panoptic_json(
             ``instance_ids`` / ``segments_info``.
     """
     data = _load_json(json_file, "InstaOrder Panoptic annotation file")
+    meta = coco_panoptic_metadata() if metadata is None else metadata
     try:
         sizes = {img["id"]: (img["height"], img["width"]) for img in data.get("images", [])}
+        names = {i["id"]: i["file_name"] for i in data.get("images", []) if "file_name" in i}
     except (KeyError, TypeError) as e:
         raise _malformed(f"{json_file}, 'images'", e) from e
     dicts = []
@@ -101,7 +110,7 @@ def load_instaorder_panoptic_json(
         image_id = ann.get("image_id") if isinstance(ann, dict) else None
         where = f"{json_file}, " + (f"image_id {image_id}" if image_id else f"annotation {index}")
         try:
-            dicts.append(_panoptic_item(ann, where, image_dir, panoptic_dir, sizes))
+            dicts.append(_panoptic_item(ann, where, image_dir, panoptic_dir, sizes, names, meta))
         except DataError:
             raise
         except (KeyError, TypeError, AttributeError, ValueError) as e:
@@ -118,8 +127,11 @@ def _panoptic_item(
     image_dir: str,
     panoptic_dir: str,
     sizes: dict[Any, tuple[int, int]],
+    names: dict[Any, str],
+    meta: dict[str, Any],
 ) -> dict[str, Any]:
-    """One dataset dict from one annotation of an InstaOrder Panoptic file."""
+    """One dataset dict from one annotation of an InstaOrder Panoptic file (``names``: image file
+    names by image id; ``meta``: the category maps, see :func:`load_instaorder_panoptic_json`)."""
     if not isinstance(ann, dict):
         raise DataError(f"{where}: annotation must be an object, got {type(ann).__name__}")
     if "instaorder" not in ann:
@@ -131,7 +143,6 @@ def _panoptic_item(
         isinstance(seg, dict) for seg in ann["segments_info"]
     ):
         raise DataError(f"{where}: 'segments_info' must be a list of objects")
-    meta = coco_panoptic_metadata()
     thing_ids = meta["thing_dataset_id_to_contiguous_id"]
     all_ids = meta["stuff_dataset_id_to_contiguous_id"]
     segments = []
@@ -152,7 +163,7 @@ def _panoptic_item(
     check_instaorder_panoptic_record(record, {s["id"] for s in segments}, where)
     stem = os.path.splitext(ann["file_name"])[0]
     item = {
-        "file_name": os.path.join(image_dir, stem + ".jpg"),
+        "file_name": os.path.join(image_dir, names.get(ann["image_id"], stem + ".jpg")),
         "image_id": ann["image_id"],
         "pan_seg_file_name": os.path.join(panoptic_dir, ann["file_name"]),
         "segments_info": segments,

@@ -17,10 +17,13 @@ subclass adding an order head reuses them without copying.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mask2former.data.catalog import MetadataCatalog
 from mask2former.modeling.adapters import ADAPTER_TYPES
 from mask2former.modeling.backbone.base import Backbone
 from mask2former.modeling.configurable import configurable
@@ -53,8 +56,14 @@ def build_backbone(cfg) -> Backbone:
     return backbone
 
 
-def thing_class_ids(num_classes: int) -> frozenset[int]:
-    """Contiguous ids of thing classes: COCO panoptic's 80 for 133 classes, else all classes."""
+def thing_class_ids(num_classes: int, dataset_names: Sequence[str] = ()) -> frozenset[int]:
+    """Contiguous ids of thing classes: from the metadata of the first of ``dataset_names``
+    registered with ``num_classes`` categories; else COCO panoptic's 80 for 133 classes, else
+    all classes."""
+    for name in dataset_names:
+        meta = MetadataCatalog.get(name) if name in MetadataCatalog.list() else None
+        if meta is not None and len(meta.get("stuff_classes") or ()) == num_classes:
+            return frozenset(meta.thing_dataset_id_to_contiguous_id.values())
     if num_classes == _COCO_PANOPTIC_NUM_CLASSES:
         return frozenset(range(_COCO_PANOPTIC_NUM_THINGS))
     return frozenset(range(num_classes))
@@ -62,7 +71,8 @@ def thing_class_ids(num_classes: int) -> frozenset[int]:
 
 def thing_ids_from_config(cfg) -> frozenset[int]:  # noqa: ANN001 (fvcore CfgNode)
     """Contiguous thing ids: those of ``thing_dataset_id_to_contiguous_id`` in the metadata of
-    ``DATASETS.TRAIN[0]`` (where the reference reads them), else :func:`thing_class_ids`."""
+    ``DATASETS.TRAIN[0]`` (where the reference reads them), else :func:`thing_class_ids` over
+    the training and test datasets."""
     from mask2former.data.catalog import MetadataCatalog
 
     if cfg.DATASETS.TRAIN:
@@ -71,7 +81,8 @@ def thing_ids_from_config(cfg) -> frozenset[int]:  # noqa: ANN001 (fvcore CfgNod
         )
         if mapping is not None:
             return frozenset(int(v) for v in mapping.values())
-    return thing_class_ids(cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES)
+    num_classes = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
+    return thing_class_ids(num_classes, [*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST])
 
 
 def pad_images(
