@@ -174,7 +174,7 @@ def test_bad_inputs_name_the_problem(tmp_path):
     with pytest.raises(ValueError, match="uint8"):
         load_image(np.zeros((4, 4, 3), np.float32))
     with pytest.raises(ValueError, match="shape"):
-        load_image(np.zeros((4, 4, 4), np.uint8))
+        load_image(np.zeros((4, 4, 5), np.uint8))
 
 
 def test_matrix_size_mismatch_is_an_error():
