@@ -76,7 +76,8 @@ class SceneModel(nn.Module):
         outputs = []
         for x in batched_inputs:
             assert x["image"].dtype == torch.uint8 and x["image"].shape[0] == 3
-            seg = cv2.resize(self.panoptic, (x["width"], x["height"]), cv2.INTER_NEAREST)
+            size = (x["width"], x["height"])
+            seg = cv2.resize(self.panoptic, size, interpolation=cv2.INTER_NEAREST)
             things = [i for i in self.infos if i["isthing"]]
             order = list(range(len(things)))[:: -1 if self.shuffle_rows else 1]
             depth_rank = [things[i]["query_index"] for i in order]  # painting order
