@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import uuid
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,13 +78,15 @@ def is_demo_output(path: str | os.PathLike) -> bool:
     suffix = path.suffix.lower()
     try:
         if suffix == ".png":
-            with Image.open(path) as image:
-                return PRODUCER in image.info  # text chunks before the pixels: no decoding
+            with warnings.catch_warnings():  # header only: PIL's size warning is moot
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                with Image.open(path) as image:
+                    return PRODUCER in image.info  # text chunks before the pixels: no decoding
         if suffix == ".json":
             with open(path, encoding="utf-8") as f:
                 record = json.load(f)
             return isinstance(record, dict) and record.get("producer") == PRODUCER
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError):
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError):
         return False
     return False
 

@@ -16,6 +16,7 @@ from instaformer.data import InstaOrderPanopticMapper
 from instaformer.data import io as image_io
 from instaformer.data.augment import shortest_edge_size
 from instaformer.data.io import DataError, ImageError, read_image
+from instaformer.demo_utils import expand_inputs
 from instaformer.predictor import Predictor, inference_cfg, load_image
 
 
@@ -137,3 +138,9 @@ def test_absurd_sizes_are_refused_from_the_header(tmp_path, monkeypatch):
             reader(tmp_path / "header.png")
     with pytest.raises(ImageError, match="400x300"):
         load_image(np.zeros((300, 400), np.uint8))
+    # beyond PIL's own decompression-bomb threshold: still our message, and the demo's input
+    # listing still takes the file (to report it)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    with pytest.raises(ImageError, match="big.png is over the limit of 0.1 megapixels"):
+        load_image(tmp_path / "big.png")
+    assert str(tmp_path / "big.png") in expand_inputs([str(tmp_path)])
