@@ -51,10 +51,13 @@ __all__ = [
     "DemoReport",
     "expand_inputs",
     "is_demo_output",
+    "output_names",
+    "plan_stems",
     "render",
     "run_on_paths",
     "run_on_video",
     "save_result",
+    "video_output_path",
 ]
 
 logger = logging.getLogger(__name__)
