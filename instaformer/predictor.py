@@ -271,8 +271,8 @@ class Predictor:
     :func:`~instaformer.data.augment.shortest_edge_size`), otherwise the image keeps its size
     (the released models were trained and evaluated that way; the reference demo resized
     anyway). Without ``INPUT.AUGMENT``, an image *larger* than that test size is still
-    downscaled to it unless ``fit_test_size`` is False (logged once): a 12-megapixel photo at
-    native size needs well over 10 GB. Results are given at the original size.
+    downscaled to it unless ``fit_test_size`` is False (logged once): at native size a
+    12-megapixel photo can need more than 10 GB. Results are given at the original size.
 
     Args:
         cfg: full config (``instaformer.config.get_cfg()`` + file + overrides). It is copied and
