@@ -16,8 +16,13 @@ MODEL.WEIGHTS instaformer_od_swin_t.pth MODEL.DEVICE cpu
 weights are downloaded once into the cache (``$INSTAFORMER_CACHE``).
 
 Per image ``<stem>``: ``<stem>_panoptic.png``, ``<stem>_occlusion.png``, ``<stem>_depth.png``
-(pictures for the model's tasks) and ``<stem>.json``. Order evaluation flags need not be set:
-the predictor turns them off. Exit status 1 when some input could not be read.
+(pictures for the model's tasks) and ``<stem>.json``; an output never replaces an input or a file
+the demo did not write (the stem then gets a suffix ``_1``, ...), and directories given as
+``--input`` skip earlier outputs. Order evaluation flags need not be set: the predictor turns
+them off. Images larger than the test size (``INPUT.MIN_SIZE_TEST`` / ``MAX_SIZE_TEST``) are
+downscaled to it unless ``--full-resolution``; images over 120 megapixels or 20000 pixels per
+side are refused. Exit status 1 when some image failed (each is logged with its reason; the
+others are still processed).
 """
 
 from __future__ import annotations
@@ -27,10 +32,15 @@ import logging
 import os
 import re
 import sys
-from pathlib import Path
 
 from instaformer.config import ConfigError, setup_cfg
-from instaformer.demo_utils import expand_inputs, opencv_has_gui, run_on_paths, run_on_video
+from instaformer.demo_utils import (
+    expand_inputs,
+    opencv_has_gui,
+    run_on_paths,
+    run_on_video,
+    video_output_path,
+)
 from instaformer.errors import run_cli
 from instaformer.model_zoo import model_args
 from instaformer.predictor import Predictor
@@ -76,6 +86,11 @@ def get_parser() -> argparse.ArgumentParser:
         "--max-frames", type=int, default=None, help="stop a video/webcam after this many frames"
     )
     parser.add_argument(
+        "--full-resolution",
+        action="store_true",
+        help="run images larger than the test size at their native size (needs far more memory)",
+    )
+    parser.add_argument(
         "--debug", action="store_true", help="full traceback of config/data/checkpoint errors"
     )
     parser.add_argument(
@@ -106,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     opts = list(rest) + list(args.opts)
     if args.confidence_threshold is not None:
         opts += ["MODEL.MASK_FORMER.TEST.OBJECT_MASK_THRESHOLD", str(args.confidence_threshold)]
+    if args.max_frames is not None and args.max_frames < 1:
+        parser.error(f"--max-frames must be at least 1; got {args.max_frames}")
     show = args.output is None
     if show and not opencv_has_gui():
         parser.error("--output is required: this OpenCV build cannot open windows")
@@ -122,19 +139,23 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(err))
     except KeyError as err:
         parser.error(str(err.args[0]))
-    predictor = Predictor(cfg)
+    predictor = Predictor(cfg, fit_test_size=not args.full_resolution)
 
     if args.input:
         report = run_on_paths(predictor, paths, args.output, include_masks=args.masks)
-        logger.info("wrote results of %d image(s) to %s", len(report.written), args.output)
-        for path, reason in report.failed.items():
-            logger.error("failed input %s: %s", path, reason)
+        done = len(paths) - len(report.failed)
+        logger.info(
+            "wrote %d file(s) for %d of %d image(s) to %s",
+            report.num_files,
+            done,
+            len(paths),
+            args.output,
+        )
+        if report.failed:
+            logger.error("%d image(s) failed: %s", len(report.failed), ", ".join(report.failed))
         return 0 if report.ok else 1
     source = 0 if args.webcam else args.video_input
-    output = None
-    if args.output is not None:
-        stem = "webcam" if args.webcam else Path(args.video_input).stem
-        output = Path(args.output) / f"{stem}_orders.mp4"
+    output = None if args.output is None else video_output_path(args.output, source)
     frames = run_on_video(predictor, source, output, max_frames=args.max_frames, show=show)
     logger.info("annotated %d frame(s)%s", frames, f" into {output}" if output else "")
     return 0

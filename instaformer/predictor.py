@@ -10,8 +10,9 @@ farther, 2 for the same depth. Diagonals are -1 (probability diagonals 0). Row/c
 ``segments[i]``: the thing segments of the panoptic output, in the model's ``segments_info`` order.
 
 Images are given as a file path, a PIL image, or a NumPy ``uint8`` array ``[H, W, 3]`` in **RGB**
-order (``[H, W]`` grey arrays are accepted); the predictor converts them to the model's
-``INPUT.FORMAT`` itself.
+order (``[H, W]`` grey, ``[H, W, 4]`` RGBA and ``uint16`` arrays are accepted); they are read by
+the dataset loader's rules (:mod:`instaformer.data.io`: 16-bit scaled to 8, floating point
+refused, EXIF orientation applied, size limits) and converted to the model's ``INPUT.FORMAT``.
 """
 
 from __future__ import annotations
@@ -26,10 +27,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 from torch import nn
 
 from instaformer.config import CfgNode, setup_cfg
+from instaformer.data.augment import resize_image, shortest_edge_size
+from instaformer.data.io import image_to_rgb, read_image
 from mask2former.modeling.build import resolve_device
 
 __all__ = [
@@ -45,7 +48,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 ImageInput = str | os.PathLike | np.ndarray | Image.Image
-"""A file path, a PIL image, or an RGB ``uint8`` array ``[H, W, 3]`` (or grey ``[H, W]``)."""
+"""A file path, a PIL image, or an RGB ``uint8`` array ``[H, W, 3]`` (or grey ``[H, W]``, RGBA
+``[H, W, 4]``, ``uint16``)."""
 
 # Depth classes of ``depth_prob[..., c]`` ([IF 0]).
 DEPTH_FARTHER, DEPTH_CLOSER, DEPTH_EQUAL = 0, 1, 2
@@ -198,32 +202,22 @@ def depth_ranking(depth_prob: np.ndarray) -> list[int]:
 
 
 def load_image(image: ImageInput) -> np.ndarray:
-    """Any :data:`ImageInput` -> ``uint8[H, W, 3]`` RGB (EXIF orientation applied to files).
+    """Any :data:`ImageInput` -> ``uint8[H, W, 3]`` RGB, by the rules of
+    :mod:`instaformer.data.io` (the dataset loader's).
 
     Raises:
         FileNotFoundError: a path that does not exist.
-        ValueError: a file that is not a readable image, or an array of the wrong shape/dtype.
+        ValueError: (:class:`~instaformer.data.io.ImageError` and ``DataError``) a file that is
+            not a readable image, an unsupported pixel type, dtype or shape, or an image over
+            the size limits; the message names the image.
     """
     if isinstance(image, (str, os.PathLike)):
         path = Path(image)
         if not path.is_file():
             raise FileNotFoundError(f"image file not found: {path}")
-        try:
-            with Image.open(path) as pil:
-                pil = ImageOps.exif_transpose(pil)
-                return np.asarray(pil.convert("RGB"))
-        except (OSError, SyntaxError, Image.DecompressionBombError) as err:
-            raise ValueError(f"cannot read image {path}: {err}") from err
-    if isinstance(image, Image.Image):
-        return np.asarray(image.convert("RGB"))
-    if isinstance(image, np.ndarray):
-        if image.dtype != np.uint8:
-            raise ValueError(f"image arrays must be uint8 (RGB, 0-255); got dtype {image.dtype}")
-        if image.ndim == 2:
-            return np.repeat(image[:, :, None], 3, axis=2)
-        if image.ndim != 3 or image.shape[2] != 3:
-            raise ValueError(f"image arrays must have shape [H, W, 3] (RGB); got {image.shape}")
-        return np.ascontiguousarray(image)
+        return read_image(path)
+    if isinstance(image, (Image.Image, np.ndarray)):
+        return image_to_rgb(image, f"{type(image).__name__} input")
     raise TypeError(
         f"unsupported image input {type(image).__name__}: expected a path, a PIL image or a "
         "uint8 RGB array [H, W, 3]"
@@ -253,13 +247,17 @@ def inference_cfg(cfg: CfgNode) -> CfgNode:
     """A frozen copy of ``cfg`` set up for blind inference ([IF 3.2]).
 
     Turns order evaluation off (``TEST.OCCLUSION_EVALUATION/DEPTH_EVALUATION``), panoptic
-    inference on, and resolves ``MODEL.DEVICE`` (CPU when CUDA is missing).
+    inference on and semantic and instance inference off (an :class:`OrderResult` holds only
+    the panoptic segments and their orders), and resolves ``MODEL.DEVICE`` (CPU when CUDA is
+    missing).
     """
     cfg = cfg.clone()
     cfg.defrost()
     cfg.TEST.OCCLUSION_EVALUATION = False
     cfg.TEST.DEPTH_EVALUATION = False
     cfg.MODEL.MASK_FORMER.TEST.PANOPTIC_ON = True
+    cfg.MODEL.MASK_FORMER.TEST.SEMANTIC_ON = False
+    cfg.MODEL.MASK_FORMER.TEST.INSTANCE_ON = False
     cfg.MODEL.DEVICE = str(resolve_device(cfg.MODEL.DEVICE))
     cfg.freeze()
     return cfg
@@ -269,22 +267,30 @@ class Predictor:
     """Image(s) in, :class:`OrderResult` out, with a model in eval mode.
 
     Images are preprocessed as the test-time mapper does: with ``INPUT.AUGMENT`` the short side
-    is resized to ``INPUT.MIN_SIZE_TEST`` (long side at most ``INPUT.MAX_SIZE_TEST``), otherwise
-    the image keeps its size (the released models were trained and evaluated that way; the
-    reference demo resized anyway). Results are given at the original size.
+    is resized to ``INPUT.MIN_SIZE_TEST`` (long side at most ``INPUT.MAX_SIZE_TEST``,
+    :func:`~instaformer.data.augment.shortest_edge_size`), otherwise the image keeps its size
+    (the released models were trained and evaluated that way; the reference demo resized
+    anyway). Without ``INPUT.AUGMENT``, an image *larger* than that test size is still
+    downscaled to it unless ``fit_test_size`` is False (logged once): at native size a
+    12-megapixel photo can need more than 10 GB. Results are given at the original size.
 
     Args:
         cfg: full config (``instaformer.config.get_cfg()`` + file + overrides). It is copied and
             adjusted with :func:`inference_cfg`; the evaluation flags need not be set by hand.
         model: an already built model following the same output contract (tests, export);
             default: ``build_model(cfg)`` with ``MODEL.WEIGHTS`` loaded.
+        fit_test_size: downscale images larger than the test size (see above).
     """
 
-    def __init__(self, cfg: CfgNode, *, model: nn.Module | None = None) -> None:
+    def __init__(
+        self, cfg: CfgNode, *, model: nn.Module | None = None, fit_test_size: bool = True
+    ) -> None:
         from instaformer.data.custom import register_custom_datasets
 
         register_custom_datasets(cfg)  # their categories name the classes (DATASETS.CUSTOM)
         self.cfg = inference_cfg(cfg)
+        self.fit_test_size = fit_test_size
+        self._logged_fit = False
         self.device = torch.device(self.cfg.MODEL.DEVICE)
         if model is None:
             model = _build_and_load(self.cfg)
@@ -336,13 +342,26 @@ class Predictor:
     def preprocess(self, image: np.ndarray) -> dict[str, Any]:
         """RGB ``uint8[H, W, 3]`` -> the model's input dict (resized, in ``INPUT.FORMAT``)."""
         height, width = image.shape[:2]
-        new_h, new_w = height, width
-        if self.cfg.INPUT.AUGMENT:
-            new_h, new_w = _test_size(
-                height, width, self.cfg.INPUT.MIN_SIZE_TEST, self.cfg.INPUT.MAX_SIZE_TEST
-            )
-        if (new_h, new_w) != (height, width):
-            image = np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.BILINEAR))
+        size = shortest_edge_size(
+            height, width, self.cfg.INPUT.MIN_SIZE_TEST, self.cfg.INPUT.MAX_SIZE_TEST
+        )
+        if not self.cfg.INPUT.AUGMENT:  # native size, unless larger than the test size
+            if not self.fit_test_size or (size[0] >= height and size[1] >= width):
+                size = (height, width)
+            elif not self._logged_fit:
+                self._logged_fit = True
+                logger.info(
+                    "Images larger than the test size (INPUT.MIN_SIZE_TEST %d, MAX_SIZE_TEST %d) "
+                    "are downscaled to it (first: %dx%d -> %dx%d); results are given at the "
+                    "original size",
+                    self.cfg.INPUT.MIN_SIZE_TEST,
+                    self.cfg.INPUT.MAX_SIZE_TEST,
+                    width,
+                    height,
+                    size[1],
+                    size[0],
+                )
+        image = resize_image(image, size)
         if self.input_format == "BGR":
             image = image[:, :, ::-1]
         tensor = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
@@ -368,16 +387,6 @@ class Predictor:
     def postprocess(self, output: dict[str, Any]) -> OrderResult:
         """One output dict of the model (blind-inference contract) -> :class:`OrderResult`."""
         return result_from_output(output, self.class_names, self.tasks)
-
-
-def _test_size(height: int, width: int, short: int, max_size: int) -> tuple[int, int]:
-    """Size ``(h, w)`` after the shortest-edge resize of the reference demo (0 = keep)."""
-    if short <= 0:
-        return height, width
-    scale = short / min(height, width)
-    if max_size > 0 and max(height, width) * scale > max_size:
-        scale = max_size / max(height, width)
-    return int(height * scale + 0.5), int(width * scale + 0.5)
 
 
 def _build_and_load(cfg: CfgNode) -> nn.Module:

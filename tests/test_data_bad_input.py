@@ -60,8 +60,10 @@ def test_pixel_modes(tmp_path):
     Image.fromarray(rgba).save(tmp_path / "rgba.png")
     assert read_image(str(tmp_path / "rgba.png"), "BGR")[0, 0].tolist() == [0, 0, 200]
     Image.fromarray(np.full((8, 8), 40000, dtype=np.uint16)).save(tmp_path / "deep.png")
-    with pytest.raises(DataError, match="deep.png.*16-bit"):
-        read_image(str(tmp_path / "deep.png"))
+    assert (read_image(str(tmp_path / "deep.png")) == round(40000 / 257)).all()  # 16-bit scaled
+    Image.fromarray(np.full((8, 8), 0.5, dtype=np.float32)).save(tmp_path / "float.tif")
+    with pytest.raises(DataError, match="float.tif.*'F'.*range is undefined"):
+        read_image(str(tmp_path / "float.tif"))
     with pytest.raises(DataError, match="gray.png.*8-bit RGB"):
         read_panoptic_ids(str(tmp_path / "gray.png"))
 

@@ -76,7 +76,8 @@ class SceneModel(nn.Module):
         outputs = []
         for x in batched_inputs:
             assert x["image"].dtype == torch.uint8 and x["image"].shape[0] == 3
-            seg = cv2.resize(self.panoptic, (x["width"], x["height"]), cv2.INTER_NEAREST)
+            size = (x["width"], x["height"])
+            seg = cv2.resize(self.panoptic, size, interpolation=cv2.INTER_NEAREST)
             things = [i for i in self.infos if i["isthing"]]
             order = list(range(len(things)))[:: -1 if self.shuffle_rows else 1]
             depth_rank = [things[i]["query_index"] for i in order]  # painting order
@@ -174,7 +175,7 @@ def test_bad_inputs_name_the_problem(tmp_path):
     with pytest.raises(ValueError, match="uint8"):
         load_image(np.zeros((4, 4, 3), np.float32))
     with pytest.raises(ValueError, match="shape"):
-        load_image(np.zeros((4, 4, 4), np.uint8))
+        load_image(np.zeros((4, 4, 5), np.uint8))
 
 
 def test_matrix_size_mismatch_is_an_error():
