@@ -148,7 +148,9 @@ def draw_panoptic(image: np.ndarray, result: OrderResult, alpha: float = 0.55) -
         if seg.area > 0.02 * seg.mask.size:
             _text(out, seg.class_name, anchor_point(seg.mask), scale * 0.8, (60, 60, 60))
     for i, (seg, color) in enumerate(zip(result.segments, colors, strict=True)):
-        label = f"#{i} {seg.class_name}" + (f" {seg.score:.2f}" if detailed else "")
+        label = f"#{i} {seg.class_name}" + (
+            f" {seg.score:.2f}" if detailed and seg.score is not None else ""
+        )
         _text(out, label, anchor_point(seg.mask), scale, color, _text_color(color))
     return out
 

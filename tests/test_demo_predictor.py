@@ -17,6 +17,7 @@ from PIL import Image
 from torch import nn
 
 from instaformer.config import setup_cfg
+from instaformer.modeling import build_model
 from instaformer.predictor import Predictor, depth_ranking, load_image, result_from_output
 from instaformer.visualization import (
     anchor_point,
@@ -330,3 +331,28 @@ def test_tiny_od_model_batches_like_single_images(od_predictor):
         assert (a.panoptic_seg == b.panoptic_seg).all()
         assert np.allclose(a.occlusion_prob, b.occlusion_prob, atol=1e-4)
         assert np.allclose(a.depth_prob, b.depth_prob, atol=1e-4)
+
+
+def test_tiny_od_model_scores_are_class_probabilities_and_threshold_filters_them(od_predictor):
+    image = make_scene(64, 96)[0]
+    result = od_predictor(image)
+    segments = result.segments + result.stuff_segments
+    scores = [s.score for s in segments]
+    assert len(segments) >= 3 and all(0 < s <= 1 for s in scores)
+    assert len(set(scores)) > 1, "scores are the queries' class probabilities, not a constant"
+    loaded = json.loads(result.to_json())
+    assert [s["score"] for s in loaded["segments"]] == [s.score for s in result.segments]
+
+    # the object-mask threshold (--confidence-threshold) compares the very score that is shown
+    threshold = float(np.median(scores))
+    cfg = od_predictor.cfg.clone()
+    cfg.defrost()
+    cfg.MODEL.MASK_FORMER.TEST.OBJECT_MASK_THRESHOLD = threshold
+    model = build_model(cfg)  # the threshold is read when the model is built
+    model.load_state_dict(od_predictor.model.state_dict())
+    filtered = Predictor(cfg, model=model)(image)
+    kept = filtered.segments + filtered.stuff_segments
+    assert 0 < len(kept) < len(segments)
+    assert all(s.score > threshold for s in kept)
+    shown = {s.query_index: s.score for s in segments}
+    assert all(shown[s.query_index] == s.score for s in kept)
