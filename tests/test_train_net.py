@@ -150,3 +150,37 @@ def test_instaordernet_trains_and_evaluates_through_train_net(tmp_path):
     assert set(results) == {"occlusion_order", "depth_order"}
     assert 0.0 <= results["occlusion_order"]["f1"] <= 100.0
     assert (tmp_path / "model_final.pth").is_file() and (tmp_path / "eval_results.json").is_file()
+
+
+OD_CONFIG = str(REPO / "configs" / "synthetic" / "instaformer_od_tiny.yaml")
+
+
+def _two_process_train_and_evaluate(output_dir: str, result_file: str) -> None:
+    args = _args(Path(output_dir), "SOLVER.MAX_ITER", "3", "MODEL.DEVICE", "cpu")
+    args.config_file = OD_CONFIG
+    results = main(args)
+    if comm.is_main_process():
+        Path(result_file).write_text(json.dumps(results))
+
+
+def test_two_process_final_evaluation_equals_eval_only_of_saved_weights(tmp_path):
+    """BatchNorm buffers differ between processes after a step; the final evaluation (spread
+    over both processes) must use the saved model's, as ``--eval-only`` does."""
+    result = tmp_path / "results.json"
+    train_dir = tmp_path / "train"
+    launch(
+        _two_process_train_and_evaluate,
+        2,
+        backend="gloo",
+        args=(str(train_dir), str(result)),
+    )
+    trained = json.loads(result.read_text())
+    weights = str(train_dir / "model_final.pth")
+    args = _args(tmp_path / "eval", "MODEL.WEIGHTS", weights, "MODEL.DEVICE", "cpu", eval_only=True)
+    args.config_file = OD_CONFIG
+    evaluated = main(args)
+    assert {"occlusion_order", "depth_order", "panoptic_seg"} <= set(trained)
+    for task in ("occlusion_order", "depth_order", "panoptic_seg"):
+        for metric, value in evaluated[task].items():
+            if isinstance(value, float):
+                assert trained[task][metric] == pytest.approx(value, abs=1e-9), (task, metric)

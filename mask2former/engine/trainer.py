@@ -136,7 +136,19 @@ class Trainer:
             "cfg": self.cfg.dump(),
         }
 
+    def sync_buffers(self) -> None:
+        """Give every process the main process's buffers (e.g. BatchNorm running statistics).
+
+        DDP broadcasts buffers at the start of each forward, so after a step each process holds
+        the statistics of its own last batch. Syncing before saving and evaluating makes every
+        process evaluate exactly the weights that are saved.
+        """
+        if comm.get_world_size() > 1:
+            for buffer in self.model_without_ddp.buffers():
+                torch.distributed.broadcast(buffer, src=0)
+
     def save_checkpoint(self, name: str) -> None:
+        self.sync_buffers()
         state = self.state_dict()
         if comm.is_main_process():
             save_training_checkpoint(self.cfg.OUTPUT_DIR, name, state)
@@ -181,6 +193,7 @@ class Trainer:
         return results
 
     def _evaluate_and_log(self, writer: MetricsWriter | None) -> dict[str, dict[str, float]]:
+        self.sync_buffers()
         results = self.evaluate(self.model_without_ddp)
         self.model.train()
         if writer is not None and results:
