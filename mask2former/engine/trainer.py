@@ -212,7 +212,9 @@ class Trainer:
                     "WANDB.METRICS is True but `wandb` is not installed: pip install wandb"
                 ) from err
             wandb_run = wandb.init(project=self.cfg.WANDB.PROJECT, config={"yaml": self.cfg.dump()})
-        return MetricsWriter(self.cfg.OUTPUT_DIR, self.max_iter, wandb_run=wandb_run)
+        return MetricsWriter(
+            self.cfg.OUTPUT_DIR, self.max_iter, start_iter=self.start_iter, wandb_run=wandb_run
+        )
 
     def run_step(self, data: Iterator[list[dict]]) -> dict[str, float]:
         """One iteration: data, forward, loss check, backward, clipping, optimizer, schedule."""
