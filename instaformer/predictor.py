@@ -288,6 +288,7 @@ class Predictor:
         if model is None:
             model = _build_and_load(self.cfg)
         self.model = model.to(self.device).eval()
+        logger.info("Predictor running on %s", self.device)
         self.input_format = self.cfg.INPUT.FORMAT
         if self.input_format not in ("RGB", "BGR"):
             raise ValueError(f"INPUT.FORMAT must be 'RGB' or 'BGR'; got {self.input_format!r}")

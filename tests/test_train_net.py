@@ -184,3 +184,17 @@ def test_two_process_final_evaluation_equals_eval_only_of_saved_weights(tmp_path
         for metric, value in evaluated[task].items():
             if isinstance(value, float):
                 assert trained[task][metric] == pytest.approx(value, abs=1e-9), (task, metric)
+
+
+def test_random_frozen_parts_are_warned_about(monkeypatch):
+    import instaformer.train as train
+
+    messages = []
+    monkeypatch.setattr(train.logger, "warning", lambda msg, *a: messages.append(msg % a))
+    released = (
+        REPO / "configs/instaorder/occlusion_depth/all/swin/maskformer2_swin_tiny_bs16_50ep.yaml"
+    )
+    train.warn_random_frozen_parts(train.setup_cfg(str(released), ["MODEL.WEIGHTS", ""]))
+    assert len(messages) == 1 and "backbone and sem_seg_head are frozen" in messages[0]
+    train.warn_random_frozen_parts(train.setup_cfg(CONFIG, []))  # nothing frozen: silent
+    assert len(messages) == 1

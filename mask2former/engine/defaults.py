@@ -133,6 +133,10 @@ def default_setup(cfg: CfgNode, args: argparse.Namespace) -> logging.Logger:
     if str(cfg.MODEL.DEVICE).startswith("cpu"):
         # torchrun gives LOCAL_WORLD_SIZE; launch() runs --num-gpus processes per machine
         configure_threads(int(os.environ.get("LOCAL_WORLD_SIZE", getattr(args, "num_gpus", 1))))
+        logger.info("Device: cpu (MODEL.DEVICE %s)", cfg.MODEL.DEVICE)
+    else:
+        index = torch.cuda.current_device()
+        logger.info("Device: cuda:%d, %s", index, torch.cuda.get_device_name(index))
     logger.info("Environment:\n%s", collect_env_info())
     logger.info("Command line arguments: %s", args)
     if args.config_file:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import nullcontext
 from typing import Any
@@ -50,7 +51,12 @@ class Trainer:
         self.optimizer = build_optimizer(cfg, model)
         self.scheduler = build_lr_scheduler(cfg, self.optimizer)
         if comm.get_world_size() > 1:
-            # Order heads see no input in iterations where no image has two instances.
+            # Order heads see no input in iterations where no image has two instances, so DDP
+            # must look for unused parameters; its warning when an iteration has none (from
+            # every process) is expected and silenced.
+            warnings.filterwarnings(
+                "ignore", message=r"find_unused_parameters=True was specified", category=UserWarning
+            )
             model = DistributedDataParallel(
                 model,
                 device_ids=[self.device.index] if self.device.type == "cuda" else None,
