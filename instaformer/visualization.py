@@ -264,18 +264,36 @@ class _Placer:
 
 
 # -- drawing helpers ----------------------------------------------------------------------------
+def _crop(mask: np.ndarray) -> tuple[slice, slice] | None:
+    """Row and column slices of the mask's bounding box (None for an empty mask)."""
+    rows, cols = np.nonzero(mask.any(1))[0], np.nonzero(mask.any(0))[0]
+    if len(rows) == 0:
+        return None
+    return slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1)
+
+
 def _blend(image: np.ndarray, mask: np.ndarray, color: Color, alpha: float) -> None:
-    image[mask] = (image[mask] * (1.0 - alpha) + np.array(color) * alpha).astype(np.uint8)
+    box = _crop(mask)
+    if box is None:
+        return
+    region = image[box]
+    tinted = cv2.addWeighted(region, 1.0 - alpha, np.full_like(region, color), alpha, 0.0)
+    np.copyto(region, tinted, where=mask[box][..., None])
 
 
 def _contour(image: np.ndarray, mask: np.ndarray, color: Color, scale: float) -> None:
-    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_LIST, cv2.CHAIN_APPROX_SIMPLE)
+    box = _crop(mask)
+    if box is None:
+        return
+    crop = np.pad(mask[box].astype(np.uint8), 1)  # padded: contours close at the box edges
+    offset = (box[1].start - 1, box[0].start - 1)
+    contours, _ = cv2.findContours(crop, cv2.RETR_LIST, cv2.CHAIN_APPROX_SIMPLE, offset=offset)
     cv2.drawContours(image, contours, -1, color, max(1, _thickness(scale) - 1), cv2.LINE_AA)
 
 
 def _dimmed(image: np.ndarray, factor: float = 0.45) -> np.ndarray:
-    grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
-    return (np.repeat(grey[:, :, None], 3, axis=2) * factor).astype(np.uint8)
+    grey = cv2.convertScaleAbs(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY), alpha=factor)
+    return cv2.cvtColor(grey, cv2.COLOR_GRAY2RGB)
 
 
 def _wrap(text: str, scale: float, width: int) -> list[str]:
