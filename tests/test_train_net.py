@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from instaformer.data import register_synthetic_instaorder
+from instaformer.data.datasets import SYNTHETIC_SUBDIR
 from instaformer.train import InstaFormerTrainer, main, setup
 from mask2former.engine import default_argument_parser, launch
 from mask2former.utils import comm
@@ -164,7 +166,9 @@ def _two_process_train_and_evaluate(output_dir: str, result_file: str) -> None:
         Path(result_file).write_text(json.dumps(results))
 
 
-def test_two_process_final_evaluation_equals_eval_only_of_saved_weights(tmp_path, monkeypatch):
+def test_two_process_final_evaluation_equals_eval_only_of_saved_weights(
+    tmp_path, monkeypatch, synthetic_datasets
+):
     """BatchNorm buffers differ between processes after a step; the final evaluation (spread
     over both processes) must use the saved model's, as ``--eval-only`` does.
 
@@ -181,6 +185,9 @@ def test_two_process_final_evaluation_equals_eval_only_of_saved_weights(tmp_path
         args=(str(train_dir), str(result)),
     )
     trained = json.loads(result.read_text())
+    # the spawned processes registered the val split of this root; other tests of this process
+    # may have registered the name elsewhere
+    register_synthetic_instaorder(str(synthetic_datasets / SYNTHETIC_SUBDIR))
     weights = str(train_dir / "model_final.pth")
     args = _args(tmp_path / "eval", "MODEL.WEIGHTS", weights, "MODEL.DEVICE", "cpu", eval_only=True)
     args.config_file = OD_CONFIG
