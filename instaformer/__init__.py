@@ -1,7 +1,10 @@
 """InstaFormer: instance-wise occlusion and depth order prediction on top of Mask2Former.
 
-Importing this package never needs a compiled extension or a GPU.
+Importing this package never needs a compiled extension or a GPU; like ``mask2former``, it
+prefers passive OpenMP waiting when imported before ``torch`` (:mod:`mask2former.utils.threads`).
 """
+
+import mask2former  # noqa: F401  (sets OMP_WAIT_POLICY before torch is imported)
 
 __version__ = "0.1.0"
 

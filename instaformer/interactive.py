@@ -15,7 +15,7 @@ every order matrix. Instances are named by their segment id (``#<id>``), as in t
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -26,13 +26,13 @@ from instaformer.predictor import (
     DEPTH_FARTHER,
     OrderResult,
     Predictor,
-    Segment,
 )
 from instaformer.visualization import (
     draw_depth_layers,
     draw_occlusion_graph,
     draw_panoptic,
     draw_relations,
+    drawing_factor,
 )
 
 __all__ = [
@@ -161,43 +161,12 @@ _MUTUAL = "occludes it / occluded by it"
 DISPLAY_MIN_SIDE = 384  # pictures of smaller images are drawn enlarged (pixels)
 
 
-def upscaled(image: np.ndarray, result: OrderResult, factor: int) -> tuple[np.ndarray, OrderResult]:
-    """The image and the result's masks enlarged ``factor`` times (pixel replication), for
-    legible pictures of small images; orders and scores unchanged."""
-    if factor == 1:
-        return image, result
-
-    def grow(a: np.ndarray) -> np.ndarray:
-        return np.repeat(np.repeat(a, factor, axis=0), factor, axis=1)
-
-    def segs(segments: list[Segment]) -> list[Segment]:
-        return [
-            replace(
-                s,
-                mask=grow(s.mask),
-                area=s.area * factor**2,
-                bbox=tuple(v * factor for v in s.bbox),
-            )
-            for s in segments
-        ]
-
-    height, width = result.image_size
-    big = replace(
-        result,
-        image_size=(height * factor, width * factor),
-        panoptic_seg=grow(result.panoptic_seg),
-        segments=segs(result.segments),
-        stuff_segments=segs(result.stuff_segments),
-    )
-    return grow(image), big
-
-
 @dataclass
 class View:
     """One image and its prediction, and what the viewer shows of them.
 
-    Pictures are drawn on the image enlarged by :attr:`factor` (an integer) when its short side
-    is under ``DISPLAY_MIN_SIDE`` pixels, so that labels stay legible; :meth:`instance_at` takes
+    Pictures of images whose short side is under ``DISPLAY_MIN_SIDE`` pixels are drawn enlarged
+    by the integer :attr:`factor`, so that labels stay legible; :meth:`instance_at` takes
     picture coordinates.
 
     Attributes:
@@ -211,8 +180,7 @@ class View:
     source: str | None = None
 
     def __post_init__(self) -> None:
-        self.factor = max(1, -(-DISPLAY_MIN_SIDE // max(1, min(self.result.image_size))))
-        self._picture_image, self._picture_result = upscaled(self.image, self.result, self.factor)
+        self.factor = drawing_factor(self.image, DISPLAY_MIN_SIDE)
 
     def instance_at(self, x: int, y: int) -> int | None:
         """Row of the thing segment under pixel ``(x, y)`` of a picture, or ``None``."""
@@ -235,7 +203,7 @@ class View:
 
     def panoptic(self) -> np.ndarray:
         """The panoptic overlay with instance ids and class names."""
-        return draw_panoptic(self._picture_image, self._picture_result)
+        return draw_panoptic(self.image, self.result, min_side=DISPLAY_MIN_SIDE)
 
     def occlusion_graph(self) -> np.ndarray | None:
         """The occlusion graph picture, ``None`` without the occlusion task."""
@@ -245,7 +213,7 @@ class View:
         """The ``step`` front-most instances revealed, ``None`` without the depth task."""
         if self.result.depth_ranking is None:
             return None
-        return draw_depth_layers(self._picture_image, self._picture_result, step)
+        return draw_depth_layers(self.image, self.result, step, min_side=DISPLAY_MIN_SIDE)
 
     def select(self, index: int) -> dict[str, np.ndarray]:
         """Pictures of instance ``index``'s relations: ``{"occlusion": ..., "depth": ...}`` for
@@ -261,5 +229,7 @@ class View:
                     kinds[rel.other] = (_MUTUAL, max(kinds[rel.other][1], rel.probability))
                 else:
                     kinds[rel.other] = (rel.kind, rel.probability)
-            pictures[task] = draw_relations(self._picture_image, self._picture_result, index, kinds)
+            pictures[task] = draw_relations(
+                self.image, self.result, index, kinds, min_side=DISPLAY_MIN_SIDE
+            )
         return pictures

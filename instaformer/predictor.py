@@ -61,15 +61,17 @@ class Segment:
 
     ``bbox`` is ``(x, y, width, height)`` in pixels of the original image (COCO convention),
     covering the mask; ``mask`` is ``bool[H, W]``; ``category_id`` is contiguous
-    (``0 .. NUM_CLASSES - 1``); ``query_index`` is the model query that produced the segment
-    (``None`` when the model does not report it).
+    (``0 .. NUM_CLASSES - 1``); ``score`` is the class probability of that query, in (0, 1]
+    (the value ``MODEL.MASK_FORMER.TEST.OBJECT_MASK_THRESHOLD`` / ``--confidence-threshold``
+    is compared with); ``query_index`` is the model query that produced the segment. Both are
+    ``None`` when the model does not report them.
     """
 
     id: int
     category_id: int
     class_name: str
     isthing: bool
-    score: float
+    score: float | None
     area: int
     bbox: tuple[int, int, int, int]
     mask: np.ndarray = field(repr=False)
@@ -295,6 +297,7 @@ class Predictor:
         if model is None:
             model = _build_and_load(self.cfg)
         self.model = model.to(self.device).eval()
+        logger.info("Predictor running on %s", self.device)
         self.input_format = self.cfg.INPUT.FORMAT
         if self.input_format not in ("RGB", "BGR"):
             raise ValueError(f"INPUT.FORMAT must be 'RGB' or 'BGR'; got {self.input_format!r}")
@@ -418,13 +421,13 @@ def _segment(info: dict[str, Any], panoptic: np.ndarray, class_names: Sequence[s
         bbox = (0, 0, 0, 0)
     category = int(info["category_id"])
     name = class_names[category] if 0 <= category < len(class_names) else f"class {category}"
-    query = info.get("query_index")
+    query, score = info.get("query_index"), info.get("score")
     return Segment(
         id=int(info["id"]),
         category_id=category,
         class_name=name,
         isthing=bool(info["isthing"]),
-        score=float(info.get("score", 1.0)),
+        score=None if score is None else float(score),
         area=int(len(xs)),
         bbox=bbox,
         mask=mask,

@@ -49,7 +49,16 @@ from mask2former.engine.lock import hold_output_dir
 from mask2former.evaluation import DatasetEvaluator, inference_on_dataset
 from mask2former.utils import comm, download
 
-__all__ = ["InstaFormerTrainer", "evaluate", "load_weights", "main", "parse_args", "run", "setup"]
+__all__ = [
+    "InstaFormerTrainer",
+    "evaluate",
+    "load_weights",
+    "main",
+    "parse_args",
+    "run",
+    "setup",
+    "warn_random_frozen_parts",
+]
 
 logger = logging.getLogger("instaformer")
 
@@ -123,6 +132,31 @@ def load_weights(cfg: CfgNode, model: nn.Module, path: str) -> dict[str, list]:
     return report
 
 
+def warn_random_frozen_parts(cfg: CfgNode) -> None:
+    """Warn when an InstaFormer model trains from random weights (``MODEL.WEIGHTS ""``) with a
+    frozen backbone or segmentation head: those parts stay random for the whole run."""
+    if model_family(cfg) is not INSTAFORMER:
+        return
+    frozen = [
+        name
+        for name, on in (
+            ("backbone", cfg.MODEL.BACKBONE.FREEZE),
+            ("sem_seg_head", cfg.MODEL.SEM_SEG_HEAD.FREEZE),
+        )
+        if on
+    ]
+    if frozen:
+        logger.warning(
+            "MODEL.WEIGHTS is empty and %s %s frozen (config): %s randomly initialised and never "
+            "trained. Pass a COCO-panoptic Mask2Former checkpoint as MODEL.WEIGHTS, or unfreeze "
+            "with MODEL.BACKBONE.FREEZE False / MODEL.SEM_SEG_HEAD.FREEZE False "
+            "(see docs/training.md).",
+            " and ".join(frozen),
+            "is" if len(frozen) == 1 else "are",
+            "it stays" if len(frozen) == 1 else "they stay",
+        )
+
+
 INSTAFORMER = ModelFamily(
     train_loader=_panoptic_train_loader,
     test_loader=_panoptic_test_loader,
@@ -182,6 +216,11 @@ class InstaFormerTrainer(Trainer):
             sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6,
         )
         return model
+
+    def resume_or_load(self, resume: bool) -> None:
+        super().resume_or_load(resume)
+        if self.start_iter == 0 and not self.cfg.MODEL.WEIGHTS:
+            warn_random_frozen_parts(self.cfg)
 
     def build_train_loader(self, cfg: CfgNode, start_iter: int):
         return model_family(cfg).train_loader(cfg, start_iter)

@@ -79,12 +79,16 @@ class CfgNode(_FvcoreCfgNode):
                 continue
             kept += [key, value]
         cfg_list = kept
-        for key in cfg_list[0::2]:
+        for index in range(0, len(cfg_list), 2):
+            key = cfg_list[index]
             node: Any = self
             for part in key.split("."):
                 if not isinstance(node, _FvcoreCfgNode) or part not in node:
                     raise ConfigError(f"unknown config key in command-line overrides: {key}")
                 node = node[part]
+            value = _decode(cfg_list[index + 1])
+            if type(node) is float and type(value) is int:  # "0" for a float key means 0.0
+                cfg_list[index + 1] = repr(float(value))
         try:
             super().merge_from_list(cfg_list)
         except (KeyError, ValueError, AssertionError) as err:
@@ -297,7 +301,7 @@ def get_base_cfg() -> CfgNode:
     _C.DATASETS.TEST = ()  # registered dataset names used for evaluation
 
     _C.DATALOADER = CfgNode()
-    _C.DATALOADER.NUM_WORKERS = 4  # data-loading worker processes per training process
+    _C.DATALOADER.NUM_WORKERS = 4  # data-loading worker processes per process (at most the cores)
     _C.DATALOADER.ASPECT_RATIO_GROUPING = True  # batch landscape and portrait images apart
     # Training skips images without a non-crowd instance (panoptic: segment); a set with none
     # at all is refused.

@@ -118,6 +118,15 @@ def test_wrong_value_type_names_key():
         get_cfg().merge_from_list(["MODEL.MASK_FORMER.NUM_OBJECT_QUERIES", "'many'"])
 
 
+def test_integer_override_of_a_float_key_is_accepted():
+    cfg = get_cfg()
+    cfg.merge_from_list(["MODEL.MASK_FORMER.TEST.OVERLAP_THRESHOLD", "0", "SOLVER.BASE_LR", "1"])
+    threshold = cfg.MODEL.MASK_FORMER.TEST.OVERLAP_THRESHOLD
+    assert threshold == 0.0 and type(threshold) is float and type(cfg.SOLVER.BASE_LR) is float
+    with pytest.raises(ConfigError, match="MAX_ITER"):  # no float for an int key
+        cfg.merge_from_list(["SOLVER.MAX_ITER", "1.5"])
+
+
 def test_overrides_follow_detectron2_syntax(tmp_path: Path):
     base = tmp_path / "base.yaml"
     base.write_text("SOLVER:\n  BASE_LR: 0.5\n")

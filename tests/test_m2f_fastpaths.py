@@ -62,6 +62,10 @@ def test_chunked_postprocessing_matches_plain_formulas(chunk: int, monkeypatch) 
     assert len(segments) > 1
     assert torch.equal(seg, plain_seg) and segments == plain_segments
     assert torch.equal(keep, plain_keep)
+    for segment in segments:  # the score is the query's top class probability
+        top = probs[segment["query_index"]].max()
+        assert segment["score"] == pytest.approx(float(top)) and 0 < segment["score"] <= 1
+        assert int(probs[segment["query_index"]].argmax()) == segment["category_id"]
 
     positive = mask_pred > 0
     expected_scores = (mask_pred.sigmoid() * positive).flatten(1).sum(1) / (

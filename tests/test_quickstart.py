@@ -39,3 +39,20 @@ def test_shortened_quickstart(tmp_path, monkeypatch, capsys):
     assert sum(n.endswith(("_panoptic.png", "_occlusion.png", "_depth.png")) for n in demo) == 6
     assert (out / "train" / "model_final.pth").is_file()
     assert (out / "datasets" / "synthetic_instaorder" / "coco" / "annotations").is_dir()
+
+
+def test_quickstart_reuses_a_matching_dataset_only(tmp_path):
+    quickstart = _quickstart()
+    root = tmp_path / "synthetic_instaorder"
+    args = quickstart.parse_args(["--num-train", "3", "--num-val", "2", "--image-size", "32"])
+    assert quickstart.prepare_dataset(root, args) is False
+    marker = json.loads((root / quickstart.MARKER).read_text())
+    assert marker["num_train"] == 3 and marker["files"] > 5
+    assert quickstart.prepare_dataset(root, args) is True
+    # a missing file or other parameters: written again
+    next(root.rglob("*.png")).unlink()
+    assert quickstart.prepare_dataset(root, args) is False
+    assert quickstart.prepare_dataset(root, args) is True
+    args.seed = 1
+    assert quickstart.prepare_dataset(root, args) is False
+    assert json.loads((root / quickstart.MARKER).read_text())["seed"] == 1

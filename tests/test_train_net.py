@@ -11,9 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from instaformer.data import register_synthetic_instaorder
+from instaformer.data.datasets import SYNTHETIC_SUBDIR
 from instaformer.train import InstaFormerTrainer, main, setup
 from mask2former.engine import default_argument_parser, launch
 from mask2former.utils import comm
+from mask2former.utils.threads import ENV_THREADS
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = str(REPO / "configs" / "synthetic" / "maskformer2_R50_tiny.yaml")
@@ -150,3 +153,61 @@ def test_instaordernet_trains_and_evaluates_through_train_net(tmp_path):
     assert set(results) == {"occlusion_order", "depth_order"}
     assert 0.0 <= results["occlusion_order"]["f1"] <= 100.0
     assert (tmp_path / "model_final.pth").is_file() and (tmp_path / "eval_results.json").is_file()
+
+
+OD_CONFIG = str(REPO / "configs" / "synthetic" / "instaformer_od_tiny.yaml")
+
+
+def _two_process_train_and_evaluate(output_dir: str, result_file: str) -> None:
+    args = _args(Path(output_dir), "SOLVER.MAX_ITER", "3", "MODEL.DEVICE", "cpu")
+    args.config_file = OD_CONFIG
+    results = main(args)
+    if comm.is_main_process():
+        Path(result_file).write_text(json.dumps(results))
+
+
+def test_two_process_final_evaluation_equals_eval_only_of_saved_weights(
+    tmp_path, monkeypatch, synthetic_datasets
+):
+    """BatchNorm buffers differ between processes after a step; the final evaluation (spread
+    over both processes) must use the saved model's, as ``--eval-only`` does.
+
+    One CPU thread everywhere: the two processes and the single evaluation process then compute
+    every image alike (thread counts change float sums, and the barely trained model's
+    decisions sit close to their thresholds)."""
+    monkeypatch.setenv(ENV_THREADS, "1")
+    result = tmp_path / "results.json"
+    train_dir = tmp_path / "train"
+    launch(
+        _two_process_train_and_evaluate,
+        2,
+        backend="gloo",
+        args=(str(train_dir), str(result)),
+    )
+    trained = json.loads(result.read_text())
+    # the spawned processes registered the val split of this root; other tests of this process
+    # may have registered the name elsewhere
+    register_synthetic_instaorder(str(synthetic_datasets / SYNTHETIC_SUBDIR))
+    weights = str(train_dir / "model_final.pth")
+    args = _args(tmp_path / "eval", "MODEL.WEIGHTS", weights, "MODEL.DEVICE", "cpu", eval_only=True)
+    args.config_file = OD_CONFIG
+    evaluated = main(args)
+    assert {"occlusion_order", "depth_order", "panoptic_seg"} <= set(trained)
+    for task in ("occlusion_order", "depth_order", "panoptic_seg"):
+        for metric, value in evaluated[task].items():
+            if isinstance(value, float):
+                assert trained[task][metric] == pytest.approx(value, abs=1e-9), (task, metric)
+
+
+def test_random_frozen_parts_are_warned_about(monkeypatch):
+    import instaformer.train as train
+
+    messages = []
+    monkeypatch.setattr(train.logger, "warning", lambda msg, *a: messages.append(msg % a))
+    released = (
+        REPO / "configs/instaorder/occlusion_depth/all/swin/maskformer2_swin_tiny_bs16_50ep.yaml"
+    )
+    train.warn_random_frozen_parts(train.setup_cfg(str(released), ["MODEL.WEIGHTS", ""]))
+    assert len(messages) == 1 and "backbone and sem_seg_head are frozen" in messages[0]
+    train.warn_random_frozen_parts(train.setup_cfg(CONFIG, []))  # nothing frozen: silent
+    assert len(messages) == 1

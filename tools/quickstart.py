@@ -3,9 +3,11 @@
     python tools/quickstart.py [--output-dir output/quickstart]
 
 1. writes the synthetic twin of InstaOrder Panoptic (tools/make_synthetic_dataset.py) to
-   ``DIR/datasets/synthetic_instaorder``;
+   ``DIR/datasets/synthetic_instaorder``, or reuses the one a previous run wrote there when its
+   marker file (``quickstart_dataset.json``: generator, parameters, file count and bytes) matches;
 2. trains InstaFormer^od (configs/synthetic/instaformer_od_tiny.yaml) with the machinery of
-   ``train_net.py`` (same trainer, data loader and evaluators) into ``DIR/train``;
+   ``train_net.py`` (same trainer, data loader and evaluators) into ``DIR/train``, starting its
+   log and metrics afresh; on a CPU whose cores other work shares, see ``--threads``;
 3. evaluates it on the synthetic val split (PQ, occlusion, depth) and writes
    ``DIR/eval_results.json``;
 4. runs the demo on a few val images into ``DIR/demo/``;
@@ -16,14 +18,21 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
 
-import torch
+# before torch: passive OpenMP waiting must be in the environment when torch loads OpenMP
+from mask2former.utils.threads import ENV_THREADS, prefer_passive_openmp
+
+prefer_passive_openmp()
+
+import torch  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "synthetic" / "instaformer_od_tiny.yaml"
@@ -39,6 +48,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--demo-images", type=int, default=4, help="val images shown by the demo")
     parser.add_argument("--seed", type=int, default=0, help="seed of the data and the training")
     parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help=f"CPU threads (default: the cores available to this process; same as {ENV_THREADS})",
+    )
+    parser.add_argument(
         "opts",
         nargs=argparse.REMAINDER,
         help="KEY VALUE overrides of the training config, e.g. SOLVER.MAX_ITER 200",
@@ -46,13 +61,70 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+MARKER = "quickstart_dataset.json"
+"""File the quick start writes into the dataset folder once the dataset is complete."""
+
+
+def _dataset_files(root: Path) -> tuple[int, int]:
+    """(number of files, total bytes) under ``root``, the marker excluded."""
+    files = [p for p in root.rglob("*") if p.is_file() and p.name != MARKER]
+    return len(files), sum(p.stat().st_size for p in files)
+
+
+def _dataset_params(args: argparse.Namespace) -> dict:
+    from instaformer.data import synthetic
+
+    generator = hashlib.sha256(Path(synthetic.__file__).read_bytes()).hexdigest()[:16]
+    return {
+        "generator": generator,
+        "num_train": args.num_train,
+        "num_val": args.num_val,
+        "image_size": args.image_size,
+        "seed": args.seed,
+    }
+
+
+def prepare_dataset(data_root: Path, args: argparse.Namespace) -> bool:
+    """Write the synthetic twin to ``data_root``, unless the one there was written with the same
+    generator and parameters and still holds its files. Returns True when it was reused."""
+    from instaformer.data import make_synthetic_dataset
+
+    params = _dataset_params(args)
+    marker = data_root / MARKER
+    if marker.is_file():
+        try:
+            recorded = json.loads(marker.read_text())
+        except json.JSONDecodeError:
+            recorded = {}
+        files, size = _dataset_files(data_root)
+        if recorded == {**params, "files": files, "bytes": size}:
+            return True
+    if data_root.exists():
+        shutil.rmtree(data_root)  # a partial or different dataset: start clean
+    make_synthetic_dataset(
+        str(data_root),
+        num_train=args.num_train,
+        num_val=args.num_val,
+        image_size=args.image_size,
+        seed=args.seed,
+    )
+    files, size = _dataset_files(data_root)
+    tmp = marker.with_name(f".{MARKER}.tmp")
+    tmp.write_text(json.dumps({**params, "files": files, "bytes": size}, indent=2))
+    os.replace(tmp, marker)
+    return False
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise SystemExit(f"--threads must be at least 1; got {args.threads}")
+        os.environ[ENV_THREADS] = str(args.threads)
     out = Path(args.output_dir).resolve()
     datasets_root = out / "datasets"
     os.environ["DETECTRON2_DATASETS"] = str(datasets_root)
     # Imported after DETECTRON2_DATASETS is set, so the registered datasets read it.
-    from instaformer.data import make_synthetic_dataset
     from instaformer.data.datasets import SYNTHETIC_SUBDIR
     from instaformer.demo_utils import run_on_paths
     from instaformer.evaluation import format_results_table
@@ -63,13 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     data_root = datasets_root / SYNTHETIC_SUBDIR
     print(f"[1/4] synthetic dataset -> {data_root}")
-    make_synthetic_dataset(
-        str(data_root),
-        num_train=args.num_train,
-        num_val=args.num_val,
-        image_size=args.image_size,
-        seed=args.seed,
-    )
+    if prepare_dataset(data_root, args):
+        print(f"      reusing the dataset written by a previous run ({MARKER} matches)")
 
     train_dir = out / "train"
     print(f"[2/4] training {CONFIG.relative_to(REPO)} -> {train_dir}")

@@ -29,6 +29,7 @@ from mask2former.data.samplers import (
     TrainingSampler,
 )
 from mask2former.utils import comm
+from mask2former.utils.threads import available_cpus
 
 __all__ = [
     "MapDataset",
@@ -40,6 +41,7 @@ __all__ = [
     "has_no_instance",
     "shared_seed",
     "trivial_batch_collator",
+    "worker_count",
     "worker_init_fn",
 ]
 
@@ -160,6 +162,17 @@ def _group_ids(dicts: Sequence[dict]) -> list[int]:
     return ids
 
 
+def worker_count(requested: int) -> int:
+    """``DATALOADER.NUM_WORKERS`` capped at the cores available to this process (more workers
+    than cores only compete for them, and PyTorch warns about it); the cap is logged."""
+    count = min(requested, available_cpus())
+    if count < requested:
+        logger.info(
+            "DATALOADER.NUM_WORKERS %d capped at %d (the cores available)", requested, count
+        )
+    return count
+
+
 def build_batch_data_loader(
     dataset: Dataset,
     sampler: TrainingSampler,
@@ -189,7 +202,7 @@ def build_batch_data_loader(
     loader = DataLoader(
         dataset,
         batch_sampler=_IterBatches(batches),
-        num_workers=num_workers,
+        num_workers=worker_count(num_workers),
         collate_fn=trivial_batch_collator,
         worker_init_fn=worker_init_fn,
         generator=generator,
@@ -283,7 +296,7 @@ def build_detection_test_loader(
         MapDataset(dataset, mapper),
         batch_size=1,
         sampler=InferenceSampler(len(dataset)),
-        num_workers=cfg.DATALOADER.NUM_WORKERS,
+        num_workers=worker_count(cfg.DATALOADER.NUM_WORKERS),
         collate_fn=trivial_batch_collator,
         worker_init_fn=worker_init_fn,
     )

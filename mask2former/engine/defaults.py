@@ -18,6 +18,7 @@ from mask2former.engine.checkpoint import atomic_write_bytes
 from mask2former.engine.lock import hold_output_dir
 from mask2former.utils import comm
 from mask2former.utils.logger import setup_logger
+from mask2former.utils.threads import configure_threads
 
 __all__ = [
     "default_argument_parser",
@@ -127,8 +128,9 @@ def collect_env_info() -> str:
 
 
 def default_setup(cfg: CfgNode, args: argparse.Namespace) -> logging.Logger:
-    """Per-process set-up: output folder and its lock, loggers, environment summary, config
-    dump, seed.
+    """Per-process set-up: output folder and its lock, loggers, CPU threads, environment
+    summary, config dump, seed. A new training run (neither ``--resume`` nor ``--eval-only``)
+    starts ``log.txt`` afresh; the others append to it.
 
     Raises:
         RunLockError: (main process) another live run owns ``OUTPUT_DIR``.
@@ -138,8 +140,16 @@ def default_setup(cfg: CfgNode, args: argparse.Namespace) -> logging.Logger:
     if comm.is_main_process() and output_dir:
         os.makedirs(output_dir, exist_ok=True)
         hold_output_dir(output_dir)  # before anything is written: a second live run is refused
-    logger = setup_logger(output_dir, rank=rank, name="instaformer")
+    new_run = not (getattr(args, "resume", False) or getattr(args, "eval_only", False))
+    logger = setup_logger(output_dir, rank=rank, name="instaformer", append=not new_run)
     logger.info("Rank %d of %d", rank, comm.get_world_size())
+    if str(cfg.MODEL.DEVICE).startswith("cpu"):
+        # torchrun gives LOCAL_WORLD_SIZE; launch() runs --num-gpus processes per machine
+        configure_threads(int(os.environ.get("LOCAL_WORLD_SIZE", getattr(args, "num_gpus", 1))))
+        logger.info("Device: cpu (MODEL.DEVICE %s)", cfg.MODEL.DEVICE)
+    else:
+        index = torch.cuda.current_device()
+        logger.info("Device: cuda:%d, %s", index, torch.cuda.get_device_name(index))
     logger.info("Environment:\n%s", collect_env_info())
     logger.info("Command line arguments: %s", args)
     if args.config_file:

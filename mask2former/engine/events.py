@@ -13,6 +13,8 @@ from typing import Any
 
 import torch
 
+from mask2former.engine.checkpoint import atomic_write_bytes
+
 __all__ = ["MetricsWriter"]
 
 logger = logging.getLogger(__name__)
@@ -22,7 +24,8 @@ class MetricsWriter:
     """Collects per-iteration scalars and writes their medians over the last ``window`` values.
 
     Only the main process should create one with an ``output_dir``; ``metrics.json`` gets one
-    JSON object per logged iteration.
+    JSON object per logged iteration. A run starting at ``start_iter`` 0 starts the file afresh;
+    a resumed run keeps the records of the iterations before ``start_iter`` only.
     """
 
     def __init__(
@@ -30,6 +33,7 @@ class MetricsWriter:
         output_dir: str,
         max_iter: int,
         *,
+        start_iter: int = 0,
         window: int = 20,
         tensorboard: bool = True,
         wandb_run: Any = None,
@@ -38,6 +42,7 @@ class MetricsWriter:
         self.window = window
         self._history: dict[str, deque[float]] = defaultdict(lambda: deque(maxlen=window))
         self._json_path = os.path.join(output_dir, "metrics.json")
+        self._keep_records_before(start_iter)
         self._tb = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -45,6 +50,19 @@ class MetricsWriter:
             self._tb = SummaryWriter(log_dir=output_dir)
         self._wandb = wandb_run
         self._iter_times: deque[float] = deque(maxlen=window)
+
+    def _keep_records_before(self, start_iter: int) -> None:
+        kept = []
+        if start_iter > 0 and os.path.isfile(self._json_path):
+            with open(self._json_path) as f:
+                for line in f:
+                    try:
+                        record = json.loads(line)
+                    except json.JSONDecodeError:  # a line cut short by a killed run
+                        continue
+                    if record.get("iteration", start_iter) < start_iter:
+                        kept.append(line.rstrip("\n") + "\n")
+        atomic_write_bytes(self._json_path, "".join(kept).encode())
 
     def put(self, iteration: int, scalars: dict[str, float]) -> None:
         """Record the scalars of one iteration (``time`` in seconds is used for the ETA)."""

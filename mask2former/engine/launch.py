@@ -138,9 +138,6 @@ def _distributed_worker(
     rank = machine_rank * num_gpus_per_machine + local_index
     if backend == "nccl":
         torch.cuda.set_device(local_index)
-    elif "OMP_NUM_THREADS" not in os.environ:
-        # CPU processes share the machine's cores; oversubscribed OpenMP threads spin and stall.
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // num_gpus_per_machine))
     os.environ.update(
         {"RANK": str(rank), "LOCAL_RANK": str(local_index), "WORLD_SIZE": str(world_size)}
     )

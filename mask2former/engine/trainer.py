@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import nullcontext
 from typing import Any
@@ -57,7 +58,12 @@ class Trainer:
         self.optimizer = build_optimizer(cfg, model)
         self.scheduler = build_lr_scheduler(cfg, self.optimizer)
         if comm.get_world_size() > 1:
-            # Order heads see no input in iterations where no image has two instances.
+            # Order heads see no input in iterations where no image has two instances, so DDP
+            # must look for unused parameters; its warning when an iteration has none (from
+            # every process) is expected and silenced.
+            warnings.filterwarnings(
+                "ignore", message=r"find_unused_parameters=True was specified", category=UserWarning
+            )
             model = DistributedDataParallel(
                 model,
                 device_ids=[self.device.index] if self.device.type == "cuda" else None,
@@ -144,8 +150,20 @@ class Trainer:
             "cfg": self.cfg.dump(),
         }
 
+    def sync_buffers(self) -> None:
+        """Give every process the main process's buffers (e.g. BatchNorm running statistics).
+
+        DDP broadcasts buffers at the start of each forward, so after a step each process holds
+        the statistics of its own last batch. Syncing before saving and evaluating makes every
+        process evaluate exactly the weights that are saved.
+        """
+        if comm.get_world_size() > 1:
+            for buffer in self.model_without_ddp.buffers():
+                torch.distributed.broadcast(buffer, src=0)
+
     def save_checkpoint(self, name: str) -> None:
         self._progress.mark(self.iteration, "checkpoint")
+        self.sync_buffers()
         state = self.state_dict()
         if comm.is_main_process():
             save_training_checkpoint(self.cfg.OUTPUT_DIR, name, state)
@@ -217,6 +235,7 @@ class Trainer:
 
     def _evaluate_and_log(self, writer: MetricsWriter | None) -> dict[str, dict[str, float]]:
         self._progress.mark(self.iteration, "evaluation")
+        self.sync_buffers()
         results = self.evaluate(self.model_without_ddp)
         self.model.train()
         if writer is not None and results:
@@ -235,7 +254,9 @@ class Trainer:
                     "WANDB.METRICS is True but `wandb` is not installed: pip install wandb"
                 ) from err
             wandb_run = wandb.init(project=self.cfg.WANDB.PROJECT, config={"yaml": self.cfg.dump()})
-        return MetricsWriter(self.cfg.OUTPUT_DIR, self.max_iter, wandb_run=wandb_run)
+        return MetricsWriter(
+            self.cfg.OUTPUT_DIR, self.max_iter, start_iter=self.start_iter, wandb_run=wandb_run
+        )
 
     def run_step(self, data: Iterator[list[dict]]) -> dict[str, float]:
         """One iteration: data, forward, loss check, backward, clipping, optimizer, schedule."""

@@ -142,8 +142,12 @@ def inference_on_dataset(
     timed_start = start_time
     warmed_up = False
     with inference_context(model), torch.no_grad():
+        # disable=None: no bar when stderr is not a terminal (its carriage returns flood logs)
         progress = tqdm(
-            data_loader, total=total, desc="inference", disable=not comm.is_main_process()
+            data_loader,
+            total=total,
+            desc="inference",
+            disable=None if comm.is_main_process() else True,
         )
         for idx, inputs in enumerate(progress):
             if idx == num_warmup:

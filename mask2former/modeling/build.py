@@ -23,7 +23,13 @@ def resolve_device(name: str) -> torch.device:
             f"MODEL.DEVICE {name!r} is not a device: use 'cpu', 'cuda' or 'cuda:N'"
         ) from err
     if device.type == "cuda" and not torch.cuda.is_available():
-        logger.warning("MODEL.DEVICE is %r but CUDA is not available; using cpu", name)
+        logger.warning(
+            "MODEL.DEVICE is %r but CUDA is not available (torch %s, CUDA build %s): running on "
+            "the CPU. Set MODEL.DEVICE cpu to silence this warning.",
+            name,
+            torch.__version__,
+            torch.version.cuda,
+        )
         return torch.device("cpu")
     return device
 

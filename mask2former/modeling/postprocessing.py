@@ -88,8 +88,10 @@ def panoptic_inference(
 
     Returns:
         panoptic_seg int32 Tensor[H, W] (0 = void, k = segment id k); segments_info, one dict
-        per segment ``{"id", "isthing", "category_id", "query_index"}`` (for merged stuff,
-        the first query); keep bool Tensor[Q], the queries that passed the class test.
+        per segment ``{"id", "isthing", "category_id", "query_index", "score"}`` (for merged
+        stuff, the first query), ``score`` being the query's class probability ``p(class | q)``
+        in (0, 1], the value compared with ``object_mask_threshold`` (upstream Mask2Former
+        computes it and drops it); keep bool Tensor[Q], the queries that passed the class test.
     """
     scores, labels = F.softmax(mask_cls, dim=-1).max(-1)
     keep = labels.ne(num_classes) & (scores > object_mask_threshold)
@@ -130,6 +132,7 @@ def panoptic_inference(
                     "isthing": bool(isthing),
                     "category_id": pred_class,
                     "query_index": query_ids[k],
+                    "score": float(cur_scores[k].item()),
                 }
             )
     return panoptic_seg, segments_info, keep
