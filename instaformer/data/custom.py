@@ -113,10 +113,8 @@ def categories_metadata(categories: Sequence[dict[str, Any]], where: str) -> dic
 
 
 def _json_categories(json_file: str) -> list[dict[str, Any]]:
-    data = _load_json(json_file, "InstaOrder Panoptic annotation file")
-    if not isinstance(data, dict) or "categories" not in data:
-        raise DataError(f"{json_file} has no 'categories' list (see docs/custom_data.md)")
-    return data["categories"]
+    what = "InstaOrder Panoptic annotation file (see docs/custom_data.md)"
+    return _load_json(json_file, what, list_keys=("categories",))["categories"]
 
 
 def register_panoptic_order_dataset(
