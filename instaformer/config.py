@@ -61,6 +61,9 @@ CfgNode.REMOVED_KEYS.update(
 
 def add_instaformer_config(cfg: CfgNode) -> None:
     """Add the order-prediction keys to ``cfg`` in place (docs/reference.md [IF 5.1])."""
+    # InstaOrder's defaults differ from Mask2Former's here (every released config sets them)
+    cfg.MODEL.MASK_FORMER.TEST.SEMANTIC_ON = False  # no "sem_seg" unless asked for
+    cfg.MODEL.MASK_FORMER.TEST.PANOPTIC_ON = True  # "panoptic_seg": the segments orders refer to
     cfg.INPUT.AUGMENT = False  # mapper augmentation (train: LSJ + flip; test: resize)
     cfg.INPUT.RM_BIDIREC = 0  # 1: bidirectional occlusion pairs are ignored (-1)
     cfg.INPUT.RM_OVERLAP = 0  # 1: depth pairs with overlapping extents are ignored (-1)

@@ -167,3 +167,14 @@ def test_config_resolves_by_released_name_and_names_a_missing_one():
     assert setup_cfg(name).MODEL.SWIN.EMBED_DIM == 96
     with pytest.raises(ConfigError, match="no_such.yaml"):
         resolve_config_file("instaorder/no_such.yaml")
+
+
+def test_inference_defaults_follow_each_reference():
+    from mask2former.config import add_maskformer2_config, get_base_cfg
+
+    m2f = get_base_cfg()
+    add_maskformer2_config(m2f)
+    test = m2f.MODEL.MASK_FORMER.TEST
+    assert (test.SEMANTIC_ON, test.INSTANCE_ON, test.PANOPTIC_ON) == (True, False, False)
+    test = get_cfg().MODEL.MASK_FORMER.TEST  # InstaOrder overrides Mask2Former's
+    assert (test.SEMANTIC_ON, test.INSTANCE_ON, test.PANOPTIC_ON) == (False, False, True)
