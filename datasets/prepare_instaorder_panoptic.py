@@ -26,7 +26,6 @@ import argparse
 import json
 import logging
 import os
-import tempfile
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
@@ -37,6 +36,7 @@ from tqdm import tqdm
 
 from instaformer.data.io import DataError, read_panoptic_ids
 from instaformer.data.relations import build_order_matrices, check_record_types
+from mask2former.utils.atomic import atomic_write_bytes
 
 logger = logging.getLogger("prepare_instaorder_panoptic")
 
@@ -263,20 +263,9 @@ def write_json_atomic(output: Any, dest: str) -> None:
 
     A symbolic link at ``dest`` is replaced by the new file; its target is left untouched.
     """
-    folder = os.path.dirname(os.path.abspath(dest))
     if os.path.islink(dest):
         logger.warning("%s is a symbolic link (to %s): replacing the link", dest, os.readlink(dest))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(dest)}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(output, f, indent=4)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
-        if os.path.lexists(tmp):
-            os.remove(tmp)
-        raise
+    atomic_write_bytes(dest, json.dumps(output, indent=4).encode("utf-8"))
 
 
 def main(argv: Sequence[str] | None = None) -> None:

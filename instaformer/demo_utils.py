@@ -26,10 +26,10 @@ import logging
 import os
 import uuid
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import cv2
 import numpy as np
@@ -44,6 +44,7 @@ from instaformer.visualization import (
     draw_panoptic,
     draw_video_frame,
 )
+from mask2former.utils.atomic import atomic_write
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -160,25 +161,11 @@ def result_record(
     return {"producer": PRODUCER, "input": source, **result.to_dict(include_masks)}
 
 
-def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Write ``path`` through a new temporary file in its folder, renamed over it when complete
-    (a link at ``path`` is replaced, never followed)."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def _write_png(path: Path, rgb: np.ndarray, source: str | None) -> None:
     info = PngImagePlugin.PngInfo()
     info.add_text(PRODUCER, Path(source).name if source else "")
     picture = Image.fromarray(np.ascontiguousarray(rgb))
-    _atomic_write(path, lambda f: picture.save(f, format="PNG", pnginfo=info, compress_level=3))
+    atomic_write(path, lambda f: picture.save(f, format="PNG", pnginfo=info, compress_level=3))
 
 
 def output_names(stem: str, pictures: Sequence[str]) -> list[str]:
@@ -214,7 +201,7 @@ def save_result(
         _write_png(path, picture, source)
         written.append(path)
     payload = json.dumps(result_record(result, source, include_masks)).encode("utf-8")
-    _atomic_write(out / names[-1], lambda f: f.write(payload))
+    atomic_write(out / names[-1], lambda f: f.write(payload))
     written.append(out / names[-1])
     return written
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from instaformer.data import DataError, make_synthetic_dataset
+from mask2former.utils import atomic
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -68,11 +69,10 @@ def test_failed_write_keeps_the_previous_file_and_leaves_no_temp(root, tmp_path,
     previous = dest / "InstaOrderPanoptic_val2017.json"
     previous.write_text('{"previous": 1}')
 
-    def disk_full(obj, fp, **kwargs):
-        fp.write('{"annotations": [')
+    def disk_full(fd):  # the JSON is in the temporary file; the disk fills before it is synced
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(prepare.json, "dump", disk_full)
+    monkeypatch.setattr(atomic.os, "fsync", disk_full)
     with pytest.raises(OSError, match="No space left"):
         _run(root, dest, "--val")
     assert previous.read_text() == '{"previous": 1}'

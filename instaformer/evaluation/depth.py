@@ -27,9 +27,9 @@ from typing import Any
 import numpy as np
 
 from instaformer.evaluation._matrix import check_same_shape, get_matrix, image_name
-from mask2former.engine.checkpoint import atomic_write_bytes
 from mask2former.evaluation.evaluator import DatasetEvaluator, Results
 from mask2former.utils import comm
+from mask2former.utils.atomic import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 

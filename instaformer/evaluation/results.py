@@ -13,7 +13,7 @@ import math
 import os
 from typing import Any
 
-from mask2former.engine.checkpoint import atomic_write_bytes
+from mask2former.utils.atomic import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 

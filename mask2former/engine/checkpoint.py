@@ -2,8 +2,9 @@
 
 A checkpoint is ``{"model": state_dict, "optimizer", "scheduler", "scaler", "iteration",
 "cfg": yaml text}`` written by ``torch.save``; it loads with ``torch.load(weights_only=True)``.
-Every file is written to a temporary name in the same folder and moved into place with
-``os.replace``, so a process killed mid-write leaves the previous files intact.
+Every file is written with :func:`mask2former.utils.atomic.atomic_write` (a temporary name in
+the same folder, moved into place when complete), so a process killed mid-write leaves the
+previous files intact.
 """
 
 from __future__ import annotations
@@ -11,13 +12,13 @@ from __future__ import annotations
 import logging
 import os
 import re
-import tempfile
 from typing import Any
 
 import torch
 
+from mask2former.utils.atomic import atomic_write, atomic_write_bytes
+
 __all__ = [
-    "atomic_write_bytes",
     "save_training_checkpoint",
     "last_checkpoint_path",
     "remove_stale_temp_files",
@@ -27,23 +28,7 @@ logger = logging.getLogger(__name__)
 LAST_CHECKPOINT = "last_checkpoint"
 
 
-def _atomic_replace(path: str, write: Any) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-# ``.<name>.<random>.tmp``: the temporary names ``_atomic_replace`` gives in the output folder.
+# ``.<name>.<random>.tmp``: the temporary names ``atomic_write`` gives in the output folder.
 _TEMP_NAME = re.compile(r"^\.(.+\.pth|last_checkpoint|config\.yaml)\.[A-Za-z0-9_]+\.tmp$")
 
 
@@ -72,15 +57,10 @@ def remove_stale_temp_files(output_dir: str) -> list[str]:
     return removed
 
 
-def atomic_write_bytes(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically."""
-    _atomic_replace(path, lambda f: f.write(data))
-
-
 def save_training_checkpoint(output_dir: str, name: str, state: dict[str, Any]) -> str:
     """Save ``state`` as ``output_dir/name.pth`` and point ``last_checkpoint`` at it."""
     path = os.path.join(output_dir, f"{name}.pth")
-    _atomic_replace(path, lambda f: torch.save(state, f))
+    atomic_write(path, lambda f: torch.save(state, f))
     atomic_write_bytes(os.path.join(output_dir, LAST_CHECKPOINT), f"{name}.pth".encode())
     logger.info("Saved checkpoint %s", path)
     return path

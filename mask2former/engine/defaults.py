@@ -14,9 +14,9 @@ import numpy as np
 import torch
 
 from mask2former.config import CfgNode
-from mask2former.engine.checkpoint import atomic_write_bytes
 from mask2former.engine.lock import hold_output_dir
 from mask2former.utils import comm
+from mask2former.utils.atomic import atomic_write_bytes
 from mask2former.utils.logger import setup_logger
 from mask2former.utils.threads import configure_threads
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from mask2former.engine.checkpoint import atomic_write_bytes
+from mask2former.utils.atomic import atomic_write_bytes
 
 __all__ = ["MetricsWriter"]
 
