@@ -131,6 +131,13 @@ def _relations(view: View | None, index: int | None) -> tuple:
     return pictures.get("occlusion"), pictures.get("depth"), gr.update(value=rows), status
 
 
+def _picture(label: str, elem_id: str) -> gr.Image:
+    """An output picture of the page (PNG, scaled to ``PICTURE_HEIGHT``)."""
+    return gr.Image(
+        label=label, interactive=False, format="png", height=PICTURE_HEIGHT, elem_id=elem_id
+    )
+
+
 def build_app(cache: PredictorCache) -> gr.Blocks:
     """The page. Handlers call :class:`~instaformer.interactive.View`; errors go to the status
     line, never to a dead page."""
@@ -167,49 +174,19 @@ def build_app(cache: PredictorCache) -> gr.Blocks:
                     gr.Examples(examples, inputs=image, label="examples")
             with gr.Column(scale=2):
                 status = gr.Markdown("Upload an image and press Run.", elem_id="status")
-                panoptic = gr.Image(
-                    label="panoptic (click an instance)",
-                    interactive=False,
-                    format="png",
-                    height=PICTURE_HEIGHT,
-                    elem_id="panoptic",
-                )
+                panoptic = _picture("panoptic (click an instance)", "panoptic")
                 instance = gr.Dropdown([], label="selected instance", elem_id="instance")
         with gr.Row():
-            occlusion_view = gr.Image(
-                label="occlusion relations",
-                interactive=False,
-                format="png",
-                height=PICTURE_HEIGHT,
-                elem_id="occ-view",
-            )
-            depth_view = gr.Image(
-                label="depth relations",
-                interactive=False,
-                format="png",
-                height=PICTURE_HEIGHT,
-                elem_id="depth-view",
-            )
+            occlusion_view = _picture("occlusion relations", "occ-view")
+            depth_view = _picture("depth relations", "depth-view")
         relations = gr.Dataframe(
             headers=RELATION_HEADERS, label="relations", interactive=False, elem_id="relations"
         )
         with gr.Row():
             with gr.Column():
                 layer = gr.Slider(0, 1, value=0, step=1, label="depth layers", elem_id="layers")
-                layers_view = gr.Image(
-                    label="front to back",
-                    interactive=False,
-                    format="png",
-                    height=PICTURE_HEIGHT,
-                    elem_id="layers-view",
-                )
-            graph = gr.Image(
-                label="occlusion graph",
-                interactive=False,
-                format="png",
-                height=PICTURE_HEIGHT,
-                elem_id="graph",
-            )
+                layers_view = _picture("front to back", "layers-view")
+            graph = _picture("occlusion graph", "graph")
         ranking = gr.Dataframe(
             headers=RANKING_HEADERS, label="depth ranking", interactive=False, elem_id="ranking"
         )
