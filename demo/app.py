@@ -41,6 +41,7 @@ QUICKSTART = Path("output") / "quickstart"
 QUICKSTART_CONFIG = "synthetic/instaformer_od_tiny.yaml"
 QUICKSTART_LABEL = "quick-start model (output/quickstart)"
 CUSTOM_LABEL = "config file + checkpoint"
+DEFAULT_ZOO_MODEL = "instaformer_od_swin_t"  # the default without a quick-start model
 RELATION_HEADERS = ["instance", "class", "relation to the selected one", "probability"]
 RANKING_HEADERS = ["rank (1 = closest)", "instance", "class", "score"]
 LAUNCH_TRIES = 3  # see serve()
@@ -153,7 +154,8 @@ def build_app(cache: PredictorCache) -> gr.Blocks:
         with gr.Row():
             with gr.Column(scale=1):
                 image = gr.Image(label="image", type="numpy", elem_id="input-image")
-                model = gr.Dropdown(choices, value=choices[0], label="model", elem_id="model")
+                default = choices[0] if choices[0] == QUICKSTART_LABEL else DEFAULT_ZOO_MODEL
+                model = gr.Dropdown(choices, value=default, label="model", elem_id="model")
                 config = gr.Textbox(
                     label="config file (path or name under configs/)",
                     value=QUICKSTART_CONFIG,
