@@ -47,6 +47,9 @@ logger = logging.getLogger(__name__)
 ImageInput = str | os.PathLike | np.ndarray | Image.Image
 """A file path, a PIL image, or an RGB ``uint8`` array ``[H, W, 3]`` (or grey ``[H, W]``)."""
 
+BACKENDS = ("pytorch", "onnxruntime")
+"""Inference backends of :class:`Predictor`."""
+
 # Depth classes of ``depth_prob[..., c]`` (spec §0).
 DEPTH_FARTHER, DEPTH_CLOSER, DEPTH_EQUAL = 0, 1, 2
 
@@ -278,14 +281,29 @@ class Predictor:
             adjusted with :func:`inference_cfg`; the evaluation flags need not be set by hand.
         model: an already built model following the same output contract (tests, export);
             default: ``build_model(cfg)`` with ``MODEL.WEIGHTS`` loaded.
+        backend: ``"pytorch"``, or ``"onnxruntime"``: the network and the order head run as
+            exported ONNX graphs in ONNX Runtime (CPU), the post-processing stays shared
+            (:class:`instaformer.deploy.runtime.OnnxRuntimeModel`; needs the ``[export]`` extra).
     """
 
-    def __init__(self, cfg: CfgNode, *, model: nn.Module | None = None) -> None:
+    def __init__(
+        self, cfg: CfgNode, *, model: nn.Module | None = None, backend: str = "pytorch"
+    ) -> None:
         self.cfg = inference_cfg(cfg)
         self.device = torch.device(self.cfg.MODEL.DEVICE)
         if model is None:
             model = _build_and_load(self.cfg)
         self.model = model.to(self.device).eval()
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}; got {backend!r}")
+        self.backend = backend
+        self._forward = self.model
+        if backend == "onnxruntime":
+            from instaformer.deploy.runtime import OnnxRuntimeModel
+
+            self._forward = OnnxRuntimeModel(
+                self.model, config_text=self.cfg.dump(), weights=self.cfg.MODEL.WEIGHTS
+            )
         self.input_format = self.cfg.INPUT.FORMAT
         if self.input_format not in ("RGB", "BGR"):
             raise ValueError(f"INPUT.FORMAT must be 'RGB' or 'BGR'; got {self.input_format!r}")
@@ -337,7 +355,7 @@ class Predictor:
         results: list[OrderResult] = []
         for start in range(0, len(items), batch_size):
             arrays = [load_image(x) for x in items[start : start + batch_size]]
-            outputs = self.model([self.preprocess(a) for a in arrays])
+            outputs = self._forward([self.preprocess(a) for a in arrays])
             results += [self.postprocess(o) for o in outputs]
         return results[0] if single else results
 
