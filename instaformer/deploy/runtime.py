@@ -44,6 +44,9 @@ logger = logging.getLogger(__name__)
 
 CACHE_ENV = "INSTAFORMER_CACHE"
 """Environment variable naming the cache folder (exported graphs of remote or absent weights)."""
+MAX_INSTANCES = 256
+"""Largest instance count the exported order head is traced for (at least Q is used); ONNX
+Runtime itself sets no upper bound on the dynamic dimension."""
 _ORDER_CLASSES = {"occlusion": 2, "depth": 3}
 
 
@@ -169,7 +172,7 @@ class OnnxRuntimeModel:
                     mask_dim,
                     (height // 4, width // 4),
                     path,
-                    max_instances=max(self.model.num_queries, 2),
+                    max_instances=max(self.model.num_queries, MAX_INSTANCES),
                 )
             self._sessions[key] = self._session(path)
         return self._sessions[key]
