@@ -26,7 +26,7 @@ from pathlib import Path
 
 from instaformer.config import ConfigError, setup_cfg
 from instaformer.demo_utils import expand_inputs, opencv_has_gui, run_on_paths, run_on_video
-from instaformer.predictor import Predictor
+from instaformer.predictor import BACKENDS, Predictor
 
 logger = logging.getLogger("instaformer.demo")
 
@@ -61,6 +61,13 @@ def get_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--max-frames", type=int, default=None, help="stop a video/webcam after this many frames"
+    )
+    parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="pytorch",
+        help="onnxruntime: run the exported network and order head in ONNX Runtime (CPU; "
+        "exported on first use per input size and cached next to the weights)",
     )
     parser.add_argument(
         "--opts",
@@ -100,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         paths = expand_inputs(args.input) if args.input else []
     except (ConfigError, ValueError) as err:
         parser.error(str(err))
-    predictor = Predictor(cfg)
+    predictor = Predictor(cfg, backend=args.backend)
 
     if args.input:
         report = run_on_paths(predictor, paths, args.output, include_masks=args.masks)
