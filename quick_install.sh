@@ -12,5 +12,5 @@ PYTHON="${PYTHON:-python}"
 cd "$(dirname "${BASH_SOURCE[0]}")"
 "$PYTHON" -m pip install --upgrade pip setuptools wheel
 "$PYTHON" -m pip install "torch==2.14.1" "torchvision==0.29.1"
-"$PYTHON" -m pip install --no-build-isolation -e ".[dev,app]"
+"$PYTHON" -m pip install --no-build-isolation -e ".[dev,app,export]"
 "$PYTHON" -c "import instaformer, mask2former; print('InstaFormer installed:', instaformer.__version__)"

@@ -43,7 +43,7 @@ from instaformer.demo_utils import (
 )
 from instaformer.errors import run_cli
 from instaformer.model_zoo import model_args
-from instaformer.predictor import Predictor
+from instaformer.predictor import BACKENDS, Predictor
 
 logger = logging.getLogger("instaformer.demo")
 
@@ -94,6 +94,13 @@ def get_parser() -> argparse.ArgumentParser:
         "--debug", action="store_true", help="full traceback of config/data/checkpoint errors"
     )
     parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="pytorch",
+        help="onnxruntime: run the exported network and order head in ONNX Runtime (CPU; "
+        "exported on first use per input size and cached next to the weights)",
+    )
+    parser.add_argument(
         "--opts",
         nargs=argparse.REMAINDER,
         default=[],
@@ -139,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(err))
     except KeyError as err:
         parser.error(str(err.args[0]))
-    predictor = Predictor(cfg, fit_test_size=not args.full_resolution)
+    predictor = Predictor(cfg, fit_test_size=not args.full_resolution, backend=args.backend)
 
     if args.input:
         report = run_on_paths(predictor, paths, args.output, include_masks=args.masks)

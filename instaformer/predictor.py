@@ -51,6 +51,9 @@ ImageInput = str | os.PathLike | np.ndarray | Image.Image
 """A file path, a PIL image, or an RGB ``uint8`` array ``[H, W, 3]`` (or grey ``[H, W]``, RGBA
 ``[H, W, 4]``, ``uint16``)."""
 
+BACKENDS = ("pytorch", "onnxruntime")
+"""Inference backends of :class:`Predictor`."""
+
 # Depth classes of ``depth_prob[..., c]`` ([IF 0]).
 DEPTH_FARTHER, DEPTH_CLOSER, DEPTH_EQUAL = 0, 1, 2
 
@@ -282,10 +285,18 @@ class Predictor:
         model: an already built model following the same output contract (tests, export);
             default: ``build_model(cfg)`` with ``MODEL.WEIGHTS`` loaded.
         fit_test_size: downscale images larger than the test size (see above).
+        backend: ``"pytorch"``, or ``"onnxruntime"``: the network and the order head run as
+            exported ONNX graphs in ONNX Runtime (CPU), the post-processing stays shared
+            (:class:`instaformer.deploy.runtime.OnnxRuntimeModel`; needs the ``[export]`` extra).
     """
 
     def __init__(
-        self, cfg: CfgNode, *, model: nn.Module | None = None, fit_test_size: bool = True
+        self,
+        cfg: CfgNode,
+        *,
+        model: nn.Module | None = None,
+        fit_test_size: bool = True,
+        backend: str = "pytorch",
     ) -> None:
         from instaformer.data.custom import register_custom_datasets
 
@@ -298,6 +309,16 @@ class Predictor:
             model = _build_and_load(self.cfg)
         self.model = model.to(self.device).eval()
         logger.info("Predictor running on %s", self.device)
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}; got {backend!r}")
+        self.backend = backend
+        self._forward = self.model
+        if backend == "onnxruntime":
+            from instaformer.deploy.runtime import OnnxRuntimeModel
+
+            self._forward = OnnxRuntimeModel(
+                self.model, config_text=self.cfg.dump(), weights=self.cfg.MODEL.WEIGHTS
+            )
         self.input_format = self.cfg.INPUT.FORMAT
         if self.input_format not in ("RGB", "BGR"):
             raise ValueError(f"INPUT.FORMAT must be 'RGB' or 'BGR'; got {self.input_format!r}")
@@ -383,7 +404,7 @@ class Predictor:
         results: list[OrderResult] = []
         for start in range(0, len(items), batch_size):
             arrays = [load_image(x) for x in items[start : start + batch_size]]
-            outputs = self.model([self.preprocess(a) for a in arrays])
+            outputs = self._forward([self.preprocess(a) for a in arrays])
             results += [self.postprocess(o) for o in outputs]
         return results[0] if single else results
 

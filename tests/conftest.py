@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -9,12 +10,36 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE = REPO / "tests" / "data" / "reference"
+PROJECT_LOGGERS = ("instaformer", "mask2former")  # the loggers setup_logger configures
 
 
 @pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(autouse=True)
+def _fresh_logging():
+    """Undo what a test's entry point did to logging (``setup_logger``, ``basicConfig``).
+
+    Their stream handlers hold the test's captured stdout/stderr, closed once the test ends, and
+    ``setup_logger`` stops the project loggers from propagating to pytest's capture: left in
+    place, they would break the logging assertions of later tests in the same process.
+    """
+    root = logging.getLogger()
+    root_handlers = list(root.handlers)
+    yield
+    for handler in root.handlers[:]:
+        if handler not in root_handlers:
+            root.removeHandler(handler)
+    for name in PROJECT_LOGGERS:
+        logger = logging.getLogger(name)
+        for handler in logger.handlers[:]:
+            logger.removeHandler(handler)
+            handler.close()
+        logger.propagate = True
+        logger.setLevel(logging.NOTSET)
 
 
 @pytest.fixture(scope="session")

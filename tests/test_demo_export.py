@@ -1,4 +1,4 @@
-"""tools/export_model.py: the exported programs of the tiny od model match it in eager mode."""
+"""tools/export_model.py (torch.export): the exported programs of the tiny od model match it."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import pytest
 import torch
 from test_demo_predictor import LOW_THRESHOLDS, OD_CONFIG, make_scene, tiny_cfg
 
+from instaformer.deploy import export as deploy
 from instaformer.modeling.meta_arch import order_results
 from instaformer.modeling.order import select_segment_queries
 from instaformer.predictor import Predictor
@@ -53,13 +54,10 @@ def test_exported_network_and_order_head_reproduce_the_model(exported):
     image = torch.from_numpy(make_scene(HEIGHT, WIDTH)[0].transpose(2, 0, 1).copy())
     with torch.no_grad():
         eager = model([{"image": image, "height": HEIGHT, "width": WIDTH}])[0]
-        eager_net = _export_module().NetworkWrapper(model)(image[None].float())
+        eager_net = deploy.NetworkWrapper(model)(image[None].float())
         pred_logits, pred_masks, mask_embed, mask_features = network(image[None].float())
     assert (
-        _export_module().max_abs_diff(
-            eager_net, (pred_logits, pred_masks, mask_embed, mask_features)
-        )
-        < 1e-3
+        deploy.max_abs_diff(eager_net, (pred_logits, pred_masks, mask_embed, mask_features)) < 1e-3
     )
 
     queries, segment_ids = select_segment_queries(eager["panoptic_seg"][1])
@@ -77,9 +75,8 @@ def test_exported_network_and_order_head_reproduce_the_model(exported):
 
 def test_exported_order_head_takes_any_instance_count(exported):
     model, out = exported
-    export = _export_module()
     head = torch.export.load(str(out / "order_head.pt2")).module()
-    eager = export.OrderHeadWrapper(model.geometric_predictor)
+    eager = deploy.OrderHeadWrapper(model.geometric_predictor)
     assert model.geometric_predictor.dense_feature_attention is False  # restored after export
     c = tiny_cfg().MODEL.SEM_SEG_HEAD.MASK_DIM
     h, w = HEIGHT // 4, WIDTH // 4
@@ -91,16 +88,15 @@ def test_exported_order_head_takes_any_instance_count(exported):
             reference = eager(embed, masks, features)  # sparse feature attention
         result = head(embed, masks, features)
         assert [tuple(t.shape) for t in result] == [(n, n, 2), (n, n, 3)]
-        assert export.max_abs_diff(reference, result) < 1e-4
+        assert deploy.max_abs_diff(reference, result) < 1e-4
     with pytest.raises(Exception, match="<= 16"):
         head(torch.randn(17, c), torch.zeros(17, h, w), features)
 
 
 def test_find_order_head_refuses_heads_it_cannot_export():
-    export = _export_module()
     with pytest.raises(ValueError, match="Linear"):
-        export.find_order_head(SimpleNamespace(geometric_predictor=torch.nn.Linear(1, 1)))
-    assert export.find_order_head(SimpleNamespace(geometric_predictor=None)) is None
+        deploy.find_order_head(SimpleNamespace(geometric_predictor=torch.nn.Linear(1, 1)))
+    assert deploy.find_order_head(SimpleNamespace(geometric_predictor=None)) is None
 
 
 def test_exported_network_saves_and_reloads_for_plain_mask2former(tmp_path):

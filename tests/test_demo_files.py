@@ -161,9 +161,8 @@ def test_demo_exit_code_one_after_a_model_error(tmp_path, monkeypatch, caplog):
     _save(tmp_path / "a.png", size=(40, 64))
     _save(tmp_path / "b.png", size=(48, 64))
 
-    def predictor(cfg, fit_test_size):
-        model = FailingModel(RuntimeError("boom"), 40)
-        return Predictor(cfg, model=model, fit_test_size=fit_test_size)
+    def predictor(cfg, **options):
+        return Predictor(cfg, model=FailingModel(RuntimeError("boom"), 40), **options)
 
     monkeypatch.setattr(demo, "Predictor", predictor)
     argv = ["--config-file", str(OD_CONFIG), "--input", str(tmp_path / "*.png")]

@@ -100,3 +100,26 @@ def test_import_does_not_build_or_load_kernels() -> None:
         "assert not hasattr(torch.ops.instaformer, 'ms_deform_attn_forward')"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_torch_export_takes_the_loop_free_formulation(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under torch.export the op traces to grid_sample (no embedding_bag gather, whose ONNX
+    form is a Loop), whatever the environment says, and still computes the same values."""
+    monkeypatch.setattr(dispatch, "kernel_status", _kernel_must_not_load)
+    monkeypatch.setenv(dispatch.FORCE_PYTORCH_ENV, "0")
+    value, shapes, starts, locations, weights = _inputs()
+    level_shapes = [tuple(hw) for hw in shapes.tolist()]
+
+    class Op(torch.nn.Module):
+        def forward(self, v: torch.Tensor, loc: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+            return dispatch.ms_deform_attn(v, level_shapes, starts, loc, w)
+
+    program = torch.export.export(Op(), (value, locations, weights))
+    targets = {str(node.target) for node in program.graph.nodes if node.op == "call_function"}
+    assert any("grid_sampler" in t for t in targets)
+    assert not any("embedding_bag" in t for t in targets)
+    assert dispatch.select_path(value) == ("pytorch", "inputs on cpu")  # eager: unchanged
+    torch.testing.assert_close(
+        program.module()(value, locations, weights),
+        ms_deform_attn_reference(value, shapes, starts, locations, weights),
+    )

@@ -31,9 +31,9 @@ absent from ``depth`` has no depth label (ignored by the depth loss and metrics)
 (default false) says whether the two depth extents overlap; ``count`` (default 2) is the number
 of annotator votes, WHDR weight ``2 / count``.
 
-Output: the InstaOrder Panoptic JSON (DATASETS.md §5.3; segment ids are 1..m per image, the
-instance ids of the ``instaorder`` record are the segment ids) and one panoptic PNG per image
-(``file_name`` with extension ``.png``, sub-folders kept) under the panoptic folder.
+Output: the InstaOrder Panoptic JSON (docs/reference.md [DS 5.3]; segment ids are 1..m per
+image, the instance ids of the ``instaorder`` record are the segment ids) and one panoptic PNG
+per image (``file_name`` with extension ``.png``, sub-folders kept) under the panoptic folder.
 """
 
 from __future__ import annotations

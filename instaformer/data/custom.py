@@ -1,6 +1,6 @@
 """Your own dataset in the InstaOrder Panoptic format: registration by function or by config.
 
-A dataset is one InstaOrder Panoptic JSON (DATASETS.md §5.3: COCO panoptic keys plus an
+A dataset is one InstaOrder Panoptic JSON (docs/reference.md [DS 5.3]: COCO panoptic keys plus an
 ``instaorder`` record per annotation), a folder of images and a folder of panoptic PNGs. Its
 categories come from the JSON's ``categories`` list (or an explicit list): each
 ``{"id", "name", "isthing"}`` with an optional ``"color"`` ``[R, G, B]``. The contiguous id of a

@@ -55,7 +55,9 @@ def parse_order(order: str, num_instances: int, *, where: str = "") -> tuple[int
 
 
 def check_record_types(record: Any, where: str) -> None:
-    """Refuse an InstaOrder record whose fields have the wrong JSON types (DATASETS.md §2).
+    """Refuse an InstaOrder record whose fields have the wrong JSON types.
+
+    The types are those of docs/reference.md [DS 2].
 
     Raises:
         DataError: naming ``where`` (file and record) and the field: the record is not an

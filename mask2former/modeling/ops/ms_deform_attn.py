@@ -5,8 +5,14 @@ M heads, Dh channels per head, L levels, P sampling points, Lq queries.
 
 Dispatch (decided per call, logged once per distinct decision):
 
+* traced by ``torch.export`` (``torch.compiler.is_exporting()``; ``torch.onnx.export(...,
+  dynamo=True)`` and ``tools/export_model.py`` go through it): the loop-free PyTorch formulation,
+  one ``grid_sample`` per level, on any device. The compiled kernel has no export support and
+  the ``embedding_bag`` gather becomes ``Loop`` / ``SequenceEmpty`` / ``ConcatFromSequence``
+  nodes in ONNX, about 100x slower in ONNX Runtime;
 * ``INSTAFORMER_MSDA_FORCE_PYTORCH=1`` in the environment: the PyTorch path, always;
-* tensors not on a CUDA device: the PyTorch path;
+* tensors not on a CUDA device: the PyTorch path (the ``embedding_bag`` gather without
+  autograd, ``grid_sample`` per level with it);
 * CUDA tensors: the compiled kernels, loaded from the ahead-of-time build or built just in
   time on first use (see ``build.py``); if neither works, a warning and the PyTorch path.
 
@@ -23,7 +29,7 @@ import torch
 from torch import Tensor
 
 from mask2former.modeling.ops.kernel import kernel_status, ms_deform_attn_kernel
-from mask2former.modeling.ops.pytorch_impl import ms_deform_attn_pytorch
+from mask2former.modeling.ops.pytorch_impl import grid_sample_path, ms_deform_attn_pytorch
 
 logger = logging.getLogger(__name__)
 
@@ -49,8 +55,11 @@ def select_path(value: Tensor) -> tuple[str, str]:
     """Choose the implementation for ``value``'s device.
 
     Returns:
-        ``(path, reason)`` with ``path`` either ``"cuda_kernel"`` or ``"pytorch"``.
+        ``(path, reason)`` with ``path`` one of ``"cuda_kernel"``, ``"pytorch"`` and
+        ``"pytorch_loop_free"`` (under ``torch.export``, see the module docstring).
     """
+    if torch.compiler.is_exporting():
+        return "pytorch_loop_free", "traced by torch.export"
     if _force_pytorch():
         return "pytorch", f"forced by {FORCE_PYTORCH_ENV}"
     if value.device.type != "cuda":
@@ -180,4 +189,6 @@ def ms_deform_attn(
             attention_weights,
             im2col_step,
         )
+    if path == "pytorch_loop_free":
+        return grid_sample_path(value, shapes, sampling_locations, attention_weights)
     return ms_deform_attn_pytorch(value, shapes, sampling_locations, attention_weights)
