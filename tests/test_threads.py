@@ -12,7 +12,7 @@ import pytest
 
 from mask2former.engine.events import MetricsWriter
 from mask2former.utils.logger import setup_logger
-from mask2former.utils.threads import ENV_THREADS, available_cpus, choose_num_threads
+from mask2former.utils.threads import ENV_THREADS, available_cpus, busy, choose_num_threads
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -40,17 +40,29 @@ def test_thread_override(monkeypatch):
 
 
 @pytest.mark.parametrize("policy", [None, "ACTIVE"])
-def test_importing_the_package_before_torch_makes_openmp_wait_passively(policy):
+def test_importing_the_package_before_torch_on_a_busy_machine_makes_openmp_wait_passively(policy):
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
     if policy is not None:
         env["OMP_WAIT_POLICY"] = policy
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
-    code = "import os, instaformer, torch; print(os.environ['OMP_WAIT_POLICY'])"
+    code = (
+        "import os, instaformer, torch; from mask2former.utils import threads as t; "
+        "print(os.environ.get('OMP_WAIT_POLICY', '-'), "
+        "t.busy(t.LOAD_AT_IMPORT, t.available_cpus()))"
+    )
     done = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == (policy or "PASSIVE")
+    chosen, was_busy = done.stdout.split()
+    if policy is not None:
+        assert chosen == policy  # the user's choice stands
+    else:  # passive only on a busy machine: spinning is twice as fast on idle cores
+        assert chosen == ("PASSIVE" if was_busy == "True" else "-")
+
+
+def test_busy_means_a_load_of_at_least_the_cores():
+    assert busy(2.0, 2) and busy(9.0, 2) and not busy(1.9, 2) and not busy(0.0, 8)
 
 
 def _records(path: Path) -> list[int]:

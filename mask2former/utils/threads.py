@@ -6,10 +6,13 @@ Two settings decide whether a CPU run survives other work on the same machine:
   before sleeping. When other processes occupy the cores, a spinning thread holds a core that
   the thread it waits for needs, and each parallel region can stall for a whole scheduler slice
   (measured on 2 busy cores, load 18: a small convolution took 54-130 ms instead of 0.8 ms).
-  ``OMP_WAIT_POLICY=PASSIVE`` makes waiting threads sleep. The runtime reads it once, when
-  ``torch`` is first imported, so :func:`prefer_passive_openmp` runs when ``mask2former`` or
-  ``instaformer`` is imported and sets it if ``torch`` is not imported yet and the user has
-  not chosen a policy.
+  ``OMP_WAIT_POLICY=PASSIVE`` makes waiting threads sleep. On an idle machine sleeping costs
+  instead (the quick start's training steps took twice as long: 0.40 s against 0.20 s), so
+  passive waiting is chosen only for a busy machine (1-minute load average at least the number
+  of cores). The runtime reads the policy once, when ``torch`` is first imported, so
+  :func:`prefer_passive_openmp` runs when ``mask2former`` or ``instaformer`` is imported and
+  sets it if the machine is busy, ``torch`` is not imported yet and the user has not chosen a
+  policy.
 * **How many threads.** :func:`choose_num_threads` divides the cores this process may run on
   (``os.sched_getaffinity``: containers, ``taskset``, SLURM) among the processes of the
   machine. Only when threads spin (the policy could not be set in time) and the machine is
@@ -28,6 +31,7 @@ import sys
 __all__ = [
     "ENV_THREADS",
     "available_cpus",
+    "busy",
     "choose_num_threads",
     "configure_threads",
     "prefer_passive_openmp",
@@ -39,17 +43,27 @@ ENV_THREADS = "INSTAFORMER_NUM_THREADS"
 """Environment variable: CPU threads per process (a positive integer), overriding the choice."""
 
 _passive_in_time: bool | None = None  # whether OpenMP read PASSIVE when torch was imported
+LOAD_AT_IMPORT: float | None = None
+"""The 1-minute load average :func:`prefer_passive_openmp` decided on (None before it ran)."""
+
+
+def busy(load: float, cpus: int) -> bool:
+    """Whether other work occupies the machine: a 1-minute load average of at least ``cpus``."""
+    return load >= cpus
 
 
 def prefer_passive_openmp() -> bool:
-    """Set ``OMP_WAIT_POLICY=PASSIVE`` unless the user chose a policy or ``torch`` is imported.
+    """Set ``OMP_WAIT_POLICY=PASSIVE`` on a busy machine (:func:`busy`), unless the user chose a
+    policy or ``torch`` is imported already.
 
     Returns:
         True when OpenMP threads wait passively in this process (as far as can be told: when
         ``torch`` was imported before, the current environment value is trusted).
     """
-    global _passive_in_time
-    if "torch" not in sys.modules:
+    global _passive_in_time, LOAD_AT_IMPORT
+    if LOAD_AT_IMPORT is None:
+        LOAD_AT_IMPORT = _load_average()
+    if "torch" not in sys.modules and busy(LOAD_AT_IMPORT, available_cpus()):
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     if _passive_in_time is None:
         _passive_in_time = os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE"
@@ -102,7 +116,7 @@ def choose_num_threads(
     reason = f"{cpus} core(s) available, {processes} process(es)"
     if not passive:
         load = _load_average() if load is None else load
-        if load >= cpus and share > 1:
+        if busy(load, cpus) and share > 1:
             return 1, f"{reason}, busy machine (load {load:.1f}) and spinning OpenMP threads"
     return share, reason + (", OpenMP waits passively" if passive else "")
 
