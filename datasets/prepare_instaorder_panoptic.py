@@ -34,6 +34,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
+from instaformer.data.datasets import load_json_object
 from instaformer.data.io import DataError, read_panoptic_ids
 from instaformer.data.relations import build_order_matrices, check_record_types
 from mask2former.utils.atomic import atomic_write_bytes
@@ -225,22 +226,6 @@ def _invalid_record(record: dict, coco_anns: dict[int, dict], image_id: int) -> 
     return "", ""
 
 
-def _load(path: str) -> dict[str, Any]:
-    """A JSON object file; errors name the file."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path} not found; see datasets/README.md for the layout")
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except UnicodeDecodeError as err:
-        raise DataError(f"{path} is not UTF-8 text: {err}") from err
-    except json.JSONDecodeError as err:
-        raise DataError(f"{path} is not valid JSON: {err}") from err
-    if not isinstance(data, dict):
-        raise DataError(f"{path} must hold a JSON object, got a {type(data).__name__}")
-    return data
-
-
 def _split_inputs(root: str, split: str) -> dict[str, str]:
     ann_dir = os.path.join(root, "coco", "annotations")
     return {
@@ -297,9 +282,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     for split in splits:
         paths = inputs[split]
         output, summary = convert_split(
-            _load(paths["instaorder"]),
-            _load(paths["instances"]),
-            _load(paths["panoptic"]),
+            load_json_object(paths["instaorder"], "InstaOrder file", list_keys=()),
+            load_json_object(paths["instances"], "COCO instances file", list_keys=()),
+            load_json_object(paths["panoptic"], "COCO panoptic file", list_keys=()),
             paths["panoptic_dir"],
             progress=not args.no_progress,
             source=paths["instaorder"],

@@ -204,4 +204,4 @@ def test_matching_is_greedy_with_pixel_removal():
     inst[2, 0, 7:] = True  # nothing left to match
     assert prepare.match_instances(seg, inst) == [0, 1, -1]
     with pytest.raises(FileNotFoundError, match="README"):
-        prepare._load("/nonexistent/InstaOrder_val2017.json")
+        prepare.load_json_object("/nonexistent/InstaOrder_val2017.json", "file", list_keys=())

@@ -26,7 +26,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from instaformer.data.datasets import _load_json, _replace, datasets_root
+from instaformer.data.datasets import _replace, datasets_root, load_json_object
 from instaformer.data.datasets import load_instaorder_panoptic_json as _load
 from instaformer.data.io import DataError
 from mask2former.config import CfgNode, ConfigError
@@ -114,7 +114,7 @@ def categories_metadata(categories: Sequence[dict[str, Any]], where: str) -> dic
 
 def _json_categories(json_file: str) -> list[dict[str, Any]]:
     what = "InstaOrder Panoptic annotation file (see docs/custom_data.md)"
-    return _load_json(json_file, what, list_keys=("categories",))["categories"]
+    return load_json_object(json_file, what, list_keys=("categories",))["categories"]
 
 
 def register_panoptic_order_dataset(

@@ -51,8 +51,13 @@ def _require(path: str, what: str) -> None:
         )
 
 
-def _load_json(path: str, what: str, *, list_keys: tuple[str, ...] = ("annotations",)) -> Any:
-    """A JSON object file whose ``list_keys`` are lists; errors name the file."""
+def load_json_object(path: str, what: str, *, list_keys: tuple[str, ...] = ("annotations",)) -> Any:
+    """The JSON object in ``path`` (``what`` names it in errors), whose ``list_keys`` are lists.
+
+    Raises:
+        FileNotFoundError: no such file (the message points to datasets/README.md).
+        DataError: not UTF-8, not JSON, not an object, or a ``list_keys`` entry missing.
+    """
     _require(path, what)
     try:
         with open(path, encoding="utf-8") as f:
@@ -98,7 +103,7 @@ def load_instaorder_panoptic_json(
         DataError: an unknown category, or ``pan_instance_ids`` inconsistent with
             ``instance_ids`` / ``segments_info``.
     """
-    data = _load_json(json_file, "InstaOrder Panoptic annotation file")
+    data = load_json_object(json_file, "InstaOrder Panoptic annotation file")
     meta = coco_panoptic_metadata() if metadata is None else metadata
     try:
         sizes = {img["id"]: (img["height"], img["width"]) for img in data.get("images", [])}
@@ -209,8 +214,10 @@ def load_instaorder_json(
         FileNotFoundError: a JSON or the first image is missing.
         DataError: a record names an image or instance id absent from the instances file.
     """
-    orders = _load_json(instaorder_json, "InstaOrder annotation file")
-    coco = _load_json(instances_json, "COCO instances file", list_keys=("images", "annotations"))
+    orders = load_json_object(instaorder_json, "InstaOrder annotation file")
+    coco = load_json_object(
+        instances_json, "COCO instances file", list_keys=("images", "annotations")
+    )
     try:
         images = {img["id"]: img for img in coco["images"]}
         anns = {a["id"]: a for a in coco["annotations"]}
