@@ -31,6 +31,7 @@ from instaformer.data.datasets import load_instaorder_panoptic_json as _load
 from instaformer.data.io import DataError
 from mask2former.config import CfgNode, ConfigError
 from mask2former.data.catalog import DatasetCatalog, Deferred, MetadataCatalog
+from mask2former.data.coco_categories import panoptic_metadata
 
 __all__ = [
     "CUSTOM_KEYS",
@@ -96,20 +97,7 @@ def categories_metadata(categories: Sequence[dict[str, Any]], where: str) -> dic
         if len(color) != 3 or not all(isinstance(c, int) and 0 <= c <= 255 for c in color):
             raise DataError(f"{what}: 'color' must be three integers 0-255")
         cats.append({**cat, "isthing": int(cat["isthing"]), "color": list(color)})
-    things = [c for c in cats if c["isthing"]]
-    return {
-        "thing_classes": [c["name"] for c in things],
-        "thing_colors": [c["color"] for c in things],
-        "stuff_classes": [c["name"] for c in cats],
-        "stuff_colors": [c["color"] for c in cats],
-        "thing_dataset_id_to_contiguous_id": {
-            c["id"]: i for i, c in enumerate(cats) if c["isthing"]
-        },
-        "stuff_dataset_id_to_contiguous_id": {c["id"]: i for i, c in enumerate(cats)},
-        "categories": cats,
-        "label_divisor": 1000,
-        "ignore_label": 255,
-    }
+    return {**panoptic_metadata(cats), "categories": cats}
 
 
 def _json_categories(json_file: str) -> list[dict[str, Any]]:

@@ -7,9 +7,10 @@ things and stuff share this one index space, as Mask2Former's panoptic models ex
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["COCO_CATEGORIES", "coco_panoptic_metadata"]
+__all__ = ["COCO_CATEGORIES", "coco_panoptic_metadata", "panoptic_metadata"]
 
 # (id, name, isthing, colour RGB)
 _TABLE: list[tuple[int, str, int, tuple[int, int, int]]] = [
@@ -155,6 +156,27 @@ COCO_CATEGORIES: list[dict[str, Any]] = [
 """COCO panoptic categories in contiguous-id order: ``{id, name, isthing, color}``."""
 
 
+def panoptic_metadata(categories: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Panoptic dataset metadata from ``{id, name, isthing, color}`` categories listed in
+    contiguous-id order (the position in the list), things and stuff in one label space.
+
+    Returns the keys described in :func:`coco_panoptic_metadata`.
+    """
+    things = [c for c in categories if c["isthing"]]
+    return {
+        "thing_classes": [c["name"] for c in things],
+        "thing_colors": [c["color"] for c in things],
+        "stuff_classes": [c["name"] for c in categories],
+        "stuff_colors": [c["color"] for c in categories],
+        "thing_dataset_id_to_contiguous_id": {
+            c["id"]: i for i, c in enumerate(categories) if c["isthing"]
+        },
+        "stuff_dataset_id_to_contiguous_id": {c["id"]: i for i, c in enumerate(categories)},
+        "label_divisor": 1000,
+        "ignore_label": 255,
+    }
+
+
 def coco_panoptic_metadata() -> dict[str, Any]:
     """Metadata of the COCO 2017 panoptic datasets, as Mask2Former's panoptic models read it.
 
@@ -166,16 +188,4 @@ def coco_panoptic_metadata() -> dict[str, Any]:
         ``stuff_dataset_id_to_contiguous_id``: raw COCO id -> contiguous id (0-132), all classes;
         ``label_divisor`` 1000 and ``ignore_label`` 255.
     """
-    things = [c for c in COCO_CATEGORIES if c["isthing"]]
-    return {
-        "thing_classes": [c["name"] for c in things],
-        "thing_colors": [c["color"] for c in things],
-        "stuff_classes": [c["name"] for c in COCO_CATEGORIES],
-        "stuff_colors": [c["color"] for c in COCO_CATEGORIES],
-        "thing_dataset_id_to_contiguous_id": {
-            c["id"]: i for i, c in enumerate(COCO_CATEGORIES) if c["isthing"]
-        },
-        "stuff_dataset_id_to_contiguous_id": {c["id"]: i for i, c in enumerate(COCO_CATEGORIES)},
-        "label_divisor": 1000,
-        "ignore_label": 255,
-    }
+    return panoptic_metadata(COCO_CATEGORIES)
