@@ -27,12 +27,11 @@ import sys
 import time
 from pathlib import Path
 
-# before torch: passive OpenMP waiting must be in the environment when torch loads OpenMP
-from mask2former.utils.threads import ENV_THREADS, prefer_passive_openmp
+# before torch: importing mask2former chooses the OpenMP wait policy, read when torch loads
+from mask2former.utils.threads import ENV_THREADS
 
-prefer_passive_openmp()
-
-import torch  # noqa: E402
+# isort: split
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "synthetic" / "instaformer_od_tiny.yaml"
