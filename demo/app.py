@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import gradio as gr
-import numpy as np
 
 from instaformer import model_zoo
 from instaformer.config import ConfigError, resolve_config_file
@@ -34,7 +33,7 @@ from instaformer.interactive import (
     ranking_rows,
     relation_rows,
 )
-from instaformer.predictor import Predictor
+from instaformer.predictor import Predictor, load_image
 from mask2former.utils.download import DownloadError
 
 QUICKSTART = Path("output") / "quickstart"
@@ -199,7 +198,7 @@ def build_app(cache: PredictorCache) -> gr.Blocks:
             if img is None:
                 return (None, *empty, "Upload an image first.")
             try:
-                array = _as_rgb(img)
+                array = load_image(img)  # the reader of every entry point
                 predictor = cache.get(choice, cfg, ckpt, thr, opts, progress)
                 progress(0.5, desc="predicting")
                 view = View.predict(predictor, array, source="upload")
@@ -247,18 +246,6 @@ def build_app(cache: PredictorCache) -> gr.Blocks:
         instance.input(on_pick, [state, instance], [occlusion_view, depth_view, relations, status])
         layer.change(on_layer, [state, layer], [layers_view])
     return app
-
-
-def _as_rgb(image: np.ndarray) -> np.ndarray:
-    """An uploaded array as RGB ``uint8[H, W, 3]`` (grey and RGBA uploads converted)."""
-    array = np.asarray(image)
-    if array.dtype != np.uint8:
-        raise ValueError(f"the uploaded image has pixel type {array.dtype}; expected 8-bit")
-    if array.ndim == 2:
-        array = np.repeat(array[:, :, None], 3, axis=2)
-    if array.ndim != 3 or array.shape[2] not in (3, 4):
-        raise ValueError(f"the uploaded image has shape {array.shape}; expected H x W x 3")
-    return np.ascontiguousarray(array[:, :, :3])
 
 
 def _example_images() -> list[str]:
