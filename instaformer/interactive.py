@@ -28,6 +28,12 @@ from instaformer.predictor import (
     Predictor,
 )
 from instaformer.visualization import (
+    CLOSER,
+    FARTHER,
+    MUTUAL_OCCLUSION,
+    OCCLUDED_BY_SELECTED,
+    OCCLUDES_SELECTED,
+    SAME_DEPTH,
     draw_depth_layers,
     draw_occlusion_graph,
     draw_panoptic,
@@ -47,12 +53,6 @@ __all__ = [
     "segment_at",
 ]
 
-# Relation of another instance j to the selected instance i, in the words of the table.
-OCCLUDES_SELECTED = "occludes it"  # occlusion[j, i] = 1
-OCCLUDED_BY_SELECTED = "occluded by it"  # occlusion[i, j] = 1
-CLOSER = "closer"  # depth[j, i] = 1: j is closer than i
-FARTHER = "farther"  # depth[j, i] = 0: j is farther than i
-SAME_DEPTH = "same depth"  # depth[j, i] = 2
 RELATION_KINDS = (OCCLUDES_SELECTED, OCCLUDED_BY_SELECTED, CLOSER, FARTHER, SAME_DEPTH)
 _DEPTH_WORDS = {DEPTH_CLOSER: CLOSER, DEPTH_FARTHER: FARTHER, DEPTH_EQUAL: SAME_DEPTH}
 
@@ -157,7 +157,6 @@ def relation_rows(result: OrderResult, index: int) -> list[list]:
     return rows
 
 
-_MUTUAL = "occludes it / occluded by it"
 DISPLAY_MIN_SIDE = 384  # pictures of smaller images are drawn enlarged (pixels)
 
 
@@ -226,7 +225,7 @@ class View:
                 if (rel.kind in (OCCLUDES_SELECTED, OCCLUDED_BY_SELECTED)) != (task == "occlusion"):
                     continue
                 if rel.other in kinds:  # both directions: mutual occlusion
-                    kinds[rel.other] = (_MUTUAL, max(kinds[rel.other][1], rel.probability))
+                    kinds[rel.other] = (MUTUAL_OCCLUSION, max(kinds[rel.other][1], rel.probability))
                 else:
                     kinds[rel.other] = (rel.kind, rel.probability)
             pictures[task] = draw_relations(

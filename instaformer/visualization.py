@@ -618,13 +618,20 @@ def draw_video_frame(image: np.ndarray, result: OrderResult) -> np.ndarray:
 
 
 # -- interactive views (demo/app.py): one selected thing, depth layers, the occlusion graph --
-RELATION_COLORS: dict[str, Color] = {  # RGB per relation of another thing to the selected one
-    "occludes it": (235, 64, 52),
-    "occluded by it": (52, 120, 235),
-    "occludes it / occluded by it": (170, 70, 210),
-    "closer": (245, 150, 30),
-    "farther": (40, 190, 180),
-    "same depth": (235, 220, 60),
+# Relation of another thing j to the selected thing i, in the words of the pictures and tables.
+OCCLUDES_SELECTED = "occludes it"  # occlusion[j, i] = 1
+OCCLUDED_BY_SELECTED = "occluded by it"  # occlusion[i, j] = 1
+MUTUAL_OCCLUSION = f"{OCCLUDES_SELECTED} / {OCCLUDED_BY_SELECTED}"  # both
+CLOSER = "closer"  # depth[j, i] = 1: j is closer than i
+FARTHER = "farther"  # depth[j, i] = 0: j is farther than i
+SAME_DEPTH = "same depth"  # depth[j, i] = 2
+RELATION_COLORS: dict[str, Color] = {  # RGB per relation
+    OCCLUDES_SELECTED: (235, 64, 52),
+    OCCLUDED_BY_SELECTED: (52, 120, 235),
+    MUTUAL_OCCLUSION: (170, 70, 210),
+    CLOSER: (245, 150, 30),
+    FARTHER: (40, 190, 180),
+    SAME_DEPTH: (235, 220, 60),
 }
 _SELECTED_COLOR: Color = (255, 255, 255)
 
