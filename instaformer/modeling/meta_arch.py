@@ -65,6 +65,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from instaformer.modeling.matching import full_mask_matching
 from instaformer.modeling.order import (
     ORDER_TASK_CLASSES,
     OrderCriterion,
@@ -76,7 +77,6 @@ from instaformer.modeling.order import (
     select_segment_queries,
 )
 from mask2former.modeling.configurable import configurable
-from mask2former.modeling.matcher import full_mask_matching
 from mask2former.modeling.meta_arch import MaskFormer
 from mask2former.modeling.registry import META_ARCH_REGISTRY
 
