@@ -7,8 +7,8 @@ does not; so that the order head sees realistic masks, the final-layer mask logi
 queries are replaced by +-10 from the ground-truth cells (``--raw-masks`` keeps the random ones).
 The model runs with ``order_rows="ground_truth"`` (full-mask matching to the ground truth, order
 head over the n instances, semantic/panoptic/instance post-processing); the order head alone is
-timed on the
-same selected queries (``InstaFormer.run_order_head``), the network alone (``run_network``) too.
+timed on the same selected queries (``InstaFormer.run_order_head``), the network alone
+(``run_network``) too.
 Each n runs in a fresh process so that its peak resident memory can be read: the figure is the
 process's peak RSS (and its growth over the RSS after building the model). Median of
 ``--repeats`` runs after one warm-up.
