@@ -72,7 +72,6 @@ from instaformer.modeling.order import (
     OrderHead,
     OrderInputs,
     build_order_head,
-    order_tasks,
     select_matched_queries,
     select_segment_queries,
 )
@@ -182,9 +181,8 @@ class InstaFormer(MaskFormer):
         kwargs["input_format"] = cfg.INPUT.FORMAT
         if head is None:
             return kwargs
-        tasks = order_tasks(cfg)
         kwargs["output_tasks"] = tuple(t for t in _ON_KEYS if getattr(gp, _ON_KEYS[t]))
-        trained = [t for t in tasks if t not in cfg.MODEL.REMOVE_LOSSES]
+        trained = [t for t in head.tasks if t not in cfg.MODEL.REMOVE_LOSSES]
         if trained:
             kwargs["order_criterion"] = _build_order_criterion(cfg, trained, head)
         return kwargs

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 __all__ = ["OrderHead", "OrderInputs"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class OrderInputs:
     """What an order head may read about the n selected instances of one image.
 
