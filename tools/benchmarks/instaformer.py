@@ -146,8 +146,8 @@ def _case(args: argparse.Namespace, n: int, queue: mp.Queue) -> None:
 def run(args: argparse.Namespace) -> None:
     ctx = mp.get_context("fork")  # the module is loaded by path: children cannot re-import it
     print(
-        f"InstaFormer {args.config}\nevaluation mode, input {args.size}x{args.size}, float32, "
-        f"cpu x{args.threads}, {args.clock} clock, median of {args.repeats}, "
+        f"InstaFormer {args.config}\nground-truth order rows, input {args.size}x{args.size}, "
+        f"float32, cpu x{args.threads}, {args.clock} clock, median of {args.repeats}, "
         f"{'released dense' if args.dense else 'covered-pixel'} feature attention, "
         f"{'random' if args.raw_masks else 'ground-truth-like'} masks"
     )
