@@ -76,7 +76,9 @@ def add_instaformer_config(cfg: CfgNode) -> None:
     cfg.MODEL.MASK_FORMER.TEST.SEMANTIC_ON = False  # no "sem_seg" unless asked for
     cfg.MODEL.MASK_FORMER.TEST.PANOPTIC_ON = True  # "panoptic_seg": the segments orders refer to
     cfg.INPUT.DATASET_MAPPER_NAME = "instaorder_panoptic"  # name in instaformer.data's mappers
-    cfg.INPUT.AUGMENT = False  # mapper augmentation (train: LSJ + flip; test: resize)
+    # Mapper augmentation: training large-scale jitter (INPUT.IMAGE_SIZE, MIN_SCALE, MAX_SCALE)
+    # + flip; test resize (INPUT.MIN_SIZE_TEST, MAX_SIZE_TEST).
+    cfg.INPUT.AUGMENT = False
     cfg.INPUT.RM_BIDIREC = 0  # 1: bidirectional occlusion pairs are ignored (-1)
     cfg.INPUT.RM_OVERLAP = 0  # 1: depth pairs with overlapping extents are ignored (-1)
     # Balanced-Softmax class priors: number of training pairs per class (InstaOrder Panoptic train).

@@ -298,8 +298,8 @@ def get_base_cfg() -> CfgNode:
     _C.INPUT = CfgNode()
     _C.INPUT.FORMAT = "BGR"  # channel order of the image tensor fed to the model: "RGB" or "BGR"
     _C.INPUT.RANDOM_FLIP = "horizontal"  # training flip: "horizontal", "vertical" or "none"
-    _C.INPUT.MIN_SIZE_TEST = 800  # test-time shortest edge (pixels), with INPUT.AUGMENT
-    _C.INPUT.MAX_SIZE_TEST = 1333  # test-time longest-edge cap (pixels), with INPUT.AUGMENT
+    _C.INPUT.MIN_SIZE_TEST = 800  # test-time shortest edge (pixels) when the mapper resizes
+    _C.INPUT.MAX_SIZE_TEST = 1333  # test-time longest-edge cap (pixels) when the mapper resizes
 
     _C.DATASETS = CfgNode()
     _C.DATASETS.TRAIN = ()  # registered dataset names used for training
@@ -406,7 +406,7 @@ def adapter_settings(cfg: CfgNode) -> AdapterSettings:
 
 def add_maskformer2_config(cfg: CfgNode) -> None:
     """Add Mask2Former's keys (and the DeepLab poly-LR keys it uses) to ``cfg`` in place."""
-    cfg.INPUT.IMAGE_SIZE = 1024  # large-scale-jitter crop size (pixels), with INPUT.AUGMENT
+    cfg.INPUT.IMAGE_SIZE = 1024  # large-scale-jitter crop size (pixels) when the mapper jitters
     cfg.INPUT.MIN_SCALE = 0.1  # large-scale-jitter minimum scale of IMAGE_SIZE
     cfg.INPUT.MAX_SCALE = 2.0  # large-scale-jitter maximum scale of IMAGE_SIZE
 
