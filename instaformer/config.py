@@ -11,7 +11,14 @@ import os
 from pathlib import Path
 
 from instaformer import model_zoo  # noqa: F401  (registers zoo://NAME weights)
-from mask2former.config import CfgNode, ConfigError, add_maskformer2_config, get_base_cfg
+from mask2former.config import (
+    AdapterSettings,
+    CfgNode,
+    ConfigError,
+    add_maskformer2_config,
+    get_base_cfg,
+    register_adapter_settings,
+)
 
 __all__ = [
     "CfgNode",
@@ -20,7 +27,11 @@ __all__ = [
     "add_instaformer_config",
     "add_instaordernet_config",
     "setup_cfg",
+    "REMOVABLE_LOSSES",
 ]
+
+# Names accepted in MODEL.REMOVE_LOSSES: Mask2Former's class and mask losses, the order losses.
+REMOVABLE_LOSSES = ("labels", "masks", "occlusion", "depth")
 
 
 # Keys of the reference that never changed its behaviour (docs/reference.md [IF 7.14-15, 7.20]).
@@ -64,7 +75,10 @@ def add_instaformer_config(cfg: CfgNode) -> None:
     # InstaOrder's defaults differ from Mask2Former's here (every released config sets them)
     cfg.MODEL.MASK_FORMER.TEST.SEMANTIC_ON = False  # no "sem_seg" unless asked for
     cfg.MODEL.MASK_FORMER.TEST.PANOPTIC_ON = True  # "panoptic_seg": the segments orders refer to
-    cfg.INPUT.AUGMENT = False  # mapper augmentation (train: LSJ + flip; test: resize)
+    cfg.INPUT.DATASET_MAPPER_NAME = "instaorder_panoptic"  # name in instaformer.data's mappers
+    # Mapper augmentation: training large-scale jitter (INPUT.IMAGE_SIZE, MIN_SCALE, MAX_SCALE)
+    # + flip; test resize (INPUT.MIN_SIZE_TEST, MAX_SIZE_TEST).
+    cfg.INPUT.AUGMENT = False
     cfg.INPUT.RM_BIDIREC = 0  # 1: bidirectional occlusion pairs are ignored (-1)
     cfg.INPUT.RM_OVERLAP = 0  # 1: depth pairs with overlapping extents are ignored (-1)
     # Balanced-Softmax class priors: number of training pairs per class (InstaOrder Panoptic train).
@@ -122,6 +136,16 @@ def add_instaformer_config(cfg: CfgNode) -> None:
     cfg.WANDB = CfgNode()
     cfg.WANDB.METRICS = False  # log training scalars to Weights & Biases (needs `wandb`)
     cfg.WANDB.PROJECT = "instaformer"  # Weights & Biases project name
+
+
+@register_adapter_settings
+def _adapter_settings(cfg: CfgNode) -> AdapterSettings | None:
+    """The decoder adapters of ``GEOMETRIC_PREDICTOR.{USE_ADAPTERS, ADAPTER_DIM, ADAPTER_SCALE}``
+    (None for a config without these keys: plain Mask2Former)."""
+    gp = cfg.MODEL.get("GEOMETRIC_PREDICTOR")
+    if gp is None:
+        return None
+    return AdapterSettings(dim=gp.ADAPTER_DIM if gp.USE_ADAPTERS else 0, scale=gp.ADAPTER_SCALE)
 
 
 def add_instaordernet_config(cfg: CfgNode) -> None:

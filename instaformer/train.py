@@ -1,11 +1,15 @@
 """Training and evaluation of InstaFormer (and InstaOrderNet) models: what ``train_net.py`` runs.
 
-:class:`InstaFormerTrainer` fills the project pieces into the generic loop of
-:class:`mask2former.engine.Trainer`: the model from ``MODEL.META_ARCHITECTURE``, the mapper from
-``INPUT.DATASET_MAPPER_NAME``, the evaluators the config enables (docs/reference.md [IF 3.7]);
+:func:`build_trainer` hands the project pieces to the generic loop of
+:class:`mask2former.engine.Trainer` (see its module for the shape): the model from
+``MODEL.META_ARCHITECTURE``, the mapper from ``INPUT.DATASET_MAPPER_NAME``, the evaluators the
+config enables (docs/reference.md [IF 3.7]) and, with ``WANDB.METRICS``, a Weights & Biases run;
 standalone InstaOrderNet configs (``MODEL.META_ARCHITECTURE: InstaOrderNet``) bring their own
 pair loaders, evaluators and weight loading (:data:`FAMILIES`).
-:func:`main` is the per-process entry point; :func:`run` parses nothing and launches it.
+
+The config is parsed once, by :func:`load_config` in :func:`run`; every process receives that
+frozen object: :func:`main` (per process) -> :func:`setup` -> :func:`build_trainer` or
+:func:`evaluate`.
 """
 
 from __future__ import annotations
@@ -45,15 +49,20 @@ from mask2former.engine import (
     launch,
     resolve_device,
 )
+from mask2former.engine.checkpoint import last_checkpoint_path
+from mask2former.engine.events import MetricSink
 from mask2former.engine.lock import hold_output_dir
+from mask2former.engine.trainer import BuildTrainLoader, LoadWeights
 from mask2former.evaluation import DatasetEvaluator, inference_on_dataset
 from mask2former.utils import comm, download
 
 __all__ = [
-    "InstaFormerTrainer",
+    "build_trainer",
     "evaluate",
+    "load_config",
     "load_weights",
     "main",
+    "metric_sinks",
     "parse_args",
     "run",
     "setup",
@@ -65,12 +74,18 @@ logger = logging.getLogger("instaformer")
 
 @dataclass(frozen=True)
 class ModelFamily:
-    """How to load data, evaluate and initialise one family of models (by meta-architecture)."""
+    """How to load data, evaluate and initialise one family of models (by meta-architecture).
 
-    train_loader: Callable[[CfgNode, int], Iterable[list[dict]]]
-    test_loader: Callable[[CfgNode, str], Iterable[list[dict]]]
-    evaluators: Callable[[CfgNode, str, str], DatasetEvaluator | list[DatasetEvaluator]]
-    load_weights: Callable[[CfgNode, nn.Module, str], Any]
+    Every field is a module function of the family, in the shape the trainer takes
+    (:mod:`mask2former.engine.trainer`): config first.
+    """
+
+    build_train_loader: BuildTrainLoader
+    build_test_loader: Callable[[CfgNode, str], Iterable[list[dict]]]
+    build_evaluators: Callable[
+        [CfgNode, str, str | None], DatasetEvaluator | list[DatasetEvaluator]
+    ]
+    load_weights: LoadWeights
 
 
 def _panoptic_train_loader(cfg: CfgNode, start_iter: int) -> Iterable[list[dict]]:
@@ -158,16 +173,16 @@ def warn_random_frozen_parts(cfg: CfgNode) -> None:
 
 
 INSTAFORMER = ModelFamily(
-    train_loader=_panoptic_train_loader,
-    test_loader=_panoptic_test_loader,
-    evaluators=build_evaluators,
+    build_train_loader=_panoptic_train_loader,
+    build_test_loader=_panoptic_test_loader,
+    build_evaluators=build_evaluators,
     load_weights=load_weights,
 )
 INSTAORDERNET = ModelFamily(
-    train_loader=instaordernet.build_train_loader,
-    test_loader=instaordernet.build_test_loader,
-    evaluators=lambda cfg, name, output_dir: instaordernet.build_evaluators(cfg, output_dir),
-    load_weights=lambda cfg, model, path: instaordernet.load_weights(model, path),
+    build_train_loader=instaordernet.build_train_loader,
+    build_test_loader=instaordernet.build_test_loader,
+    build_evaluators=instaordernet.build_evaluators,
+    load_weights=instaordernet.load_weights,
 )
 FAMILIES = {"InstaOrderNet": INSTAORDERNET}
 """``MODEL.META_ARCHITECTURE`` -> its family; every other name is an InstaFormer model."""
@@ -191,8 +206,8 @@ def evaluate(cfg: CfgNode, model: nn.Module) -> dict[str, dict[str, Any]]:
     names = list(cfg.DATASETS.TEST)
     family = model_family(cfg)
     for name in names:
-        loader = family.test_loader(cfg, name)
-        evaluator = family.evaluators(cfg, name, cfg.OUTPUT_DIR)
+        loader = family.build_test_loader(cfg, name)
+        evaluator = family.build_evaluators(cfg, name, cfg.OUTPUT_DIR)
         logger.info("Evaluating %s", name)
         dataset_results = inference_on_dataset(model, loader, evaluator)
         if len(names) == 1:
@@ -204,49 +219,63 @@ def evaluate(cfg: CfgNode, model: nn.Module) -> dict[str, dict[str, Any]]:
     return results
 
 
-class InstaFormerTrainer(Trainer):
-    """The training loop with InstaFormer's model, data and evaluators."""
+def metric_sinks(cfg: CfgNode) -> list[MetricSink]:
+    """The further outputs of the training metrics: a Weights & Biases run with
+    ``WANDB.METRICS`` (project ``WANDB.PROJECT``, the config attached), else none.
 
-    def build_model(self, cfg: CfgNode) -> nn.Module:
-        model = build_model(cfg)
-        logger.info(
-            "Model %s: %.2f M parameters, %.2f M trainable",
-            cfg.MODEL.META_ARCHITECTURE,
-            sum(p.numel() for p in model.parameters()) / 1e6,
-            sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6,
-        )
-        return model
-
-    def resume_or_load(self, resume: bool) -> None:
-        super().resume_or_load(resume)
-        if self.start_iter == 0 and not self.cfg.MODEL.WEIGHTS:
-            warn_random_frozen_parts(self.cfg)
-
-    def build_train_loader(self, cfg: CfgNode, start_iter: int):
-        return model_family(cfg).train_loader(cfg, start_iter)
-
-    def load_weights(self, model: nn.Module, path: str) -> None:
-        model_family(self.cfg).load_weights(self.cfg, model, path)
-
-    def evaluate(self, model: nn.Module) -> dict[str, dict[str, Any]]:
-        return evaluate(self.cfg, model)
+    Raises:
+        ImportError: ``WANDB.METRICS`` is True and ``wandb`` is not installed.
+    """
+    if not cfg.WANDB.METRICS:
+        return []
+    try:
+        import wandb
+    except ImportError as err:
+        raise ImportError(
+            "WANDB.METRICS is True but `wandb` is not installed: pip install wandb"
+        ) from err
+    return [wandb.init(project=cfg.WANDB.PROJECT, config={"yaml": cfg.dump()})]
 
 
-def setup(args: argparse.Namespace) -> CfgNode:
-    """Config from ``--config-file`` and the trailing overrides, plus per-process set-up."""
+def build_trainer(cfg: CfgNode) -> Trainer:
+    """The training loop for ``cfg``: its model and its family's data, weights and evaluation;
+    the metric sinks on the main process only."""
+    family = model_family(cfg)
+    return Trainer(
+        cfg,
+        build_model(cfg),
+        family.build_train_loader,
+        load_weights=family.load_weights,
+        evaluate=evaluate,
+        metric_sinks=metric_sinks(cfg) if comm.is_main_process() else [],
+    )
+
+
+def load_config(args: argparse.Namespace) -> CfgNode:
+    """The one parse of the run's config: ``--config-file`` with the trailing overrides, an
+    unavailable CUDA ``MODEL.DEVICE`` replaced by the CPU; frozen."""
     cfg = setup_cfg(args.config_file, args.opts, freeze=False)
     resolve_device(cfg)
     cfg.freeze()
+    return cfg
+
+
+def setup(cfg: CfgNode, args: argparse.Namespace) -> None:
+    """Per-process set-up for ``cfg`` (from :func:`load_config`): custom datasets, their class
+    count, then :func:`mask2former.engine.default_setup` (output folder, logs, seed)."""
     register_custom_datasets(cfg)
     if model_family(cfg) is INSTAFORMER:
         check_num_classes(cfg)
     default_setup(cfg, args)
-    return cfg
 
 
-def main(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
-    """Train (or with ``--eval-only`` evaluate) in this process; returns evaluation results."""
-    cfg = setup(args)
+def main(cfg: CfgNode, args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """Train (or with ``--eval-only`` evaluate) in this process; returns evaluation results.
+
+    ``cfg`` is the frozen config of :func:`load_config`; ``args`` gives ``--resume``,
+    ``--eval-only`` and what :func:`mask2former.engine.default_setup` logs.
+    """
+    setup(cfg, args)
     if args.eval_only:
         model = build_model(cfg)
         if cfg.MODEL.WEIGHTS:
@@ -256,18 +285,20 @@ def main(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
                 "--eval-only without MODEL.WEIGHTS evaluates a randomly initialised model"
             )
         return evaluate(cfg, model)
-    return InstaFormerTrainer(cfg).train(resume=args.resume)
+    if not cfg.MODEL.WEIGHTS and not (args.resume and last_checkpoint_path(cfg.OUTPUT_DIR)):
+        warn_random_frozen_parts(cfg)  # a fresh start from random weights
+    return build_trainer(cfg).train(resume=args.resume)
 
 
 def run(args: argparse.Namespace) -> None:
-    """Launch :func:`main` in one process per device as ``--num-gpus`` etc. ask.
+    """Parse the config (:func:`load_config`) and launch :func:`main` with it in one process per
+    device as ``--num-gpus`` etc. ask.
 
     Checks the config and takes the lock of ``OUTPUT_DIR`` (machine 0) before starting any
     process, so that a bad value or a folder in use is refused with one message; remote
     ``MODEL.WEIGHTS`` are downloaded here, once, before the processes start.
     """
-    cfg = setup_cfg(args.config_file, args.opts, freeze=False)
-    resolve_device(cfg)
+    cfg = load_config(args)
     if not args.eval_only:
         check_training_cfg(cfg)
     if cfg.OUTPUT_DIR and args.machine_rank == 0 and os.environ.get("RANK", "0") == "0":
@@ -281,7 +312,7 @@ def run(args: argparse.Namespace) -> None:
         num_machines=args.num_machines,
         machine_rank=args.machine_rank,
         dist_url=args.dist_url,
-        args=(args,),
+        args=(cfg, args),
         backend=backend,
         timeout=timedelta(seconds=cfg.DIST_TIMEOUT),
     )

@@ -3,14 +3,16 @@
 ``CfgNode`` is fvcore's yacs node with two additions that detectron2 users expect: unknown keys
 and missing ``_BASE_`` files fail with an error naming the key and the file, and merged values
 of the wrong type name the key. Every key carries a one-line comment; units are given where a
-key has one. Use :func:`instaformer.config.get_cfg` to obtain a complete config.
+key has one. :func:`get_base_cfg` + :func:`add_maskformer2_config` build a plain Mask2Former; a
+package that extends it adds its own keys on top (and reads them itself).
 """
 
 from __future__ import annotations
 
 import math
 import os
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import yaml
 from fvcore.common.config import BASE_KEY
@@ -22,6 +24,9 @@ __all__ = [
     "check_training_cfg",
     "get_base_cfg",
     "add_maskformer2_config",
+    "AdapterSettings",
+    "adapter_settings",
+    "register_adapter_settings",
 ]
 
 
@@ -293,8 +298,8 @@ def get_base_cfg() -> CfgNode:
     _C.INPUT = CfgNode()
     _C.INPUT.FORMAT = "BGR"  # channel order of the image tensor fed to the model: "RGB" or "BGR"
     _C.INPUT.RANDOM_FLIP = "horizontal"  # training flip: "horizontal", "vertical" or "none"
-    _C.INPUT.MIN_SIZE_TEST = 800  # test-time shortest edge (pixels), with INPUT.AUGMENT
-    _C.INPUT.MAX_SIZE_TEST = 1333  # test-time longest-edge cap (pixels), with INPUT.AUGMENT
+    _C.INPUT.MIN_SIZE_TEST = 800  # test-time shortest edge (pixels) when the mapper resizes
+    _C.INPUT.MAX_SIZE_TEST = 1333  # test-time longest-edge cap (pixels) when the mapper resizes
 
     _C.DATASETS = CfgNode()
     _C.DATASETS.TRAIN = ()  # registered dataset names used for training
@@ -362,10 +367,46 @@ CfgNode.REMOVED_KEYS.update(
 )
 
 
+class AdapterSettings(NamedTuple):
+    """Decoder adapters (:mod:`mask2former.modeling.adapters`) of both decoders of the head."""
+
+    dim: int  # bottleneck width; 0 = no adapters (plain Mask2Former)
+    scale: float  # factor on the adapter output
+
+
+NO_ADAPTERS = AdapterSettings(dim=0, scale=0.1)
+# Readers registered by packages that extend Mask2Former: cfg -> settings, or None when the
+# config does not hold the reader's keys. Mask2Former itself has no adapter keys.
+_ADAPTER_READERS: list[Callable[[CfgNode], AdapterSettings | None]] = []
+
+
+def register_adapter_settings(
+    reader: Callable[[CfgNode], AdapterSettings | None],
+) -> Callable[[CfgNode], AdapterSettings | None]:
+    """Let a package's own config keys switch the decoder adapters on (usable as a decorator).
+
+    ``reader(cfg)`` returns the :class:`AdapterSettings` of a config that holds the package's
+    keys, else None. The package registers it where it defines those keys, so any config that
+    has them comes with its reader; Mask2Former's modules never read another package's keys.
+    """
+    if reader not in _ADAPTER_READERS:
+        _ADAPTER_READERS.append(reader)
+    return reader
+
+
+def adapter_settings(cfg: CfgNode) -> AdapterSettings:
+    """The adapters the decoders of ``cfg`` get: from the first registered reader that answers
+    (:func:`register_adapter_settings`), else none (plain Mask2Former)."""
+    for reader in _ADAPTER_READERS:
+        settings = reader(cfg)
+        if settings is not None:
+            return settings
+    return NO_ADAPTERS
+
+
 def add_maskformer2_config(cfg: CfgNode) -> None:
     """Add Mask2Former's keys (and the DeepLab poly-LR keys it uses) to ``cfg`` in place."""
-    cfg.INPUT.DATASET_MAPPER_NAME = "instaorder_panoptic"  # name of the dataset mapper
-    cfg.INPUT.IMAGE_SIZE = 1024  # large-scale-jitter crop size (pixels), with INPUT.AUGMENT
+    cfg.INPUT.IMAGE_SIZE = 1024  # large-scale-jitter crop size (pixels) when the mapper jitters
     cfg.INPUT.MIN_SCALE = 0.1  # large-scale-jitter minimum scale of IMAGE_SIZE
     cfg.INPUT.MAX_SCALE = 2.0  # large-scale-jitter maximum scale of IMAGE_SIZE
 

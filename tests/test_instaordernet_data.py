@@ -133,7 +133,9 @@ def test_loaders_train_step_and_evaluation(records):
     sum(losses.values()).backward()
     assert set(losses) == {"loss_occlusion", "loss_depth"}
     loader = build_test_loader(cfg, "synthetic_instaorder_val_instances")
-    results = inference_on_dataset(model, loader, build_evaluators(cfg))
+    results = inference_on_dataset(
+        model, loader, build_evaluators(cfg, "synthetic_instaorder_val_instances")
+    )
     assert results["occlusion_order"]["num_images"] == 4
     assert results["depth_order"]["num_images"] == 4
     assert 0.0 <= results["depth_order"]["ovlOX/WHDR_all"] <= 100.0
@@ -156,7 +158,7 @@ def test_oracle_depth_baseline_scores_zero_whdr(records):
             canvas[masks[k]] = rank[k]
         baseline = MonocularDepthOrder(lambda image, c=canvas: c, clip_percentiles=None)
         outputs.append({"depth": baseline.predict(inp["image"], masks)["depth"]})
-    evaluator = build_evaluators(cfg)[1]
+    evaluator = build_evaluators(cfg, "synthetic_instaorder_val_instances")[1]
     evaluator.reset()
     evaluator.process(inputs, outputs)
     result = evaluator.evaluate()["depth_order"]

@@ -220,15 +220,15 @@ def test_load_weights_released_and_project_checkpoints(models, tmp_path):
     path = tmp_path / "InstaOrder_InstaOrderNet_d.pth.tar"
     torch.save({"step": 60000, "state_dict": released}, path)
     target = InstaOrderNet(_cfg("d"))
-    load_weights(target, path)
+    load_weights(_cfg("d"), target, path)
     for key, value in source.state_dict().items():
         assert torch.equal(target.state_dict()[key], value), key
     own = tmp_path / "model_final.pth"
     torch.save({"model": source.state_dict(), "iteration": 3}, own)
     again = InstaOrderNet(_cfg("d"))
-    load_weights(again, own)
+    load_weights(_cfg("d"), again, own)
     assert torch.equal(again.net.fc.weight, source.net.fc.weight)
     with pytest.raises(ValueError, match="fc_depth"):
-        load_weights(InstaOrderNet(_cfg("od")), path)
+        load_weights(_cfg("od"), InstaOrderNet(_cfg("od")), path)
     with pytest.raises(FileNotFoundError):
-        load_weights(again, tmp_path / "missing.pth")
+        load_weights(_cfg("d"), again, tmp_path / "missing.pth")

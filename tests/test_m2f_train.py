@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from instaformer.config import get_cfg
+from instaformer.modeling import InstaFormer
 from mask2former.modeling.adapters import ADAPTER_TYPES
 from mask2former.modeling.meta_arch import MaskFormer
 from mask2former.modeling.registry import META_ARCH_REGISTRY
@@ -102,7 +103,10 @@ def test_zero_and_one_instance_images_train() -> None:
 
 
 def test_freezing_keeps_only_adapters_trainable() -> None:
-    model = build(tiny_cfg("MODEL.BACKBONE.FREEZE", "True", "MODEL.SEM_SEG_HEAD.FREEZE", "True"))
+    # the FREEZE keys are InstaFormer's: its model (no order head here) passes them to MaskFormer
+    cfg = tiny_cfg("MODEL.BACKBONE.FREEZE", "True", "MODEL.SEM_SEG_HEAD.FREEZE", "True")
+    model = InstaFormer(cfg)
+    assert model.geometric_predictor is None
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     adapters = {
         f"{mn}.{pn}"

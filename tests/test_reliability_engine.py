@@ -122,13 +122,9 @@ class _MatchingModel(nn.Module):
         return {"loss": self.cost[rows, cols].mean() * batch[0]["x"]}
 
 
-class _TinyTrainer(Trainer):
-    def build_model(self, cfg):
-        return _MatchingModel()
-
-    def build_train_loader(self, cfg, start_iter):
-        while True:
-            yield [{"x": torch.tensor(1.0)}]
+def _ones(cfg, start_iter):
+    while True:
+        yield [{"x": torch.tensor(1.0)}]
 
 
 def test_weights_blown_up_by_the_step_stop_before_the_matcher(tmp_path) -> None:
@@ -144,7 +140,32 @@ def test_weights_blown_up_by_the_step_stop_before_the_matcher(tmp_path) -> None:
         FloatingPointError,
         match=r"step of iteration 1 \(learning rate 1e\+38, loss -5.0\d*e\+37\): cost\.",
     ):
-        _TinyTrainer(cfg).train()
+        Trainer(cfg, _MatchingModel(), _ones).train()
+
+
+class _Sink:
+    def __init__(self) -> None:
+        self.steps: list[int] = []
+        self.finished = 0
+
+    def log(self, data: dict, step: int) -> None:
+        assert data["iteration"] == step and "total_loss" in data
+        self.steps.append(step)
+
+    def finish(self) -> None:
+        self.finished += 1
+
+
+def test_trainer_takes_its_pieces_at_construction(tmp_path) -> None:
+    opts = ["MODEL.DEVICE", "cpu", "OUTPUT_DIR", str(tmp_path), "SOLVER.MAX_ITER", "2"]
+    opts += ["SOLVER.WARMUP_ITERS", "0", "DATASETS.TEST", "()"]
+    sink = _Sink()
+    Trainer(setup_cfg("", opts), _MatchingModel(), _ones, metric_sinks=[sink]).train()
+    assert sink.steps == [1] and sink.finished == 1  # the last iteration is always logged
+    with pytest.raises(ValueError, match=r"MODEL.WEIGHTS is 'w.pth' but .* no load_weights"):
+        Trainer(setup_cfg("", [*opts, "MODEL.WEIGHTS", "w.pth"]), _MatchingModel(), _ones)
+    with pytest.raises(ValueError, match=r"DATASETS.TEST is \('val',\) but .* no evaluate"):
+        Trainer(setup_cfg("", [*opts, "DATASETS.TEST", "('val',)"]), _MatchingModel(), _ones)
 
 
 def test_collective_timeout_names_the_silent_rank(tmp_path) -> None:

@@ -13,8 +13,8 @@ import torch
 
 from instaformer.data import register_synthetic_instaorder
 from instaformer.data.datasets import SYNTHETIC_SUBDIR
-from instaformer.train import InstaFormerTrainer, main, setup
-from mask2former.engine import default_argument_parser, launch
+from instaformer.train import build_trainer, load_config, main, setup
+from mask2former.engine import Trainer, default_argument_parser, launch
 from mask2former.utils import comm
 from mask2former.utils.threads import ENV_THREADS
 
@@ -40,6 +40,16 @@ def _args(output_dir: Path, *extra: str, resume: bool = False, eval_only: bool =
     return default_argument_parser().parse_args(argv)
 
 
+def _trainer(args) -> Trainer:
+    cfg = load_config(args)
+    setup(cfg, args)
+    return build_trainer(cfg)
+
+
+def _main(args):
+    return main(load_config(args), args)
+
+
 @pytest.fixture(autouse=True)
 def _datasets(synthetic_datasets, monkeypatch):
     monkeypatch.setenv("DETECTRON2_DATASETS", str(synthetic_datasets))
@@ -50,7 +60,7 @@ def _metrics(output_dir: Path) -> list[dict]:
 
 
 def test_train_then_eval_only(tmp_path):
-    results = main(_args(tmp_path, "SOLVER.MAX_ITER", "3"))
+    results = _main(_args(tmp_path, "SOLVER.MAX_ITER", "3"))
     assert "panoptic_seg" in results and "sem_seg" in results
     for name in ("config.yaml", "log.txt", "model_final.pth", "last_checkpoint"):
         assert (tmp_path / name).is_file(), name
@@ -62,7 +72,7 @@ def test_train_then_eval_only(tmp_path):
 
     eval_dir = tmp_path / "eval"
     weights = str(tmp_path / "model_final.pth")
-    main(_args(eval_dir, "MODEL.WEIGHTS", weights, eval_only=True))
+    _main(_args(eval_dir, "MODEL.WEIGHTS", weights, eval_only=True))
     saved = json.loads((eval_dir / "eval_results.json").read_text())
     assert saved["panoptic_seg"]["PQ"] == pytest.approx(results["panoptic_seg"]["PQ"])
 
@@ -70,26 +80,26 @@ def test_train_then_eval_only(tmp_path):
 def test_kill_and_resume_matches_uninterrupted_run(tmp_path, monkeypatch):
     common = ("SOLVER.MAX_ITER", "6", "SOLVER.STEPS", "(4,)", "SOLVER.CHECKPOINT_PERIOD", "3")
     common += ("DATASETS.TEST", "()", "SEED", "7")
-    full = InstaFormerTrainer(setup(_args(tmp_path / "full", *common)))
+    full = _trainer(_args(tmp_path / "full", *common))
     full.train()
     full_lr = full.optimizer.param_groups[0]["lr"]
 
     killed_dir = tmp_path / "killed"
-    killed = InstaFormerTrainer(setup(_args(killed_dir, *common)))
-    original = InstaFormerTrainer.run_step
+    killed = _trainer(_args(killed_dir, *common))
+    original = Trainer.run_step
 
     def run_step_then_die(self, data):
         if self.iteration == 4:
             raise KeyboardInterrupt("simulated kill")
         return original(self, data)
 
-    monkeypatch.setattr(InstaFormerTrainer, "run_step", run_step_then_die)
+    monkeypatch.setattr(Trainer, "run_step", run_step_then_die)
     with pytest.raises(KeyboardInterrupt):
         killed.train()
-    monkeypatch.setattr(InstaFormerTrainer, "run_step", original)
+    monkeypatch.setattr(Trainer, "run_step", original)
     assert (killed_dir / "last_checkpoint").read_text() == "model_0000002.pth"
 
-    resumed = InstaFormerTrainer(setup(_args(killed_dir, *common, resume=True)))
+    resumed = _trainer(_args(killed_dir, *common, resume=True))
     resumed.train(resume=True)
     assert resumed.start_iter == 3 and resumed.iteration == full.iteration == 5
     assert resumed.optimizer.param_groups[0]["lr"] == pytest.approx(full_lr)
@@ -100,7 +110,7 @@ def test_kill_and_resume_matches_uninterrupted_run(tmp_path, monkeypatch):
 
 
 def test_nan_loss_stops_with_a_message(tmp_path, monkeypatch):
-    trainer = InstaFormerTrainer(setup(_args(tmp_path, "SOLVER.MAX_ITER", "2")))
+    trainer = _trainer(_args(tmp_path, "SOLVER.MAX_ITER", "2"))
     forward = type(trainer.model).forward
 
     def nan_forward(self, batched_inputs):
@@ -115,7 +125,7 @@ def test_nan_loss_stops_with_a_message(tmp_path, monkeypatch):
 
 def _two_process_step(output_dir: str, result_file: str) -> None:
     args = _args(Path(output_dir), "SOLVER.MAX_ITER", "1", "DATASETS.TEST", "()")
-    trainer = InstaFormerTrainer(setup(args))
+    trainer = _trainer(args)
     trainer.train()
     flat = torch.cat([p.detach().flatten() for p in trainer.model_without_ddp.parameters()])
     sums = comm.all_gather((float(flat.sum()), float(flat.abs().sum())))
@@ -149,7 +159,7 @@ def test_command_line_two_cpu_processes(tmp_path, synthetic_datasets):
 def test_instaordernet_trains_and_evaluates_through_train_net(tmp_path):
     config = str(REPO / "configs" / "instaordernet" / "synthetic_od_tiny.yaml")
     argv = ["--config-file", config, "OUTPUT_DIR", str(tmp_path), "SOLVER.MAX_ITER", "2"]
-    results = main(default_argument_parser().parse_args(argv))
+    results = _main(default_argument_parser().parse_args(argv))
     assert set(results) == {"occlusion_order", "depth_order"}
     assert 0.0 <= results["occlusion_order"]["f1"] <= 100.0
     assert (tmp_path / "model_final.pth").is_file() and (tmp_path / "eval_results.json").is_file()
@@ -161,7 +171,7 @@ OD_CONFIG = str(REPO / "configs" / "synthetic" / "instaformer_od_tiny.yaml")
 def _two_process_train_and_evaluate(output_dir: str, result_file: str) -> None:
     args = _args(Path(output_dir), "SOLVER.MAX_ITER", "3", "MODEL.DEVICE", "cpu")
     args.config_file = OD_CONFIG
-    results = main(args)
+    results = _main(args)
     if comm.is_main_process():
         Path(result_file).write_text(json.dumps(results))
 
@@ -191,7 +201,7 @@ def test_two_process_final_evaluation_equals_eval_only_of_saved_weights(
     weights = str(train_dir / "model_final.pth")
     args = _args(tmp_path / "eval", "MODEL.WEIGHTS", weights, "MODEL.DEVICE", "cpu", eval_only=True)
     args.config_file = OD_CONFIG
-    evaluated = main(args)
+    evaluated = _main(args)
     assert {"occlusion_order", "depth_order", "panoptic_seg"} <= set(trained)
     for task in ("occlusion_order", "depth_order", "panoptic_seg"):
         for metric, value in evaluated[task].items():
@@ -212,3 +222,36 @@ def test_random_frozen_parts_are_warned_about(monkeypatch):
     assert len(messages) == 1 and "backbone and sem_seg_head are frozen" in messages[0]
     train.warn_random_frozen_parts(train.setup_cfg(CONFIG, []))  # nothing frozen: silent
     assert len(messages) == 1
+
+
+def test_config_parsed_once_per_run(tmp_path, monkeypatch):
+    """The command line parses the yaml and overrides once; the processes get the result."""
+    import instaformer.config
+    from instaformer.train import cli
+
+    parses = []
+    get_cfg = instaformer.config.get_cfg
+    monkeypatch.setattr(instaformer.config, "get_cfg", lambda: parses.append(1) or get_cfg())
+    argv = ["--config-file", CONFIG, "OUTPUT_DIR", str(tmp_path), "SOLVER.MAX_ITER", "1"]
+    argv += ["SOLVER.IMS_PER_BATCH", "2", "DATALOADER.NUM_WORKERS", "0", "DATASETS.TEST", "()"]
+    with pytest.raises(SystemExit) as done:
+        cli(argv)
+    assert done.value.code == 0 and (tmp_path / "model_final.pth").is_file()
+    assert len(parses) == 1
+
+
+def test_wandb_metrics_become_a_metric_sink(monkeypatch):
+    import types
+
+    from instaformer.train import metric_sinks
+
+    cfg = load_config(_args(Path("unused"), "WANDB.METRICS", "True", "WANDB.PROJECT", "p1"))
+    calls = []
+    fake = types.SimpleNamespace(init=lambda **kw: calls.append(kw) or "run")
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    assert metric_sinks(cfg) == ["run"]
+    assert calls[0]["project"] == "p1" and "WANDB:" in calls[0]["config"]["yaml"]
+    monkeypatch.setitem(sys.modules, "wandb", None)  # not installed
+    with pytest.raises(ImportError, match="WANDB.METRICS is True but `wandb` is not installed"):
+        metric_sinks(cfg)
+    assert metric_sinks(load_config(_args(Path("unused")))) == []

@@ -128,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     from instaformer.demo_utils import run_on_paths
     from instaformer.evaluation import format_results_table
     from instaformer.predictor import Predictor
+    from instaformer.train import load_config
     from instaformer.train import main as train_main
     from mask2former.engine import default_argument_parser
 
@@ -143,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     train_args = default_argument_parser().parse_args(
         ["--config-file", str(CONFIG), *overrides, *args.opts]
     )
-    results = train_main(train_args)  # trains, then evaluates on DATASETS.TEST (step 3)
+    # trains, then evaluates on DATASETS.TEST (step 3)
+    results = train_main(load_config(train_args), train_args)
 
     print(f"[3/4] evaluation -> {out / 'eval_results.json'}")
     summary = {k: results[k] for k in ("occlusion_order", "depth_order", "panoptic_seg")}

@@ -4,8 +4,9 @@ Importing this package registers the "InstaOrderNet" meta-architecture (``META_A
 Entry points for the training script and the demo (see docs/instaordernet.md):
 
 * :func:`build_train_loader` ``(cfg, start_iter)``, :func:`build_test_loader`
-  ``(cfg, dataset_name)``, :func:`build_evaluators` ``(cfg, output_dir)``;
-* :func:`load_weights` ``(model, path)``: released ``.pth.tar`` files or project checkpoints;
+  ``(cfg, dataset_name)``, :func:`build_evaluators` ``(cfg, dataset_name, output_dir)``;
+* :func:`load_weights` ``(cfg, model, path)``: released ``.pth.tar`` files or project
+  checkpoints;
 * :func:`predict_orders` ``(model, image, masks)``: orders between user-given masks;
 * :class:`MonocularDepthOrder`: depth order from any depth-map callable ([ION 13]).
 """

@@ -408,9 +408,10 @@ def build_test_loader(cfg: CfgNode, dataset_name: str) -> Iterable[list[dict]]:
     )
 
 
-def build_evaluators(cfg: CfgNode, output_dir: str | None = None) -> list[Any]:
+def build_evaluators(cfg: CfgNode, dataset_name: str, output_dir: str | None = None) -> list[Any]:
     """The project's order evaluators for ``MODEL.INSTAORDERNET.TASK``: occlusion P/R/F1 (o,
-    od) and depth WHDR (d, od)."""
+    od) and depth WHDR (d, od). Same shape as InstaFormer's evaluator builder; the pair
+    evaluators read everything from the inputs and outputs, not from ``dataset_name``."""
     tasks = TASKS[cfg.MODEL.INSTAORDERNET.TASK]
     evaluators: list[Any] = []
     if "occlusion" in tasks:

@@ -288,8 +288,9 @@ class InstaOrderNet(nn.Module):
         return out
 
 
-def load_weights(model: nn.Module, path: str | os.PathLike) -> None:
-    """Initial weights for an InstaOrderNet meta-architecture (``MODEL.WEIGHTS``).
+def load_weights(cfg: CfgNode, model: nn.Module, path: str | os.PathLike) -> None:
+    """Initial weights for an InstaOrderNet meta-architecture built from ``cfg``
+    (``MODEL.WEIGHTS``); config first, in the shape of the training loop's weight loaders.
 
     Accepts a released ``InstaOrder_InstaOrderNet_{o,d,od}.pth.tar`` (or a bare network state
     dict, with or without ``module.``), loaded into ``model.net`` with every mismatch listed;

@@ -65,6 +65,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from instaformer.config import REMOVABLE_LOSSES
 from instaformer.modeling.matching import full_mask_matching
 from instaformer.modeling.order import (
     ORDER_TASK_CLASSES,
@@ -76,7 +77,7 @@ from instaformer.modeling.order import (
     select_segment_queries,
 )
 from mask2former.modeling.configurable import configurable
-from mask2former.modeling.meta_arch import MaskFormer
+from mask2former.modeling.meta_arch import MASK_LOSSES, MaskFormer
 from mask2former.modeling.registry import META_ARCH_REGISTRY
 
 __all__ = ["ORDER_ROWS", "InstaFormer", "order_results"]
@@ -172,7 +173,15 @@ class InstaFormer(MaskFormer):
 
     @classmethod
     def from_config(cls, cfg) -> dict:  # noqa: ANN001 (fvcore CfgNode)
-        kwargs = super().from_config(cfg)
+        unknown = [n for n in cfg.MODEL.REMOVE_LOSSES if n not in REMOVABLE_LOSSES]
+        if unknown:
+            raise ValueError(
+                f"MODEL.REMOVE_LOSSES has unknown names {unknown}; known: {list(REMOVABLE_LOSSES)}"
+            )
+        kept = [n for n in MASK_LOSSES if n not in cfg.MODEL.REMOVE_LOSSES]
+        kwargs = super().from_config(cfg, losses=kept)
+        kwargs["freeze_backbone"] = cfg.MODEL.BACKBONE.FREEZE
+        kwargs["freeze_sem_seg_head"] = cfg.MODEL.SEM_SEG_HEAD.FREEZE
         gp = cfg.MODEL.GEOMETRIC_PREDICTOR
         mf = cfg.MODEL.MASK_FORMER
         head = build_order_head(cfg)

@@ -1,5 +1,5 @@
 """Training metrics: smoothed scalars written to the console (with ETA), ``metrics.json`` and
-TensorBoard, and optionally Weights & Biases."""
+TensorBoard, and to any further :class:`MetricSink` (e.g. a Weights & Biases run)."""
 
 from __future__ import annotations
 
@@ -9,15 +9,26 @@ import logging
 import os
 import statistics
 from collections import defaultdict, deque
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 import torch
 
 from mask2former.utils.atomic import atomic_write_bytes
 
-__all__ = ["MetricsWriter"]
+__all__ = ["MetricSink", "MetricsWriter"]
 
 logger = logging.getLogger(__name__)
+
+
+class MetricSink(Protocol):
+    """A further output of the logged metrics; a ``wandb`` run is one as it is."""
+
+    def log(self, data: dict[str, Any], step: int) -> None:
+        """Receive one record (``iteration``, ``lr``, smoothed scalars) of iteration ``step``."""
+
+    def finish(self) -> None:
+        """The run is over (called once, by :meth:`MetricsWriter.close`)."""
 
 
 class MetricsWriter:
@@ -36,7 +47,7 @@ class MetricsWriter:
         start_iter: int = 0,
         window: int = 20,
         tensorboard: bool = True,
-        wandb_run: Any = None,
+        sinks: Sequence[MetricSink] = (),
     ) -> None:
         self.max_iter = max_iter
         self.window = window
@@ -48,7 +59,7 @@ class MetricsWriter:
             from torch.utils.tensorboard import SummaryWriter
 
             self._tb = SummaryWriter(log_dir=output_dir)
-        self._wandb = wandb_run
+        self._sinks = list(sinks)
         self._iter_times: deque[float] = deque(maxlen=window)
 
     def _keep_records_before(self, start_iter: int) -> None:
@@ -91,8 +102,8 @@ class MetricsWriter:
                 if name != "iteration":
                     self._tb.add_scalar(name, value, iteration)
             self._tb.flush()
-        if self._wandb is not None:
-            self._wandb.log(record, step=iteration)
+        for sink in self._sinks:
+            sink.log(record, step=iteration)
         self._log_console(record)
         return record
 
@@ -118,5 +129,5 @@ class MetricsWriter:
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
-        if self._wandb is not None:
-            self._wandb.finish()
+        for sink in self._sinks:
+            sink.finish()

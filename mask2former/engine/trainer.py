@@ -7,8 +7,24 @@ must behave exactly as detectron2's (``--num-gpus``, ``--num-machines``, ``--mac
 below needs only ``DistributedDataParallel``, ``torch.autocast`` and ``torch.amp.GradScaler``
 from PyTorch itself. Every step of an iteration is visible in :meth:`Trainer.run_step`.
 
-Subclasses provide the project pieces: :meth:`build_model`, :meth:`build_train_loader`,
-:meth:`load_weights` and :meth:`evaluate`.
+Extension: the project pieces are plain callables given at construction, never subclass hooks.
+Each takes the config first, as detectron2's ``build_*(cfg, ...)`` functions do, so a project's
+module functions are passed as they are::
+
+    Trainer(
+        cfg,                                   # parsed once, frozen
+        model,                                 # nn.Module on MODEL.DEVICE (not DDP-wrapped)
+        build_train_loader,                    # (cfg, start_iter) -> iterable of batches
+        load_weights=load_weights,             # (cfg, model, path) -> anything; MODEL.WEIGHTS
+        evaluate=evaluate,                     # (cfg, model) -> {task: {metric: value}}
+        metric_sinks=[run],                    # objects with log(record, step=) and finish()
+    ).train(resume=False)
+
+``load_weights`` is called on a fresh start when ``MODEL.WEIGHTS`` is set (never when resuming
+from ``OUTPUT_DIR/last_checkpoint``); ``evaluate`` after training and every
+``TEST.EVAL_PERIOD`` iterations when ``DATASETS.TEST`` is not empty; ``metric_sinks`` (main
+process only) receive the records written to ``metrics.json``, e.g. a Weights & Biases run.
+A config that needs a missing piece is refused when the trainer is built.
 """
 
 from __future__ import annotations
@@ -17,7 +33,7 @@ import logging
 import math
 import time
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import nullcontext
 from typing import Any
 
@@ -33,27 +49,77 @@ from mask2former.engine.checkpoint import (
     save_training_checkpoint,
 )
 from mask2former.engine.collective import CollectiveProgress, is_peer_failure
-from mask2former.engine.events import MetricsWriter
+from mask2former.engine.events import MetricSink, MetricsWriter
 from mask2former.engine.launch import local_rank
 from mask2former.engine.optimizer import build_lr_scheduler, build_optimizer, clip_gradients
 from mask2former.utils import comm
 
-__all__ = ["Trainer"]
+__all__ = ["BuildTrainLoader", "Evaluate", "LoadWeights", "Trainer"]
 
 logger = logging.getLogger(__name__)
 LOG_PERIOD = 20  # iterations between metric writes
 
+BuildTrainLoader = Callable[[CfgNode, int], Iterable[list[dict]]]
+"""``(cfg, start_iter)`` -> infinite iterable of per-process batches, resuming the data order."""
+LoadWeights = Callable[[CfgNode, nn.Module, str], object]
+"""``(cfg, model, path)``: load the initial weights ``path`` (``MODEL.WEIGHTS``) into ``model``."""
+Evaluate = Callable[[CfgNode, nn.Module], dict[str, dict[str, Any]]]
+"""``(cfg, model)`` -> ``{task: {metric: value}}`` on ``DATASETS.TEST``."""
+
 
 class Trainer:
-    """Builds model, optimizer, schedule and data from ``cfg`` and runs the training loop."""
+    """The training loop of ``model`` with the optimizer, schedule and data ``cfg`` asks for.
 
-    def __init__(self, cfg: CfgNode) -> None:
+    Args:
+        cfg: the run's config, parsed once (checked here with ``check_training_cfg``).
+        model: the model to train, on ``MODEL.DEVICE``; wrapped in DDP here when the job has
+            several processes.
+        build_train_loader: see :data:`BuildTrainLoader`.
+        load_weights: see :data:`LoadWeights`; needed when ``MODEL.WEIGHTS`` is set.
+        evaluate: see :data:`Evaluate`; needed when ``DATASETS.TEST`` is not empty.
+        metric_sinks: further outputs of the logged metrics (main process), see
+            :class:`mask2former.engine.events.MetricSink`.
+
+    Raises:
+        ValueError: ``MODEL.WEIGHTS`` without ``load_weights``, or ``DATASETS.TEST`` without
+            ``evaluate``.
+    """
+
+    def __init__(
+        self,
+        cfg: CfgNode,
+        model: nn.Module,
+        build_train_loader: BuildTrainLoader,
+        *,
+        load_weights: LoadWeights | None = None,
+        evaluate: Evaluate | None = None,
+        metric_sinks: Sequence[MetricSink] = (),
+    ) -> None:
         check_training_cfg(cfg)
+        if cfg.MODEL.WEIGHTS and load_weights is None:
+            raise ValueError(
+                f"config key MODEL.WEIGHTS is {cfg.MODEL.WEIGHTS!r} but the Trainer was given no "
+                "load_weights to load it"
+            )
+        if cfg.DATASETS.TEST and evaluate is None:
+            raise ValueError(
+                f"config key DATASETS.TEST is {tuple(cfg.DATASETS.TEST)} but the Trainer was "
+                "given no evaluate to run on it"
+            )
         self.cfg = cfg
+        self.build_train_loader = build_train_loader
+        self.load_weights = load_weights
+        self.evaluate = evaluate
+        self.metric_sinks = list(metric_sinks)
         self.device = torch.device(cfg.MODEL.DEVICE)
         if self.device.type == "cuda" and comm.get_world_size() > 1:
             self.device = torch.device("cuda", local_rank())
-        model = self.build_model(cfg)
+        logger.info(
+            "Model %s: %.2f M parameters, %.2f M trainable",
+            cfg.MODEL.META_ARCHITECTURE,
+            sum(p.numel() for p in model.parameters()) / 1e6,
+            sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6,
+        )
         self.model_without_ddp = model
         self.optimizer = build_optimizer(cfg, model)
         self.scheduler = build_lr_scheduler(cfg, self.optimizer)
@@ -79,23 +145,6 @@ class Trainer:
         self.max_iter = cfg.SOLVER.MAX_ITER
         self._progress = CollectiveProgress()
 
-    # -- pieces provided by subclasses ----------------------------------------------------------
-    def build_model(self, cfg: CfgNode) -> nn.Module:
-        raise NotImplementedError
-
-    def build_train_loader(self, cfg: CfgNode, start_iter: int) -> Iterable[list[dict]]:
-        """Infinite iterable of per-process batches; resumes the data order at ``start_iter``."""
-        raise NotImplementedError
-
-    def load_weights(self, model: nn.Module, path: str) -> None:
-        """Load initial weights (``MODEL.WEIGHTS``) into ``model``."""
-        raise NotImplementedError
-
-    def evaluate(self, model: nn.Module) -> dict[str, dict[str, float]]:
-        """Evaluate ``model`` on ``DATASETS.TEST``; returns ``{task: {metric: value}}``."""
-        raise NotImplementedError
-
-    # -- loop -----------------------------------------------------------------------------------
     @staticmethod
     def _amp_dtype(cfg: CfgNode) -> torch.dtype | None:
         if not cfg.SOLVER.AMP.ENABLED:
@@ -115,8 +164,8 @@ class Trainer:
         if path is None:
             if resume:
                 logger.info("No checkpoint in %s; starting from scratch", self.cfg.OUTPUT_DIR)
-            if self.cfg.MODEL.WEIGHTS:
-                self.load_weights(self.model_without_ddp, self.cfg.MODEL.WEIGHTS)
+            if self.cfg.MODEL.WEIGHTS and self.load_weights is not None:
+                self.load_weights(self.cfg, self.model_without_ddp, self.cfg.MODEL.WEIGHTS)
             self.start_iter = 0
             return
         logger.info("Resuming from %s", path)
@@ -175,7 +224,13 @@ class Trainer:
         if comm.is_main_process():
             remove_stale_temp_files(cfg.OUTPUT_DIR)
         self.resume_or_load(resume)
-        writer = self._build_writer() if comm.is_main_process() else None
+        writer = (
+            MetricsWriter(
+                cfg.OUTPUT_DIR, self.max_iter, start_iter=self.start_iter, sinks=self.metric_sinks
+            )
+            if comm.is_main_process()
+            else None
+        )
         results: dict[str, dict[str, float]] = {}
         if self.start_iter >= self.max_iter:
             logger.info("Training already finished at iteration %d", self.start_iter)
@@ -198,7 +253,7 @@ class Trainer:
                 "Trained %d iterations in %.1f s (%.3f s/it)", done, elapsed, elapsed / done
             )
             self.save_checkpoint("model_final")
-        if cfg.DATASETS.TEST:
+        if cfg.DATASETS.TEST and self.evaluate is not None:
             results = self._evaluate_and_log(writer)
         if writer is not None:
             writer.close()
@@ -216,7 +271,8 @@ class Trainer:
         if (self.iteration + 1) % cfg.SOLVER.CHECKPOINT_PERIOD == 0 and not last:
             self.save_checkpoint(f"model_{self.iteration:07d}")
         period = cfg.TEST.EVAL_PERIOD
-        if period > 0 and (self.iteration + 1) % period == 0 and not last:
+        evaluates = cfg.DATASETS.TEST and self.evaluate is not None
+        if evaluates and period > 0 and (self.iteration + 1) % period == 0 and not last:
             self._evaluate_and_log(writer)
 
     def _check_parameters_finite(self, loss: float) -> None:
@@ -234,29 +290,16 @@ class Trainer:
             )
 
     def _evaluate_and_log(self, writer: MetricsWriter | None) -> dict[str, dict[str, float]]:
+        assert self.evaluate is not None  # checked by the callers
         self._progress.mark(self.iteration, "evaluation")
         self.sync_buffers()
-        results = self.evaluate(self.model_without_ddp)
+        results = self.evaluate(self.cfg, self.model_without_ddp)
         self.model.train()
         if writer is not None and results:
             flat = {f"{task}/{k}": v for task, m in results.items() for k, v in m.items()}
             finite = {k: v for k, v in flat.items() if isinstance(v, float) and math.isfinite(v)}
             writer.put(self.iteration, finite)
         return results
-
-    def _build_writer(self) -> MetricsWriter:
-        wandb_run = None
-        if self.cfg.WANDB.METRICS:
-            try:
-                import wandb
-            except ImportError as err:
-                raise ImportError(
-                    "WANDB.METRICS is True but `wandb` is not installed: pip install wandb"
-                ) from err
-            wandb_run = wandb.init(project=self.cfg.WANDB.PROJECT, config={"yaml": self.cfg.dump()})
-        return MetricsWriter(
-            self.cfg.OUTPUT_DIR, self.max_iter, start_iter=self.start_iter, wandb_run=wandb_run
-        )
 
     def run_step(self, data: Iterator[list[dict]]) -> dict[str, float]:
         """One iteration: data, forward, loss check, backward, clipping, optimizer, schedule."""

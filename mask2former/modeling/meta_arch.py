@@ -38,10 +38,10 @@ from mask2former.modeling.postprocessing import (
 )
 from mask2former.modeling.registry import BACKBONE_REGISTRY, META_ARCH_REGISTRY
 
-__all__ = ["MaskFormer", "build_backbone", "thing_class_ids", "KNOWN_LOSSES"]
+__all__ = ["MaskFormer", "build_backbone", "thing_class_ids", "MASK_LOSSES"]
 
-# Names accepted in MODEL.REMOVE_LOSSES; the order losses belong to the order-head subclass.
-KNOWN_LOSSES = ("labels", "masks", "occlusion", "depth")
+# Losses of :class:`SetCriterion` that MaskFormer trains unless told otherwise.
+MASK_LOSSES = ("labels", "masks")
 # COCO panoptic: contiguous ids 0..79 are the thing classes, 80..132 stuff.
 _COCO_PANOPTIC_NUM_CLASSES, _COCO_PANOPTIC_NUM_THINGS = 133, 80
 
@@ -57,32 +57,26 @@ def build_backbone(cfg) -> Backbone:
 
 
 def thing_class_ids(num_classes: int, dataset_names: Sequence[str] = ()) -> frozenset[int]:
-    """Contiguous ids of thing classes: from the metadata of the first of ``dataset_names``
-    registered with ``num_classes`` categories; else COCO panoptic's 80 for 133 classes, else
-    all classes."""
+    """Contiguous ids of the thing classes.
+
+    From the metadata of the first of ``dataset_names`` that is registered with a
+    ``thing_dataset_id_to_contiguous_id`` mapping (and, where it lists ``stuff_classes``, with
+    ``num_classes`` of them): the mapping's values. Else COCO panoptic's first 80 for 133
+    classes, else every class. :meth:`MaskFormer.from_config` passes ``DATASETS.TRAIN`` then
+    ``DATASETS.TEST``, so the training set's metadata decides, as in the reference.
+    """
+    registered = set(MetadataCatalog.list())
     for name in dataset_names:
-        meta = MetadataCatalog.get(name) if name in MetadataCatalog.list() else None
-        if meta is not None and len(meta.get("stuff_classes") or ()) == num_classes:
-            return frozenset(meta.thing_dataset_id_to_contiguous_id.values())
+        if name not in registered:
+            continue
+        meta = MetadataCatalog.get(name)
+        mapping = meta.get("thing_dataset_id_to_contiguous_id")
+        stuff = meta.get("stuff_classes")
+        if mapping is not None and (stuff is None or len(stuff) == num_classes):
+            return frozenset(int(v) for v in mapping.values())
     if num_classes == _COCO_PANOPTIC_NUM_CLASSES:
         return frozenset(range(_COCO_PANOPTIC_NUM_THINGS))
     return frozenset(range(num_classes))
-
-
-def thing_ids_from_config(cfg) -> frozenset[int]:  # noqa: ANN001 (fvcore CfgNode)
-    """Contiguous thing ids: those of ``thing_dataset_id_to_contiguous_id`` in the metadata of
-    ``DATASETS.TRAIN[0]`` (where the reference reads them), else :func:`thing_class_ids` over
-    the training and test datasets."""
-    from mask2former.data.catalog import MetadataCatalog
-
-    if cfg.DATASETS.TRAIN:
-        mapping = MetadataCatalog.get(cfg.DATASETS.TRAIN[0]).get(
-            "thing_dataset_id_to_contiguous_id"
-        )
-        if mapping is not None:
-            return frozenset(int(v) for v in mapping.values())
-    num_classes = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
-    return thing_class_ids(num_classes, [*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST])
 
 
 def pad_images(
@@ -152,15 +146,15 @@ class MaskFormer(nn.Module):
         self.freeze(backbone=freeze_backbone, sem_seg_head=freeze_sem_seg_head)
 
     @classmethod
-    def from_config(cls, cfg) -> dict:
+    def from_config(cls, cfg, *, losses: Sequence[str] = MASK_LOSSES) -> dict:
+        """Keyword arguments from Mask2Former's keys; ``losses``: the criterion's trained
+        losses, a subset of :data:`MASK_LOSSES` (a subclass passes its own selection)."""
         mf = cfg.MODEL.MASK_FORMER
+        unknown = [n for n in losses if n not in MASK_LOSSES]
+        if unknown:
+            raise ValueError(f"unknown Mask2Former losses {unknown}; known: {list(MASK_LOSSES)}")
         backbone = build_backbone(cfg)
         sem_seg_head = build_sem_seg_head(cfg, backbone.output_shape())
-        unknown = [n for n in cfg.MODEL.REMOVE_LOSSES if n not in KNOWN_LOSSES]
-        if unknown:
-            raise ValueError(
-                f"MODEL.REMOVE_LOSSES has unknown names {unknown}; known: {list(KNOWN_LOSSES)}"
-            )
         matcher = HungarianMatcher(
             cost_class=mf.CLASS_WEIGHT,
             cost_mask=mf.MASK_WEIGHT,
@@ -177,13 +171,12 @@ class MaskFormer(nn.Module):
             for i in range(mf.DEC_LAYERS - 1):
                 aux.update({f"{k}_{i}": v for k, v in weight_dict.items()})
             weight_dict.update(aux)
-        losses = [n for n in ("labels", "masks") if n not in cfg.MODEL.REMOVE_LOSSES]
         criterion = SetCriterion(
             num_classes=cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
             matcher=matcher,
             weight_dict=weight_dict,
             eos_coef=mf.NO_OBJECT_WEIGHT,
-            losses=losses,
+            losses=list(losses),
             num_points=mf.TRAIN_NUM_POINTS,
             oversample_ratio=mf.OVERSAMPLE_RATIO,
             importance_sample_ratio=mf.IMPORTANCE_SAMPLE_RATIO,
@@ -195,7 +188,9 @@ class MaskFormer(nn.Module):
             "num_queries": mf.NUM_OBJECT_QUERIES,
             "object_mask_threshold": mf.TEST.OBJECT_MASK_THRESHOLD,
             "overlap_threshold": mf.TEST.OVERLAP_THRESHOLD,
-            "thing_ids": thing_ids_from_config(cfg),
+            "thing_ids": thing_class_ids(
+                cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES, [*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST]
+            ),
             "size_divisibility": mf.SIZE_DIVISIBILITY,
             "sem_seg_postprocess_before_inference": (
                 mf.TEST.SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE
@@ -208,8 +203,6 @@ class MaskFormer(nn.Module):
             "instance_on": mf.TEST.INSTANCE_ON,
             "panoptic_on": mf.TEST.PANOPTIC_ON,
             "test_topk_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
-            "freeze_backbone": cfg.MODEL.BACKBONE.FREEZE,
-            "freeze_sem_seg_head": cfg.MODEL.SEM_SEG_HEAD.FREEZE,
         }
 
     @property

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mask2former.config import adapter_settings
 from mask2former.modeling.adapters import EncoderAdapter
 from mask2former.modeling.backbone.base import ShapeSpec
 from mask2former.modeling.backbone.resnet import Conv2d, c2_xavier_fill, get_norm
@@ -313,7 +314,7 @@ class MSDeformAttnPixelDecoder(nn.Module):
     @classmethod
     def from_config(cls, cfg, input_shape: dict[str, ShapeSpec]) -> dict:
         head = cfg.MODEL.SEM_SEG_HEAD
-        gp = cfg.MODEL.GEOMETRIC_PREDICTOR
+        adapters = adapter_settings(cfg)
         return {
             "input_shape": {k: v for k, v in input_shape.items() if k in head.IN_FEATURES},
             "conv_dim": head.CONVS_DIM,
@@ -326,8 +327,8 @@ class MSDeformAttnPixelDecoder(nn.Module):
             "transformer_enc_n_points": 4,  # fixed in the reference's pixel decoder
             "transformer_in_features": list(head.DEFORMABLE_TRANSFORMER_ENCODER_IN_FEATURES),
             "common_stride": head.COMMON_STRIDE,
-            "adapter_dim": gp.ADAPTER_DIM if gp.USE_ADAPTERS else 0,
-            "adapter_scale": gp.ADAPTER_SCALE,
+            "adapter_dim": adapters.dim,
+            "adapter_scale": adapters.scale,
         }
 
     def forward_features(self, features: dict[str, Tensor]) -> tuple[Tensor, Tensor, list[Tensor]]:

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mask2former.config import adapter_settings
 from mask2former.modeling.adapters import DecoderAdapter
 from mask2former.modeling.backbone.resnet import Conv2d, c2_xavier_fill
 from mask2former.modeling.configurable import configurable
@@ -100,7 +101,7 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
     @classmethod
     def from_config(cls, cfg, in_channels: int) -> dict:
         mf = cfg.MODEL.MASK_FORMER
-        gp = cfg.MODEL.GEOMETRIC_PREDICTOR
+        adapters = adapter_settings(cfg)
         if mf.DEC_LAYERS < 1:
             raise ValueError(f"MODEL.MASK_FORMER.DEC_LAYERS must be >= 1; got {mf.DEC_LAYERS}")
         return {
@@ -115,8 +116,8 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
             "pre_norm": mf.PRE_NORM,
             "enforce_input_project": mf.ENFORCE_INPUT_PROJ,
             "mask_dim": cfg.MODEL.SEM_SEG_HEAD.MASK_DIM,
-            "adapter_dim": gp.ADAPTER_DIM if gp.USE_ADAPTERS else 0,
-            "adapter_scale": gp.ADAPTER_SCALE,
+            "adapter_dim": adapters.dim,
+            "adapter_scale": adapters.scale,
         }
 
     def forward(

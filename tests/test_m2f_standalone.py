@@ -1,0 +1,145 @@
+"""``mask2former`` stands alone: its config alone builds a working Mask2Former.
+
+The package below InstaFormer reads only its own keys and never imports ``instaformer``. A
+subprocess (so no test of this session has imported ``instaformer`` into it) builds a tiny
+ResNet Mask2Former from ``get_base_cfg()`` + ``add_maskformer2_config()``, takes one training
+step and runs panoptic inference; a source scan finds no InstaFormer key or import in
+``mask2former/``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from instaformer.config import get_cfg
+from mask2former.config import CfgNode, add_maskformer2_config, get_base_cfg
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "mask2former"
+# The trainer's Weights & Biases logging (WANDB.*) is read there until it moves up.
+ALLOWED = {"WANDB": {"engine/trainer.py"}}
+
+STANDALONE = r"""
+import json, math, sys
+import torch
+from mask2former.config import get_base_cfg, add_maskformer2_config
+from mask2former.modeling.adapters import ADAPTER_TYPES
+from mask2former.modeling.registry import META_ARCH_REGISTRY
+from mask2former.structures import Instances
+import mask2former.modeling  # registers the modules
+
+cfg = get_base_cfg()
+add_maskformer2_config(cfg)
+cfg.merge_from_list([
+    "MODEL.DEVICE", "cpu",
+    "MODEL.RESNETS.STEM_OUT_CHANNELS", "8", "MODEL.RESNETS.RES2_OUT_CHANNELS", "16",
+    "MODEL.RESNETS.WIDTH_PER_GROUP", "4", "MODEL.RESNETS.OUT_FEATURES",
+    "['res2', 'res3', 'res4', 'res5']",
+    "MODEL.SEM_SEG_HEAD.NUM_CLASSES", "4", "MODEL.SEM_SEG_HEAD.CONVS_DIM", "32",
+    "MODEL.SEM_SEG_HEAD.MASK_DIM", "32", "MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS", "1",
+    "MODEL.MASK_FORMER.HIDDEN_DIM", "32", "MODEL.MASK_FORMER.DIM_FEEDFORWARD", "64",
+    "MODEL.MASK_FORMER.DEC_LAYERS", "3", "MODEL.MASK_FORMER.NUM_OBJECT_QUERIES", "6",
+    "MODEL.MASK_FORMER.TRAIN_NUM_POINTS", "64",
+    "MODEL.MASK_FORMER.TEST.PANOPTIC_ON", "True",
+])
+torch.manual_seed(0)
+model = META_ARCH_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE)(cfg)
+h, w = 48, 64
+masks = torch.zeros((2, h, w), dtype=torch.bool)
+masks[0, :24, :32] = True
+masks[1, 20:, 30:] = True
+inst = Instances((h, w), gt_classes=torch.tensor([0, 3]), gt_masks=masks)
+image = torch.randint(0, 256, (3, h, w), dtype=torch.uint8)
+model.train()
+losses = model([{"image": image, "height": h, "width": w, "instances": inst}])
+total = sum(losses.values())
+total.backward()
+torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01).step()
+model.eval()
+with torch.no_grad():
+    (result,) = model([{"image": image, "height": 24, "width": 32}])
+seg, segments_info = result["panoptic_seg"]
+print(json.dumps({
+    "class": type(model).__name__,
+    "adapters": sum(isinstance(m, ADAPTER_TYPES) for m in model.modules()),
+    "losses": sorted(losses),
+    "finite": all(math.isfinite(v.item()) for v in losses.values()),
+    "grads": sum(p.grad is not None for p in model.parameters()),
+    "panoptic_shape": list(seg.shape),
+    "panoptic_dtype": str(seg.dtype),
+    "segment_ids_ok": {s["id"] for s in segments_info} <= set(seg.unique().tolist()),
+    "instaformer_imported": any(m.split(".")[0] == "instaformer" for m in sys.modules),
+}))
+"""
+
+
+def test_plain_mask2former_trains_and_infers_without_instaformer() -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-c", STANDALONE],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["instaformer_imported"] is False
+    assert out["class"] == "MaskFormer"
+    assert out["adapters"] == 0  # plain Mask2Former: no InstaFormer adapters
+    assert out["finite"] and out["grads"] > 0
+    # main + 2 auxiliary predictions, each with class, mask and dice losses
+    assert out["losses"] == sorted(
+        f"loss_{k}{s}" for k in ("ce", "mask", "dice") for s in ("", "_0", "_1")
+    )
+    assert out["panoptic_shape"] == [24, 32] and out["panoptic_dtype"] == "torch.int32"
+    assert out["segment_ids_ok"]
+
+
+def _keys(node: CfgNode, prefix: str = "") -> set[str]:
+    keys = set()
+    for name, value in node.items():
+        keys.add(prefix + name)
+        if isinstance(value, CfgNode):
+            keys |= _keys(value, f"{prefix}{name}.")
+    return keys
+
+
+def _instaformer_key_names() -> set[str]:
+    """Last name of every key InstaFormer adds (a new node's name stands for its sub-keys)."""
+    plain = get_base_cfg()
+    add_maskformer2_config(plain)
+    own = _keys(plain)
+    added = _keys(get_cfg()) - own
+    return {k.rsplit(".", 1)[-1] for k in added if k.rpartition(".")[0] not in added}
+
+
+def test_instaformer_key_names_are_found() -> None:
+    names = _instaformer_key_names()
+    assert {"GEOMETRIC_PREDICTOR", "REMOVE_LOSSES", "FREEZE", "WANDB"} <= names
+    assert "ADAPTER_DIM" not in names  # inside GEOMETRIC_PREDICTOR
+    assert not names & {k.rsplit(".", 1)[-1] for k in _keys(get_base_cfg())}
+
+
+def test_mask2former_sources_name_no_instaformer_key_or_import() -> None:
+    names = _instaformer_key_names()
+    key_pattern = re.compile(r"\b(" + "|".join(sorted(names)) + r")\b")
+    import_pattern = re.compile(r"^\s*(import|from)\s+instaformer\b", re.MULTILINE)
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        rel = path.relative_to(PACKAGE).as_posix()
+        text = path.read_text(encoding="utf-8")
+        for match in key_pattern.finditer(text):
+            if rel not in ALLOWED.get(match.group(1), ()):
+                line = text.count("\n", 0, match.start()) + 1
+                found.append(f"mask2former/{rel}:{line}: {match.group(1)}")
+        for match in import_pattern.finditer(text):
+            line = text.count("\n", 0, match.start()) + 1
+            found.append(f"mask2former/{rel}:{line}: imports instaformer")
+    assert not found, "mask2former reads InstaFormer's keys or imports it:\n" + "\n".join(found)
