@@ -167,7 +167,7 @@ INSTAORDERNET = ModelFamily(
     train_loader=instaordernet.build_train_loader,
     test_loader=instaordernet.build_test_loader,
     evaluators=lambda cfg, name, output_dir: instaordernet.build_evaluators(cfg, output_dir),
-    load_weights=lambda cfg, model, path: instaordernet.load_weights(model, path),
+    load_weights=lambda cfg, model, path: instaordernet.load_instaordernet_weights(model, path),
 )
 FAMILIES = {"InstaOrderNet": INSTAORDERNET}
 """``MODEL.META_ARCHITECTURE`` -> its family; every other name is an InstaFormer model."""
