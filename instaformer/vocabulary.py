@@ -22,11 +22,12 @@ project's order, :func:`depth_classes_to_instaordernet` back.
 
 from __future__ import annotations
 
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
-import torch
-from torch import Tensor
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 __all__ = [
     "DEPTH_CLOSER",
@@ -94,7 +95,8 @@ ION_TO_PROJECT_DEPTH: tuple[int, ...] = (ION_A_FARTHER, ION_A_CLOSER, ION_SAME)
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)  # RGB mean, [0, 1] scale
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)  # RGB std, [0, 1] scale
 
-Classes = TypeVar("Classes", Tensor, np.ndarray)
+# Tensor or array of class scores / labels (this module imports no torch: cheap to import).
+Classes = TypeVar("Classes", "Tensor", np.ndarray)
 
 
 def tasks_from_code(code: str, key: str = "task code") -> tuple[str, ...]:
@@ -114,19 +116,18 @@ def tasks_from_code(code: str, key: str = "task code") -> tuple[str, ...]:
 
 
 def _permute_classes(x: Classes, permutation: tuple[int, ...], dim: int) -> Classes:
-    if isinstance(x, Tensor):
-        index = torch.tensor(permutation, device=x.device)
-        return x.index_select(dim, index)
-    return np.take(x, permutation, axis=dim)
+    """``x`` with its ``dim`` axis indexed by ``permutation`` (works on tensors and arrays)."""
+    dim = dim % x.ndim
+    return x[(slice(None),) * dim + (list(permutation),)]
 
 
 def _map_labels(labels: Classes, permutation: tuple[int, ...]) -> Classes:
     """Integer class labels through ``permutation``; :data:`UNLABELLED` stays."""
-    if isinstance(labels, Tensor):
-        table = torch.tensor(permutation, dtype=labels.dtype, device=labels.device)
-        return torch.where(labels == UNLABELLED, labels, table[labels.clamp(min=0)])
-    table = np.asarray(permutation, dtype=labels.dtype)
-    return np.where(labels == UNLABELLED, labels, table[np.maximum(labels, 0)])
+    if isinstance(labels, np.ndarray):
+        table = np.asarray(permutation, dtype=labels.dtype)
+        return np.where(labels == UNLABELLED, labels, table[np.maximum(labels, 0)])
+    table = labels.new_tensor(permutation)
+    return labels.where(labels == UNLABELLED, table[labels.clamp(min=0)])
 
 
 def depth_classes_from_instaordernet(x: Classes, *, dim: int = -1) -> Classes:

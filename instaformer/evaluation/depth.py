@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from instaformer.evaluation._matrix import check_same_shape, get_matrix, image_name
+from instaformer.vocabulary import DEPTH_SAME
 from mask2former.evaluation.evaluator import DatasetEvaluator, Results
 from mask2former.utils import comm
 from mask2former.utils.atomic import atomic_write_bytes
@@ -35,7 +36,7 @@ logger = logging.getLogger(__name__)
 
 TASK = "depth_order"
 
-# A labelled pair falls in one of four cells: index = 2 * overlap + (gt == 2).
+# A labelled pair falls in one of four cells: index = 2 * overlap + (gt == DEPTH_SAME).
 _OVERLAP_CELLS = {"ovlX": (0, 1), "ovlO": (2, 3), "ovlOX": (0, 1, 2, 3)}
 _LABEL_CELLS = {"eq": (1, 3), "neq": (0, 2), "all": (0, 1, 2, 3)}
 SUBSETS: tuple[str, ...] = tuple(f"{o}/WHDR_{e}" for o in _OVERLAP_CELLS for e in _LABEL_CELLS)
@@ -90,7 +91,7 @@ def depth_cell_sums(
     p = pred[rows, cols][valid]
     _check_values(p, (0, 1, 2), "predicted depth (labelled pairs)")
     wrong = p != g
-    cell = 2 * v.astype(np.int64) + (g == 2)
+    cell = 2 * v.astype(np.int64) + (g == DEPTH_SAME)
     errors = np.bincount(cell, weights=weight * wrong, minlength=4)
     weights = np.bincount(cell, weights=weight, minlength=4)
     return np.concatenate([errors, weights])

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from instaformer.evaluation._matrix import check_same_shape, get_matrix, image_name
+from instaformer.vocabulary import OCCLUDING, UNLABELLED
 from mask2former.evaluation.evaluator import DatasetEvaluator, Results
 from mask2former.utils import comm
 from mask2former.utils.atomic import atomic_write_bytes
@@ -68,7 +69,7 @@ def occlusion_counts(gt: np.ndarray, pred: np.ndarray) -> tuple[int, int, int, i
     """
     k = gt.shape[0]
     off_diagonal = ~np.eye(k, dtype=bool)
-    valid = off_diagonal & (gt != -1)
+    valid = off_diagonal & (gt != UNLABELLED)
     g = gt[valid]
     p = pred[valid]
     if ((g != 0) & (g != 1)).any():
@@ -78,8 +79,8 @@ def occlusion_counts(gt: np.ndarray, pred: np.ndarray) -> tuple[int, int, int, i
             "predicted occlusion values must be 0 or 1 off the diagonal, "
             f"got {np.unique(p).tolist()}"
         )
-    g = g == 1
-    p = p == 1
+    g = g == OCCLUDING
+    p = p == OCCLUDING
     tp = int(np.count_nonzero(g & p))
     fp = int(np.count_nonzero(p)) - tp
     fn = int(np.count_nonzero(g)) - tp
