@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from instaformer.evaluation._matrix import check_same_shape, get_matrix, image_name
-from instaformer.vocabulary import DEPTH_SAME
+from instaformer.vocabulary import DEPTH_SAME, GT_MATRIX_KEYS
 from mask2former.evaluation.evaluator import DatasetEvaluator, Results
 from mask2former.utils import comm
 from mask2former.utils.atomic import atomic_write_bytes
@@ -35,6 +35,7 @@ from mask2former.utils.atomic import atomic_write_bytes
 logger = logging.getLogger(__name__)
 
 TASK = "depth_order"
+_GT_KEY = GT_MATRIX_KEYS["depth"]  # ground-truth depth matrix of an input
 
 # A labelled pair falls in one of four cells: index = 2 * overlap + (gt == DEPTH_SAME).
 _OVERLAP_CELLS = {"ovlX": (0, 1), "ovlO": (2, 3), "ovlOX": (0, 1, 2, 3)}
@@ -161,13 +162,13 @@ class DepthEvaluator(DatasetEvaluator):
         for inp, out in zip(inputs, outputs, strict=True):
             name = image_name(inp)
             try:
-                gt = get_matrix(inp, "depth_matrix", "input")
+                gt = get_matrix(inp, _GT_KEY, "input")
                 overlap = get_matrix(inp, "overlap_matrix", "input")
                 count = get_matrix(inp, "count_matrix", "input")
                 pred = get_matrix(out, "depth", "output")
-                check_same_shape(gt, overlap, "depth_matrix", "overlap_matrix", name)
-                check_same_shape(gt, count, "depth_matrix", "count_matrix", name)
-                check_same_shape(gt, pred, "depth_matrix", "depth", name)
+                check_same_shape(gt, overlap, _GT_KEY, "overlap_matrix", name)
+                check_same_shape(gt, count, _GT_KEY, "count_matrix", name)
+                check_same_shape(gt, pred, _GT_KEY, "depth", name)
                 sums = depth_cell_sums(gt, overlap, count, pred)
             except (KeyError, ValueError) as err:
                 raise type(err)(f"DepthEvaluator, {name}: {err}") from err
