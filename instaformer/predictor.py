@@ -33,7 +33,7 @@ from torch import nn
 from instaformer.config import CfgNode, setup_cfg
 from instaformer.data.augment import resize_image, shortest_edge_size
 from instaformer.data.io import image_to_rgb, read_image
-from mask2former.modeling.build import resolve_device
+from mask2former.modeling.build import available_device
 
 __all__ = [
     "ImageInput",
@@ -263,7 +263,7 @@ def inference_cfg(cfg: CfgNode) -> CfgNode:
     cfg.MODEL.MASK_FORMER.TEST.PANOPTIC_ON = True
     cfg.MODEL.MASK_FORMER.TEST.SEMANTIC_ON = False
     cfg.MODEL.MASK_FORMER.TEST.INSTANCE_ON = False
-    cfg.MODEL.DEVICE = str(resolve_device(cfg.MODEL.DEVICE))
+    cfg.MODEL.DEVICE = str(available_device(cfg.MODEL.DEVICE))
     cfg.freeze()
     return cfg
 

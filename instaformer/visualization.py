@@ -32,6 +32,7 @@ import cv2
 import numpy as np
 
 from instaformer.predictor import OrderResult
+from instaformer.vocabulary import OCCLUDING
 
 __all__ = [
     "Layout",
@@ -408,7 +409,7 @@ def _occlusion_edges(result: OrderResult, max_arrows: int | None) -> tuple[list,
     """The occlusion pairs ``(i, j)`` to draw (most probable first) and the number of pairs."""
     k = len(result.segments)
     occlusion = result.occlusion
-    edges = [(i, j) for i in range(k) for j in range(k) if i != j and occlusion[i, j] == 1]
+    edges = [(i, j) for i in range(k) for j in range(k) if i != j and occlusion[i, j] == OCCLUDING]
     if result.occlusion_prob is not None:
         edges.sort(key=lambda e: -float(result.occlusion_prob[e]))
     total = len(edges)
@@ -504,7 +505,7 @@ def draw_occlusion(
     shift = 2 * _thickness(scale)
     for i, j in edges:
         start, end = centers[i], centers[j]
-        if result.occlusion[j, i] == 1:  # mutual: side by side
+        if result.occlusion[j, i] == OCCLUDING:  # mutual: side by side
             start, end = _side_line(start, end, shift)
         _arrow(out, start, end, colors[i], scale, radii[i] + 2, radii[j] + 2)
         layout.arrows.append((result.segments[i].id, result.segments[j].id))
@@ -764,7 +765,7 @@ def draw_occlusion_graph(
     edges, total = _occlusion_edges(result, None)
     for a, b in edges:
         start, end = centers[a], centers[b]
-        if result.occlusion[b, a] == 1:
+        if result.occlusion[b, a] == OCCLUDING:
             start, end = _side_line(start, end, 2 * _thickness(scale))
         _arrow(out, start, end, colors[a], scale, radii[a] + 2, radii[b] + 2)
         layout.arrows.append((result.segments[a].id, result.segments[b].id))

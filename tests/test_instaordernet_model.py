@@ -10,7 +10,11 @@ import torch
 
 from instaformer.config import setup_cfg
 from instaformer.instaordernet.losses import depth_loss, occlusion_loss, swap_targets
-from instaformer.instaordernet.meta_arch import InstaOrderNet, boxes_from_masks, load_weights
+from instaformer.instaordernet.meta_arch import (
+    InstaOrderNet,
+    boxes_from_masks,
+    load_instaordernet_weights,
+)
 from instaformer.instaordernet.predict import predict_orders
 from mask2former.modeling.registry import META_ARCH_REGISTRY
 
@@ -220,15 +224,15 @@ def test_load_weights_released_and_project_checkpoints(models, tmp_path):
     path = tmp_path / "InstaOrder_InstaOrderNet_d.pth.tar"
     torch.save({"step": 60000, "state_dict": released}, path)
     target = InstaOrderNet(_cfg("d"))
-    load_weights(_cfg("d"), target, path)
+    load_instaordernet_weights(_cfg("d"), target, path)
     for key, value in source.state_dict().items():
         assert torch.equal(target.state_dict()[key], value), key
     own = tmp_path / "model_final.pth"
     torch.save({"model": source.state_dict(), "iteration": 3}, own)
     again = InstaOrderNet(_cfg("d"))
-    load_weights(_cfg("d"), again, own)
+    load_instaordernet_weights(_cfg("d"), again, own)
     assert torch.equal(again.net.fc.weight, source.net.fc.weight)
     with pytest.raises(ValueError, match="fc_depth"):
-        load_weights(_cfg("od"), InstaOrderNet(_cfg("od")), path)
+        load_instaordernet_weights(_cfg("od"), InstaOrderNet(_cfg("od")), path)
     with pytest.raises(FileNotFoundError):
-        load_weights(_cfg("d"), again, tmp_path / "missing.pth")
+        load_instaordernet_weights(_cfg("d"), again, tmp_path / "missing.pth")

@@ -36,15 +36,15 @@ from instaformer.data.augment import build_lsj_augmentation, build_test_resize
 from instaformer.data.datasets import check_instaorder_panoptic_record
 from instaformer.data.io import DataError, read_image, read_panoptic_ids
 from instaformer.data.relations import build_order_matrices, reindex_matrices
+from instaformer.vocabulary import ORDER_TASKS, TASK_CODES
 from mask2former.structures import Instances
 
 __all__ = ["InstaOrderPanopticMapper"]
 
+# Task code ("" = no order head: all tasks) -> the matrices emitted; depth brings its WHDR weights.
 _TASK_MATRICES = {
-    "o": ("occlusion",),
-    "d": ("depth", "overlap", "count"),
-    "od": ("occlusion", "depth", "overlap", "count"),
-    "": ("occlusion", "depth", "overlap", "count"),
+    code: (*tasks, "overlap", "count") if "depth" in tasks else tasks
+    for code, tasks in {**TASK_CODES, "": ORDER_TASKS}.items()
 }
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -46,6 +46,7 @@ from instaformer.data.io import DataError, read_image
 from instaformer.data.relations import build_order_matrices, parse_order
 from instaformer.evaluation import DepthEvaluator, OcclusionEvaluator
 from instaformer.instaordernet.inputs import normalize_rgb
+from instaformer.vocabulary import TASK_CODES, depth_labels_to_instaordernet, tasks_from_code
 from mask2former.config import CfgNode
 from mask2former.data.build import (
     build_detection_test_loader,
@@ -56,7 +57,6 @@ from mask2former.structures import Instances
 
 __all__ = [
     "MAPPER_NAME",
-    "TASKS",
     "DepthPairItems",
     "InstaOrderNetMapper",
     "build_evaluators",
@@ -67,15 +67,11 @@ __all__ = [
 ]
 
 MAPPER_NAME = "instaordernet_pairs"  # INPUT.DATASET_MAPPER_NAME of the InstaOrderNet configs
-TASKS = {"o": ("occlusion",), "d": ("depth",), "od": ("occlusion", "depth")}
 INPUT_MODES = ("patch", "resize")
 # Training jitter of the patch window ([ION 3.1] step 4).
 SHIFT_JITTER = 0.2  # centre shift, fraction of the window side
 SCALE_JITTER = (0.8, 1.2)  # the side is divided by a factor drawn uniformly from this range
 SWAP_PROBABILITY = 0.5  # [ION 6]: A and B swapped with this probability
-# InstaOrderNet depth class (0 A closer, 1 A farther, 2 same, -1 none) of a depth-matrix value
-# D[A, B] (1 A closer, 0 A farther, 2 same, -1 none).
-_DEPTH_CLASS = {1: 0, 0: 1, 2: 2, -1: -1}
 
 
 def decode_segmentation(
@@ -140,16 +136,13 @@ def training_items(
     Raises:
         ValueError: unknown task, or no usable item.
     """
-    if task not in TASKS:
-        raise ValueError(f"MODEL.INSTAORDERNET.TASK must be one of {list(TASKS)}, got {task!r}")
-    if task == "o":
-        items: Sequence[dict] = [
-            r for r in records if (_matrices(r, rm_bidirec, False)["occlusion"] == 1).any()
-        ]
+    by_depth_pair = "depth" in tasks_from_code(task, "MODEL.INSTAORDERNET.TASK")
+    if by_depth_pair:
+        items: Sequence[dict] = DepthPairItems(records)
     else:
-        items = DepthPairItems(records)
+        items = [r for r in records if (_matrices(r, rm_bidirec, False)["occlusion"] == 1).any()]
     if len(items) == 0:
-        what = "image with an occlusion label" if task == "o" else "depth-labelled pair"
+        what = "depth-labelled pair" if by_depth_pair else "image with an occlusion label"
         raise ValueError(f"InstaOrderNet task {task!r}: the training data has no {what}")
     return items
 
@@ -203,8 +196,7 @@ class InstaOrderNetMapper:
             rm_bidirec, rm_overlap: ``INPUT.RM_BIDIREC`` / ``INPUT.RM_OVERLAP`` ([DS 4]).
             image_format: "RGB" or "BGR", channel order of the test ``image``.
         """
-        if task not in TASKS:
-            raise ValueError(f"task must be one of {list(TASKS)}, got {task!r}")
+        tasks_from_code(task, "task")
         if input_mode not in INPUT_MODES:
             raise ValueError(f"input mode must be one of {INPUT_MODES}, got {input_mode!r}")
         if train_interpolation not in ("bicubic", "bilinear"):
@@ -300,7 +292,7 @@ class InstaOrderNetMapper:
 
     # -- training --------------------------------------------------------------------------------
     def _draw_pair(self, record: dict, occ: np.ndarray) -> tuple[int, int]:
-        if self.task == "o":
+        if "depth" not in TASK_CODES[self.task]:
             cells = occ.copy()
             np.fill_diagonal(cells, -1)
             positives = np.argwhere(cells == 1)
@@ -351,7 +343,7 @@ class InstaOrderNetMapper:
         return {
             "pair_input": pair_input,
             "occlusion_target": torch.tensor([occ[b, a], occ[a, b]], dtype=torch.float32),
-            "depth_target": torch.tensor(_DEPTH_CLASS[int(depth[a, b])], dtype=torch.int64),
+            "depth_target": depth_labels_to_instaordernet(torch.tensor(int(depth[a, b]))),
             "overlap": torch.tensor(overlap[a, b] == 1),
             "image_id": record.get("image_id"),
             "pair": (a, b),
@@ -412,7 +404,7 @@ def build_evaluators(cfg: CfgNode, dataset_name: str, output_dir: str | None = N
     """The project's order evaluators for ``MODEL.INSTAORDERNET.TASK``: occlusion P/R/F1 (o,
     od) and depth WHDR (d, od). Same shape as InstaFormer's evaluator builder; the pair
     evaluators read everything from the inputs and outputs, not from ``dataset_name``."""
-    tasks = TASKS[cfg.MODEL.INSTAORDERNET.TASK]
+    tasks = tasks_from_code(cfg.MODEL.INSTAORDERNET.TASK, "MODEL.INSTAORDERNET.TASK")
     evaluators: list[Any] = []
     if "occlusion" in tasks:
         evaluators.append(

@@ -19,18 +19,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from instaformer.vocabulary import IMAGENET_MEAN, IMAGENET_STD
+
 __all__ = [
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
     "enlarge_boxes",
     "normalize_rgb",
     "pair_windows",
     "patch_mode_inputs",
     "resize_mode_inputs",
 ]
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def normalize_rgb(image: Tensor) -> Tensor:

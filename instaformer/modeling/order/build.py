@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from torch import nn
 
-from instaformer.instaordernet.network import InstaOrderNet, load_instaordernet_checkpoint
+from instaformer.instaordernet.network import InstaOrderResNet, load_instaordernet_checkpoint
 from instaformer.modeling.order.geometric_transformer import GeometricTransformer
 from instaformer.modeling.order.pairwise import PairwiseResNet
 from instaformer.modeling.registry import ORDER_HEAD_REGISTRY
@@ -100,7 +100,7 @@ def build_geometric_transformer(cfg) -> GeometricTransformer:  # noqa: ANN001
 def build_pairwise_resnet(cfg) -> PairwiseResNet:  # noqa: ANN001
     gp = cfg.MODEL.GEOMETRIC_PREDICTOR
     _require(gp, "PAIRWISE", True, "NAME 'PairwiseResNet' is the pairwise head.")
-    network = InstaOrderNet(tasks=order_tasks(cfg))
+    network = InstaOrderResNet(tasks=order_tasks(cfg))
     if gp.USE_INSTAORDERNET_WEIGHTS and gp.INSTAORDERNET_WEIGHTS_PATH:
         path = gp.INSTAORDERNET_WEIGHTS_PATH
         if os.path.isdir(path):

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from instaformer.instaordernet.network import TASK_CLASSES, InstaOrderNet
+from instaformer.instaordernet.network import TASK_CLASSES, InstaOrderResNet
 from instaformer.instaordernet.symmetrisation import (
     all_pairs,
     depth_matrix_from_pairs,
@@ -52,7 +52,7 @@ class PairwiseResNet(nn.Module):
     """All-pairs InstaOrderNet order head with the holistic head's call signature."""
 
     def __init__(
-        self, *, network: InstaOrderNet, input_size: int, max_pairs_per_batch: int = 64
+        self, *, network: InstaOrderResNet, input_size: int, max_pairs_per_batch: int = 64
     ) -> None:
         """
         Args:
