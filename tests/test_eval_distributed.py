@@ -15,7 +15,7 @@ from PIL import Image
 
 from instaformer.evaluation import DepthEvaluator, OcclusionEvaluator
 from mask2former.evaluation import COCOPanopticEvaluator, DatasetEvaluators, SemSegEvaluator
-from mask2former.evaluation.panoptic import id2rgb
+from mask2former.structures import id2rgb
 
 NUM_IMAGES = 9
 

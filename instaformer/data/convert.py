@@ -52,6 +52,7 @@ from pycocotools import mask as mask_utils
 from instaformer.data.custom import categories_metadata
 from instaformer.data.io import DataError
 from instaformer.data.relations import build_order_matrices
+from mask2former.structures import id2rgb, mask_bbox, rgb2id
 
 __all__ = ["atomic_write", "convert_to_instaorder_panoptic", "read_order_annotations"]
 
@@ -105,7 +106,7 @@ def _decode_masks(
             raise DataError(f"{where}: mask_file not found: {path}")
         ids = np.asarray(Image.open(path)).astype(np.int64)
         if ids.ndim == 3 and ids.shape[2] == 3:  # COCO panoptic encoding R + 256 G + 256^2 B
-            ids = ids[:, :, 0] + 256 * ids[:, :, 1] + 65536 * ids[:, :, 2]
+            ids = rgb2id(ids)
         if ids.ndim != 2:
             raise DataError(
                 f"{where}: mask_file {path} must hold instance ids: one channel, or RGB "
@@ -208,12 +209,6 @@ def atomic_write(path: str, write: Callable[[str], Any]) -> None:
         raise
 
 
-def _bbox(mask: np.ndarray) -> list[int]:
-    ys, xs = np.nonzero(mask)
-    x0, y0 = int(xs.min()), int(ys.min())
-    return [x0, y0, int(xs.max()) - x0 + 1, int(ys.max()) - y0 + 1]
-
-
 def convert_to_instaorder_panoptic(
     source: str, *, image_root: str, out_json: str, out_panoptic: str
 ) -> dict[str, int]:
@@ -282,7 +277,7 @@ def convert_to_instaorder_panoptic(
                     "id": k + 1,
                     "category_id": inst["category_id"],
                     "iscrowd": crowd,
-                    "bbox": _bbox(mask),
+                    "bbox": list(mask_bbox(mask)),
                     "area": int(mask.sum()),
                 }
             )
@@ -306,7 +301,7 @@ def convert_to_instaorder_panoptic(
                 },
             }
         )
-        rgb = np.stack([ids % 256, ids // 256 % 256, ids // 65536], axis=-1).astype(np.uint8)
+        rgb = id2rgb(ids)
         atomic_write(
             os.path.join(out_panoptic, png_name),
             lambda tmp, rgb=rgb: Image.fromarray(rgb).save(tmp, format="PNG"),
