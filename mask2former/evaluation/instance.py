@@ -216,12 +216,10 @@ class COCOInstanceEvaluator(DatasetEvaluator):
     def evaluate(self) -> Results:
         images, gt, predictions = self._images, self._gt, self._predictions
         if self._distributed:
-            parts = comm.gather((images, gt, predictions), dst=0)
-            if not comm.is_main_process():
+            gathered = comm.gather_lists(images, gt, predictions)
+            if gathered is None:
                 return {}
-            images = [i for part in parts for i in part[0]]
-            gt = [a for part in parts for a in part[1]]
-            predictions = [p for part in parts for p in part[2]]
+            images, gt, predictions = gathered
         if self._output_dir:
             os.makedirs(self._output_dir, exist_ok=True)
             path = os.path.join(self._output_dir, "instances_predictions.json")

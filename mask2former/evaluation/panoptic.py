@@ -397,14 +397,13 @@ class COCOPanopticEvaluator(DatasetEvaluator):
     def evaluate(self) -> Results:
         stats, predictions = self._stats, self._predictions
         if self._distributed:
-            parts = comm.gather((stats, predictions), dst=0)
-            if not comm.is_main_process():
+            gathered = comm.gather_lists([stats], predictions)
+            if gathered is None:
                 return {}
             stats = {}
-            predictions = []
-            for part_stats, part_predictions in parts:
+            for part_stats in gathered[0]:
                 accumulate(stats, part_stats)
-                predictions.extend(part_predictions)
+            predictions = gathered[1]
         if self._output_dir:
             path = os.path.join(self._output_dir, "panoptic_predictions.json")
             with open(path, "w") as f:
