@@ -20,11 +20,11 @@ from typing import Any
 import cv2
 import numpy as np
 
-from instaformer.data.convert import atomic_write
 from instaformer.data.io import DataError, read_panoptic_ids
 from instaformer.data.mapper import InstaOrderPanopticMapper
 from mask2former.data.catalog import DatasetCatalog, MetadataCatalog
 from mask2former.structures import mask_bbox
+from mask2former.utils.atomic import atomic_write_path
 
 __all__ = ["DatasetReport", "check_dataset", "ground_truth_result"]
 
@@ -172,7 +172,7 @@ def _write_pictures(
             if not cv2.imwrite(tmp, bgr):
                 raise OSError(f"cannot write {tmp}")
 
-        atomic_write(path, write)
+        atomic_write_path(path, write)
         report.pictures.append(path)
 
 

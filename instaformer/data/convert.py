@@ -41,8 +41,6 @@ from __future__ import annotations
 import glob
 import json
 import os
-import tempfile
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -53,8 +51,9 @@ from instaformer.data.custom import categories_metadata
 from instaformer.data.io import DataError
 from instaformer.data.relations import build_order_matrices
 from mask2former.structures import id2rgb, mask_bbox, rgb2id
+from mask2former.utils.atomic import atomic_write_path
 
-__all__ = ["atomic_write", "convert_to_instaorder_panoptic", "read_order_annotations"]
+__all__ = ["convert_to_instaorder_panoptic", "read_order_annotations"]
 
 
 def _read_json(path: str, what: str) -> Any:
@@ -195,20 +194,6 @@ def _orders(image: dict[str, Any], ordered: list[int], where: str) -> dict[str, 
     return {"occlusion": occlusion, "depth": depth}
 
 
-def atomic_write(path: str, write: Callable[[str], Any]) -> None:
-    """Call ``write(tmp)`` for a temporary file next to ``path``, then move it to ``path``."""
-    folder = os.path.dirname(path) or "."
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp_", suffix=os.path.splitext(path)[1])
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        os.remove(tmp)
-        raise
-
-
 def convert_to_instaorder_panoptic(
     source: str, *, image_root: str, out_json: str, out_panoptic: str
 ) -> dict[str, int]:
@@ -302,7 +287,7 @@ def convert_to_instaorder_panoptic(
             }
         )
         rgb = id2rgb(ids)
-        atomic_write(
+        atomic_write_path(
             os.path.join(out_panoptic, png_name),
             lambda tmp, rgb=rgb: Image.fromarray(rgb).save(tmp, format="PNG"),
         )
@@ -323,5 +308,5 @@ def convert_to_instaorder_panoptic(
         with open(tmp, "w") as f:
             json.dump(output, f, indent=1)
 
-    atomic_write(out_json, write_json)
+    atomic_write_path(out_json, write_json)
     return counts
