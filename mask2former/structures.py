@@ -146,9 +146,10 @@ def masks_to_xywh(masks: Tensor) -> Tensor:
 
 def mask_bbox(mask: np.ndarray) -> tuple[int, int, int, int]:
     """bool array[H, W] -> COCO ``bbox`` ``(x, y, w, h)`` in pixels (``(0, 0, 0, 0)`` if empty)."""
-    box = masks_to_xywh(torch.from_numpy(np.ascontiguousarray(mask, dtype=bool))[None])[0]
-    x, y, w, h = (int(v) for v in box.tolist())
-    return x, y, w, h
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    if rows.size == 0:
+        return 0, 0, 0, 0
+    return int(cols[0]), int(rows[0]), int(cols[-1] - cols[0]) + 1, int(rows[-1] - rows[0]) + 1
 
 
 def encode_rle(mask: np.ndarray) -> dict[str, Any]:
