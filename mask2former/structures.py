@@ -12,7 +12,8 @@ Mask conversions (one home for each):
   detectron2's ``BitMasks.get_bounding_boxes``; torchvision's ``masks_to_boxes`` has inclusive
   ends), :func:`masks_to_xywh` (Tensor, COCO ``(x, y, w, h)``) and :func:`mask_bbox` (one numpy
   mask, COCO ``bbox`` as ints);
-* COCO run-length encoding: :func:`encode_rle`;
+* COCO masks: :func:`encode_rle` (compressed RLE) and :func:`decode_segmentation` (polygons,
+  uncompressed or compressed RLE);
 * COCO panoptic PNG colours: :func:`rgb2id` and :func:`id2rgb` (``id = R + 256 G + 256^2 B``).
 """
 
@@ -28,6 +29,7 @@ from torchvision.ops import box_convert
 
 __all__ = [
     "Instances",
+    "decode_segmentation",
     "encode_rle",
     "id2rgb",
     "mask_bbox",
@@ -156,6 +158,36 @@ def encode_rle(mask: np.ndarray) -> dict[str, Any]:
     """bool array[H, W] -> COCO compressed RLE ``{"size": [H, W], "counts": str}`` (JSON-ready)."""
     rle = mask_util.encode(np.asfortranarray(mask.astype(np.uint8)))
     return {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
+
+
+def decode_segmentation(segmentation: Any, height: int, width: int) -> np.ndarray:
+    """COCO ``segmentation`` -> bool array[H, W].
+
+    Args:
+        segmentation: polygons (a list of ``[x0, y0, x1, y1, ...]``, merged into one mask; an
+            empty list is an empty mask), uncompressed RLE (``counts`` a list) or compressed RLE
+            (``counts`` bytes or str).
+        height, width: the image size.
+
+    Raises:
+        ValueError: another type, or an RLE of another size.
+    """
+    if isinstance(segmentation, list):
+        if not segmentation:
+            return np.zeros((height, width), dtype=bool)
+        rle = mask_util.merge(mask_util.frPyObjects(segmentation, height, width))
+    elif isinstance(segmentation, dict) and "counts" in segmentation:
+        counts = segmentation["counts"]
+        if isinstance(counts, list):
+            rle = mask_util.frPyObjects(segmentation, height, width)
+        else:
+            rle = dict(segmentation, counts=counts.encode() if isinstance(counts, str) else counts)
+    else:
+        raise ValueError(f"unsupported COCO segmentation of type {type(segmentation).__name__}")
+    mask = mask_util.decode(rle)
+    if mask.shape != (height, width):
+        raise ValueError(f"segmentation decodes to {mask.shape}, image is {(height, width)}")
+    return mask.astype(bool)
 
 
 def rgb2id(color: np.ndarray, dtype: type = np.int64) -> np.ndarray:

@@ -12,6 +12,7 @@ from pycocotools import mask as mask_util
 
 from mask2former.structures import (
     Instances,
+    decode_segmentation,
     encode_rle,
     id2rgb,
     mask_bbox,
@@ -83,6 +84,22 @@ def test_rle_decodes_to_the_mask():
     assert rle["size"] == [9, 11] and isinstance(rle["counts"], str)
     decoded = mask_util.decode({"size": rle["size"], "counts": rle["counts"].encode("ascii")})
     assert (decoded.astype(bool) == mask).all()
+    assert (decode_segmentation(rle, 9, 11) == mask).all()
+    flat = mask.flatten(order="F").astype(np.int64)  # uncompressed RLE: run lengths, 0s first
+    runs = np.diff(np.flatnonzero(np.diff(np.r_[-1, flat, -1])))
+    counts = ([0] if flat[0] else []) + runs.tolist()
+    assert (decode_segmentation({"size": [9, 11], "counts": counts}, 9, 11) == mask).all()
+
+
+def test_polygons_decode_merged_and_bad_segmentations_are_refused():
+    square = [1, 1, 5, 1, 5, 4, 1, 4]  # x, y corners
+    mask = decode_segmentation([square, [7, 6, 9, 6, 9, 8, 7, 8]], 9, 11)
+    assert mask.dtype == bool and mask[2, 3] and mask[7, 8] and not mask[6, 3]
+    assert not decode_segmentation([], 9, 11).any()
+    with pytest.raises(ValueError, match="of type str"):
+        decode_segmentation("garbage", 9, 11)
+    with pytest.raises(ValueError, match="image is"):
+        decode_segmentation(encode_rle(np.zeros((4, 4), dtype=bool)), 9, 11)
 
 
 def test_panoptic_ids_round_trip_through_png_colours():

@@ -45,12 +45,11 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
-from pycocotools import mask as mask_utils
 
 from instaformer.data.custom import categories_metadata
 from instaformer.data.io import DataError
 from instaformer.data.relations import build_order_matrices
-from mask2former.structures import id2rgb, mask_bbox, rgb2id
+from mask2former.structures import decode_segmentation, id2rgb, mask_bbox, rgb2id
 from mask2former.utils.atomic import atomic_write_path
 
 __all__ = ["convert_to_instaorder_panoptic", "read_order_annotations"]
@@ -123,9 +122,10 @@ def _decode_masks(
             rle = inst["segmentation"]
             if not isinstance(rle, dict) or list(rle.get("size", [])) != list(size):
                 raise DataError(f"{what}: 'segmentation' must be a COCO RLE of size {list(size)}")
-            if isinstance(rle["counts"], list):
-                rle = mask_utils.frPyObjects(rle, *size)
-            mask = mask_utils.decode(rle).astype(bool)
+            try:
+                mask = decode_segmentation(rle, *size)
+            except ValueError as err:
+                raise DataError(f"{what}: 'segmentation': {err}") from err
         elif "mask_id" in inst:
             if ids is None:
                 raise DataError(f"{what} has a 'mask_id' but the image has no 'mask_file'")

@@ -37,7 +37,6 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
-import pycocotools.mask as mask_util
 import torch
 import torch.nn.functional as F
 
@@ -46,6 +45,7 @@ from instaformer.data.io import DataError, read_image
 from instaformer.data.relations import build_order_matrices, parse_order
 from instaformer.evaluation import DepthEvaluator, OcclusionEvaluator
 from instaformer.instaordernet.inputs import normalize_rgb, patch_input
+from mask2former import structures
 from mask2former.config import CfgNode
 from mask2former.data.build import (
     build_detection_test_loader,
@@ -82,25 +82,11 @@ def decode_segmentation(
     segmentation: Any, height: int, width: int, *, where: str = ""
 ) -> np.ndarray:
     """COCO ``segmentation`` (polygons, uncompressed or compressed RLE) -> uint8 array[H, W] in
-    {0, 1}; polygon parts are merged into one mask ([DS 3])."""
-    if isinstance(segmentation, list):
-        if not segmentation:
-            return np.zeros((height, width), dtype=np.uint8)
-        rle = mask_util.merge(mask_util.frPyObjects(segmentation, height, width))
-    elif isinstance(segmentation, dict) and "counts" in segmentation:
-        if isinstance(segmentation["counts"], list):
-            rle = mask_util.frPyObjects(segmentation, height, width)
-        else:
-            counts = segmentation["counts"]
-            rle = dict(segmentation, counts=counts.encode() if isinstance(counts, str) else counts)
-    else:
-        raise DataError(f"{where}: unsupported COCO segmentation of type {type(segmentation)}")
-    mask = mask_util.decode(rle)
-    if mask.shape != (height, width):
-        raise DataError(
-            f"{where}: segmentation decodes to {mask.shape}, image is {(height, width)}"
-        )
-    return mask.astype(np.uint8)
+    {0, 1}; polygon parts are merged into one mask ([DS 3]). Errors name ``where``."""
+    try:
+        return structures.decode_segmentation(segmentation, height, width).astype(np.uint8)
+    except ValueError as err:
+        raise DataError(f"{where}: {err}") from err
 
 
 def _where(record: dict) -> str:
