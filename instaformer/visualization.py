@@ -33,6 +33,7 @@ import numpy as np
 
 from instaformer.predictor import OrderResult
 from instaformer.vocabulary import OCCLUDING
+from mask2former.structures import mask_bbox
 
 __all__ = [
     "Layout",
@@ -101,14 +102,13 @@ def anchor_point(mask: np.ndarray) -> tuple[int, int]:
 
     Computed on the mask's bounding box, so that it stays cheap on large images.
     """
-    ys, xs = np.nonzero(mask.any(1))[0], np.nonzero(mask.any(0))[0]
-    if len(ys) == 0:
+    box = _crop(mask)
+    if box is None:
         return 0, 0
-    y0, x0 = int(ys[0]), int(xs[0])
-    crop = mask[y0 : int(ys[-1]) + 1, x0 : int(xs[-1]) + 1]
+    crop = mask[box]
     dist = cv2.distanceTransform(np.pad(crop.astype(np.uint8), 1), cv2.DIST_L2, 3)
     y, x = np.unravel_index(int(np.argmax(dist)), dist.shape)
-    return x0 + int(x) - 1, y0 + int(y) - 1
+    return box[1].start + int(x) - 1, box[0].start + int(y) - 1
 
 
 # -- sizes --------------------------------------------------------------------------------------
@@ -272,10 +272,10 @@ class _Placer:
 # -- drawing helpers ----------------------------------------------------------------------------
 def _crop(mask: np.ndarray) -> tuple[slice, slice] | None:
     """Row and column slices of the mask's bounding box (None for an empty mask)."""
-    rows, cols = np.nonzero(mask.any(1))[0], np.nonzero(mask.any(0))[0]
-    if len(rows) == 0:
+    x, y, w, h = mask_bbox(mask)
+    if w == 0:
         return None
-    return slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1)
+    return slice(y, y + h), slice(x, x + w)
 
 
 def _blend(image: np.ndarray, mask: np.ndarray, color: Color, alpha: float) -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import importlib.util
 import io
 import json
 import logging
@@ -18,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from scripts import load_script
 from test_demo_predictor import LOW_THRESHOLDS, OD_CONFIG, make_scene, tiny_cfg
 
 from instaformer.config import setup_cfg
@@ -30,7 +30,6 @@ onnx = pytest.importorskip("onnx", reason="the [export] extra is not installed")
 ort = pytest.importorskip("onnxruntime", reason="the [export] extra is not installed")
 pytest.importorskip("onnxscript", reason="the [export] extra is not installed")
 
-REPO = Path(__file__).resolve().parents[1]
 HEIGHT, WIDTH = 64, 96  # multiples of SIZE_DIVISIBILITY (32)
 MAX_INSTANCES = 64
 TOLERANCE = 1e-4
@@ -46,10 +45,7 @@ class _Records(logging.Handler):
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location("export_model", REPO / "tools/export_model.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("tools/export_model.py")
 
 
 @pytest.fixture(scope="module")

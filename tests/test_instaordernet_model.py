@@ -10,13 +10,10 @@ import torch
 
 from instaformer.config import setup_cfg
 from instaformer.instaordernet.losses import depth_loss, occlusion_loss, swap_targets
-from instaformer.instaordernet.meta_arch import (
-    InstaOrderNet,
-    boxes_from_masks,
-    load_instaordernet_weights,
-)
+from instaformer.instaordernet.meta_arch import InstaOrderNet, load_instaordernet_weights
 from instaformer.instaordernet.predict import predict_orders
 from mask2former.modeling.registry import META_ARCH_REGISTRY
+from mask2former.structures import masks_to_xywh
 
 CONFIGS = "configs/instaordernet"
 # docs/reference.md [ION 2] / [ION 7].
@@ -73,7 +70,7 @@ def _scene(k: int = 4, h: int = 48, w: int = 64):
     masks = torch.zeros(k, h, w, dtype=torch.bool)
     for i in range(k):
         masks[i, 4 + 6 * i : 24 + 6 * i, 5 + 10 * i : 30 + 8 * i] = True
-    return image, masks, boxes_from_masks(masks)
+    return image, masks, masks_to_xywh(masks)
 
 
 def test_flavours_match_spec(models, reference_dir):

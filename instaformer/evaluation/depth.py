@@ -193,12 +193,10 @@ class DepthEvaluator(DatasetEvaluator):
     def evaluate(self) -> Results:
         sums, sizes, image_ids = self._sums, self._sizes, self._image_ids
         if self._distributed:
-            parts = comm.gather((sums, sizes, image_ids), dst=0)
-            if not comm.is_main_process():
+            gathered = comm.gather_lists(sums, sizes, image_ids)
+            if gathered is None:
                 return {}
-            sums = [s for part in parts for s in part[0]]
-            sizes = [k for part in parts for k in part[1]]
-            image_ids = [i for part in parts for i in part[2]]
+            sums, sizes, image_ids = gathered
         per_image = whdr_per_image(np.asarray(sums, dtype=np.float64).reshape(-1, 8))
         sizes_arr = np.asarray(sizes, dtype=np.int64)
 

@@ -144,11 +144,10 @@ class OcclusionEvaluator(DatasetEvaluator):
     def _gathered(self) -> tuple[np.ndarray, list[Any]] | None:
         counts, image_ids = self._counts, self._image_ids
         if self._distributed:
-            parts = comm.gather((counts, image_ids), dst=0)
-            if not comm.is_main_process():
+            gathered = comm.gather_lists(counts, image_ids)
+            if gathered is None:
                 return None
-            counts = [row for part in parts for row in part[0]]
-            image_ids = [i for part in parts for i in part[1]]
+            counts, image_ids = gathered
         return np.asarray(counts, dtype=np.int64).reshape(-1, 5), image_ids
 
     def summarize(self, counts: np.ndarray) -> dict[str, float]:

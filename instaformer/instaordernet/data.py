@@ -37,7 +37,6 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
-import pycocotools.mask as mask_util
 import torch
 import torch.nn.functional as F
 
@@ -45,8 +44,9 @@ from instaformer.data.datasets import register_all_instaorder
 from instaformer.data.io import DataError, read_image
 from instaformer.data.relations import build_order_matrices, parse_order
 from instaformer.evaluation import DepthEvaluator, OcclusionEvaluator
-from instaformer.instaordernet.inputs import normalize_rgb
+from instaformer.instaordernet.inputs import normalize_rgb, patch_input
 from instaformer.vocabulary import TASK_CODES, depth_labels_to_instaordernet, tasks_from_code
+from mask2former import structures
 from mask2former.config import CfgNode
 from mask2former.data.build import (
     build_detection_test_loader,
@@ -78,25 +78,11 @@ def decode_segmentation(
     segmentation: Any, height: int, width: int, *, where: str = ""
 ) -> np.ndarray:
     """COCO ``segmentation`` (polygons, uncompressed or compressed RLE) -> uint8 array[H, W] in
-    {0, 1}; polygon parts are merged into one mask ([DS 3])."""
-    if isinstance(segmentation, list):
-        if not segmentation:
-            return np.zeros((height, width), dtype=np.uint8)
-        rle = mask_util.merge(mask_util.frPyObjects(segmentation, height, width))
-    elif isinstance(segmentation, dict) and "counts" in segmentation:
-        if isinstance(segmentation["counts"], list):
-            rle = mask_util.frPyObjects(segmentation, height, width)
-        else:
-            counts = segmentation["counts"]
-            rle = dict(segmentation, counts=counts.encode() if isinstance(counts, str) else counts)
-    else:
-        raise DataError(f"{where}: unsupported COCO segmentation of type {type(segmentation)}")
-    mask = mask_util.decode(rle)
-    if mask.shape != (height, width):
-        raise DataError(
-            f"{where}: segmentation decodes to {mask.shape}, image is {(height, width)}"
-        )
-    return mask.astype(np.uint8)
+    {0, 1}; polygon parts are merged into one mask ([DS 3]). Errors name ``where``."""
+    try:
+        return structures.decode_segmentation(segmentation, height, width).astype(np.uint8)
+    except ValueError as err:
+        raise DataError(f"{where}: {err}") from err
 
 
 def _where(record: dict) -> str:
@@ -155,16 +141,6 @@ def _union_window(box_a: np.ndarray, box_b: np.ndarray) -> tuple[float, float, f
     w, h = right - left, bottom - top
     side = max(math.sqrt(2 * w * h), 1.1 * w, 1.1 * h)
     return left + w / 2, top + h / 2, side
-
-
-def _crop(x: torch.Tensor, x0: int, y0: int, side: int) -> torch.Tensor:
-    """Tensor[C, H, W] -> Tensor[C, side, side] window at (x0, y0), zero outside the image."""
-    c, h, w = x.shape
-    out = x.new_zeros(c, side, side)
-    sx0, sy0, sx1, sy1 = max(x0, 0), max(y0, 0), min(x0 + side, w), min(y0 + side, h)
-    if sx1 > sx0 and sy1 > sy0:
-        out[:, sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = x[:, sy0:sy1, sx0:sx1]
-    return out
 
 
 class InstaOrderNetMapper:
@@ -367,11 +343,7 @@ class InstaOrderNetMapper:
         cy += np.random.uniform(-SHIFT_JITTER, SHIFT_JITTER) * side
         side = side / np.random.uniform(*SCALE_JITTER)
         x0, y0, s = int(cx - side / 2), int(cy - side / 2), max(int(side), 1)
-        size = (self.input_size, self.input_size)
-        two = F.interpolate(_crop(masks, x0, y0, s)[None], size=size, mode="nearest")[0]
-        window = _crop(rgb, x0, y0, s)[None]
-        window = F.interpolate(window, size=size, mode="bicubic", align_corners=False)[0]
-        return torch.cat([two, normalize_rgb(window)], dim=0)
+        return patch_input(rgb, masks, x0, y0, s, self.input_size)
 
 
 def build_train_loader(cfg: CfgNode, start_iter: int = 0) -> Iterable[list[dict]]:

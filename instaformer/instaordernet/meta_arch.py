@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torchvision.ops import box_convert
 
 from instaformer.instaordernet import network
 from instaformer.instaordernet.data import INPUT_MODES
@@ -49,23 +50,10 @@ from mask2former.checkpoint import load_torch_file
 from mask2former.config import CfgNode
 from mask2former.modeling.configurable import configurable
 from mask2former.modeling.registry import META_ARCH_REGISTRY
+from mask2former.structures import masks_to_xywh
 from mask2former.utils import download
 
-__all__ = ["InstaOrderNet", "boxes_from_masks", "load_instaordernet_weights"]
-
-
-def boxes_from_masks(masks: Tensor) -> Tensor:
-    """Tensor[K, H, W] bool -> Tensor[K, 4] float xywh tight boxes (zeros for an empty mask)."""
-    k = masks.shape[0]
-    boxes = torch.zeros(k, 4)
-    for idx in range(k):
-        ys, xs = torch.nonzero(masks[idx], as_tuple=True)
-        if len(xs):
-            x0, y0 = xs.min().item(), ys.min().item()
-            boxes[idx] = torch.tensor(
-                [x0, y0, xs.max().item() - x0 + 1, ys.max().item() - y0 + 1], dtype=torch.float32
-            )
-    return boxes
+__all__ = ["InstaOrderNet", "load_instaordernet_weights"]
 
 
 @META_ARCH_REGISTRY.register()
@@ -164,10 +152,9 @@ class InstaOrderNet(nn.Module):
             boxes = None
             if self.input_mode == "patch":
                 if instances.has("gt_boxes"):
-                    boxes = instances.gt_boxes.clone().float()
-                    boxes[:, 2:] -= boxes[:, :2]  # x0, y0, x1, y1 -> xywh
+                    boxes = box_convert(instances.gt_boxes.float(), "xyxy", "xywh")
                 else:
-                    boxes = boxes_from_masks(instances.gt_masks)
+                    boxes = masks_to_xywh(instances.gt_masks)
             outputs.append(self.predict(image, instances.gt_masks, boxes))
         return outputs
 
@@ -253,7 +240,7 @@ class InstaOrderNet(nn.Module):
         masks = masks.to(device).bool()
         k = masks.shape[0]
         if self.input_mode == "patch" and boxes is None:
-            boxes = boxes_from_masks(masks.cpu())
+            boxes = masks_to_xywh(masks)
         if boxes is not None:
             boxes = boxes.to(device).float()
         pairs = all_pairs(k, device=device)  # P x 2, i < j
