@@ -31,12 +31,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
 from instaformer.data.datasets import load_json_object
 from instaformer.data.io import DataError, read_panoptic_ids
 from instaformer.data.relations import build_order_matrices, check_record_types
+from mask2former.structures import decode_segmentation
 from mask2former.utils.atomic import atomic_write_bytes
 
 logger = logging.getLogger("prepare_instaorder_panoptic")
@@ -85,14 +85,7 @@ def match_instances(segment_masks: np.ndarray, instance_masks: np.ndarray) -> li
 
 def annotation_mask(ann: dict[str, Any], height: int, width: int) -> np.ndarray:
     """bool array[H, W] of a COCO instance annotation (polygons, uncompressed or compressed RLE)."""
-    seg = ann["segmentation"]
-    if isinstance(seg, list):
-        rle = mask_utils.merge(mask_utils.frPyObjects(seg, height, width))
-    elif isinstance(seg.get("counts"), list):
-        rle = mask_utils.frPyObjects(seg, height, width)
-    else:
-        rle = seg
-    return mask_utils.decode(rle).astype(bool)
+    return decode_segmentation(ann["segmentation"], height, width)
 
 
 def convert_split(

@@ -20,13 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from instaformer.demo_utils import result_record
-from instaformer.predictor import (
-    DEPTH_CLOSER,
-    DEPTH_EQUAL,
-    DEPTH_FARTHER,
-    OrderResult,
-    Predictor,
-)
+from instaformer.predictor import OrderResult, Predictor
 from instaformer.visualization import (
     CLOSER,
     FARTHER,
@@ -40,6 +34,7 @@ from instaformer.visualization import (
     draw_relations,
     drawing_factor,
 )
+from instaformer.vocabulary import DEPTH_CLOSER, DEPTH_FARTHER, DEPTH_SAME, OCCLUDING
 
 __all__ = [
     "View",
@@ -54,7 +49,7 @@ __all__ = [
 ]
 
 RELATION_KINDS = (OCCLUDES_SELECTED, OCCLUDED_BY_SELECTED, CLOSER, FARTHER, SAME_DEPTH)
-_DEPTH_WORDS = {DEPTH_CLOSER: CLOSER, DEPTH_FARTHER: FARTHER, DEPTH_EQUAL: SAME_DEPTH}
+_DEPTH_WORDS = {DEPTH_CLOSER: CLOSER, DEPTH_FARTHER: FARTHER, DEPTH_SAME: SAME_DEPTH}
 
 
 @dataclass(frozen=True)
@@ -110,10 +105,10 @@ def relations_of(result: OrderResult, index: int) -> list[Relation]:
             continue
         if result.occlusion is not None:
             prob = result.occlusion_prob
-            if result.occlusion[j, index] == 1:
+            if result.occlusion[j, index] == OCCLUDING:
                 p = 1.0 if prob is None else float(prob[j, index])
                 relations.append(Relation(j, OCCLUDES_SELECTED, p))
-            if result.occlusion[index, j] == 1:
+            if result.occlusion[index, j] == OCCLUDING:
                 p = 1.0 if prob is None else float(prob[index, j])
                 relations.append(Relation(j, OCCLUDED_BY_SELECTED, p))
         if result.depth is not None:

@@ -26,6 +26,7 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from instaformer.vocabulary import TASK_DIRS
 from mask2former.utils import download
 
 __all__ = [
@@ -93,7 +94,6 @@ _SWIN = {
     "b_in21k": ("Swin-B†", "maskformer2_swin_base_IN21k_384_bs16_50ep"),
     "l_in21k": ("Swin-L† (200 queries)", "maskformer2_swin_large_IN21k_384_bs16_100ep"),
 }
-_TASK_DIR = {"o": "occlusion", "d": "depth", "od": "occlusion_depth"}
 
 # (task, swin key) -> Google Drive id and published metrics (occlusion R/P/F1, WHDR d/o/a).
 _INSTAFORMER = {
@@ -184,7 +184,7 @@ def _build_entries() -> tuple[ZooEntry, ...]:
                 name=name,
                 family="instaformer",
                 backbone=label,
-                config=f"instaorder/{_TASK_DIR[task]}/all/swin/{stem}.yaml",
+                config=f"instaorder/{TASK_DIRS[task]}/all/swin/{stem}.yaml",
                 url=DRIVE_URL.format(id=drive_id),
                 file_name=f"{name}.pth",
                 metrics=_metrics(occ, depth),

@@ -33,7 +33,8 @@ from torch import nn
 from instaformer.config import CfgNode, setup_cfg
 from instaformer.data.augment import resize_image, shortest_edge_size
 from instaformer.data.io import image_to_rgb, read_image
-from mask2former.modeling.build import resolve_device
+from mask2former.modeling.build import available_device
+from mask2former.structures import encode_rle, mask_bbox
 
 __all__ = [
     "ImageInput",
@@ -93,7 +94,7 @@ class Segment:
             "query_index": self.query_index,
         }
         if include_mask:
-            out["mask"] = mask_to_rle(self.mask)
+            out["mask"] = encode_rle(self.mask)
         return out
 
 
@@ -171,14 +172,6 @@ class OrderResult:
     def to_json(self, include_masks: bool = False, indent: int | None = None) -> str:
         """:meth:`to_dict` serialised with :mod:`json`."""
         return json.dumps(self.to_dict(include_masks), indent=indent)
-
-
-def mask_to_rle(mask: np.ndarray) -> dict[str, Any]:
-    """COCO run-length encoding of a ``bool[H, W]`` mask, ``counts`` decoded to str."""
-    from pycocotools import mask as mask_util
-
-    rle = mask_util.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
 
 
 def depth_ranking(depth_prob: np.ndarray) -> list[int]:
@@ -262,7 +255,7 @@ def inference_cfg(cfg: CfgNode) -> CfgNode:
     cfg.MODEL.MASK_FORMER.TEST.PANOPTIC_ON = True
     cfg.MODEL.MASK_FORMER.TEST.SEMANTIC_ON = False
     cfg.MODEL.MASK_FORMER.TEST.INSTANCE_ON = False
-    cfg.MODEL.DEVICE = str(resolve_device(cfg.MODEL.DEVICE))
+    cfg.MODEL.DEVICE = str(available_device(cfg.MODEL.DEVICE))
     cfg.freeze()
     return cfg
 
@@ -432,12 +425,7 @@ def _build_and_load(cfg: CfgNode) -> nn.Module:
 
 def _segment(info: dict[str, Any], panoptic: np.ndarray, class_names: Sequence[str]) -> Segment:
     mask = panoptic == int(info["id"])
-    ys, xs = np.nonzero(mask)
-    if len(xs):
-        x0, y0 = int(xs.min()), int(ys.min())
-        bbox = (x0, y0, int(xs.max()) - x0 + 1, int(ys.max()) - y0 + 1)
-    else:
-        bbox = (0, 0, 0, 0)
+    bbox = mask_bbox(mask)
     category = int(info["category_id"])
     name = class_names[category] if 0 <= category < len(class_names) else f"class {category}"
     query, score = info.get("query_index"), info.get("score")
@@ -447,7 +435,7 @@ def _segment(info: dict[str, Any], panoptic: np.ndarray, class_names: Sequence[s
         class_name=name,
         isthing=bool(info["isthing"]),
         score=None if score is None else float(score),
-        area=int(len(xs)),
+        area=int(mask.sum()),
         bbox=bbox,
         mask=mask,
         query_index=None if query is None else int(query),

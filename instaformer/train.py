@@ -182,7 +182,7 @@ INSTAORDERNET = ModelFamily(
     build_train_loader=instaordernet.build_train_loader,
     build_test_loader=instaordernet.build_test_loader,
     build_evaluators=instaordernet.build_evaluators,
-    load_weights=instaordernet.load_weights,
+    load_weights=instaordernet.load_instaordernet_weights,
 )
 FAMILIES = {"InstaOrderNet": INSTAORDERNET}
 """``MODEL.META_ARCHITECTURE`` -> its family; every other name is an InstaFormer model."""

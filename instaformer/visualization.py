@@ -32,6 +32,8 @@ import cv2
 import numpy as np
 
 from instaformer.predictor import OrderResult
+from instaformer.vocabulary import OCCLUDING
+from mask2former.structures import mask_bbox
 
 __all__ = [
     "Layout",
@@ -100,14 +102,13 @@ def anchor_point(mask: np.ndarray) -> tuple[int, int]:
 
     Computed on the mask's bounding box, so that it stays cheap on large images.
     """
-    ys, xs = np.nonzero(mask.any(1))[0], np.nonzero(mask.any(0))[0]
-    if len(ys) == 0:
+    box = _crop(mask)
+    if box is None:
         return 0, 0
-    y0, x0 = int(ys[0]), int(xs[0])
-    crop = mask[y0 : int(ys[-1]) + 1, x0 : int(xs[-1]) + 1]
+    crop = mask[box]
     dist = cv2.distanceTransform(np.pad(crop.astype(np.uint8), 1), cv2.DIST_L2, 3)
     y, x = np.unravel_index(int(np.argmax(dist)), dist.shape)
-    return x0 + int(x) - 1, y0 + int(y) - 1
+    return box[1].start + int(x) - 1, box[0].start + int(y) - 1
 
 
 # -- sizes --------------------------------------------------------------------------------------
@@ -271,10 +272,10 @@ class _Placer:
 # -- drawing helpers ----------------------------------------------------------------------------
 def _crop(mask: np.ndarray) -> tuple[slice, slice] | None:
     """Row and column slices of the mask's bounding box (None for an empty mask)."""
-    rows, cols = np.nonzero(mask.any(1))[0], np.nonzero(mask.any(0))[0]
-    if len(rows) == 0:
+    x, y, w, h = mask_bbox(mask)
+    if w == 0:
         return None
-    return slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1)
+    return slice(y, y + h), slice(x, x + w)
 
 
 def _blend(image: np.ndarray, mask: np.ndarray, color: Color, alpha: float) -> None:
@@ -408,7 +409,7 @@ def _occlusion_edges(result: OrderResult, max_arrows: int | None) -> tuple[list,
     """The occlusion pairs ``(i, j)`` to draw (most probable first) and the number of pairs."""
     k = len(result.segments)
     occlusion = result.occlusion
-    edges = [(i, j) for i in range(k) for j in range(k) if i != j and occlusion[i, j] == 1]
+    edges = [(i, j) for i in range(k) for j in range(k) if i != j and occlusion[i, j] == OCCLUDING]
     if result.occlusion_prob is not None:
         edges.sort(key=lambda e: -float(result.occlusion_prob[e]))
     total = len(edges)
@@ -504,7 +505,7 @@ def draw_occlusion(
     shift = 2 * _thickness(scale)
     for i, j in edges:
         start, end = centers[i], centers[j]
-        if result.occlusion[j, i] == 1:  # mutual: side by side
+        if result.occlusion[j, i] == OCCLUDING:  # mutual: side by side
             start, end = _side_line(start, end, shift)
         _arrow(out, start, end, colors[i], scale, radii[i] + 2, radii[j] + 2)
         layout.arrows.append((result.segments[i].id, result.segments[j].id))
@@ -764,7 +765,7 @@ def draw_occlusion_graph(
     edges, total = _occlusion_edges(result, None)
     for a, b in edges:
         start, end = centers[a], centers[b]
-        if result.occlusion[b, a] == 1:
+        if result.occlusion[b, a] == OCCLUDING:
             start, end = _side_line(start, end, 2 * _thickness(scale))
         _arrow(out, start, end, colors[a], scale, radii[a] + 2, radii[b] + 2)
         layout.arrows.append((result.segments[a].id, result.segments[b].id))

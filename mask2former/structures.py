@@ -1,16 +1,42 @@
-"""Containers passed between the data pipeline, the model and the evaluators.
+"""Containers passed between the data pipeline, the model and the evaluators, and the mask
+conversions they share.
 
 Shape shorthand: N instances, H, W image size.
 
 ``Instances`` follows detectron2's interface (``image_size``, field access by attribute,
 ``len``, ``to``, indexing), so code written against detectron2 reads the same here.
+
+Mask conversions (one home for each):
+
+* boxes: :func:`masks_to_boxes` (Tensor, ``(x0, y0, x1, y1)`` with exclusive ``x1, y1``, as
+  detectron2's ``BitMasks.get_bounding_boxes``; torchvision's ``masks_to_boxes`` has inclusive
+  ends), :func:`masks_to_xywh` (Tensor, COCO ``(x, y, w, h)``) and :func:`mask_bbox` (one numpy
+  mask, COCO ``bbox`` as ints);
+* COCO masks: :func:`encode_rle` (compressed RLE) and :func:`decode_segmentation` (polygons,
+  uncompressed or compressed RLE);
+* COCO panoptic PNG colours: :func:`rgb2id` and :func:`id2rgb` (``id = R + 256 G + 256^2 B``).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
+from pycocotools import mask as mask_util
+from torch import Tensor
+from torchvision.ops import box_convert
+
+__all__ = [
+    "Instances",
+    "decode_segmentation",
+    "encode_rle",
+    "id2rgb",
+    "mask_bbox",
+    "masks_to_boxes",
+    "masks_to_xywh",
+    "rgb2id",
+]
 
 
 class Instances:
@@ -92,3 +118,86 @@ class Instances:
         fields = ", ".join(self._fields)
         size = self._image_size
         return f"Instances(num_instances={len(self)}, image_size={size}, fields=[{fields}])"
+
+
+def masks_to_boxes(masks: Tensor) -> Tensor:
+    """Tight boxes of binary masks.
+
+    Args:
+        masks: Tensor[N, H, W] bool (or 0/1 integers).
+
+    Returns:
+        float32 Tensor[N, 4] ``(x0, y0, x1, y1)``: first and one-past-last column and row of each
+        mask (zeros for an empty mask), on the device of ``masks``.
+    """
+    n, h, w = masks.shape
+    rows, cols = masks.any(2), masks.any(1)  # N x H, N x W
+    x0 = cols.float().argmax(1)
+    x1 = w - cols.flip(1).float().argmax(1)
+    y0 = rows.float().argmax(1)
+    y1 = h - rows.flip(1).float().argmax(1)
+    boxes = torch.stack([x0, y0, x1, y1], dim=1).float()
+    return boxes * cols.any(1, keepdim=True)
+
+
+def masks_to_xywh(masks: Tensor) -> Tensor:
+    """Tensor[N, H, W] bool -> float32 Tensor[N, 4] COCO ``(x, y, w, h)`` tight boxes (zeros for an
+    empty mask), on the device of ``masks``."""
+    return box_convert(masks_to_boxes(masks), "xyxy", "xywh")
+
+
+def mask_bbox(mask: np.ndarray) -> tuple[int, int, int, int]:
+    """bool array[H, W] -> COCO ``bbox`` ``(x, y, w, h)`` in pixels (``(0, 0, 0, 0)`` if empty)."""
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    if rows.size == 0:
+        return 0, 0, 0, 0
+    return int(cols[0]), int(rows[0]), int(cols[-1] - cols[0]) + 1, int(rows[-1] - rows[0]) + 1
+
+
+def encode_rle(mask: np.ndarray) -> dict[str, Any]:
+    """bool array[H, W] -> COCO compressed RLE ``{"size": [H, W], "counts": str}`` (JSON-ready)."""
+    rle = mask_util.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
+
+
+def decode_segmentation(segmentation: Any, height: int, width: int) -> np.ndarray:
+    """COCO ``segmentation`` -> bool array[H, W].
+
+    Args:
+        segmentation: polygons (a list of ``[x0, y0, x1, y1, ...]``, merged into one mask; an
+            empty list is an empty mask), uncompressed RLE (``counts`` a list) or compressed RLE
+            (``counts`` bytes or str).
+        height, width: the image size.
+
+    Raises:
+        ValueError: another type, or an RLE of another size.
+    """
+    if isinstance(segmentation, list):
+        if not segmentation:
+            return np.zeros((height, width), dtype=bool)
+        rle = mask_util.merge(mask_util.frPyObjects(segmentation, height, width))
+    elif isinstance(segmentation, dict) and "counts" in segmentation:
+        counts = segmentation["counts"]
+        if isinstance(counts, list):
+            rle = mask_util.frPyObjects(segmentation, height, width)
+        else:
+            rle = dict(segmentation, counts=counts.encode() if isinstance(counts, str) else counts)
+    else:
+        raise ValueError(f"unsupported COCO segmentation of type {type(segmentation).__name__}")
+    mask = mask_util.decode(rle)
+    if mask.shape != (height, width):
+        raise ValueError(f"segmentation decodes to {mask.shape}, image is {(height, width)}")
+    return mask.astype(bool)
+
+
+def rgb2id(color: np.ndarray, dtype: type = np.int64) -> np.ndarray:
+    """uint8 array[H, W, 3] COCO panoptic PNG -> array[H, W] of ``dtype`` segment ids
+    (``R + 256 G + 256^2 B``; int32 holds every id, int64 also their products with 256^3)."""
+    color = color.astype(dtype)
+    return color[..., 0] + 256 * color[..., 1] + 256 * 256 * color[..., 2]
+
+
+def id2rgb(ids: np.ndarray) -> np.ndarray:
+    """int array[H, W] segment ids (below 256^3) -> uint8 array[H, W, 3] COCO panoptic PNG."""
+    ids = ids.astype(np.int64)
+    return np.stack([ids % 256, ids // 256 % 256, ids // 65536 % 256], axis=-1).astype(np.uint8)

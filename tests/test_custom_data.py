@@ -6,7 +6,6 @@ categories (blob, block: things; backdrop: stuff) in a layout unlike COCO's.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import shutil
@@ -17,6 +16,7 @@ import pytest
 import torch
 from PIL import Image
 from pycocotools import mask as mask_utils
+from scripts import load_script
 
 from instaformer.config import ConfigError, setup_cfg
 from instaformer.data import make_synthetic_dataset, register_instaorder_panoptic
@@ -420,9 +420,7 @@ def test_predictor_names_the_classes_of_a_custom_dataset(datasets, monkeypatch):
 
 
 def test_check_dataset_tool_exit_code(datasets, tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("check_tool", REPO / "tools" / "check_dataset.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_script("tools/check_dataset.py")
     _register("shapes_val_tool", datasets / "shapes")
     assert tool.main(["--datasets", "shapes_val_tool"]) == 0
     assert "shapes_val_tool: OK" in capsys.readouterr().out

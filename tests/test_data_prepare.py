@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from scripts import load_script
 
 from instaformer.data import (
     InstaOrderPanopticMapper,
@@ -18,20 +18,9 @@ from instaformer.data import (
 )
 from instaformer.data.relations import build_order_matrices
 from mask2former.data.coco_categories import COCO_CATEGORIES
+from mask2former.structures import id2rgb
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location(
-        "prepare_instaorder_panoptic", REPO / "datasets" / "prepare_instaorder_panoptic.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-prepare = _script()
+prepare = load_script("datasets/prepare_instaorder_panoptic.py")
 
 RECORD = {
     "image_id": 424242,
@@ -76,8 +65,7 @@ def _write_worked_example(root: Path) -> None:
     ids[148:313, 372:622] = 3226956  # car
     ids[220:420, 180:380] = 1184274  # bicycle, in front of the car
     ids[80:420, 200:320] = 6579300  # person, in front of the bicycle
-    png = np.stack([ids % 256, ids // 256 % 256, ids // 65536], -1).astype(np.uint8)
-    Image.fromarray(png).save(coco / "panoptic_val2017" / "000000424242.png")
+    Image.fromarray(id2rgb(ids)).save(coco / "panoptic_val2017" / "000000424242.png")
     Image.new("RGB", (640, 480), (90, 90, 90)).save(coco / "val2017" / "000000424242.jpg")
     image = {"id": 424242, "file_name": "000000424242.jpg", "height": 480, "width": 640}
     polygons = {

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
+from scripts import load_script
 
 from instaformer.data import load_instaorder_json, make_synthetic_dataset
 from instaformer.data.io import read_panoptic_ids
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -74,11 +72,7 @@ def test_formats_and_labels_by_construction(tmp_path):
 
 
 def test_cli_writes_the_layout(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location(
-        "make_synthetic_dataset", REPO / "tools" / "make_synthetic_dataset.py"
-    )
-    cli = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cli)
+    cli = load_script("tools/make_synthetic_dataset.py")
     cli.main(["--root", str(tmp_path), "--num-train", "2", "--num-val", "1", "--image-size", "48"])
     assert len(list((tmp_path / "coco" / "panoptic_val2017").iterdir())) == 1
     assert len(list((tmp_path / "coco" / "train2017").iterdir())) == 2

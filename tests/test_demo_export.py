@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
+from scripts import load_script
 from test_demo_predictor import LOW_THRESHOLDS, OD_CONFIG, make_scene, tiny_cfg
 
 from instaformer.deploy import export as deploy
@@ -20,12 +20,7 @@ HEIGHT, WIDTH = 64, 96  # multiples of SIZE_DIVISIBILITY (32): no padding
 
 
 def _export_module():
-    spec = importlib.util.spec_from_file_location(
-        "export_model", REPO / "tools" / "export_model.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("tools/export_model.py")
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import importlib.util
 import io
 import json
 import logging
@@ -18,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from scripts import load_script
 from test_demo_predictor import LOW_THRESHOLDS, OD_CONFIG, make_scene, tiny_cfg
 
 from instaformer.config import setup_cfg
@@ -30,7 +30,6 @@ onnx = pytest.importorskip("onnx", reason="the [export] extra is not installed")
 ort = pytest.importorskip("onnxruntime", reason="the [export] extra is not installed")
 pytest.importorskip("onnxscript", reason="the [export] extra is not installed")
 
-REPO = Path(__file__).resolve().parents[1]
 HEIGHT, WIDTH = 64, 96  # multiples of SIZE_DIVISIBILITY (32)
 MAX_INSTANCES = 64
 TOLERANCE = 1e-4
@@ -46,10 +45,7 @@ class _Records(logging.Handler):
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location("export_model", REPO / "tools/export_model.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("tools/export_model.py")
 
 
 @pytest.fixture(scope="module")
@@ -289,3 +285,33 @@ def test_demo_runs_on_the_onnxruntime_backend(backends, exported, tmp_path, monk
     expected = torch_predictor(image).to_dict()
     assert written["occlusion"] == expected["occlusion"] and written["depth"] == expected["depth"]
     assert len(written["segments"]) == len(expected["segments"]) >= 2
+
+
+def test_profile_summary_attributes_the_network_time_to_its_parts(exported, tmp_path):
+    """ONNX Runtime's profile of the network graph, summed per op type and per part."""
+    from instaformer.deploy.profile import UNATTRIBUTED, profiled_session, summarize_profile
+
+    _, _, out, _, _ = exported
+    session = profiled_session(out / "network.onnx", tmp_path, threads=1)
+    image = torch.rand(1, 3, HEIGHT, WIDTH).numpy() * 255
+    for _ in range(2):
+        session.run(None, {"image": image})
+    profile = Path(session.end_profiling())
+    assert profile.parent == tmp_path
+    summary = summarize_profile(profile, out / "network.onnx")
+    assert summary.runs == 2 and summary.run_ms > 0
+    assert {"backbone", "pixel decoder", "transformer decoder"} <= set(summary.by_part)
+    assert set(summary.by_part) <= {"backbone", "pixel decoder", "transformer decoder", "other",
+                                    UNATTRIBUTED}  # fmt: skip
+    assert summary.by_part["pixel decoder"] > 0 and summary.nodes["GridSample"] >= 1
+    assert sum(summary.by_part.values()) == pytest.approx(sum(summary.by_op.values()))
+    assert sum(summary.by_op.values()) <= summary.run_ms
+    assert "pixel decoder" in summary.table()
+    with pytest.raises(ValueError, match="no model_run"):
+        summarize_profile(_empty_profile(tmp_path), out / "network.onnx")
+
+
+def _empty_profile(folder: Path) -> Path:
+    path = folder / "empty.json"
+    path.write_text("[]")
+    return path

@@ -1,4 +1,5 @@
-"""Results gathered over 2 gloo processes on CPU equal the single-process results."""
+"""Results gathered over 2 gloo processes on CPU equal the single-process results; lists
+gathered with ``comm.gather_lists`` arrive in rank order on rank 0 only."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from PIL import Image
 
 from instaformer.evaluation import DepthEvaluator, OcclusionEvaluator
 from mask2former.evaluation import COCOPanopticEvaluator, DatasetEvaluators, SemSegEvaluator
-from mask2former.evaluation.panoptic import id2rgb
+from mask2former.structures import id2rgb
+from mask2former.utils import comm
 
 NUM_IMAGES = 9
 
@@ -117,6 +119,9 @@ def _worker(rank: int, world_size: int, init_file: str, root: str) -> None:
         results = evaluator.evaluate()
         with open(Path(root) / f"rank{rank}.pkl", "wb") as f:
             pickle.dump(results, f)
+        lists = comm.gather_lists([rank], [f"r{rank}"] * (rank + 1))
+        with open(Path(root) / f"rank{rank}_lists.pkl", "wb") as f:
+            pickle.dump(lists, f)
     finally:
         dist.destroy_process_group()
 
@@ -146,6 +151,10 @@ def test_two_gloo_processes_match_one(tmp_path: Path) -> None:
     with open(tmp_path / "rank1.pkl", "rb") as f:
         assert pickle.load(f) == {}
     _assert_close(gathered, expected)
+    with open(tmp_path / "rank0_lists.pkl", "rb") as f:
+        assert pickle.load(f) == ([0, 1], ["r0", "r1", "r1"])  # concatenated in rank order
+    with open(tmp_path / "rank1_lists.pkl", "rb") as f:
+        assert pickle.load(f) is None
     assert (
         gathered["occlusion_order"]["num_images"] + gathered["occlusion_order"]["num_skipped"]
         == NUM_IMAGES

@@ -17,9 +17,9 @@ from mask2former.evaluation import (
     SemSegEvaluator,
     pq_compute_from_files,
 )
-from mask2former.evaluation.panoptic import id2rgb, pq_results, pq_stats_single_image
+from mask2former.evaluation.panoptic import pq_results, pq_stats_single_image
 from mask2former.evaluation.semantic import confusion_matrix, semantic_metrics
-from mask2former.structures import Instances
+from mask2former.structures import Instances, id2rgb
 
 # Dataset category ids: 1 and 3 are things, 7 is stuff; contiguous ids 0, 1 (things), 2 (stuff).
 CATEGORIES = {

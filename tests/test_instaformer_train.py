@@ -15,11 +15,10 @@ import torch
 
 from instaformer.config import get_cfg
 from instaformer.modeling import InstaFormer, build_model
+from instaformer.vocabulary import TASK_CODES, TASK_DIRS
 from mask2former.structures import Instances
 
 ROOT = Path(__file__).resolve().parents[1]
-TASK_DIRS = {"o": "occlusion", "d": "depth", "od": "occlusion_depth"}
-TASK_NAMES = {"o": ("occlusion",), "d": ("depth",), "od": ("occlusion", "depth")}
 TINY = [
     "MODEL.DEVICE", "cpu",
     "MODEL.BACKBONE.NAME", "D2SwinTransformer",
@@ -109,7 +108,7 @@ def test_train_step_gradients(task: str, head: str) -> None:
     )
     losses = _check_step(model, [sample(3, seed=1), sample(2, 48, 64, seed=2)])
     layers = 2 if head == "all" else 1
-    for name in TASK_NAMES[task]:
+    for name in TASK_CODES[task]:
         assert losses[f"loss_{name}"].item() > 0
         assert sum(k.startswith(f"loss_{name}_") for k in losses) == layers - 1
     assert {"loss_ce", "loss_mask", "loss_dice"} <= set(losses)

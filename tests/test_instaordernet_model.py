@@ -10,9 +10,10 @@ import torch
 
 from instaformer.config import setup_cfg
 from instaformer.instaordernet.losses import depth_loss, occlusion_loss, swap_targets
-from instaformer.instaordernet.meta_arch import InstaOrderNet, boxes_from_masks, load_weights
+from instaformer.instaordernet.meta_arch import InstaOrderNet, load_instaordernet_weights
 from instaformer.instaordernet.predict import predict_orders
 from mask2former.modeling.registry import META_ARCH_REGISTRY
+from mask2former.structures import masks_to_xywh
 
 CONFIGS = "configs/instaordernet"
 # docs/reference.md [ION 2] / [ION 7].
@@ -69,7 +70,7 @@ def _scene(k: int = 4, h: int = 48, w: int = 64):
     masks = torch.zeros(k, h, w, dtype=torch.bool)
     for i in range(k):
         masks[i, 4 + 6 * i : 24 + 6 * i, 5 + 10 * i : 30 + 8 * i] = True
-    return image, masks, boxes_from_masks(masks)
+    return image, masks, masks_to_xywh(masks)
 
 
 def test_flavours_match_spec(models, reference_dir):
@@ -220,15 +221,15 @@ def test_load_weights_released_and_project_checkpoints(models, tmp_path):
     path = tmp_path / "InstaOrder_InstaOrderNet_d.pth.tar"
     torch.save({"step": 60000, "state_dict": released}, path)
     target = InstaOrderNet(_cfg("d"))
-    load_weights(_cfg("d"), target, path)
+    load_instaordernet_weights(_cfg("d"), target, path)
     for key, value in source.state_dict().items():
         assert torch.equal(target.state_dict()[key], value), key
     own = tmp_path / "model_final.pth"
     torch.save({"model": source.state_dict(), "iteration": 3}, own)
     again = InstaOrderNet(_cfg("d"))
-    load_weights(_cfg("d"), again, own)
+    load_instaordernet_weights(_cfg("d"), again, own)
     assert torch.equal(again.net.fc.weight, source.net.fc.weight)
     with pytest.raises(ValueError, match="fc_depth"):
-        load_weights(_cfg("od"), InstaOrderNet(_cfg("od")), path)
+        load_instaordernet_weights(_cfg("od"), InstaOrderNet(_cfg("od")), path)
     with pytest.raises(FileNotFoundError):
-        load_weights(_cfg("d"), again, tmp_path / "missing.pth")
+        load_instaordernet_weights(_cfg("d"), again, tmp_path / "missing.pth")

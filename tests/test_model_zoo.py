@@ -237,7 +237,7 @@ def test_instaordernet_weights_by_zoo_name(monkeypatch, cache, tmp_path):
     with LocalServer({"/net.pth": (tmp_path / "net.pth").read_bytes()}) as server:
         served(monkeypatch, server, "instaordernet_od", url=server.url("/net.pth"))
         model = build_model(cfg)
-        instaordernet.load_weights(cfg, model, "zoo://instaordernet_od")
+        instaordernet.load_instaordernet_weights(cfg, model, "zoo://instaordernet_od")
     for key, value in source.state_dict().items():
         assert torch.equal(model.state_dict()[key], value), key
 

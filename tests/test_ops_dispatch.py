@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import logging
 import subprocess
 import sys
@@ -10,11 +9,8 @@ import sys
 import pytest
 import torch
 
-from mask2former.modeling.ops import build, kernel
+from mask2former.modeling.ops import build, dispatch, kernel
 from mask2former.modeling.ops.reference import ms_deform_attn_reference, random_inputs
-
-# the package re-exports the function under the module's name, so import the module by path
-dispatch = importlib.import_module("mask2former.modeling.ops.ms_deform_attn")
 
 
 def _inputs():

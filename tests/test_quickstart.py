@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
+from scripts import load_script
 
 
 def _quickstart():
-    spec = importlib.util.spec_from_file_location("quickstart", REPO / "tools" / "quickstart.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("tools/quickstart.py")
 
 
 @pytest.mark.slow

@@ -4,29 +4,17 @@ created before the inputs are checked, bad inputs named."""
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import logging
 from pathlib import Path
 
 import pytest
+from scripts import load_script
 
 from instaformer.data import DataError, make_synthetic_dataset
 from mask2former.utils import atomic
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location(
-        "prepare_instaorder_panoptic_rel", REPO / "datasets" / "prepare_instaorder_panoptic.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-prepare = _script()
+prepare = load_script("datasets/prepare_instaorder_panoptic.py")
 
 
 @pytest.fixture()

@@ -21,8 +21,10 @@ from types import ModuleType
 BENCHMARK_DIR = Path(__file__).resolve().parent / "benchmarks"
 
 
-def _load(path: Path) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"benchmarks.{path.stem}", path)
+def load_benchmark(name: str) -> ModuleType:
+    """``tools/benchmarks/<name>.py`` loaded by path (the folder is not a package)."""
+    path = BENCHMARK_DIR / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"benchmarks.{name}", path)
     if spec is None or spec.loader is None:
         raise ImportError(f"cannot load benchmark module {path}")
     module = importlib.util.module_from_spec(spec)
@@ -31,13 +33,13 @@ def _load(path: Path) -> ModuleType:
 
 
 def main(argv: list[str] | None = None) -> None:
-    modules = {p.stem: p for p in sorted(BENCHMARK_DIR.glob("*.py")) if not p.stem.startswith("_")}
+    names = [p.stem for p in sorted(BENCHMARK_DIR.glob("*.py")) if not p.stem.startswith("_")]
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--list", action="store_true", help="list the benchmarks and exit")
     subparsers = parser.add_subparsers(dest="name", metavar="BENCHMARK")
     loaded = {}
-    for name, path in modules.items():
-        module = _load(path)
+    for name in names:
+        module = load_benchmark(name)
         loaded[name] = module
         doc = (module.__doc__ or name).strip().split("\n")[0]
         sub = subparsers.add_parser(name, help=doc, description=module.__doc__)

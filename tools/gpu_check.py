@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 import io
 import json
 import math
@@ -54,10 +53,12 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from types import ModuleType
+
+from benchmark import load_benchmark
+
+from mask2former.utils.atomic import atomic_write_bytes
 
 REPO = Path(__file__).resolve().parents[1]
-BENCHMARKS = REPO / "tools" / "benchmarks"
 SWIN_T_OD = "configs/instaorder/occlusion_depth/all/swin/maskformer2_swin_tiny_bs16_50ep.yaml"
 R50_OD = "configs/instaorder/occlusion_depth/all/occlusion_depth_config.yaml"
 SYNTHETIC_OD = "configs/synthetic/instaformer_od_tiny.yaml"
@@ -65,26 +66,12 @@ TRAIN_NET_ITERS = 40  # two metric windows of 20 iterations (trainer LOG_PERIOD)
 
 
 def _atomic_write_json(path: Path, obj: object) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
-
-
-def _load_benchmark(name: str) -> ModuleType:
-    """``tools/benchmarks/<name>.py`` loaded by path (the folder is not a package)."""
-    path = BENCHMARKS / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"benchmarks.{name}", path)
-    if spec is None or spec.loader is None:
-        raise ImportError(f"cannot load {path}")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
 def _benchmark_output(name: str, argv: list[str]) -> str:
     """Run ``tools/benchmarks/<name>.py`` with ``argv``; returns what it printed (also echoed)."""
-    module = _load_benchmark(name)
+    module = load_benchmark(name)
     parser = argparse.ArgumentParser()
     module.add_arguments(parser)
     buffer = io.StringIO()
@@ -199,35 +186,13 @@ def step_op_bench(ctx: StepContext) -> None:
         raise RuntimeError("the kernel was not timed (not available)")
 
 
-def _eval_input(n: int, stuff: int, h: int, w: int, seed: int) -> dict:
-    """Evaluation-mode input of n annotated Voronoi thing cells and ``stuff`` stuff cells."""
+def _input_with_ground_truth(n: int, stuff: int, h: int, w: int, seed: int) -> dict:
+    """Input of n annotated Voronoi thing cells and ``stuff`` stuff cells, with order targets
+    (``tools/benchmarks/instaformer.py``: ``make_input``)."""
     import torch
 
-    from mask2former.structures import Instances
-
-    bench = _load_benchmark("instaformer")
     generator = torch.Generator().manual_seed(seed)
-    labels = bench.voronoi_labels(n + stuff, h, w, generator)
-    masks = labels[None] == torch.arange(n + stuff)[:, None, None]
-    classes = torch.cat(
-        [torch.randint(0, 80, (n,), generator=generator), 80 + torch.arange(stuff) % 53]
-    )
-    order = torch.randint(0, 2, (n, n), dtype=torch.int32, generator=generator)
-    order.fill_diagonal_(0)
-    depth = torch.randint(0, 2, (n, n), dtype=torch.int32, generator=generator).triu(1)
-    depth = depth + (1 - depth.t()).tril(-1)
-    depth.fill_diagonal_(-1)
-    return {
-        "image": torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=generator),
-        "height": h,
-        "width": w,
-        "instances": Instances((h, w), gt_classes=classes, gt_masks=masks),
-        "tgt_pan_idx": torch.arange(n),
-        "occlusion_matrix": order,
-        "depth_matrix": depth,
-        "overlap_matrix": torch.zeros((n, n), dtype=torch.int32),
-        "count_matrix": torch.full((n, n), 2, dtype=torch.int32),
-    }
+    return load_benchmark("instaformer").make_input(n, stuff, h, w, generator)
 
 
 # Dry run: the same configs shrunk to a few channels and layers (random weights either way).
@@ -284,7 +249,7 @@ def _inference_mode(ctx: StepContext, config: str, mode: str, x: dict, repeats: 
 
     cfg, model = _build(ctx, config)
     model.eval()
-    _load_benchmark("instaformer").realistic_masks(model, x["instances"].gt_masks)
+    load_benchmark("instaformer").realistic_masks(model, x["instances"].gt_masks)
     if mode == "compile":
         model.backbone = torch.compile(model.backbone)
         model.sem_seg_head = torch.compile(model.sem_seg_head)
@@ -323,7 +288,7 @@ def _inference(ctx: StepContext, config: str) -> None:
     modes = ["float32", "bfloat16"] if ctx.dry_run else ["float32", "bfloat16", "compile"]
     if ctx.dry_run:
         ctx.record("compile", {"status": "skipped", "reason": "dry run (CPU)"})
-    x = _eval_input(n, 2 if ctx.dry_run else 8, h, w, seed=0)  # n + stuff <= queries
+    x = _input_with_ground_truth(n, 2 if ctx.dry_run else 8, h, w, seed=0)  # n + stuff <= queries
     ctx.record("input", {"height": h, "width": w, "instances": n, "repeats": repeats})
     for mode in modes:
         ctx.record(mode, _inference_mode(ctx, config, mode, x, repeats))
@@ -375,7 +340,7 @@ def _train_recipe(ctx: StepContext, opts: list[str], batch: list[dict], repeats:
 def step_train_step(ctx: StepContext) -> None:
     """One optimizer step of Swin-T od, batch 2: frozen Mask2Former recipe and all trainable."""
     side, n, stuff, repeats = (64, 4, 2, 1) if ctx.dry_run else (1024, 6, 4, 5)
-    batch = [_eval_input(n, stuff, side, side, seed=k) for k in range(2)]
+    batch = [_input_with_ground_truth(n, stuff, side, side, seed=k) for k in range(2)]
     ctx.record("input", {"batch": len(batch), "side": side, "instances": n, "repeats": repeats})
     recipes = {
         "frozen_mask2former": [],

@@ -33,6 +33,8 @@ from mask2former.utils.threads import ENV_THREADS
 # isort: split
 import torch
 
+from mask2former.utils.atomic import atomic_write_bytes
+
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "synthetic" / "instaformer_od_tiny.yaml"
 GOALS = {("occlusion_order", "f1"): (">=", 80.0), ("depth_order", "ovlOX/WHDR_all"): ("<=", 20.0)}
@@ -108,9 +110,9 @@ def prepare_dataset(data_root: Path, args: argparse.Namespace) -> bool:
         seed=args.seed,
     )
     files, size = _dataset_files(data_root)
-    tmp = marker.with_name(f".{MARKER}.tmp")
-    tmp.write_text(json.dumps({**params, "files": files, "bytes": size}, indent=2))
-    os.replace(tmp, marker)
+    atomic_write_bytes(
+        marker, json.dumps({**params, "files": files, "bytes": size}, indent=2).encode()
+    )
     return False
 
 

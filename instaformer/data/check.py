@@ -20,10 +20,11 @@ from typing import Any
 import cv2
 import numpy as np
 
-from instaformer.data.convert import atomic_write
 from instaformer.data.io import DataError, read_panoptic_ids
 from instaformer.data.mapper import InstaOrderPanopticMapper
 from mask2former.data.catalog import DatasetCatalog, MetadataCatalog
+from mask2former.structures import mask_bbox
+from mask2former.utils.atomic import atomic_write_path
 
 __all__ = ["DatasetReport", "check_dataset", "ground_truth_result"]
 
@@ -130,8 +131,7 @@ def ground_truth_result(out: dict[str, Any], class_names: list[str], thing_ids: 
     segments = []
     for k, (mask, c) in enumerate(zip(masks, classes, strict=True)):
         panoptic[mask] = k + 1
-        ys, xs = np.nonzero(mask)
-        box = (int(xs.min()), int(ys.min()), int(np.ptp(xs)) + 1, int(np.ptp(ys)) + 1)
+        box = mask_bbox(mask)
         segments.append(
             Segment(k + 1, c, class_names[c], c in thing_ids, 1.0, int(mask.sum()), box, mask)
         )
@@ -172,7 +172,7 @@ def _write_pictures(
             if not cv2.imwrite(tmp, bgr):
                 raise OSError(f"cannot write {tmp}")
 
-        atomic_write(path, write)
+        atomic_write_path(path, write)
         report.pictures.append(path)
 
 

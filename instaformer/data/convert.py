@@ -41,19 +41,18 @@ from __future__ import annotations
 import glob
 import json
 import os
-import tempfile
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 from PIL import Image
-from pycocotools import mask as mask_utils
 
 from instaformer.data.custom import categories_metadata
 from instaformer.data.io import DataError
 from instaformer.data.relations import build_order_matrices
+from mask2former.structures import decode_segmentation, id2rgb, mask_bbox, rgb2id
+from mask2former.utils.atomic import atomic_write_path
 
-__all__ = ["atomic_write", "convert_to_instaorder_panoptic", "read_order_annotations"]
+__all__ = ["convert_to_instaorder_panoptic", "read_order_annotations"]
 
 
 def _read_json(path: str, what: str) -> Any:
@@ -105,7 +104,7 @@ def _decode_masks(
             raise DataError(f"{where}: mask_file not found: {path}")
         ids = np.asarray(Image.open(path)).astype(np.int64)
         if ids.ndim == 3 and ids.shape[2] == 3:  # COCO panoptic encoding R + 256 G + 256^2 B
-            ids = ids[:, :, 0] + 256 * ids[:, :, 1] + 65536 * ids[:, :, 2]
+            ids = rgb2id(ids)
         if ids.ndim != 2:
             raise DataError(
                 f"{where}: mask_file {path} must hold instance ids: one channel, or RGB "
@@ -123,9 +122,10 @@ def _decode_masks(
             rle = inst["segmentation"]
             if not isinstance(rle, dict) or list(rle.get("size", [])) != list(size):
                 raise DataError(f"{what}: 'segmentation' must be a COCO RLE of size {list(size)}")
-            if isinstance(rle["counts"], list):
-                rle = mask_utils.frPyObjects(rle, *size)
-            mask = mask_utils.decode(rle).astype(bool)
+            try:
+                mask = decode_segmentation(rle, *size)
+            except ValueError as err:
+                raise DataError(f"{what}: 'segmentation': {err}") from err
         elif "mask_id" in inst:
             if ids is None:
                 raise DataError(f"{what} has a 'mask_id' but the image has no 'mask_file'")
@@ -192,26 +192,6 @@ def _orders(image: dict[str, Any], ordered: list[int], where: str) -> dict[str, 
         overlap = entry.get("overlap", False)
         depth.append({"order": f"{i}{op}{j}", "count": count, "overlap": bool(overlap)})
     return {"occlusion": occlusion, "depth": depth}
-
-
-def atomic_write(path: str, write: Callable[[str], Any]) -> None:
-    """Call ``write(tmp)`` for a temporary file next to ``path``, then move it to ``path``."""
-    folder = os.path.dirname(path) or "."
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp_", suffix=os.path.splitext(path)[1])
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        os.remove(tmp)
-        raise
-
-
-def _bbox(mask: np.ndarray) -> list[int]:
-    ys, xs = np.nonzero(mask)
-    x0, y0 = int(xs.min()), int(ys.min())
-    return [x0, y0, int(xs.max()) - x0 + 1, int(ys.max()) - y0 + 1]
 
 
 def convert_to_instaorder_panoptic(
@@ -282,7 +262,7 @@ def convert_to_instaorder_panoptic(
                     "id": k + 1,
                     "category_id": inst["category_id"],
                     "iscrowd": crowd,
-                    "bbox": _bbox(mask),
+                    "bbox": list(mask_bbox(mask)),
                     "area": int(mask.sum()),
                 }
             )
@@ -306,8 +286,8 @@ def convert_to_instaorder_panoptic(
                 },
             }
         )
-        rgb = np.stack([ids % 256, ids // 256 % 256, ids // 65536], axis=-1).astype(np.uint8)
-        atomic_write(
+        rgb = id2rgb(ids)
+        atomic_write_path(
             os.path.join(out_panoptic, png_name),
             lambda tmp, rgb=rgb: Image.fromarray(rgb).save(tmp, format="PNG"),
         )
@@ -328,5 +308,5 @@ def convert_to_instaorder_panoptic(
         with open(tmp, "w") as f:
             json.dump(output, f, indent=1)
 
-    atomic_write(out_json, write_json)
+    atomic_write_path(out_json, write_json)
     return counts

@@ -24,10 +24,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from instaformer.data.convert import atomic_write
 from instaformer.data.io import read_panoptic_ids
 from instaformer.data.relations import parse_order
 from instaformer.data.synthetic import make_synthetic_dataset
+from mask2former.utils.atomic import atomic_write_path
 
 __all__ = ["EXAMPLE_CATEGORIES", "make_example_dataset"]
 
@@ -52,7 +52,7 @@ def _split(twin: str, root: str, split: str) -> int:
     for n, ann in enumerate(data["annotations"]):
         stem = f"scene_{n:04d}"
         source = os.path.join(coco, f"{split}2017", os.path.splitext(ann["file_name"])[0] + ".jpg")
-        atomic_write(
+        atomic_write_path(
             os.path.join(root, "images", split, stem + ".jpg"),
             lambda tmp, source=source: shutil.copyfile(source, tmp),
         )
@@ -71,7 +71,7 @@ def _split(twin: str, root: str, split: str) -> int:
             if seg["iscrowd"]:
                 entry["iscrowd"] = 1
             instances.append(entry)
-        atomic_write(
+        atomic_write_path(
             os.path.join(root, "masks", split, stem + ".png"),
             lambda tmp, out=out: Image.fromarray(out).save(tmp, format="PNG"),
         )
@@ -107,7 +107,7 @@ def _split(twin: str, root: str, split: str) -> int:
         with open(tmp, "w") as f:
             json.dump(data, f, indent=1)
 
-    atomic_write(os.path.join(root, f"{split}.json"), write)
+    atomic_write_path(os.path.join(root, f"{split}.json"), write)
     return len(images)
 
 

@@ -25,6 +25,8 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from mask2former.structures import rgb2id
+
 __all__ = [
     "MAX_IMAGE_PIXELS",
     "MAX_IMAGE_SIDE",
@@ -208,7 +210,4 @@ def read_panoptic_ids(path: str) -> np.ndarray:
         raise DataError(
             f"cannot decode panoptic PNG {path} (corrupt or truncated file): {e}"
         ) from e
-    ids = rgb[:, :, 2].astype(np.int32) << 16
-    ids |= rgb[:, :, 1].astype(np.int32) << 8
-    ids |= rgb[:, :, 0]
-    return ids
+    return rgb2id(rgb, np.int32)

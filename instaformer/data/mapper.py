@@ -32,15 +32,15 @@ from instaformer.data.augment import build_lsj_augmentation, build_test_resize
 from instaformer.data.datasets import check_instaorder_panoptic_record
 from instaformer.data.io import DataError, read_image, read_panoptic_ids
 from instaformer.data.relations import build_order_matrices, reindex_matrices
-from mask2former.structures import Instances
+from instaformer.vocabulary import ORDER_TASKS, TASK_CODES
+from mask2former.structures import Instances, masks_to_boxes
 
 __all__ = ["InstaOrderPanopticMapper"]
 
+# Task code ("" = no order head: all tasks) -> the matrices emitted; depth brings its WHDR weights.
 _TASK_MATRICES = {
-    "o": ("occlusion",),
-    "d": ("depth", "overlap", "count"),
-    "od": ("occlusion", "depth", "overlap", "count"),
-    "": ("occlusion", "depth", "overlap", "count"),
+    code: (*tasks, "overlap", "count") if "depth" in tasks else tasks
+    for code, tasks in {**TASK_CODES, "": ORDER_TASKS}.items()
 }
 
 
@@ -170,16 +170,7 @@ class InstaOrderPanopticMapper:
 
 
 def _instances(segments: list[dict], masks: torch.Tensor, size: tuple[int, int]) -> Instances:
-    """Instances of N segments from their bool masks Tensor[N, H, W]."""
+    """Instances of N segments from their bool masks Tensor[N, H, W] (none empty)."""
     classes = torch.tensor([s["category_id"] for s in segments], dtype=torch.int64)
-    boxes = torch.zeros((len(segments), 4), dtype=torch.float32)
-    if len(segments):
-        rows_any, cols_any = masks.any(2), masks.any(1)  # N x H, N x W
-        ar_h = torch.arange(size[0])
-        ar_w = torch.arange(size[1])
-        big = max(size) + 1
-        boxes[:, 0] = torch.where(cols_any, ar_w, big).amin(1)
-        boxes[:, 1] = torch.where(rows_any, ar_h, big).amin(1)
-        boxes[:, 2] = torch.where(cols_any, ar_w, -1).amax(1) + 1
-        boxes[:, 3] = torch.where(rows_any, ar_h, -1).amax(1) + 1
-    return Instances(size, gt_classes=classes, gt_masks=masks.reshape(-1, *size), gt_boxes=boxes)
+    masks = masks.reshape(-1, *size)
+    return Instances(size, gt_classes=classes, gt_masks=masks, gt_boxes=masks_to_boxes(masks))

@@ -33,10 +33,10 @@ from typing import Any
 import cv2
 import numpy as np
 from PIL import Image
-from pycocotools import mask as mask_utils
 
 from instaformer.data.datasets import register_instaorder, register_instaorder_panoptic
 from mask2former.data.coco_categories import COCO_CATEGORIES
+from mask2former.structures import encode_rle, id2rgb, mask_bbox
 
 __all__ = ["SYNTHETIC_THING_CLASSES", "make_synthetic_dataset", "register_synthetic_instaorder"]
 
@@ -194,20 +194,9 @@ def _render(rng: np.random.Generator, labels: np.ndarray, things: list[_Thing]) 
     return np.clip(np.round(image), 0, 255).astype(np.uint8)
 
 
-def _bbox(mask: np.ndarray) -> list[int]:
-    ys, xs = np.nonzero(mask)
-    return [
-        int(xs.min()),
-        int(ys.min()),
-        int(xs.max() - xs.min() + 1),
-        int(ys.max() - ys.min() + 1),
-    ]
-
-
 def _rle(mask: np.ndarray, compressed: bool) -> dict[str, Any]:
     if compressed:
-        rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-        return {"size": rle["size"], "counts": rle["counts"].decode("ascii")}
+        return encode_rle(mask)
     flat = mask.astype(np.uint8).flatten(order="F")
     changes = np.flatnonzero(np.diff(flat)) + 1
     bounds = np.concatenate([[0], changes, [flat.size]])
@@ -267,14 +256,13 @@ def _write_split(
                     "id": int(seg_id),
                     "category_id": cat,
                     "iscrowd": crowd,
-                    "bbox": _bbox(mask),
+                    "bbox": list(mask_bbox(mask)),
                     "area": int(mask.sum()),
                 }
             )
         order = rng.permutation(len(segments)).tolist()
         segments = [segments[i] for i in order]
-        png = np.stack([id_map % 256, id_map // 256 % 256, id_map // 65536], -1).astype(np.uint8)
-        Image.fromarray(png).save(os.path.join(png_dir, stem + ".png"))
+        Image.fromarray(id2rgb(id_map)).save(os.path.join(png_dir, stem + ".png"))
 
         # COCO instances: every thing (modal masks) and the crowd.
         instance_of_label = {}
@@ -287,7 +275,7 @@ def _write_split(
                     "category_id": cat,
                     "segmentation": _rle(mask, compressed=not crowd),
                     "area": int(mask.sum()),
-                    "bbox": [float(v) for v in _bbox(mask)],
+                    "bbox": [float(v) for v in mask_bbox(mask)],
                     "iscrowd": crowd,
                 }
             )

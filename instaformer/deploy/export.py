@@ -17,7 +17,7 @@ Two programs, because panoptic post-processing picks a data-dependent number of 
 
 Every data-dependent piece takes its loop-free formulation under ``torch.export`` (which the
 ONNX exporter runs first): the deformable attention switches to one ``grid_sample`` per level
-at its dispatch point (``mask2former.modeling.ops.ms_deform_attn.select_path``); the order head
+at its dispatch point (``mask2former.modeling.ops.dispatch.select_path``); the order head
 is exported with dense feature attention (same values as the sparse path, whose gathers have
 data-dependent shapes). :data:`LOOP_OPS` lists the ONNX ops that must not appear.
 """

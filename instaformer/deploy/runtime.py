@@ -37,6 +37,7 @@ from instaformer.deploy.export import (
     onnx_export_order_head,
     pad_like_model,
 )
+from instaformer.vocabulary import TASK_CLASSES
 
 __all__ = ["CACHE_ENV", "OnnxRuntimeModel", "default_cache_dir", "state_dict_digest"]
 
@@ -47,7 +48,6 @@ CACHE_ENV = "INSTAFORMER_CACHE"
 MAX_INSTANCES = 256
 """Largest instance count the exported order head is traced for (at least Q is used); ONNX
 Runtime itself sets no upper bound on the dynamic dimension."""
-_ORDER_CLASSES = {"occlusion": 2, "depth": 3}
 
 
 def default_cache_dir() -> Path:
@@ -187,7 +187,7 @@ class OnnxRuntimeModel:
         every cell is then a diagonal one, which ``order_results`` overwrites."""
         k = mask_embed.shape[0]
         if k < 2:
-            return {t: [mask_embed.new_zeros(k, k, _ORDER_CLASSES[t])] for t in self.head.tasks}
+            return {t: [mask_embed.new_zeros(k, k, TASK_CLASSES[t])] for t in self.head.tasks}
         c, h, w = mask_features.shape
         head = self._head_session(c, 4 * h, 4 * w)
         feeds = dict(

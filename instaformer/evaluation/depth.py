@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from instaformer.evaluation._matrix import check_same_shape, get_matrix, image_name
+from instaformer.vocabulary import DEPTH_SAME, GT_MATRIX_KEYS
 from mask2former.evaluation.evaluator import DatasetEvaluator, Results
 from mask2former.utils import comm
 from mask2former.utils.atomic import atomic_write_bytes
@@ -34,8 +35,9 @@ from mask2former.utils.atomic import atomic_write_bytes
 logger = logging.getLogger(__name__)
 
 TASK = "depth_order"
+_GT_KEY = GT_MATRIX_KEYS["depth"]  # ground-truth depth matrix of an input
 
-# A labelled pair falls in one of four cells: index = 2 * overlap + (gt == 2).
+# A labelled pair falls in one of four cells: index = 2 * overlap + (gt == DEPTH_SAME).
 _OVERLAP_CELLS = {"ovlX": (0, 1), "ovlO": (2, 3), "ovlOX": (0, 1, 2, 3)}
 _LABEL_CELLS = {"eq": (1, 3), "neq": (0, 2), "all": (0, 1, 2, 3)}
 SUBSETS: tuple[str, ...] = tuple(f"{o}/WHDR_{e}" for o in _OVERLAP_CELLS for e in _LABEL_CELLS)
@@ -90,7 +92,7 @@ def depth_cell_sums(
     p = pred[rows, cols][valid]
     _check_values(p, (0, 1, 2), "predicted depth (labelled pairs)")
     wrong = p != g
-    cell = 2 * v.astype(np.int64) + (g == 2)
+    cell = 2 * v.astype(np.int64) + (g == DEPTH_SAME)
     errors = np.bincount(cell, weights=weight * wrong, minlength=4)
     weights = np.bincount(cell, weights=weight, minlength=4)
     return np.concatenate([errors, weights])
@@ -160,13 +162,13 @@ class DepthEvaluator(DatasetEvaluator):
         for inp, out in zip(inputs, outputs, strict=True):
             name = image_name(inp)
             try:
-                gt = get_matrix(inp, "depth_matrix", "input")
+                gt = get_matrix(inp, _GT_KEY, "input")
                 overlap = get_matrix(inp, "overlap_matrix", "input")
                 count = get_matrix(inp, "count_matrix", "input")
                 pred = get_matrix(out, "depth", "output")
-                check_same_shape(gt, overlap, "depth_matrix", "overlap_matrix", name)
-                check_same_shape(gt, count, "depth_matrix", "count_matrix", name)
-                check_same_shape(gt, pred, "depth_matrix", "depth", name)
+                check_same_shape(gt, overlap, _GT_KEY, "overlap_matrix", name)
+                check_same_shape(gt, count, _GT_KEY, "count_matrix", name)
+                check_same_shape(gt, pred, _GT_KEY, "depth", name)
                 sums = depth_cell_sums(gt, overlap, count, pred)
             except (KeyError, ValueError) as err:
                 raise type(err)(f"DepthEvaluator, {name}: {err}") from err
@@ -191,12 +193,10 @@ class DepthEvaluator(DatasetEvaluator):
     def evaluate(self) -> Results:
         sums, sizes, image_ids = self._sums, self._sizes, self._image_ids
         if self._distributed:
-            parts = comm.gather((sums, sizes, image_ids), dst=0)
-            if not comm.is_main_process():
+            gathered = comm.gather_lists(sums, sizes, image_ids)
+            if gathered is None:
                 return {}
-            sums = [s for part in parts for s in part[0]]
-            sizes = [k for part in parts for k in part[1]]
-            image_ids = [i for part in parts for i in part[2]]
+            sums, sizes, image_ids = gathered
         per_image = whdr_per_image(np.asarray(sums, dtype=np.float64).reshape(-1, 8))
         sizes_arr = np.asarray(sizes, dtype=np.int64)
 

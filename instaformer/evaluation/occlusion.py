@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from instaformer.evaluation._matrix import check_same_shape, get_matrix, image_name
+from instaformer.vocabulary import GT_MATRIX_KEYS, OCCLUDING, UNLABELLED
 from mask2former.evaluation.evaluator import DatasetEvaluator, Results
 from mask2former.utils import comm
 from mask2former.utils.atomic import atomic_write_bytes
@@ -34,6 +35,7 @@ from mask2former.utils.atomic import atomic_write_bytes
 logger = logging.getLogger(__name__)
 
 TASK = "occlusion_order"
+_GT_KEY = GT_MATRIX_KEYS["occlusion"]  # ground-truth occlusion matrix of an input
 
 # Columns of the per-image record array.
 _N, _PAIRS, _TP, _FP, _FN = range(5)
@@ -68,7 +70,7 @@ def occlusion_counts(gt: np.ndarray, pred: np.ndarray) -> tuple[int, int, int, i
     """
     k = gt.shape[0]
     off_diagonal = ~np.eye(k, dtype=bool)
-    valid = off_diagonal & (gt != -1)
+    valid = off_diagonal & (gt != UNLABELLED)
     g = gt[valid]
     p = pred[valid]
     if ((g != 0) & (g != 1)).any():
@@ -78,8 +80,8 @@ def occlusion_counts(gt: np.ndarray, pred: np.ndarray) -> tuple[int, int, int, i
             "predicted occlusion values must be 0 or 1 off the diagonal, "
             f"got {np.unique(p).tolist()}"
         )
-    g = g == 1
-    p = p == 1
+    g = g == OCCLUDING
+    p = p == OCCLUDING
     tp = int(np.count_nonzero(g & p))
     fp = int(np.count_nonzero(p)) - tp
     fn = int(np.count_nonzero(g)) - tp
@@ -130,9 +132,9 @@ class OcclusionEvaluator(DatasetEvaluator):
         for inp, out in zip(inputs, outputs, strict=True):
             name = image_name(inp)
             try:
-                gt = get_matrix(inp, "occlusion_matrix", "input")
+                gt = get_matrix(inp, _GT_KEY, "input")
                 pred = get_matrix(out, "occlusion", "output")
-                check_same_shape(gt, pred, "occlusion_matrix", "occlusion", name)
+                check_same_shape(gt, pred, _GT_KEY, "occlusion", name)
                 pairs, tp, fp, fn = occlusion_counts(gt, pred)
             except (KeyError, ValueError) as err:
                 raise type(err)(f"OcclusionEvaluator, {name}: {err}") from err
@@ -142,11 +144,10 @@ class OcclusionEvaluator(DatasetEvaluator):
     def _gathered(self) -> tuple[np.ndarray, list[Any]] | None:
         counts, image_ids = self._counts, self._image_ids
         if self._distributed:
-            parts = comm.gather((counts, image_ids), dst=0)
-            if not comm.is_main_process():
+            gathered = comm.gather_lists(counts, image_ids)
+            if gathered is None:
                 return None
-            counts = [row for part in parts for row in part[0]]
-            image_ids = [i for part in parts for i in part[1]]
+            counts, image_ids = gathered
         return np.asarray(counts, dtype=np.int64).reshape(-1, 5), image_ids
 
     def summarize(self, counts: np.ndarray) -> dict[str, float]:

@@ -5,7 +5,7 @@ Entry points for the training script and the demo (see docs/instaordernet.md):
 
 * :func:`build_train_loader` ``(cfg, start_iter)``, :func:`build_test_loader`
   ``(cfg, dataset_name)``, :func:`build_evaluators` ``(cfg, dataset_name, output_dir)``;
-* :func:`load_weights` ``(cfg, model, path)``: released ``.pth.tar`` files or project
+* :func:`load_instaordernet_weights` ``(cfg, model, path)``: released ``.pth.tar`` files or project
   checkpoints;
 * :func:`predict_orders` ``(model, image, masks)``: orders between user-given masks;
 * :class:`MonocularDepthOrder`: depth order from any depth-map callable ([ION 13]).
@@ -18,7 +18,7 @@ from instaformer.instaordernet.data import (
     build_train_loader,
 )
 from instaformer.instaordernet.depth_baseline import MonocularDepthOrder
-from instaformer.instaordernet.meta_arch import InstaOrderNet, load_weights
+from instaformer.instaordernet.meta_arch import InstaOrderNet, load_instaordernet_weights
 from instaformer.instaordernet.predict import predict_orders
 
 __all__ = [
@@ -28,6 +28,6 @@ __all__ = [
     "build_evaluators",
     "build_test_loader",
     "build_train_loader",
-    "load_weights",
+    "load_instaordernet_weights",
     "predict_orders",
 ]

@@ -37,7 +37,6 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
-import pycocotools.mask as mask_util
 import torch
 import torch.nn.functional as F
 
@@ -45,7 +44,9 @@ from instaformer.data.datasets import register_all_instaorder
 from instaformer.data.io import DataError, read_image
 from instaformer.data.relations import build_order_matrices, parse_order
 from instaformer.evaluation import DepthEvaluator, OcclusionEvaluator
-from instaformer.instaordernet.inputs import normalize_rgb
+from instaformer.instaordernet.inputs import normalize_rgb, patch_input
+from instaformer.vocabulary import TASK_CODES, depth_labels_to_instaordernet, tasks_from_code
+from mask2former import structures
 from mask2former.config import CfgNode
 from mask2former.data.build import (
     build_detection_test_loader,
@@ -56,7 +57,6 @@ from mask2former.structures import Instances
 
 __all__ = [
     "MAPPER_NAME",
-    "TASKS",
     "DepthPairItems",
     "InstaOrderNetMapper",
     "build_evaluators",
@@ -67,40 +67,22 @@ __all__ = [
 ]
 
 MAPPER_NAME = "instaordernet_pairs"  # INPUT.DATASET_MAPPER_NAME of the InstaOrderNet configs
-TASKS = {"o": ("occlusion",), "d": ("depth",), "od": ("occlusion", "depth")}
 INPUT_MODES = ("patch", "resize")
 # Training jitter of the patch window ([ION 3.1] step 4).
 SHIFT_JITTER = 0.2  # centre shift, fraction of the window side
 SCALE_JITTER = (0.8, 1.2)  # the side is divided by a factor drawn uniformly from this range
 SWAP_PROBABILITY = 0.5  # [ION 6]: A and B swapped with this probability
-# InstaOrderNet depth class (0 A closer, 1 A farther, 2 same, -1 none) of a depth-matrix value
-# D[A, B] (1 A closer, 0 A farther, 2 same, -1 none).
-_DEPTH_CLASS = {1: 0, 0: 1, 2: 2, -1: -1}
 
 
 def decode_segmentation(
     segmentation: Any, height: int, width: int, *, where: str = ""
 ) -> np.ndarray:
     """COCO ``segmentation`` (polygons, uncompressed or compressed RLE) -> uint8 array[H, W] in
-    {0, 1}; polygon parts are merged into one mask ([DS 3])."""
-    if isinstance(segmentation, list):
-        if not segmentation:
-            return np.zeros((height, width), dtype=np.uint8)
-        rle = mask_util.merge(mask_util.frPyObjects(segmentation, height, width))
-    elif isinstance(segmentation, dict) and "counts" in segmentation:
-        if isinstance(segmentation["counts"], list):
-            rle = mask_util.frPyObjects(segmentation, height, width)
-        else:
-            counts = segmentation["counts"]
-            rle = dict(segmentation, counts=counts.encode() if isinstance(counts, str) else counts)
-    else:
-        raise DataError(f"{where}: unsupported COCO segmentation of type {type(segmentation)}")
-    mask = mask_util.decode(rle)
-    if mask.shape != (height, width):
-        raise DataError(
-            f"{where}: segmentation decodes to {mask.shape}, image is {(height, width)}"
-        )
-    return mask.astype(np.uint8)
+    {0, 1}; polygon parts are merged into one mask ([DS 3]). Errors name ``where``."""
+    try:
+        return structures.decode_segmentation(segmentation, height, width).astype(np.uint8)
+    except ValueError as err:
+        raise DataError(f"{where}: {err}") from err
 
 
 def _where(record: dict) -> str:
@@ -140,16 +122,13 @@ def training_items(
     Raises:
         ValueError: unknown task, or no usable item.
     """
-    if task not in TASKS:
-        raise ValueError(f"MODEL.INSTAORDERNET.TASK must be one of {list(TASKS)}, got {task!r}")
-    if task == "o":
-        items: Sequence[dict] = [
-            r for r in records if (_matrices(r, rm_bidirec, False)["occlusion"] == 1).any()
-        ]
+    by_depth_pair = "depth" in tasks_from_code(task, "MODEL.INSTAORDERNET.TASK")
+    if by_depth_pair:
+        items: Sequence[dict] = DepthPairItems(records)
     else:
-        items = DepthPairItems(records)
+        items = [r for r in records if (_matrices(r, rm_bidirec, False)["occlusion"] == 1).any()]
     if len(items) == 0:
-        what = "image with an occlusion label" if task == "o" else "depth-labelled pair"
+        what = "depth-labelled pair" if by_depth_pair else "image with an occlusion label"
         raise ValueError(f"InstaOrderNet task {task!r}: the training data has no {what}")
     return items
 
@@ -162,16 +141,6 @@ def _union_window(box_a: np.ndarray, box_b: np.ndarray) -> tuple[float, float, f
     w, h = right - left, bottom - top
     side = max(math.sqrt(2 * w * h), 1.1 * w, 1.1 * h)
     return left + w / 2, top + h / 2, side
-
-
-def _crop(x: torch.Tensor, x0: int, y0: int, side: int) -> torch.Tensor:
-    """Tensor[C, H, W] -> Tensor[C, side, side] window at (x0, y0), zero outside the image."""
-    c, h, w = x.shape
-    out = x.new_zeros(c, side, side)
-    sx0, sy0, sx1, sy1 = max(x0, 0), max(y0, 0), min(x0 + side, w), min(y0 + side, h)
-    if sx1 > sx0 and sy1 > sy0:
-        out[:, sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = x[:, sy0:sy1, sx0:sx1]
-    return out
 
 
 class InstaOrderNetMapper:
@@ -203,8 +172,7 @@ class InstaOrderNetMapper:
             rm_bidirec, rm_overlap: ``INPUT.RM_BIDIREC`` / ``INPUT.RM_OVERLAP`` ([DS 4]).
             image_format: "RGB" or "BGR", channel order of the test ``image``.
         """
-        if task not in TASKS:
-            raise ValueError(f"task must be one of {list(TASKS)}, got {task!r}")
+        tasks_from_code(task, "task")
         if input_mode not in INPUT_MODES:
             raise ValueError(f"input mode must be one of {INPUT_MODES}, got {input_mode!r}")
         if train_interpolation not in ("bicubic", "bilinear"):
@@ -300,7 +268,7 @@ class InstaOrderNetMapper:
 
     # -- training --------------------------------------------------------------------------------
     def _draw_pair(self, record: dict, occ: np.ndarray) -> tuple[int, int]:
-        if self.task == "o":
+        if "depth" not in TASK_CODES[self.task]:
             cells = occ.copy()
             np.fill_diagonal(cells, -1)
             positives = np.argwhere(cells == 1)
@@ -351,7 +319,7 @@ class InstaOrderNetMapper:
         return {
             "pair_input": pair_input,
             "occlusion_target": torch.tensor([occ[b, a], occ[a, b]], dtype=torch.float32),
-            "depth_target": torch.tensor(_DEPTH_CLASS[int(depth[a, b])], dtype=torch.int64),
+            "depth_target": depth_labels_to_instaordernet(torch.tensor(int(depth[a, b]))),
             "overlap": torch.tensor(overlap[a, b] == 1),
             "image_id": record.get("image_id"),
             "pair": (a, b),
@@ -375,11 +343,7 @@ class InstaOrderNetMapper:
         cy += np.random.uniform(-SHIFT_JITTER, SHIFT_JITTER) * side
         side = side / np.random.uniform(*SCALE_JITTER)
         x0, y0, s = int(cx - side / 2), int(cy - side / 2), max(int(side), 1)
-        size = (self.input_size, self.input_size)
-        two = F.interpolate(_crop(masks, x0, y0, s)[None], size=size, mode="nearest")[0]
-        window = _crop(rgb, x0, y0, s)[None]
-        window = F.interpolate(window, size=size, mode="bicubic", align_corners=False)[0]
-        return torch.cat([two, normalize_rgb(window)], dim=0)
+        return patch_input(rgb, masks, x0, y0, s, self.input_size)
 
 
 def build_train_loader(cfg: CfgNode, start_iter: int = 0) -> Iterable[list[dict]]:
@@ -412,7 +376,7 @@ def build_evaluators(cfg: CfgNode, dataset_name: str, output_dir: str | None = N
     """The project's order evaluators for ``MODEL.INSTAORDERNET.TASK``: occlusion P/R/F1 (o,
     od) and depth WHDR (d, od). Same shape as InstaFormer's evaluator builder; the pair
     evaluators read everything from the inputs and outputs, not from ``dataset_name``."""
-    tasks = TASKS[cfg.MODEL.INSTAORDERNET.TASK]
+    tasks = tasks_from_code(cfg.MODEL.INSTAORDERNET.TASK, "MODEL.INSTAORDERNET.TASK")
     evaluators: list[Any] = []
     if "occlusion" in tasks:
         evaluators.append(

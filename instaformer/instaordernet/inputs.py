@@ -19,18 +19,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from instaformer.vocabulary import IMAGENET_MEAN, IMAGENET_STD
+
 __all__ = [
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
     "enlarge_boxes",
     "normalize_rgb",
     "pair_windows",
+    "patch_input",
     "patch_mode_inputs",
     "resize_mode_inputs",
 ]
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def normalize_rgb(image: Tensor) -> Tensor:
@@ -102,6 +100,25 @@ def _crop(x: Tensor, x0: int, y0: int, side: int) -> Tensor:
     return out
 
 
+def patch_input(image: Tensor, two_masks: Tensor, x0: int, y0: int, side: int, size: int) -> Tensor:
+    """One patch-mode input: the square window ``(x0, y0, side)`` of both masks and the image
+    (0 outside the image), resized to S x S (masks nearest, RGB bicubic), RGB standardised.
+
+    Args:
+        image: float Tensor[3, H, W] RGB in [0, 1].
+        two_masks: float Tensor[2, H, W] binary masks of A and B.
+        x0, y0, side: the window in image pixels (``side >= 1``).
+        size: network input side S.
+
+    Returns:
+        Tensor[5, S, S]: mask A, mask B, normalised RGB.
+    """
+    two = F.interpolate(_crop(two_masks, x0, y0, side)[None], size=(size, size), mode="nearest")
+    rgb = _crop(image, x0, y0, side)[None]
+    rgb = F.interpolate(rgb, size=(size, size), mode="bicubic", align_corners=False)
+    return torch.cat([two[0], normalize_rgb(rgb[0])], dim=0)
+
+
 def patch_mode_inputs(
     image: Tensor,
     masks: Tensor,
@@ -127,11 +144,7 @@ def patch_mode_inputs(
         boxes = enlarge_boxes(boxes.float(), enlarge)
     windows = pair_windows(boxes.float(), pairs).tolist()
     out = image.new_zeros(pairs.shape[0], 5, size, size, dtype=torch.float32)
+    image = image.float()
     for k, ((a, b), (x0, y0, side)) in enumerate(zip(pairs.tolist(), windows, strict=True)):
-        side = max(side, 1)
-        two = _crop(masks[[a, b]].float(), x0, y0, side)
-        rgb = _crop(image.float(), x0, y0, side)
-        out[k, :2] = F.interpolate(two[None], size=(size, size), mode="nearest")[0]
-        rgb = F.interpolate(rgb[None], size=(size, size), mode="bicubic", align_corners=False)[0]
-        out[k, 2:] = normalize_rgb(rgb)
+        out[k] = patch_input(image, masks[[a, b]].float(), x0, y0, max(side, 1), size)
     return out

@@ -9,9 +9,10 @@ occlusion ``t = (O[B, A], O[A, B])`` as floats; depth class 0 = A closer, 1 = A 
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from instaformer.vocabulary import transpose_depth_labels
 
 __all__ = ["depth_loss", "occlusion_loss", "swap_targets"]
 
@@ -25,9 +26,7 @@ def swap_targets(occlusion: Tensor | None, depth: Tensor | None) -> tuple[Tensor
         depth: Tensor[B] int64 or None.
     """
     swapped_occ = occlusion.flip(-1) if occlusion is not None else None
-    swapped_depth = None
-    if depth is not None:
-        swapped_depth = torch.where(depth == 0, 1, torch.where(depth == 1, 0, depth))
+    swapped_depth = transpose_depth_labels(depth) if depth is not None else None
     return swapped_occ, swapped_depth
 
 

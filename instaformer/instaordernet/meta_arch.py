@@ -6,8 +6,8 @@ P = K(K-1)/2 unordered pairs, S network input side, H x W image.
 docs/reference.md [ION 5] (losses, both input orders per step), [ION 8] (inference over every pair,
 both orders, symmetrised). Registered in ``META_ARCH_REGISTRY`` as "InstaOrderNet"
 (``MODEL.META_ARCHITECTURE``); the pair classifier itself is
-:class:`instaformer.instaordernet.network.InstaOrderNet`, held as ``self.net`` (so released
-weights load into ``model.net``, see :func:`load_weights`).
+:class:`instaformer.instaordernet.network.InstaOrderResNet`, held as ``self.net`` (so released
+weights load into ``model.net``, see :func:`load_instaordernet_weights`).
 
 Test outputs per image, in the project's matrix convention ([IF 0]), over the
 instances of ``input["instances"].gt_masks`` in their order:
@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torchvision.ops import box_convert
 
 from instaformer.instaordernet import network
 from instaformer.instaordernet.data import INPUT_MODES
@@ -38,33 +39,21 @@ from instaformer.instaordernet.symmetrisation import (
     symmetrise_depth,
     symmetrise_occlusion,
 )
+from instaformer.vocabulary import (
+    TASK_CLASSES,
+    depth_classes_to_instaordernet,
+    depth_labels_from_instaordernet,
+    tasks_from_code,
+    transpose_depth_labels,
+)
 from mask2former.checkpoint import load_torch_file
 from mask2former.config import CfgNode
 from mask2former.modeling.configurable import configurable
 from mask2former.modeling.registry import META_ARCH_REGISTRY
+from mask2former.structures import masks_to_xywh
 from mask2former.utils import download
 
-__all__ = ["InstaOrderNet", "boxes_from_masks", "load_weights"]
-
-_BUILDERS = {
-    "o": network.instaordernet_o,
-    "d": network.instaordernet_d,
-    "od": network.instaordernet_od,
-}
-
-
-def boxes_from_masks(masks: Tensor) -> Tensor:
-    """Tensor[K, H, W] bool -> Tensor[K, 4] float xywh tight boxes (zeros for an empty mask)."""
-    k = masks.shape[0]
-    boxes = torch.zeros(k, 4)
-    for idx in range(k):
-        ys, xs = torch.nonzero(masks[idx], as_tuple=True)
-        if len(xs):
-            x0, y0 = xs.min().item(), ys.min().item()
-            boxes[idx] = torch.tensor(
-                [x0, y0, xs.max().item() - x0 + 1, ys.max().item() - y0 + 1], dtype=torch.float32
-            )
-    return boxes
+__all__ = ["InstaOrderNet", "load_instaordernet_weights"]
 
 
 @META_ARCH_REGISTRY.register()
@@ -75,7 +64,7 @@ class InstaOrderNet(nn.Module):
     def __init__(
         self,
         *,
-        net: network.InstaOrderNet,
+        net: network.InstaOrderResNet,
         input_mode: str,
         input_size: int,
         image_format: str = "RGB",
@@ -123,16 +112,13 @@ class InstaOrderNet(nn.Module):
     @classmethod
     def from_config(cls, cfg: CfgNode) -> dict[str, Any]:
         net_cfg = cfg.MODEL.INSTAORDERNET
-        if net_cfg.TASK not in _BUILDERS:
-            raise ValueError(
-                f"MODEL.INSTAORDERNET.TASK must be one of {list(_BUILDERS)}, got {net_cfg.TASK!r}"
-            )
+        tasks = tasks_from_code(net_cfg.TASK, "MODEL.INSTAORDERNET.TASK")
         if net_cfg.TEST_BOX_ENLARGE < 0:
             raise ValueError(
                 f"MODEL.INSTAORDERNET.TEST_BOX_ENLARGE must be >= 0, got {net_cfg.TEST_BOX_ENLARGE}"
             )
         return {
-            "net": _BUILDERS[net_cfg.TASK](),
+            "net": network.InstaOrderResNet(tasks=tasks),
             "input_mode": net_cfg.INPUT_MODE,
             "input_size": net_cfg.INPUT_SIZE,
             "image_format": cfg.INPUT.FORMAT,
@@ -166,10 +152,9 @@ class InstaOrderNet(nn.Module):
             boxes = None
             if self.input_mode == "patch":
                 if instances.has("gt_boxes"):
-                    boxes = instances.gt_boxes.clone().float()
-                    boxes[:, 2:] -= boxes[:, :2]  # x0, y0, x1, y1 -> xywh
+                    boxes = box_convert(instances.gt_boxes.float(), "xyxy", "xywh")
                 else:
-                    boxes = boxes_from_masks(instances.gt_masks)
+                    boxes = masks_to_xywh(instances.gt_masks)
             outputs.append(self.predict(image, instances.gt_masks, boxes))
         return outputs
 
@@ -255,7 +240,7 @@ class InstaOrderNet(nn.Module):
         masks = masks.to(device).bool()
         k = masks.shape[0]
         if self.input_mode == "patch" and boxes is None:
-            boxes = boxes_from_masks(masks.cpu())
+            boxes = masks_to_xywh(masks)
         if boxes is not None:
             boxes = boxes.to(device).float()
         pairs = all_pairs(k, device=device)  # P x 2, i < j
@@ -264,7 +249,7 @@ class InstaOrderNet(nn.Module):
         logits = (
             self.pair_logits(image, masks, boxes, ordered)
             if len(pairs)
-            else {t: torch.zeros(0, network.TASK_CLASSES[t], device=device) for t in self.tasks}
+            else {t: torch.zeros(0, TASK_CLASSES[t], device=device) for t in self.tasks}
         )
         out: dict[str, Tensor] = {}
         if "occlusion" in logits:
@@ -276,10 +261,10 @@ class InstaOrderNet(nn.Module):
         if "depth" in logits:
             z = logits["depth"].reshape(-1, 2, 3)
             probs = symmetrise_depth(z[:, 0], z[:, 1])  # P x 3: farther, closer, equal
-            # arg-max over (closer, farther, equal), ties to the first ([ION 8]).
-            choice = probs[:, [1, 0, 2]].argmax(dim=1)
-            row_value = torch.tensor([1, 0, 2], device=device)[choice]  # D[i, j]
-            col_value = torch.tensor([0, 1, 2], device=device)[choice]  # D[j, i]
+            # arg-max in InstaOrderNet's class order, ties to the first ([ION 8]).
+            choice = depth_classes_to_instaordernet(probs).argmax(dim=1)
+            row_value = depth_labels_from_instaordernet(choice)  # D[i, j]
+            col_value = transpose_depth_labels(row_value)  # D[j, i]
             depth = torch.full((k, k), -1, dtype=torch.int64, device=device)
             depth[pairs[:, 0], pairs[:, 1]] = row_value
             depth[pairs[:, 1], pairs[:, 0]] = col_value
@@ -288,7 +273,7 @@ class InstaOrderNet(nn.Module):
         return out
 
 
-def load_weights(cfg: CfgNode, model: nn.Module, path: str | os.PathLike) -> None:
+def load_instaordernet_weights(cfg: CfgNode, model: nn.Module, path: str | os.PathLike) -> None:
     """Initial weights for an InstaOrderNet meta-architecture built from ``cfg``
     (``MODEL.WEIGHTS``); config first, in the shape of the training loop's weight loaders.
 

@@ -1,4 +1,6 @@
-"""InstaOrderNet: a 5-channel ResNet-50 pair classifier (docs/reference.md [ION 2, 4, 11]).
+"""InstaOrderResNet: the 5-channel ResNet-50 pair classifier of InstaOrderNet.
+
+docs/reference.md [ION 2, 4, 11].
 
 Shape shorthand: B pairs, S input side (256 for ``o``, 384 for ``d``/``od``).
 
@@ -8,10 +10,13 @@ Outputs in the InstaOrderNet convention (not the project's matrix convention; se
 
 * ``"occlusion"``: Tensor[B, 2] logits for independent sigmoids,
   ``[0]`` = B occludes A, ``[1]`` = A occludes B;
-* ``"depth"``: Tensor[B, 3] softmax logits, class 0 = A closer, 1 = A farther, 2 = same depth.
+* ``"depth"``: Tensor[B, 3] softmax logits, class 0 = A closer, 1 = A farther, 2 = same depth
+  (:data:`instaformer.vocabulary.ION_A_CLOSER` etc.).
 
 Parameter names follow the released network (``conv1``, ``bn1``, ``layer1..4``, ``fc`` for a
-single task, ``fc_occ`` + ``fc_depth`` for both), so the released ``.pth.tar`` files load.
+single task, ``fc_occ`` + ``fc_depth`` for both), so the released ``.pth.tar`` files load. The
+meta-architecture around it (pair losses, all-pairs inference) is
+:class:`instaformer.instaordernet.meta_arch.InstaOrderNet`.
 """
 
 from __future__ import annotations
@@ -23,8 +28,10 @@ import torch
 from torch import Tensor, nn
 from torchvision.models.resnet import Bottleneck
 
+from instaformer.vocabulary import TASK_CLASSES
+
 __all__ = [
-    "InstaOrderNet",
+    "InstaOrderResNet",
     "instaordernet_d",
     "instaordernet_o",
     "instaordernet_od",
@@ -32,12 +39,11 @@ __all__ = [
     "strip_module_prefix",
 ]
 
-TASK_CLASSES = {"occlusion": 2, "depth": 3}
 # Head attribute per task when both tasks are present (a single task uses "fc").
 JOINT_HEAD_NAMES = {"occlusion": "fc_occ", "depth": "fc_depth"}
 
 
-class InstaOrderNet(nn.Module):
+class InstaOrderResNet(nn.Module):
     """ResNet-50 (Bottleneck [3, 4, 6, 3], stride on the 3x3 conv) with 5 input channels."""
 
     def __init__(self, *, tasks: Sequence[str], in_channels: int = 5) -> None:
@@ -105,19 +111,19 @@ class InstaOrderNet(nn.Module):
         return {task: getattr(self, name)(pooled) for task, name in self.head_names.items()}
 
 
-def instaordernet_o() -> InstaOrderNet:
+def instaordernet_o() -> InstaOrderResNet:
     """InstaOrderNet^o: occlusion head ``fc`` (2 logits); patch input at 256."""
-    return InstaOrderNet(tasks=("occlusion",))
+    return InstaOrderResNet(tasks=("occlusion",))
 
 
-def instaordernet_d() -> InstaOrderNet:
+def instaordernet_d() -> InstaOrderResNet:
     """InstaOrderNet^d: depth head ``fc`` (3 logits); resize input at 384."""
-    return InstaOrderNet(tasks=("depth",))
+    return InstaOrderResNet(tasks=("depth",))
 
 
-def instaordernet_od() -> InstaOrderNet:
+def instaordernet_od() -> InstaOrderResNet:
     """InstaOrderNet^{o,d}: heads ``fc_occ`` (2) and ``fc_depth`` (3); resize input at 384."""
-    return InstaOrderNet(tasks=("occlusion", "depth"))
+    return InstaOrderResNet(tasks=("occlusion", "depth"))
 
 
 def strip_module_prefix(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -125,7 +131,7 @@ def strip_module_prefix(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
     return {k.removeprefix("module."): v for k, v in state_dict.items()}
 
 
-def load_instaordernet_checkpoint(model: InstaOrderNet, path: str | os.PathLike) -> None:
+def load_instaordernet_checkpoint(model: InstaOrderResNet, path: str | os.PathLike) -> None:
     """Load a released ``InstaOrder_InstaOrderNet_{o,d,od}.pth.tar`` (or a plain state dict).
 
     Accepts a dict holding ``state_dict`` (released layout, keys prefixed ``module.``) or a
@@ -152,7 +158,7 @@ def load_instaordernet_checkpoint(model: InstaOrderNet, path: str | os.PathLike)
         if k in state and tuple(state[k].shape) != tuple(v.shape)
     ]
     if missing or unexpected or shapes:
-        lines = [f"{path} does not fit InstaOrderNet(tasks={model.tasks}):"]
+        lines = [f"{path} does not fit InstaOrderResNet(tasks={model.tasks}):"]
         lines += [f"  missing: {k}" for k in missing]
         lines += [f"  unexpected: {k}" for k in unexpected]
         lines += [f"  shape: {s}" for s in shapes]

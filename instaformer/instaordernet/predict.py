@@ -30,7 +30,7 @@ def predict_orders(
 
     Args:
         model: an InstaOrderNet meta-architecture (``build_model`` on an InstaOrderNet config,
-            weights loaded with :func:`instaformer.instaordernet.meta_arch.load_weights`).
+            weights loaded with :func:`instaformer.instaordernet.load_instaordernet_weights`).
         image: uint8 array[H, W, 3] (as read by OpenCV/PIL) or Tensor[3, H, W] (uint8 0-255 or
             float 0-1).
         masks: bool array/Tensor[K, H, W], one binary mask per instance.

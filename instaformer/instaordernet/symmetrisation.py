@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from instaformer.vocabulary import depth_classes_from_instaordernet, transpose_depth_classes
+
 __all__ = [
     "all_pairs",
     "depth_matrix_from_pairs",
@@ -56,11 +58,9 @@ def symmetrise_depth(logits_ab: Tensor, logits_ba: Tensor) -> Tensor:
         Tensor[P, 3] probabilities for row i vs column j: ``[:, 0]`` i farther, ``[:, 1]`` i
         closer, ``[:, 2]`` same depth (the averaged softmaxes of [ION 8]).
     """
-    p_ab, p_ba = torch.softmax(logits_ab, dim=1), torch.softmax(logits_ba, dim=1)
-    closer = 0.5 * (p_ab[:, 0] + p_ba[:, 1])
-    farther = 0.5 * (p_ab[:, 1] + p_ba[:, 0])
-    equal = 0.5 * (p_ab[:, 2] + p_ba[:, 2])
-    return torch.stack([farther, closer, equal], dim=1)
+    d_ij = depth_classes_from_instaordernet(torch.softmax(logits_ab, dim=1))  # D[i, j]
+    d_ji = depth_classes_from_instaordernet(torch.softmax(logits_ba, dim=1))  # D[j, i]
+    return 0.5 * (d_ij + transpose_depth_classes(d_ji))
 
 
 def occlusion_matrix_from_pairs(pairs: Tensor, probs: Tensor, n: int) -> Tensor:
@@ -78,5 +78,5 @@ def depth_matrix_from_pairs(pairs: Tensor, probs: Tensor, n: int) -> Tensor:
     first two classes. Diagonal cells are uniform."""
     out = probs.new_full((n, n, 3), 1.0 / 3.0)
     out[pairs[:, 0], pairs[:, 1]] = probs
-    out[pairs[:, 1], pairs[:, 0]] = probs[:, [1, 0, 2]]
+    out[pairs[:, 1], pairs[:, 0]] = transpose_depth_classes(probs)
     return out

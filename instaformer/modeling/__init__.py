@@ -11,7 +11,7 @@ from __future__ import annotations
 from torch import nn
 
 from instaformer.modeling.meta_arch import InstaFormer
-from mask2former.modeling.build import resolve_device
+from mask2former.modeling.build import available_device
 from mask2former.modeling.registry import META_ARCH_REGISTRY
 
 __all__ = ["META_ARCH_ALIASES", "InstaFormer", "build_model"]
@@ -30,4 +30,4 @@ def build_model(cfg) -> nn.Module:  # noqa: ANN001 (fvcore CfgNode)
 
     name = cfg.MODEL.META_ARCHITECTURE
     model = META_ARCH_REGISTRY.get(META_ARCH_ALIASES.get(name, name))(cfg)
-    return model.to(resolve_device(cfg.MODEL.DEVICE))
+    return model.to(available_device(cfg.MODEL.DEVICE))

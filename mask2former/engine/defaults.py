@@ -82,9 +82,9 @@ def default_argument_parser(description: str | None = None) -> argparse.Argument
 
 def resolve_device(cfg: CfgNode) -> None:
     """Replace an unavailable ``MODEL.DEVICE`` "cuda" by "cpu" (with a warning), in place."""
-    from mask2former.modeling.build import resolve_device as device_of
+    from mask2former.modeling.build import available_device
 
-    device = str(device_of(cfg.MODEL.DEVICE))
+    device = str(available_device(cfg.MODEL.DEVICE))
     if device != str(cfg.MODEL.DEVICE):
         frozen = cfg.is_frozen()
         cfg.defrost()

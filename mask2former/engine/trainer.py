@@ -3,7 +3,7 @@ periodic evaluation and metrics.
 
 Why plain ``torch.distributed`` rather than an engine such as lightning-fabric: the command line
 must behave exactly as detectron2's (``--num-gpus``, ``--num-machines``, ``--machine-rank``,
-``--dist-url`` and torchrun's variables; see :mod:`mask2former.engine.launch`), and the loop
+``--dist-url`` and torchrun's variables; see :mod:`mask2former.engine.processes`), and the loop
 below needs only ``DistributedDataParallel``, ``torch.autocast`` and ``torch.amp.GradScaler``
 from PyTorch itself. Every step of an iteration is visible in :meth:`Trainer.run_step`.
 
@@ -50,8 +50,8 @@ from mask2former.engine.checkpoint import (
 )
 from mask2former.engine.collective import CollectiveProgress, is_peer_failure
 from mask2former.engine.events import MetricSink, MetricsWriter
-from mask2former.engine.launch import local_rank
 from mask2former.engine.optimizer import build_lr_scheduler, build_optimizer, clip_gradients
+from mask2former.engine.processes import local_rank
 from mask2former.utils import comm
 
 __all__ = ["BuildTrainLoader", "Evaluate", "LoadWeights", "Trainer"]

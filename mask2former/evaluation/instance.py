@@ -33,18 +33,12 @@ from mask2former.evaluation.panoptic import (
     read_panoptic_png,
     resolve_panoptic_gt,
 )
+from mask2former.structures import encode_rle
 from mask2former.utils import comm
 
 logger = logging.getLogger(__name__)
 
 AP_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
-
-
-def encode_mask(mask: np.ndarray) -> dict[str, Any]:
-    """bool [H, W] -> COCO RLE with a str ``counts`` (JSON-serialisable)."""
-    rle = mask_util.encode(np.asfortranarray(mask.astype(np.uint8)))
-    rle["counts"] = rle["counts"].decode("ascii")
-    return rle
 
 
 def _to_numpy(value: Any) -> np.ndarray:
@@ -70,7 +64,7 @@ def panoptic_gt_instances(
         area = int(mask.sum())
         if area == 0:
             continue
-        rle = encode_mask(mask)
+        rle = encode_rle(mask)
         annotations.append(
             {
                 "image_id": ann["image_id"],
@@ -214,7 +208,7 @@ class COCOInstanceEvaluator(DatasetEvaluator):
                     {
                         "image_id": image_id,
                         "category_id": int(self._to_dataset_id[int(cls)]),
-                        "segmentation": encode_mask(mask),
+                        "segmentation": encode_rle(mask),
                         "score": float(score),
                     }
                 )
@@ -222,12 +216,10 @@ class COCOInstanceEvaluator(DatasetEvaluator):
     def evaluate(self) -> Results:
         images, gt, predictions = self._images, self._gt, self._predictions
         if self._distributed:
-            parts = comm.gather((images, gt, predictions), dst=0)
-            if not comm.is_main_process():
+            gathered = comm.gather_lists(images, gt, predictions)
+            if gathered is None:
                 return {}
-            images = [i for part in parts for i in part[0]]
-            gt = [a for part in parts for a in part[1]]
-            predictions = [p for part in parts for p in part[2]]
+            images, gt, predictions = gathered
         if self._output_dir:
             os.makedirs(self._output_dir, exist_ok=True)
             path = os.path.join(self._output_dir, "instances_predictions.json")

@@ -33,6 +33,7 @@ import torch
 from PIL import Image
 
 from mask2former.evaluation.evaluator import DatasetEvaluator, Results
+from mask2former.structures import id2rgb, rgb2id
 from mask2former.utils import comm
 
 logger = logging.getLogger(__name__)
@@ -42,18 +43,6 @@ _OFFSET = 256**3  # segment ids are below 256^3 (three 8-bit channels)
 # Per-category statistics: [sum of IoU over TP, TP, FP, FN].
 _IOU, _TP, _FP, _FN = range(4)
 PQStats = dict[int, np.ndarray]
-
-
-def rgb2id(color: np.ndarray) -> np.ndarray:
-    """uint8 [H, W, 3] COCO panoptic PNG -> int64 [H, W] segment ids."""
-    color = color.astype(np.int64)
-    return color[..., 0] + 256 * color[..., 1] + 256 * 256 * color[..., 2]
-
-
-def id2rgb(ids: np.ndarray) -> np.ndarray:
-    """int [H, W] segment ids -> uint8 [H, W, 3] COCO panoptic PNG colours."""
-    ids = ids.astype(np.int64)
-    return np.stack([ids % 256, ids // 256 % 256, ids // 65536 % 256], axis=-1).astype(np.uint8)
 
 
 def read_panoptic_png(path: str) -> np.ndarray:
@@ -408,14 +397,13 @@ class COCOPanopticEvaluator(DatasetEvaluator):
     def evaluate(self) -> Results:
         stats, predictions = self._stats, self._predictions
         if self._distributed:
-            parts = comm.gather((stats, predictions), dst=0)
-            if not comm.is_main_process():
+            gathered = comm.gather_lists([stats], predictions)
+            if gathered is None:
                 return {}
             stats = {}
-            predictions = []
-            for part_stats, part_predictions in parts:
+            for part_stats in gathered[0]:
                 accumulate(stats, part_stats)
-                predictions.extend(part_predictions)
+            predictions = gathered[1]
         if self._output_dir:
             path = os.path.join(self._output_dir, "panoptic_predictions.json")
             with open(path, "w") as f:

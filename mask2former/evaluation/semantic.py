@@ -180,9 +180,9 @@ class SemSegEvaluator(DatasetEvaluator):
     def evaluate(self) -> Results:
         conf = self._conf
         if self._distributed:
-            parts = comm.gather(conf, dst=0)
-            if not comm.is_main_process():
+            gathered = comm.gather_lists([conf])
+            if gathered is None:
                 return {}
-            conf = np.sum(parts, axis=0)
+            conf = np.sum(gathered[0], axis=0)
         names = self._class_names or [str(c) for c in range(self._num_classes)]
         return {"sem_seg": semantic_metrics(conf, names if self._per_class else None)}

@@ -1,4 +1,8 @@
-"""``build_model(cfg)``: the meta-architecture named by ``MODEL.META_ARCHITECTURE``."""
+"""``build_meta_arch(cfg)``: the meta-architecture registered as ``MODEL.META_ARCHITECTURE``.
+
+Exactly the registered class: a project that maps other names to its classes does so in its own
+builder, above this package.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +13,12 @@ from torch import nn
 
 from mask2former.modeling.registry import META_ARCH_REGISTRY
 
-__all__ = ["build_model", "resolve_device"]
+__all__ = ["available_device", "build_meta_arch"]
 
 logger = logging.getLogger(__name__)
 
 
-def resolve_device(name: str) -> torch.device:
+def available_device(name: str) -> torch.device:
     """``MODEL.DEVICE`` -> device; "cuda" without CUDA falls back to "cpu" with a warning."""
     try:
         device = torch.device(name)
@@ -34,7 +38,7 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def build_model(cfg) -> nn.Module:
+def build_meta_arch(cfg) -> nn.Module:
     """Build ``META_ARCH_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE)(cfg)`` on ``MODEL.DEVICE``.
 
     Weights are not loaded here (see :mod:`mask2former.checkpoint`).
@@ -42,4 +46,4 @@ def build_model(cfg) -> nn.Module:
     import mask2former.modeling  # noqa: F401  (registers every built-in module)
 
     model = META_ARCH_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE)(cfg)
-    return model.to(resolve_device(cfg.MODEL.DEVICE))
+    return model.to(available_device(cfg.MODEL.DEVICE))

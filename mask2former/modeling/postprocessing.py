@@ -13,14 +13,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mask2former.structures import Instances
+from mask2former.structures import Instances, masks_to_boxes
 
 __all__ = [
     "sem_seg_postprocess",
     "semantic_inference",
     "panoptic_inference",
     "instance_inference",
-    "masks_to_boxes",
     "mask_scores",
 ]
 
@@ -136,18 +135,6 @@ def panoptic_inference(
                 }
             )
     return panoptic_seg, segments_info, keep
-
-
-def masks_to_boxes(masks: Tensor) -> Tensor:
-    """bool Tensor[N, H, W] -> Tensor[N, 4] ``(x0, y0, x1, y1)`` (zeros for empty masks)."""
-    n, h, w = masks.shape
-    rows, cols = masks.any(2), masks.any(1)  # N x H, N x W
-    x0 = cols.float().argmax(1)
-    x1 = w - cols.flip(1).float().argmax(1)
-    y0 = rows.float().argmax(1)
-    y1 = h - rows.flip(1).float().argmax(1)
-    boxes = torch.stack([x0, y0, x1, y1], dim=1).float()
-    return boxes * cols.any(1, keepdim=True)
 
 
 def mask_scores(mask_pred: Tensor, positive: Tensor) -> Tensor:

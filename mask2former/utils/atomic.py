@@ -2,7 +2,9 @@
 over the destination only once complete, so a reader (or a process killed mid-write) never sees
 a partial file. A symbolic link at the destination is replaced, its target left untouched.
 
-The temporary name is ``.<name>.<random>.tmp`` (hidden, in the destination folder).
+The temporary name is ``.<name>.<random>.tmp`` (hidden, in the destination folder); for
+:func:`atomic_write_path`, whose writers choose the format by the file name, the destination's
+extension follows (``.<name>.<random>.tmp.png``).
 """
 
 from __future__ import annotations
@@ -12,7 +14,23 @@ import tempfile
 from collections.abc import Callable
 from typing import IO
 
-__all__ = ["atomic_write", "atomic_write_bytes"]
+__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_path"]
+
+
+def _replace_with(path: str | os.PathLike, suffix: str, write: Callable[[str], None]) -> None:
+    """``write(tmp)`` creates the file ``tmp`` beside ``path``, which then replaces ``path``."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=suffix, dir=folder)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.lexists(tmp):
+            os.remove(tmp)
+        raise
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> None:
@@ -21,20 +39,21 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) ->
     The folder is created if missing. On any error (including ``KeyboardInterrupt``) the
     temporary file is removed and ``path`` is left as it was.
     """
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
+
+    def to_file(tmp: str) -> None:
+        with open(tmp, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.lexists(tmp):
-            os.remove(tmp)
-        raise
+
+    _replace_with(path, ".tmp", to_file)
+
+
+def atomic_write_path(path: str | os.PathLike, write: Callable[[str], None]) -> None:
+    """Create or replace ``path`` with the file that ``write(tmp)`` creates at the temporary path
+    ``tmp`` (same folder and extension as ``path``), for writers that need a file name
+    (``cv2.imwrite``, ``shutil.copyfile``). Errors as :func:`atomic_write`."""
+    _replace_with(path, ".tmp" + os.path.splitext(os.fspath(path))[1], write)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -65,6 +65,21 @@ def gather(data: Any, dst: int = 0) -> list[Any]:
     return output if output is not None else []
 
 
+def gather_lists(*lists: list[Any], dst: int = 0) -> tuple[list[Any], ...] | None:
+    """Concatenate each of ``lists`` over the ranks, in rank order, on rank ``dst``.
+
+    What an evaluator accumulated per process becomes the whole dataset's records on ``dst``
+    (the lists themselves in a single process).
+
+    Returns:
+        on ``dst``: one concatenated list per argument; on the other ranks: ``None``.
+    """
+    parts = gather(lists, dst=dst)
+    if get_rank() != dst:
+        return None
+    return tuple([item for part in parts for item in part[k]] for k in range(len(lists)))
+
+
 def reduce_dict(values: dict[str, float], average: bool = True) -> dict[str, float]:
     """All-reduce a dict of scalars (sum, or mean with ``average``) over ranks."""
     world_size = get_world_size()

@@ -15,6 +15,11 @@ Python process, so that its peak resident set size (``ru_maxrss``) means somethi
   cached graphs, so the peak RSS is that of inference (PyTorch model for the post-processing
   included), not of the exporter. Graphs are cached in a temporary folder removed at the end.
 
+With ``--profile`` each timed process also profiles its runtime on the same image and prints
+where the time goes: ONNX Runtime's own profile of the network graph summed per part and per op
+type (:mod:`instaformer.deploy.profile`), or ``torch.profiler``'s self CPU time per PyTorch op
+of whole ``Predictor`` calls.
+
 Every backend's result is compared with the PyTorch one (panoptic map equal, largest
 probability difference). Median and minimum of ``--repeats`` runs after one warm-up, wall clock;
 ``cpu`` is the median CPU time of the process (all threads; on a machine shared with other jobs
@@ -64,17 +69,66 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--threads", type=int, default=2, help="intra-op threads (both runtimes)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs (median reported)")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="also print where the time goes (ONNX Runtime profile of the network graph per "
+        "part and op type; torch.profiler self CPU time per op)",
+    )
 
 
 def _max_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
+def _profile_network(predictor, image: np.ndarray, threads: int, repeats: int, folder: Path) -> str:
+    """ONNX Runtime profile of the cached network graph over ``repeats`` runs, as a table."""
+    from instaformer.deploy.export import pad_like_model
+    from instaformer.deploy.profile import profiled_session, summarize_profile
+
+    forward = predictor._forward
+    inputs = predictor.preprocess(image)["image"]
+    padded = pad_like_model(inputs, forward.model.pixel_mean.cpu(), forward.model.size_divisibility)
+    path, _ = forward.paths(*padded.shape[-2:])
+    session = profiled_session(path, folder, threads)
+    for _ in range(repeats):
+        session.run(None, {"image": padded.numpy()})
+    return summarize_profile(session.end_profiling(), path).table()
+
+
+def _profile_torch(predictor, image: np.ndarray, repeats: int, top: int = 12) -> str:
+    """``torch.profiler`` self CPU time per op over ``repeats`` Predictor calls, as a table."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(repeats):
+            predictor(image)
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in events) or 1.0
+    lines = [f"{repeats} runs, {total / repeats / 1e3:.1f} ms self CPU per run"]
+    for e in events[:top]:
+        ms = e.self_cpu_time_total / repeats / 1e3
+        share = 100 * e.self_cpu_time_total / total
+        lines.append(
+            f"  op type  {e.key:38s} {ms:8.1f} ms {share:5.1f} % ({e.count // repeats} calls)"
+        )
+    return "\n".join(lines)
+
+
 def measure(
-    *, model: str, height: int, width: int, backend: str, threads: int, repeats: int, out: str
+    *,
+    model: str,
+    height: int,
+    width: int,
+    backend: str,
+    threads: int,
+    repeats: int,
+    out: str,
+    profile: bool = False,
 ) -> dict:
     """One measurement in this process (see the module docstring); ``repeats = 0`` only
-    prepares (export). Writes the result arrays to ``out`` (``.npz``) when timing."""
+    prepares (export). Writes the result arrays to ``out`` (``.npz``) when timing; with
+    ``profile`` the result has a ``profile`` table (after the timed runs)."""
     from instaformer.config import setup_cfg
     from instaformer.predictor import Predictor
 
@@ -101,12 +155,20 @@ def measure(
             occlusion_prob=result.occlusion_prob,
             depth_prob=result.depth_prob,
         )
+    peak = _max_rss_mib()  # before the profiling session, which holds a second copy
+    table = ""
+    if profile and repeats:
+        if backend == "onnxruntime":
+            table = _profile_network(predictor, image, threads, repeats, Path(out).parent)
+        else:
+            table = _profile_torch(predictor, image, repeats)
     return {
+        "profile": table,
         "prepare_s": prepare,
         "median_s": statistics.median(times) if times else float("nan"),
         "min_s": min(times) if times else float("nan"),
         "cpu_s": statistics.median(cpu_times) if cpu_times else float("nan"),
-        "peak_mib": _max_rss_mib(),
+        "peak_mib": peak,
         "k": len(result.segments),
     }
 
@@ -153,6 +215,7 @@ def run(args: argparse.Namespace) -> None:
                     request = {
                         "model": model, "height": height, "width": width, "backend": backend,
                         "threads": args.threads, "repeats": args.repeats, "out": out,
+                        "profile": args.profile,
                     }  # fmt: skip
                     prepare = None
                     if backend == "onnxruntime":  # export in a process of its own
@@ -173,6 +236,8 @@ def run(args: argparse.Namespace) -> None:
                         f"peak RSS {r['peak_mib']:6.0f} MiB  k={r['k']:3d}  {speedup}{match}",
                         flush=True,
                     )
+                    if r["profile"]:
+                        print(r["profile"], flush=True)
 
 
 if __name__ == "__main__":

@@ -57,21 +57,33 @@ def voronoi_labels(cells: int, h: int, w: int, generator: torch.Generator) -> to
     return ((grid - seeds[None]) ** 2).sum(-1).argmin(-1).reshape(h, w)
 
 
-def make_input(n: int, stuff: int, size: int, generator: torch.Generator) -> dict:
-    """Evaluation-mode input: n thing cells (annotated, classes 0..79) then ``stuff`` cells."""
+def make_input(n: int, stuff: int, height: int, width: int, generator: torch.Generator) -> dict:
+    """Input with ground truth, for evaluation mode and training steps: n thing cells (annotated,
+    classes 0..79) then ``stuff`` cells (classes 80..132), random occlusion and depth targets
+    (``occlusion_matrix``, ``depth_matrix`` int32 Tensor[n, n]; no overlapping pair, count 2)."""
     from mask2former.structures import Instances
 
-    labels = voronoi_labels(n + stuff, size, size, generator)
+    labels = voronoi_labels(n + stuff, height, width, generator)
     masks = labels[None] == torch.arange(n + stuff)[:, None, None]
     classes = torch.cat(
         [torch.randint(0, 80, (n,), generator=generator), 80 + torch.arange(stuff) % 53]
     )
+    image = torch.randint(0, 256, (3, height, width), dtype=torch.uint8, generator=generator)
+    occlusion = torch.randint(0, 2, (n, n), dtype=torch.int32, generator=generator)
+    occlusion.fill_diagonal_(0)
+    depth = torch.randint(0, 2, (n, n), dtype=torch.int32, generator=generator).triu(1)
+    depth = depth + (1 - depth.t()).tril(-1)  # depth[j, i] = 1 - depth[i, j]
+    depth.fill_diagonal_(-1)
     return {
-        "image": torch.randint(0, 256, (3, size, size), dtype=torch.uint8, generator=generator),
-        "height": size,
-        "width": size,
-        "instances": Instances((size, size), gt_classes=classes, gt_masks=masks),
+        "image": image,
+        "height": height,
+        "width": width,
+        "instances": Instances((height, width), gt_classes=classes, gt_masks=masks),
         "tgt_pan_idx": torch.arange(n),
+        "occlusion_matrix": occlusion,
+        "depth_matrix": depth,
+        "overlap_matrix": torch.zeros((n, n), dtype=torch.int32),
+        "count_matrix": torch.full((n, n), 2, dtype=torch.int32),
     }
 
 
@@ -116,7 +128,7 @@ def _case(args: argparse.Namespace, n: int, queue: mp.Queue) -> None:
     cfg.merge_from_list(["MODEL.DEVICE", "cpu"])
     model = build_model(cfg).eval()
     model.geometric_predictor.dense_feature_attention = args.dense
-    x = make_input(n, args.stuff, args.size, torch.Generator().manual_seed(n))
+    x = make_input(n, args.stuff, args.size, args.size, torch.Generator().manual_seed(n))
     if not args.raw_masks:
         realistic_masks(model, x["instances"].gt_masks)
     rss0 = _rss_mib()

@@ -18,7 +18,8 @@ import time
 import torch
 
 from instaformer.instaordernet import network
-from instaformer.instaordernet.meta_arch import InstaOrderNet, boxes_from_masks
+from instaformer.instaordernet.meta_arch import InstaOrderNet
+from mask2former.structures import masks_to_xywh
 
 FLAVOURS = {
     "o": (network.instaordernet_o, "patch", 256),
@@ -86,7 +87,7 @@ def run(args: argparse.Namespace) -> None:
     model.to(device).eval()
     image, masks = _scene(n, args.height, args.width)
     image, masks = image.to(device), masks.to(device)
-    boxes = boxes_from_masks(masks.cpu()).to(device)
+    boxes = masks_to_xywh(masks)
     batched = _time(model, image, masks, boxes, args.repeats, device)
     batch = model.pairs_per_forward
     model.pairs_per_forward = 1

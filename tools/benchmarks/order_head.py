@@ -17,15 +17,14 @@ import time
 import torch
 
 from instaformer.modeling.order.geometric_transformer import GeometricTransformer
-
-TASKS = {"o": ("occlusion",), "d": ("depth",), "od": ("occlusion", "depth")}
+from instaformer.vocabulary import TASK_CODES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", type=int, default=512, help="input image side in pixels")
     parser.add_argument("--instances", type=int, nargs="+", default=[10, 50], help="values of n")
     parser.add_argument("--stuff", type=int, default=8, help="Voronoi cells left to stuff")
-    parser.add_argument("--task", choices=sorted(TASKS), default="od")
+    parser.add_argument("--task", choices=sorted(TASK_CODES), default="od")
     parser.add_argument("--d-model", type=int, default=512)
     parser.add_argument("--num-layers", type=int, default=8)
     parser.add_argument("--mask-dim", type=int, default=256)
@@ -61,7 +60,7 @@ def _case(args: argparse.Namespace, n: int, dense: bool, queue: mp.Queue) -> Non
     g = torch.Generator().manual_seed(n)
     side = args.size // 4
     head = GeometricTransformer(
-        tasks=TASKS[args.task],
+        tasks=TASK_CODES[args.task],
         mask_dim=args.mask_dim,
         d_model=args.d_model,
         num_layers=args.num_layers,

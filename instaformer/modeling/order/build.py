@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
-from instaformer.instaordernet.network import InstaOrderNet, load_instaordernet_checkpoint
+from instaformer.instaordernet.network import InstaOrderResNet, load_instaordernet_checkpoint
 from instaformer.modeling.order.contract import OrderHead
 from instaformer.modeling.order.geometric_transformer import GeometricTransformer
 from instaformer.modeling.order.pairwise import PairwiseResNet
@@ -118,7 +118,7 @@ def build_geometric_transformer(cfg) -> GeometricTransformer:  # noqa: ANN001
 @_register("PairwiseResNet")
 def build_pairwise_resnet(cfg) -> PairwiseResNet:  # noqa: ANN001
     gp = cfg.MODEL.GEOMETRIC_PREDICTOR
-    network = InstaOrderNet(tasks=order_tasks(cfg))
+    network = InstaOrderResNet(tasks=order_tasks(cfg))
     if gp.USE_INSTAORDERNET_WEIGHTS and gp.INSTAORDERNET_WEIGHTS_PATH:
         path = gp.INSTAORDERNET_WEIGHTS_PATH
         if os.path.isdir(path):

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from instaformer.instaordernet.network import TASK_CLASSES, InstaOrderNet
+from instaformer.instaordernet.network import TASK_CLASSES, InstaOrderResNet
 from instaformer.instaordernet.symmetrisation import (
     all_pairs,
     depth_matrix_from_pairs,
@@ -37,12 +37,11 @@ from instaformer.instaordernet.symmetrisation import (
 )
 from instaformer.modeling.order.contract import OrderHead, OrderInputs
 from instaformer.modeling.order.feature_attention import check_binary_masks
+from instaformer.vocabulary import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["PairwiseResNet", "low_image_from"]
 
 _MIN_PROB = 1e-12  # floor before the log so that impossible classes stay finite
-_IMAGENET_MEAN = (0.485, 0.456, 0.406)
-_IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def low_image_from(image: Tensor, size: int, image_format: str) -> Tensor:
@@ -57,8 +56,8 @@ def low_image_from(image: Tensor, size: int, image_format: str) -> Tensor:
     if image_format == "BGR":
         x = x.flip(0)
     x = F.interpolate(x[None], size=(size, size), mode="bicubic", align_corners=False)[0]
-    mean = torch.tensor(_IMAGENET_MEAN, device=x.device).view(3, 1, 1)
-    std = torch.tensor(_IMAGENET_STD, device=x.device).view(3, 1, 1)
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=x.device).view(3, 1, 1)
     return (x - mean) / std
 
 
@@ -77,7 +76,7 @@ class PairwiseResNet(OrderHead):
     uses_class_prior = False
 
     def __init__(
-        self, *, network: InstaOrderNet, input_size: int, max_pairs_per_batch: int = 64
+        self, *, network: InstaOrderResNet, input_size: int, max_pairs_per_batch: int = 64
     ) -> None:
         """
         Args:

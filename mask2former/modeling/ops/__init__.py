@@ -1,5 +1,5 @@
 """Multi-scale deformable attention op (compiled kernel with a pure-PyTorch fallback)."""
 
-from mask2former.modeling.ops.ms_deform_attn import ms_deform_attn
+from mask2former.modeling.ops.dispatch import ms_deform_attn
 
 __all__ = ["ms_deform_attn"]
