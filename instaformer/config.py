@@ -92,7 +92,7 @@ def add_instaformer_config(cfg: CfgNode) -> None:
     gp = cfg.MODEL.GEOMETRIC_PREDICTOR = CfgNode()
     gp.NAME = ""  # order head in ORDER_HEAD_REGISTRY; "" = plain Mask2Former, no orders
     gp.TASK = ""  # "o" occlusion, "d" depth, "od" both; "" with NAME ""
-    gp.PAIRWISE = False  # True for the pairwise (InstaOrderNet) head "PairwiseResNet"
+    gp.PAIRWISE = False  # legacy (NAME chooses the head): must be True iff NAME "PairwiseResNet"
     gp.INPUT_SIZE = 256  # side (pixels) of the square image/mask input of the pairwise head
     # Pairwise head: initialise InstaOrderNet from INSTAORDERNET_WEIGHTS_PATH when building.
     gp.USE_INSTAORDERNET_WEIGHTS = False
@@ -127,8 +127,10 @@ def add_instaformer_config(cfg: CfgNode) -> None:
 
     cfg.SOLVER.OCCLUSION_ZERO_DIV = 1  # per-image occlusion P/R/F1 when undefined (0/0): 0 or 1
 
-    cfg.TEST.OCCLUSION_EVALUATION = False  # evaluation mode: occlusion over GT instances + metrics
-    cfg.TEST.DEPTH_EVALUATION = False  # evaluation mode: depth over GT instances + metrics
+    # Order metrics of the evaluation entry point (evaluators only; the model's order rows follow
+    # each call's inputs: ground-truth instances when they carry tgt_pan_idx, docs/configs.md).
+    cfg.TEST.OCCLUSION_EVALUATION = False  # evaluate occlusion order (OcclusionEvaluator)
+    cfg.TEST.DEPTH_EVALUATION = False  # evaluate depth order (DepthEvaluator)
     cfg.TEST.MULTI_SCALE_EVALUATION = False  # also report order metrics per instance count
 
     cfg.WANDB = CfgNode()

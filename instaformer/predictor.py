@@ -242,17 +242,16 @@ def class_names_from_cfg(cfg: CfgNode) -> list[str]:
 
 
 def inference_cfg(cfg: CfgNode) -> CfgNode:
-    """A frozen copy of ``cfg`` set up for blind inference ([IF 3.2]).
+    """A frozen copy of ``cfg`` with the segmentation outputs an :class:`OrderResult` holds.
 
-    Turns order evaluation off (``TEST.OCCLUSION_EVALUATION/DEPTH_EVALUATION``), panoptic
-    inference on and semantic and instance inference off (an :class:`OrderResult` holds only
-    the panoptic segments and their orders), and resolves ``MODEL.DEVICE`` (CPU when CUDA is
-    missing).
+    Turns panoptic inference on and semantic and instance inference off (the result holds only
+    the panoptic segments and their orders; Mask2Former chooses its outputs when it is built) and
+    resolves ``MODEL.DEVICE`` (CPU when CUDA is missing). The order rows need no setting: the
+    Predictor's inputs carry no ground truth, so the model orders the thing segments
+    (``order_rows="segments"``), whatever ``TEST.*_EVALUATION`` say.
     """
     cfg = cfg.clone()
     cfg.defrost()
-    cfg.TEST.OCCLUSION_EVALUATION = False
-    cfg.TEST.DEPTH_EVALUATION = False
     cfg.MODEL.MASK_FORMER.TEST.PANOPTIC_ON = True
     cfg.MODEL.MASK_FORMER.TEST.SEMANTIC_ON = False
     cfg.MODEL.MASK_FORMER.TEST.INSTANCE_ON = False
@@ -275,8 +274,10 @@ class Predictor:
     Args:
         cfg: full config (``instaformer.config.get_cfg()`` + file + overrides). It is copied and
             adjusted with :func:`inference_cfg`; the evaluation flags need not be set by hand.
-        model: an already built model following the same output contract (tests, export);
-            default: ``build_model(cfg)`` with ``MODEL.WEIGHTS`` loaded.
+        model: an already built model following the same output contract (tests, export; the
+            model object ``--eval-only`` evaluates serves as it is); default: ``build_model(cfg)``
+            with ``MODEL.WEIGHTS`` loaded. Its ``output_tasks`` are the reported order tasks
+            (none when it has no such attribute).
         fit_test_size: downscale images larger than the test size (see above).
         backend: ``"pytorch"``, or ``"onnxruntime"``: the network and the order head run as
             exported ONNX graphs in ONNX Runtime (CPU), the post-processing stays shared
@@ -316,10 +317,7 @@ class Predictor:
         if self.input_format not in ("RGB", "BGR"):
             raise ValueError(f"INPUT.FORMAT must be 'RGB' or 'BGR'; got {self.input_format!r}")
         self.class_names = class_names_from_cfg(self.cfg)
-        gp = self.cfg.MODEL.GEOMETRIC_PREDICTOR
-        self.tasks = tuple(
-            t for t, on in (("occlusion", gp.OCCLUSION_ON), ("depth", gp.DEPTH_ON)) if on
-        )
+        self.tasks = tuple(getattr(self.model, "output_tasks", ()))
 
     @classmethod
     def from_config_file(

@@ -81,14 +81,13 @@ def test_matrices_equal_generator_ground_truth(synthetic):
     assert crowd_first >= 1  # a crowd segment preceded an annotated one (offset fix)
 
 
-def test_task_selects_matrices_and_low_image_flag(synthetic):
+def test_task_selects_matrices(synthetic):
     record = DatasetCatalog.get("synthetic_instaorder_val")[0]
     out_o = InstaOrderPanopticMapper(is_train=False, task="o")(dict(record))
     assert "occlusion_matrix" in out_o and "depth_matrix" not in out_o
-    out_d = InstaOrderPanopticMapper(is_train=False, task="d", low_image_size=70)(dict(record))
+    out_d = InstaOrderPanopticMapper(is_train=False, task="d")(dict(record))
     assert {"depth_matrix", "overlap_matrix", "count_matrix"} <= set(out_d)
     assert "occlusion_matrix" not in out_d
-    assert out_d["low_image"].shape == (3, 64, 64) and out_d["low_image"].dtype == torch.float32
     bgr = InstaOrderPanopticMapper(is_train=False, image_format="BGR")(dict(record))
     assert torch.equal(bgr["image"], out_o["image"].flip(0))
 
@@ -187,7 +186,8 @@ def test_from_config_released_behaviour_and_augment(synthetic):
     cfg.MODEL.GEOMETRIC_PREDICTOR.PAIRWISE = True
     cfg.MODEL.GEOMETRIC_PREDICTOR.INPUT_SIZE = 64
     out = build_dataset_mapper(cfg, is_train=True)(dict(record))
-    assert out["image"].shape == (3, 64, 64) and out["low_image"].shape == (3, 64, 64)
+    assert out["image"].shape == (3, 64, 64)
+    assert "low_image" not in out  # the pairwise head makes its own image input
     cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST = 48, 100
     test_out = build_dataset_mapper(cfg, is_train=False)(dict(record))
     assert test_out["image"].shape == (3, 48, 48)

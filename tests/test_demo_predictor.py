@@ -68,6 +68,8 @@ def make_scene(h: int, w: int, n: int = 4):
 class SceneModel(nn.Module):
     """Stand-in following the blind-inference output contract for a fixed scene."""
 
+    output_tasks = ("occlusion", "depth")
+
     def __init__(self, panoptic: np.ndarray, infos: list[dict], shuffle_rows: bool = False):
         super().__init__()
         self.anchor = nn.Parameter(torch.zeros(1))
@@ -250,7 +252,7 @@ def test_anchor_point_is_inside_a_ring():
 @pytest.fixture(scope="module")
 def od_predictor():
     """Predictor over the tiny od model, from a config with evaluation on and panoptic off
-    (the predictor must switch both)."""
+    (the predictor must switch panoptic on; the evaluation flags do not matter)."""
     torch.manual_seed(0)
     cfg = tiny_cfg()
     cfg.defrost()
@@ -261,9 +263,9 @@ def od_predictor():
     return predictor
 
 
-def test_predictor_turns_evaluation_off_and_panoptic_on(od_predictor):
-    assert od_predictor.cfg.TEST.OCCLUSION_EVALUATION is False
-    assert od_predictor.cfg.TEST.DEPTH_EVALUATION is False
+def test_predictor_turns_panoptic_on_and_reads_tasks_from_the_model(od_predictor):
+    assert od_predictor.cfg.TEST.OCCLUSION_EVALUATION is True  # the rows follow the inputs
+    assert od_predictor.cfg.TEST.DEPTH_EVALUATION is True
     assert od_predictor.cfg.MODEL.MASK_FORMER.TEST.PANOPTIC_ON is True
     model = od_predictor.model
     assert type(model).__name__ == "InstaFormer" and model.geometric_predictor is not None

@@ -75,12 +75,35 @@ def test_evaluation_mode_is_permutation_equivariant(eval_model) -> None:
     assert not torch.equal(a["depth_prob"], a["depth_prob"][perm][:, perm])  # a real test
 
 
-def test_evaluation_mode_needs_ground_truth(eval_model) -> None:
+def test_ground_truth_rows_need_ground_truth(eval_model) -> None:
     x = sample(2, seed=5)
     del x["tgt_pan_idx"]
     with pytest.raises(ValueError, match="tgt_pan_idx"):
         with torch.no_grad():
-            eval_model([x])
+            eval_model([x], order_rows="ground_truth")
+    with pytest.raises(ValueError, match="order_rows"):  # mixed batch: rows must be named
+        with torch.no_grad():
+            eval_model([x, sample(2, seed=6)])
+    with pytest.raises(ValueError, match="order_rows"):
+        eval_model([x], order_rows="gt")
+
+
+def test_rows_follow_each_call_not_the_build(eval_model) -> None:
+    """One model: ground-truth rows for inputs with ``tgt_pan_idx`` (or when asked), thing-segment
+    rows for inputs without (or when asked), whatever the TEST flags were at build time."""
+    x = sample(3, seed=9)
+    blind = {k: x[k] for k in ("image", "height", "width")}
+    with torch.no_grad():
+        gt_rows = eval_model([x])[0]
+        asked = eval_model([x], order_rows="segments")[0]
+        segments = eval_model([blind])[0]
+    _check_contract(gt_rows, 3)
+    assert "order_segment_ids" not in gt_rows
+    things = [s["id"] for s in segments["panoptic_seg"][1] if s["isthing"]]
+    assert segments["order_segment_ids"].tolist() == things
+    assert torch.equal(asked["order_segment_ids"], segments["order_segment_ids"])
+    torch.testing.assert_close(asked["depth_prob"], segments["depth_prob"])
+    _check_contract(segments, len(things))
 
 
 @pytest.mark.parametrize("head", ["all", "pairwise"])

@@ -10,6 +10,7 @@ import torch
 from instaformer.modeling.order import (
     GeometricTransformer,
     OrderCriterion,
+    OrderInputs,
     order_loss,
     select_matched_queries,
     select_segment_queries,
@@ -27,9 +28,13 @@ def test_balanced_softmax_matches_hand_computation():
     for z, y in zip(logits, targets, strict=True):
         adjusted = z + prior
         expected += -(adjusted[y] - torch.logsumexp(adjusted, 0)).item()
-    value = balanced_softmax_cross_entropy(logits, targets, COUNTS)
+    log_probs = logits.log_softmax(-1)
+    value = balanced_softmax_cross_entropy(log_probs, targets, COUNTS)
     assert math.isclose(value.item(), expected / 2, rel_tol=1e-6)
-    plain = balanced_softmax_cross_entropy(logits, targets, None)
+    # Balanced Softmax on log-probabilities = on logits (log_softmax shifts each row)
+    on_logits = balanced_softmax_cross_entropy(logits, targets, COUNTS)
+    assert math.isclose(on_logits.item(), expected / 2, rel_tol=1e-6)
+    plain = balanced_softmax_cross_entropy(log_probs, targets, None)
     torch.testing.assert_close(plain, torch.nn.functional.cross_entropy(logits, targets))
 
 
@@ -38,11 +43,12 @@ def test_diagonal_unlabelled_and_small_images_are_excluded():
     y = torch.tensor([[-1, 1, -1], [0, -1, 2], [-1, -1, -1]])
     valid = torch.tensor([[False, True, False], [True, False, True], [False, False, False]])
     expected = torch.nn.functional.cross_entropy(z[valid], y[valid])
-    torch.testing.assert_close(order_loss([z], [y]), expected)
+    torch.testing.assert_close(order_loss([z.log_softmax(-1)], [y]), expected)
     # one-instance image and fully unlabelled image contribute nothing to the mean
-    lone = torch.randn(1, 1, 3)
+    lone = torch.randn(1, 1, 3).log_softmax(-1)
     blank = torch.full((2, 2), -1)
-    value = order_loss([z, lone, torch.randn(2, 2, 3)], [y, torch.zeros(1, 1), blank])
+    others = [lone, torch.randn(2, 2, 3).log_softmax(-1)]
+    value = order_loss([z.log_softmax(-1), *others], [y, torch.zeros(1, 1), blank])
     torch.testing.assert_close(value, expected)
 
 
@@ -72,7 +78,15 @@ def test_criterion_deep_supervision_keys_and_gradients():
         for i in range(n):
             masks[i, i : i + 2] = 1
         feats = torch.randn(16, 6, 6)
-        outputs.append(head(torch.randn(n, 16), masks, feats))
+        bundle = OrderInputs(
+            mask_embed=torch.randn(n, 16),
+            masks=masks.bool(),
+            mask_features=feats,
+            image=None,
+            image_format="RGB",
+            valid_size=(6, 6),
+        )
+        outputs.append(head.log_probs(bundle))
         depth = torch.randint(-1, 3, (n, n))
         targets.append({"occlusion": torch.randint(0, 2, (n, n)), "depth": depth})
     losses = criterion(outputs, targets)

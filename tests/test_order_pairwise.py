@@ -20,7 +20,7 @@ from instaformer.instaordernet.symmetrisation import (
     symmetrise_depth,
     symmetrise_occlusion,
 )
-from instaformer.modeling.order import PairwiseResNet, build_order_head
+from instaformer.modeling.order import OrderInputs, PairwiseResNet, build_order_head
 
 
 def test_parameter_counts_of_the_three_flavours():
@@ -98,8 +98,8 @@ def test_pairwise_batched_equals_one_pair_at_a_time():
         masks[i, 4 * i : 4 * i + 4, 2 * i : 2 * i + 9] = 1
     image = torch.randn(3, 64, 64)
     with torch.no_grad():
-        a = batched(torch.randn(n, 8), masks, torch.randn(8, 16, 16), image=image)
-        b = single(torch.randn(n, 8), masks, torch.randn(8, 16, 16), image=image)
+        a = batched(masks, image)
+        b = single(masks, image)
     for task, k in (("occlusion", 2), ("depth", 3)):
         assert a[task][0].shape == (n, n, k)
         torch.testing.assert_close(a[task][0], b[task][0], atol=1e-5, rtol=1e-5)
@@ -109,7 +109,7 @@ def test_pairwise_batched_equals_one_pair_at_a_time():
     # swapping the instances transposes the relations
     perm = torch.tensor([1, 0, 3, 2])
     with torch.no_grad():
-        c = batched(torch.randn(n, 8), masks[perm], torch.randn(8, 16, 16), image=image)
+        c = batched(masks[perm], image)
     torch.testing.assert_close(
         c["occlusion"][0], a["occlusion"][0][perm][:, perm], atol=1e-5, rtol=1e-5
     )
@@ -119,10 +119,19 @@ def test_pairwise_small_n_and_missing_image():
     head = _small_pairwise(instaordernet_o).eval()
     image = torch.randn(3, 64, 64)
     for n in (0, 1):
-        out = head(torch.randn(n, 8), torch.ones(n, 8, 8), torch.randn(8, 8, 8), image=image)
+        out = head(torch.ones(n, 8, 8), image)
         assert out["occlusion"][0].shape == (n, n, 2)
-    with pytest.raises(ValueError, match="low_image"):
-        head(torch.randn(2, 8), torch.ones(2, 8, 8), torch.randn(8, 8, 8))
+    with pytest.raises(ValueError, match="image"):
+        head.scores(
+            OrderInputs(
+                mask_embed=torch.randn(2, 8),
+                masks=torch.ones(2, 8, 8, dtype=torch.bool),
+                mask_features=torch.randn(8, 8, 8),
+                image=None,
+                image_format="RGB",
+                valid_size=(8, 8),
+            )
+        )
 
 
 def test_pairwise_state_dict_accepts_both_layouts_and_released_checkpoint(tmp_path):

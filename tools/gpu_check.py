@@ -11,7 +11,7 @@ loses none of the others:
    ``pytest tests/test_ops_cuda.py``;
 2. ``op_bench``: the op at 1024^2 input, forward and forward+backward, kernel against the
    PyTorch path (``tools/benchmarks/op.py``);
-3. ``inference_swin_t``, ``inference_r50``: InstaFormer^od at 800 x 1333 in evaluation mode
+3. ``inference_swin_t``, ``inference_r50``: InstaFormer^od at 800 x 1333 with ground-truth rows
    with n annotated instances (inputs of ``tools/benchmarks/instaformer.py``), float32,
    bfloat16 autocast and ``torch.compile`` (backbone and pixel decoder / transformer decoder):
    images/s, peak GPU memory, share of the order head;
@@ -244,11 +244,10 @@ def _build(ctx: StepContext, config: str, opts: list[str] | None = None):
 
 
 def _inference_mode(ctx: StepContext, config: str, mode: str, x: dict, repeats: int) -> dict:
-    """One precision mode: images/s, order-head share and peak memory in evaluation mode."""
+    """One precision mode: images/s, order-head share and peak memory (ground-truth rows)."""
     import torch
 
     cfg, model = _build(ctx, config)
-    cfg.TEST.OCCLUSION_EVALUATION = cfg.TEST.DEPTH_EVALUATION = True
     model.eval()
     load_benchmark("instaformer").realistic_masks(model, x["instances"].gt_masks)
     if mode == "compile":
@@ -259,10 +258,10 @@ def _inference_mode(ctx: StepContext, config: str, mode: str, x: dict, repeats: 
     with torch.inference_mode(), autocast:
         images, _ = model.preprocess_image([x])
         start = time.perf_counter()
-        model([x])  # warm-up (and compilation for "compile")
+        model([x], order_rows="ground_truth")  # warm-up (and compilation for "compile")
         warmup_s = time.perf_counter() - start
         _reset_peak(ctx.device)
-        whole_s = _timed(lambda: model([x]), ctx.device, repeats)
+        whole_s = _timed(lambda: model([x], order_rows="ground_truth"), ctx.device, repeats)
         peak = _peak_memory_mib(ctx.device)
         outputs, embed, feats = model.run_network(images)
         queries = torch.arange(n, device=embed.device)

@@ -1,8 +1,7 @@
 """The ``instaorder_panoptic`` dataset mapper: an InstaOrder Panoptic dataset dict -> model input.
 
 Shape shorthand: H, W image size (after augmentation); N non-crowd segments (things and stuff)
-that are visible after augmentation; n of them annotated with InstaOrder labels; S the pairwise
-head's input side.
+that are visible after augmentation; n of them annotated with InstaOrder labels.
 
 Output keys (docs/reference.md [IF 4.3], with the fixes of [IF 7.1, 7.4, 7.25, 7.26]):
     ``file_name``, ``image_id``, ``height``, ``width`` (original image size), ``segments_info``;
@@ -16,8 +15,6 @@ Output keys (docs/reference.md [IF 4.3], with the fixes of [IF 7.1, 7.4, 7.25, 7
     ``depth_matrix``: int32[n, n], 1 = row closer, 0 = row farther, 2 = same, -1 = no label/diag;
     ``overlap_matrix``: int32[n, n], 1 = depth extents overlap, 0 = distinct, -1 = no label/diag;
     ``count_matrix``: int32[n, n], annotation count (WHDR weight 2 / count), -1 = no label/diag;
-    ``low_image`` (only with ``low_image_size > 0``): float32[3, S, S], the un-augmented RGB image
-        resized (bicubic, aspect not kept) and normalised with ImageNet mean/std.
 Row/column k of every matrix is instance ``tgt_pan_idx[k]``. The occlusion matrix is emitted for
 task "o", the three depth matrices for "d", all four for "od" and for "" (no order head).
 """
@@ -29,7 +26,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torchvision import tv_tensors
 
 from instaformer.data.augment import build_lsj_augmentation, build_test_resize
@@ -46,8 +42,6 @@ _TASK_MATRICES = {
     code: (*tasks, "overlap", "count") if "depth" in tasks else tasks
     for code, tasks in {**TASK_CODES, "": ORDER_TASKS}.items()
 }
-_IMAGENET_MEAN = (0.485, 0.456, 0.406)
-_IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class InstaOrderPanopticMapper:
@@ -61,7 +55,6 @@ class InstaOrderPanopticMapper:
         task: "o", "d", "od" or "" (which matrices are emitted; "" emits all).
         rm_bidirec: bidirectional occlusion pairs become -1 (ignored).
         rm_overlap: overlap-matrix entries of overlapping depth pairs become -1.
-        low_image_size: side of ``low_image`` (rounded down to a multiple of 32); 0 = none.
     """
 
     def __init__(
@@ -73,21 +66,17 @@ class InstaOrderPanopticMapper:
         task: str = "od",
         rm_bidirec: bool = False,
         rm_overlap: bool = False,
-        low_image_size: int = 0,
     ) -> None:
         if task not in _TASK_MATRICES:
             raise ValueError(f"task must be one of {sorted(_TASK_MATRICES)}, got {task!r}")
         if image_format not in ("RGB", "BGR"):
             raise ValueError(f"image_format must be 'RGB' or 'BGR', got {image_format!r}")
-        if low_image_size and low_image_size < 32:
-            raise ValueError(f"low_image_size must be 0 or >= 32, got {low_image_size}")
         self.is_train = is_train
         self.image_format = image_format
         self.augmentation = augmentation
         self.matrices = _TASK_MATRICES[task]
         self.rm_bidirec = bool(rm_bidirec)
         self.rm_overlap = bool(rm_overlap)
-        self.low_image_size = low_image_size // 32 * 32
 
     @classmethod
     def from_config(cls, cfg: Any, is_train: bool = True) -> dict[str, Any]:
@@ -113,7 +102,6 @@ class InstaOrderPanopticMapper:
             "task": gp.TASK,
             "rm_bidirec": bool(cfg.INPUT.RM_BIDIREC),
             "rm_overlap": bool(cfg.INPUT.RM_OVERLAP),
-            "low_image_size": gp.INPUT_SIZE if gp.PAIRWISE else 0,
         }
 
     def __call__(self, dataset_dict: dict[str, Any]) -> dict[str, Any]:
@@ -134,9 +122,6 @@ class InstaOrderPanopticMapper:
                 f"{where}: the annotation says {out['width']}x{out['height']}, the file is {w}x{h}"
             )
         out["height"], out["width"] = h, w
-        if self.low_image_size:
-            rgb = image if self.image_format == "RGB" else image[:, :, ::-1]
-            out["low_image"] = _low_image(rgb, self.low_image_size)
 
         all_ids = torch.tensor([s["id"] for s in out["segments_info"]], dtype=torch.int32)
         ids_t = torch.from_numpy(ids)[None]
@@ -189,12 +174,3 @@ def _instances(segments: list[dict], masks: torch.Tensor, size: tuple[int, int])
     classes = torch.tensor([s["category_id"] for s in segments], dtype=torch.int64)
     masks = masks.reshape(-1, *size)
     return Instances(size, gt_classes=classes, gt_masks=masks, gt_boxes=masks_to_boxes(masks))
-
-
-def _low_image(rgb: np.ndarray, size: int) -> torch.Tensor:
-    """uint8 array[H, W, 3] RGB -> float32 Tensor[3, size, size], ImageNet-normalised."""
-    x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float() / 255.0
-    x = F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False)[0]
-    mean = torch.tensor(_IMAGENET_MEAN).view(3, 1, 1)
-    std = torch.tensor(_IMAGENET_STD).view(3, 1, 1)
-    return (x - mean) / std

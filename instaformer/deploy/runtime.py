@@ -85,16 +85,16 @@ class OnnxRuntimeModel:
 
     Args:
         model: the built PyTorch model (``MaskFormer`` or ``InstaFormer`` with a
-            ``GeometricTransformer`` head) in blind inference mode; exported per input size and
-            used for its post-processing.
+            ``GeometricTransformer`` head); exported per input size and used for its
+            post-processing. Its order rows are always the thing segments (as
+            ``order_rows="segments"``); inputs' ground truth is ignored.
         config_text: the full config as text (``cfg.dump()``), part of the cache key.
         weights: ``MODEL.WEIGHTS``; the cache sits next to it when it is a local file.
         cache_dir: folder for the cache otherwise (default :func:`default_cache_dir`).
         threads: ONNX Runtime intra-op threads (default ``torch.get_num_threads()``).
 
     Raises:
-        ValueError: an order head other than ``GeometricTransformer``, or a model in
-            evaluation mode (order evaluation against ground truth).
+        ValueError: an order head other than ``GeometricTransformer``.
         ImportError: onnxruntime (or the exporter's onnx / onnxscript) is not installed.
     """
 
@@ -110,11 +110,6 @@ class OnnxRuntimeModel:
         self.ort = _require_onnxruntime()
         self.model = model.eval()
         self.head = find_order_head(model)
-        if self.head is not None and getattr(model, "evaluation_mode", False):
-            raise ValueError(
-                "the onnxruntime backend runs blind inference only: set "
-                "TEST.OCCLUSION_EVALUATION and TEST.DEPTH_EVALUATION to False"
-            )
         self.tasks = tuple(getattr(model, "output_tasks", ()))
         self.threads = threads or torch.get_num_threads()
         self.folder = self._cache_folder(weights, cache_dir)

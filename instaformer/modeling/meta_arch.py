@@ -16,20 +16,23 @@ Training (``model.train()``; inputs from the ``instaorder_panoptic`` mapper). Th
 Hungarian matcher runs once on the final decoder layer; its matching feeds both the Mask2Former
 losses and the query selection of the order head: per image the queries matched to the
 annotated instances ``tgt_pan_idx`` (indices into the non-crowd ``instances``), in that order, so
-head row r lines up with row r of ``occlusion_matrix`` / ``depth_matrix``. The head reads their
-mask embeddings, their binarised mask logits (logit > 0) and the image's mask features (pairwise
-head: also ``low_image``). Order losses (:class:`OrderCriterion`): mean over the labelled
+head row r lines up with row r of ``occlusion_matrix`` / ``depth_matrix``. Their
+:class:`~instaformer.modeling.order.OrderInputs` (mask embeddings, binarised mask logits
+(logit > 0), the image's mask features, the input image and its valid part of the mask map) go to
+the head's ``log_probs`` (the order-head contract, ``instaformer/modeling/order/contract.py``).
+Order losses (:class:`OrderCriterion`) on those log-probabilities: mean over the labelled
 off-diagonal pairs of an image (-1 cells ignored), mean over images with such a pair, every head
 layer supervised when ``MASK_FORMER.DEEP_SUPERVISION``, weights ``OCCLUSION_WEIGHT`` /
 ``DEPTH_WEIGHT``. Images with fewer than 2 annotated instances skip the head; a batch without
 any gives zero order losses. Loss keys: ``loss_ce``, ``loss_mask``, ``loss_dice`` (+ ``_<i>``),
 ``loss_occlusion`` / ``loss_depth`` (+ ``_<l>`` per earlier head layer).
 
-* Holistic head: Balanced Softmax with ``INPUT.OCC_SAMPLES_PER_CLASS`` /
-  ``INPUT.DEPTH_SAMPLES_PER_CLASS`` (``DEPTH_LOSS = "ce"``: plain cross-entropy for depth).
-* Pairwise head (``PairwiseResNet``; o, d and od; the reference could only train o, on one
-  sampled pair): negative log-likelihood of its symmetrised probabilities (no class prior: the
-  network is InstaOrderNet, trained without one), over every labelled ordered pair.
+* Heads with ``uses_class_prior`` (holistic head): Balanced Softmax with
+  ``INPUT.OCC_SAMPLES_PER_CLASS`` / ``INPUT.DEPTH_SAMPLES_PER_CLASS`` (``DEPTH_LOSS = "ce"``:
+  plain cross-entropy for depth).
+* Heads without (pairwise ``PairwiseResNet``; o, d and od; the reference could only train o, on
+  one sampled pair): negative log-likelihood of its symmetrised probabilities (InstaOrderNet was
+  trained without a prior), over every labelled ordered pair.
 
 Inference (``model.eval()``). The usual Mask2Former results (``sem_seg``, ``panoptic_seg``,
 ``instances``, ``panoptic_keep`` as ``MODEL.MASK_FORMER.TEST.*_ON`` enable) plus, for each task
@@ -40,14 +43,18 @@ with ``OCCLUSION_ON`` / ``DEPTH_ON``:
 * ``"depth"``: Tensor[k, k] int64, 1 = row closer, 0 = row farther, 2 = same depth, diagonal -1;
   ``"depth_prob"``: Tensor[k, k, 3] float (farther, closer, same), diagonal 0;
 
-from the last head layer (labels = argmax of the logits). Rows depend on the mode:
+from the last head layer (labels = argmax of the log-probabilities, probabilities = their exp).
+The rows are chosen per call, ``model(batched_inputs, order_rows=...)``:
 
-* evaluation mode (``TEST.OCCLUSION_EVALUATION`` or ``TEST.DEPTH_EVALUATION``): the inputs carry
-  their ground truth; queries are matched to it with the deterministic full-mask matching and row
-  r is annotated instance ``tgt_pan_idx[r]`` (k = n, aligned with the input matrices);
-* blind mode (both False): row r is the r-th thing segment of ``panoptic_seg``'s
-  ``segments_info``, and ``"order_segment_ids"`` Tensor[k] int64 gives its segment id. No thing
-  segment gives empty Tensor[0, 0] matrices.
+* ``"ground_truth"`` (default when every input carries ``tgt_pan_idx``, as the
+  ``instaorder_panoptic`` mapper's do): queries are matched to the input's ground truth with the
+  deterministic full-mask matching and row r is annotated instance ``tgt_pan_idx[r]`` (k = n,
+  aligned with the input matrices); the inputs need ``instances`` too;
+* ``"segments"`` (default when no input carries ``tgt_pan_idx``; blind inference): row r is the
+  r-th thing segment of ``panoptic_seg``'s ``segments_info``, and ``"order_segment_ids"``
+  Tensor[k] int64 gives its segment id. No thing segment gives empty Tensor[0, 0] matrices.
+
+A batch mixing inputs with and without ``tgt_pan_idx`` needs an explicit ``order_rows``.
 """
 
 from __future__ import annotations
@@ -56,42 +63,46 @@ import math
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from instaformer.config import REMOVABLE_LOSSES
+from instaformer.modeling.matching import full_mask_matching
 from instaformer.modeling.order import (
     ORDER_TASK_CLASSES,
     OrderCriterion,
-    PairwiseResNet,
+    OrderHead,
+    OrderInputs,
     build_order_head,
-    order_tasks,
     select_matched_queries,
     select_segment_queries,
 )
 from mask2former.modeling.configurable import configurable
-from mask2former.modeling.matcher import full_mask_matching
 from mask2former.modeling.meta_arch import MASK_LOSSES, MaskFormer
 from mask2former.modeling.registry import META_ARCH_REGISTRY
 
-__all__ = ["InstaFormer", "low_image_from", "order_results"]
+__all__ = ["ORDER_ROWS", "InstaFormer", "order_results"]
 
 # GT matrix of each order task in the mapper's output.
 _GT_KEYS = {"occlusion": "occlusion_matrix", "depth": "depth_matrix"}
 # Output flag of each order task.
 _ON_KEYS = {"occlusion": "OCCLUSION_ON", "depth": "DEPTH_ON"}
 _DEPTH_LOSSES = ("balanced_softmax", "ce")
-_IMAGENET_MEAN = (0.485, 0.456, 0.406)
-_IMAGENET_STD = (0.229, 0.224, 0.225)
+# Values of ``InstaFormer.forward``'s ``order_rows``: whose relations the order matrices hold.
+ORDER_ROWS = ("ground_truth", "segments")
 
 
-def order_results(head_outputs: dict[str, list[Tensor]], tasks: Sequence[str]) -> dict:
+def order_results(
+    head_outputs: dict[str, list[Tensor]], tasks: Sequence[str], *, normalised: bool = False
+) -> dict:
     """Final order matrices from one image's head output (see the module docstring).
 
     Args:
-        head_outputs: ``{task: [Tensor[k, k, K] per head layer]}`` raw logits (or
-            log-probabilities), ``[i, j]`` = row instance i vs column instance j.
+        head_outputs: ``{task: [Tensor[k, k, K] per head layer]}``, ``[i, j]`` = row instance i
+            vs column instance j: log-probabilities (``normalised``) or logits
+            (``OrderHead.scores``, exported graphs).
         tasks: tasks to report, each a key of ``head_outputs``.
+        normalised: the outputs are log-probabilities: probabilities are their exp (no second
+            softmax); else the softmax of the logits.
 
     Returns:
         ``{task: Tensor[k, k] int64, task + "_prob": Tensor[k, k] (occlusion) or
@@ -99,11 +110,12 @@ def order_results(head_outputs: dict[str, list[Tensor]], tasks: Sequence[str]) -
     """
     out = {}
     for task in tasks:
-        logits = head_outputs[task][-1]
-        k = logits.shape[0]
-        eye = torch.eye(k, dtype=torch.bool, device=logits.device)
-        labels = logits.argmax(-1).masked_fill(eye, -1)
-        prob = logits.float().softmax(-1).masked_fill(eye[..., None], 0.0)
+        scores = head_outputs[task][-1]
+        k = scores.shape[0]
+        eye = torch.eye(k, dtype=torch.bool, device=scores.device)
+        labels = scores.argmax(-1).masked_fill(eye, -1)
+        prob = scores.float().exp() if normalised else scores.float().softmax(-1)
+        prob = prob.masked_fill(eye[..., None], 0.0)
         out[task] = labels
         out[f"{task}_prob"] = prob[..., 1] if task == "occlusion" else prob
     return out
@@ -117,25 +129,22 @@ class InstaFormer(MaskFormer):
     def __init__(
         self,
         *,
-        geometric_predictor: nn.Module | None = None,
+        geometric_predictor: OrderHead | None = None,
         order_criterion: OrderCriterion | None = None,
         output_tasks: Sequence[str] = (),
-        evaluation_mode: bool = False,
         match_costs: tuple[float, float, float] = (2.0, 5.0, 5.0),
         input_format: str = "RGB",
         **maskformer_kwargs,
     ) -> None:
         """
         Args:
-            geometric_predictor: the order head, or None for plain Mask2Former; called as
-                ``head(mask_embed Tensor[n, C], masks Tensor[n, h, w], mask_features
-                Tensor[C, h, w])`` -> ``{task: [Tensor[n, n, K] per layer]}``, with ``tasks``.
+            geometric_predictor: the order head (:class:`OrderHead`: ``tasks``, ``num_layers``,
+                ``log_probs(OrderInputs)``), or None for plain Mask2Former.
             order_criterion: order losses (its ``weights`` name the trained tasks), or None.
             output_tasks: tasks whose matrices inference returns (subset of the head's tasks).
-            evaluation_mode: inference over the ground-truth instances of the inputs.
-            match_costs: (class, mask, dice) weights of the evaluation-mode full-mask matching.
-            input_format: "RGB" or "BGR", channel order of ``image`` (for the pairwise head's
-                ``low_image`` when an input has none).
+            match_costs: (class, mask, dice) weights of the ground-truth rows' full-mask matching.
+            input_format: "RGB" or "BGR", channel order of the inputs' ``image`` (told to the
+                head in :class:`OrderInputs`).
             maskformer_kwargs: the arguments of :class:`MaskFormer`.
         """
         super().__init__(**maskformer_kwargs)
@@ -159,7 +168,6 @@ class InstaFormer(MaskFormer):
         self.criterion = criterion
         self.order_criterion = order_criterion
         self.output_tasks = tuple(output_tasks)
-        self.evaluation_mode = evaluation_mode
         self.match_costs = tuple(match_costs)
         self.input_format = input_format
 
@@ -182,27 +190,37 @@ class InstaFormer(MaskFormer):
         kwargs["input_format"] = cfg.INPUT.FORMAT
         if head is None:
             return kwargs
-        tasks = order_tasks(cfg)
         kwargs["output_tasks"] = tuple(t for t in _ON_KEYS if getattr(gp, _ON_KEYS[t]))
-        kwargs["evaluation_mode"] = bool(cfg.TEST.OCCLUSION_EVALUATION or cfg.TEST.DEPTH_EVALUATION)
-        trained = [t for t in tasks if t not in cfg.MODEL.REMOVE_LOSSES]
+        trained = [t for t in head.tasks if t not in cfg.MODEL.REMOVE_LOSSES]
         if trained:
             kwargs["order_criterion"] = _build_order_criterion(cfg, trained, head)
         return kwargs
 
     @property
-    def num_order_layers(self) -> int:
-        """Predictions per task of the order head (1 for heads without ``num_layers``)."""
-        return int(getattr(self.geometric_predictor, "num_layers", 1))
+    def evaluation_mode(self) -> bool:
+        """Always False: the model has no build-time evaluation mode (former
+        ``TEST.*_EVALUATION`` switch); each call chooses its rows (``order_rows``)."""
+        return False
 
-    def forward(self, batched_inputs: list[dict]) -> dict[str, Tensor] | list[dict]:
+    @property
+    def num_order_layers(self) -> int:
+        """Predictions per task of the order head (its ``num_layers``)."""
+        return int(self.geometric_predictor.num_layers)
+
+    def forward(
+        self, batched_inputs: list[dict], order_rows: str | None = None
+    ) -> dict[str, Tensor] | list[dict]:
         """See the module docstring (and :class:`MaskFormer` for the input dicts).
 
-        Order inputs per dict: training and evaluation mode need ``instances``,
-        ``tgt_pan_idx`` LongTensor[n] and the GT matrices of the trained tasks
-        (``occlusion_matrix`` / ``depth_matrix`` int Tensor[n, n]); the pairwise head reads
-        ``low_image`` Tensor[3, S, S] (computed from ``image`` when absent).
+        Args:
+            batched_inputs: one dict per image. Training and ``"ground_truth"`` rows need
+                ``instances``, ``tgt_pan_idx`` LongTensor[n] and, for training, the GT matrices
+                of the trained tasks (``occlusion_matrix`` / ``depth_matrix`` int Tensor[n, n]).
+            order_rows: inference only: ``"ground_truth"``, ``"segments"`` or None (ground truth
+                when every input has ``tgt_pan_idx``, segments when none has).
         """
+        if order_rows is not None and order_rows not in ORDER_ROWS:
+            raise ValueError(f"order_rows must be one of {ORDER_ROWS} or None, got {order_rows!r}")
         if self.geometric_predictor is None:
             return super().forward(batched_inputs)
         images, image_sizes = self.preprocess_image(batched_inputs)
@@ -214,31 +232,78 @@ class InstaFormer(MaskFormer):
                 outputs, mask_embed, mask_features, targets, batched_inputs, image_sizes
             )
         results = self.inference(outputs, batched_inputs, image_sizes, padded_size)
-        if self.output_tasks:
-            if self.evaluation_mode:
-                targets = self.prepare_targets(batched_inputs, images)
-                self.attach_gt_orders(
-                    results,
-                    outputs,
-                    mask_embed,
-                    mask_features,
-                    targets,
-                    batched_inputs,
-                    image_sizes,
-                )
-            else:
-                self.attach_blind_orders(
-                    results,
-                    outputs,
-                    mask_embed,
-                    mask_features,
-                    batched_inputs,
-                    image_sizes,
-                    padded_size,
-                )
+        if not self.output_tasks:
+            return results
+        if (order_rows or _default_rows(batched_inputs)) == "ground_truth":
+            targets = self.prepare_targets(batched_inputs, images)
+            self.attach_gt_orders(
+                results, outputs, mask_embed, mask_features, targets, batched_inputs, image_sizes
+            )
+        else:
+            self.attach_blind_orders(
+                results,
+                outputs,
+                mask_embed,
+                mask_features,
+                batched_inputs,
+                image_sizes,
+                padded_size,
+            )
         return results
 
-    def _image_orders(
+    def order_inputs(
+        self,
+        queries: Tensor,
+        mask_embed: Tensor,
+        mask_logits: Tensor,
+        mask_features: Tensor,
+        *,
+        image: Tensor | None = None,
+        valid_size: tuple[int, int] | None = None,
+    ) -> OrderInputs:
+        """The order head's bundle for the given queries of one image.
+
+        Args:
+            queries: LongTensor[n] query indices; row r of the head's output is ``queries[r]``.
+            mask_embed: Tensor[Q, C] final-layer mask embeddings of the image.
+            mask_logits: Tensor[Q, h, w] final-layer mask logits (binarised here at 0).
+            mask_features: Tensor[C, h, w] pixel-decoder mask features.
+            image: uint8 Tensor[3, H, W] the input image (``INPUT.FORMAT`` channel order), or None.
+            valid_size: ``(h', w')`` part of the h x w map inside the unpadded image; None = all.
+        """
+        queries = queries.to(mask_embed.device)
+        return OrderInputs(
+            mask_embed=mask_embed[queries],
+            masks=mask_logits[queries] > 0,  # n x h x w, no gradient
+            mask_features=mask_features,
+            image=image,
+            image_format=self.input_format,
+            valid_size=tuple(mask_features.shape[-2:]) if valid_size is None else valid_size,
+        )
+
+    def run_order_head(
+        self,
+        queries: Tensor,
+        mask_embed: Tensor,
+        mask_logits: Tensor,
+        mask_features: Tensor,
+        *,
+        image: Tensor | None = None,
+        valid_size: tuple[int, int] | None = None,
+    ) -> dict[str, list[Tensor]]:
+        """The head's raw ``scores`` (logits) for the given queries of one image (arguments as
+        :meth:`order_inputs`): the numbers the reference fixtures and benchmarks compare.
+
+        Returns:
+            ``{task: [Tensor[n, n, K] per head layer]}``, ``[i, j]`` = query ``queries[i]`` vs
+            query ``queries[j]``; ``order_results`` turns them into matrices.
+        """
+        bundle = self.order_inputs(
+            queries, mask_embed, mask_logits, mask_features, image=image, valid_size=valid_size
+        )
+        return self.geometric_predictor.scores(bundle)
+
+    def _image_log_probs(
         self,
         b: int,
         queries: Tensor,
@@ -249,58 +314,16 @@ class InstaFormer(MaskFormer):
         image_sizes: list[tuple[int, int]],
         padded_size: tuple[int, int],
     ) -> dict[str, list[Tensor]]:
-        """:meth:`run_order_head` for image ``b`` of the batch's decoder outputs."""
-        return self.run_order_head(
+        """The head's log-probabilities for image ``b`` of the batch's decoder outputs."""
+        bundle = self.order_inputs(
             queries,
             mask_embed[b],
             outputs["pred_masks"][b],
             mask_features[b],
-            batched_input=batched_input,
+            image=batched_input["image"],
             valid_size=_valid_size(image_sizes[b], padded_size, mask_features.shape[-2:]),
         )
-
-    def run_order_head(
-        self,
-        queries: Tensor,
-        mask_embed: Tensor,
-        mask_logits: Tensor,
-        mask_features: Tensor,
-        *,
-        batched_input: dict | None = None,
-        valid_size: tuple[int, int] | None = None,
-    ) -> dict[str, list[Tensor]]:
-        """Order-head output for the given queries of one image.
-
-        Args:
-            queries: LongTensor[n] query indices; row r of the result is query ``queries[r]``.
-            mask_embed: Tensor[Q, C] final-layer mask embeddings of the image.
-            mask_logits: Tensor[Q, h, w] final-layer mask logits (binarised here at 0).
-            mask_features: Tensor[C, h, w] pixel-decoder mask features.
-            batched_input: the image's input dict (pairwise head: ``low_image``, or ``image``).
-            valid_size: ``(h', w')`` part of the h x w map inside the unpadded image (pairwise
-                head; None = all).
-
-        Returns:
-            ``{task: [Tensor[n, n, K] per head layer]}`` raw logits (pairwise head:
-            log-probabilities), ``[i, j]`` = query ``queries[i]`` vs query ``queries[j]``.
-        """
-        queries = queries.to(mask_embed.device)
-        masks = mask_logits[queries] > 0  # n x h x w, no gradient
-        head = self.geometric_predictor
-        if not isinstance(head, PairwiseResNet):
-            return head(mask_embed[queries], masks, mask_features)
-        if batched_input is None:
-            raise ValueError("the pairwise order head needs the image's input dict")
-        low_image = batched_input.get("low_image")
-        if low_image is None:
-            low_image = low_image_from(batched_input["image"], head.input_size, self.input_format)
-        return head(
-            mask_embed[queries],
-            masks,
-            mask_features,
-            image=low_image.to(mask_features),
-            valid_size=valid_size,
-        )
+        return self.geometric_predictor.log_probs(bundle)
 
     def training_losses(
         self,
@@ -327,7 +350,7 @@ class InstaFormer(MaskFormer):
             order_targets.append({t: _gt_matrix(x, t, n) for t in self.order_criterion.weights})
             queries = select_matched_queries(*indices[b], tgt_pan_idx)
             head_outputs.append(
-                self._image_orders(
+                self._image_log_probs(
                     b, queries, outputs, mask_embed, mask_features, x, image_sizes, padded
                 )
             )
@@ -350,7 +373,7 @@ class InstaFormer(MaskFormer):
         batched_inputs: list[dict],
         image_sizes: list[tuple[int, int]],
     ) -> None:
-        """Evaluation mode: add the order matrices over each input's annotated instances."""
+        """Ground-truth rows: add the order matrices over each input's annotated instances."""
         main = {k: v for k, v in outputs.items() if k != "aux_outputs"}
         cost_class, cost_mask, cost_dice = self.match_costs
         indices = full_mask_matching(
@@ -360,10 +383,10 @@ class InstaFormer(MaskFormer):
         for b, (x, result) in enumerate(zip(batched_inputs, results, strict=True)):
             tgt_pan_idx = _tgt_pan_idx(x, len(targets[b]["labels"]))
             queries = select_matched_queries(*indices[b], tgt_pan_idx)
-            head_out = self._image_orders(
+            log_probs = self._image_log_probs(
                 b, queries, outputs, mask_embed, mask_features, x, image_sizes, padded
             )
-            result.update(order_results(head_out, self.output_tasks))
+            result.update(order_results(log_probs, self.output_tasks, normalised=True))
 
     def attach_blind_orders(
         self,
@@ -375,36 +398,34 @@ class InstaFormer(MaskFormer):
         image_sizes: list[tuple[int, int]],
         padded_size: tuple[int, int],
     ) -> None:
-        """Blind mode: add the order matrices over the thing segments of each panoptic result."""
+        """Segment rows: add the order matrices over the thing segments of each panoptic result."""
         if not self.panoptic_on:
             raise ValueError(
-                "blind order inference (TEST.OCCLUSION_EVALUATION and TEST.DEPTH_EVALUATION "
-                "False) orders panoptic segments: set MODEL.MASK_FORMER.TEST.PANOPTIC_ON True"
+                "order rows 'segments' (inference without ground truth) order panoptic "
+                "segments: set MODEL.MASK_FORMER.TEST.PANOPTIC_ON True"
             )
         for b, (x, result) in enumerate(zip(batched_inputs, results, strict=True)):
             queries, segment_ids = select_segment_queries(result["panoptic_seg"][1])
-            head_out = self._image_orders(
+            log_probs = self._image_log_probs(
                 b, queries, outputs, mask_embed, mask_features, x, image_sizes, padded_size
             )
-            result.update(order_results(head_out, self.output_tasks))
+            result.update(order_results(log_probs, self.output_tasks, normalised=True))
             result["order_segment_ids"] = torch.tensor(
                 segment_ids, dtype=torch.int64, device=mask_embed.device
             )
 
 
-def low_image_from(image: Tensor, size: int, input_format: str) -> Tensor:
-    """uint8 Tensor[3, H, W] -> float32 Tensor[3, size, size]: the pairwise head's RGB input.
-
-    Bicubic resize of the [0, 1]-scaled RGB image (aspect not kept), ImageNet mean/std
-    normalisation: the mapper's ``low_image`` for inputs that come without it.
-    """
-    x = image.float() / 255.0
-    if input_format == "BGR":
-        x = x.flip(0)
-    x = F.interpolate(x[None], size=(size, size), mode="bicubic", align_corners=False)[0]
-    mean = torch.tensor(_IMAGENET_MEAN, device=x.device).view(3, 1, 1)
-    std = torch.tensor(_IMAGENET_STD, device=x.device).view(3, 1, 1)
-    return (x - mean) / std
+def _default_rows(batched_inputs: list[dict]) -> str:
+    """``"ground_truth"`` when every input has ``tgt_pan_idx``, ``"segments"`` when none has."""
+    with_gt = ["tgt_pan_idx" in x for x in batched_inputs]
+    if all(with_gt):
+        return "ground_truth"
+    if not any(with_gt):
+        return "segments"
+    raise ValueError(
+        f"{sum(with_gt)} of {len(with_gt)} inputs carry 'tgt_pan_idx': pass order_rows="
+        "'ground_truth' or 'segments' to say whose relations the order matrices hold"
+    )
 
 
 def _valid_size(
@@ -421,10 +442,9 @@ def _tgt_pan_idx(batched_input: dict, num_instances: int) -> Tensor:
     """LongTensor[n] ``tgt_pan_idx`` of an input, checked against its M non-crowd instances."""
     if "tgt_pan_idx" not in batched_input:
         raise ValueError(
-            "order training and evaluation mode (TEST.OCCLUSION_EVALUATION / DEPTH_EVALUATION) "
-            "need the ground truth of every input: 'instances', 'tgt_pan_idx' and the order "
-            "matrices (instaorder_panoptic mapper); for inference without ground truth set both "
-            "TEST flags False"
+            "order training and order_rows='ground_truth' need the ground truth of every input: "
+            "'instances', 'tgt_pan_idx' and the order matrices (instaorder_panoptic mapper); "
+            "for inference without ground truth use order_rows='segments'"
         )
     idx = torch.as_tensor(batched_input["tgt_pan_idx"], dtype=torch.int64).flatten()
     if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= num_instances):
@@ -449,7 +469,7 @@ def _gt_matrix(batched_input: dict, task: str, n: int) -> Tensor:
     return matrix
 
 
-def _build_order_criterion(cfg, tasks: Sequence[str], head: nn.Module) -> OrderCriterion:  # noqa: ANN001
+def _build_order_criterion(cfg, tasks: Sequence[str], head: OrderHead) -> OrderCriterion:  # noqa: ANN001
     """Order losses of ``tasks`` from ``MODEL.GEOMETRIC_PREDICTOR.*`` and ``INPUT.*`` priors."""
     gp = cfg.MODEL.GEOMETRIC_PREDICTOR
     if gp.DEPTH_LOSS not in _DEPTH_LOSSES:
@@ -467,7 +487,7 @@ def _build_order_criterion(cfg, tasks: Sequence[str], head: nn.Module) -> OrderC
             raise ValueError(
                 f"INPUT.{key} needs {ORDER_TASK_CLASSES[task]} counts, got {counts[task]}"
             )
-    if isinstance(head, PairwiseResNet):  # probabilities of InstaOrderNet: no class prior
+    if not head.uses_class_prior:  # e.g. InstaOrderNet's probabilities, trained without one
         counts = dict.fromkeys(counts)
     # The class priors are CPU constants (moved to the logits' device when used), also when the
     # model is built under a device context such as ``torch.device("meta")``.

@@ -21,7 +21,8 @@ __all__ = [
     "batch_dice_loss",
     "batch_sigmoid_ce_loss",
     "HungarianMatcher",
-    "full_mask_matching",
+    "assign",
+    "matching_cost",
 ]
 
 Indices = list[tuple[Tensor, Tensor]]
@@ -44,13 +45,13 @@ def batch_sigmoid_ce_loss(inputs: Tensor, targets: Tensor) -> Tensor:
     return loss / p
 
 
-def _assign(cost: Tensor) -> tuple[Tensor, Tensor]:
+def assign(cost: Tensor) -> tuple[Tensor, Tensor]:
     """Tensor[Q, M] cost -> (query indices, target indices), int64, sorted by query."""
     rows, cols = linear_sum_assignment(cost.cpu().numpy())
     return torch.as_tensor(rows, dtype=torch.int64), torch.as_tensor(cols, dtype=torch.int64)
 
 
-def _cost(
+def matching_cost(
     logits: Tensor, mask_logits: Tensor, labels: Tensor, tgt_masks: Tensor, weights: tuple
 ) -> Tensor:
     """Tensor[Q, K+1], Tensor[Q, P], LongTensor[M], Tensor[M, P] -> Tensor[Q, M]."""
@@ -105,45 +106,8 @@ class HungarianMatcher(nn.Module):
                 out_mask, point_coords.repeat(out_mask.shape[0], 1, 1), align_corners=False
             ).squeeze(1)
             with torch.autocast(device_type=out_mask.device.type, enabled=False):
-                cost = _cost(
+                cost = matching_cost(
                     outputs["pred_logits"][b], out_points, target["labels"], tgt_points, weights
                 )
-            indices.append(_assign(cost))
+            indices.append(assign(cost))
         return indices
-
-
-@torch.no_grad()
-def full_mask_matching(
-    outputs: dict,
-    targets: list[dict],
-    *,
-    cost_class: float,
-    cost_mask: float,
-    cost_dice: float,
-) -> Indices:
-    """Deterministic matching over every mask-logit pixel (evaluation, docs/reference.md [IF 3.1]).
-
-    Ground-truth masks ``Tensor[M, Hp, Wp]`` are nearest-downsampled to the logit size
-    ``h x w``; otherwise as :class:`HungarianMatcher` (same arguments and return value).
-    """
-    weights = (cost_class, cost_mask, cost_dice)
-    indices = []
-    for b, target in enumerate(targets):
-        out_mask = outputs["pred_masks"][b]  # Q x h x w
-        tgt_mask = target["masks"].to(out_mask)
-        if tgt_mask.shape[0] > 0:
-            tgt_mask = F.interpolate(tgt_mask[:, None], size=out_mask.shape[-2:], mode="nearest")[
-                :, 0
-            ]
-        else:
-            tgt_mask = tgt_mask.new_zeros((0, *out_mask.shape[-2:]))
-        with torch.autocast(device_type=out_mask.device.type, enabled=False):
-            cost = _cost(
-                outputs["pred_logits"][b],
-                out_mask.flatten(1),
-                target["labels"],
-                tgt_mask.flatten(1),
-                weights,
-            )
-        indices.append(_assign(cost))
-    return indices

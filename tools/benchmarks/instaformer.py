@@ -1,13 +1,14 @@
-"""Whole InstaFormer (Swin-T od) in evaluation mode: time and peak memory, model vs order head.
+"""Whole InstaFormer (Swin-T od), ground-truth order rows: time and peak memory, model vs head.
 
 One 512x512 input with n annotated thing instances: disjoint, panoptic-like masks (cells of a
 random Voronoi map; the remaining cells are stuff segments), random initial weights, float32.
 A random network predicts masks covering most of the image for every query, which a trained one
 does not; so that the order head sees realistic masks, the final-layer mask logits of the first
 queries are replaced by +-10 from the ground-truth cells (``--raw-masks`` keeps the random ones).
-The model runs its evaluation mode (full-mask matching to the ground truth, order head over the
-n instances, semantic/panoptic/instance post-processing); the order head alone is timed on the
-same selected queries (``InstaFormer.run_order_head``), the network alone (``run_network``) too.
+The model runs with ``order_rows="ground_truth"`` (full-mask matching to the ground truth, order
+head over the n instances, semantic/panoptic/instance post-processing); the order head alone is
+timed on the same selected queries (``InstaFormer.run_order_head``), the network alone
+(``run_network``) too.
 Each n runs in a fresh process so that its peak resident memory can be read: the figure is the
 process's peak RSS (and its growth over the RSS after building the model). Median of
 ``--repeats`` runs after one warm-up.
@@ -125,7 +126,6 @@ def _case(args: argparse.Namespace, n: int, queue: mp.Queue) -> None:
     cfg = get_cfg()
     cfg.merge_from_file(args.config)
     cfg.merge_from_list(["MODEL.DEVICE", "cpu"])
-    cfg.TEST.OCCLUSION_EVALUATION = cfg.TEST.DEPTH_EVALUATION = True
     model = build_model(cfg).eval()
     model.geometric_predictor.dense_feature_attention = args.dense
     x = make_input(n, args.stuff, args.size, args.size, torch.Generator().manual_seed(n))
@@ -141,7 +141,7 @@ def _case(args: argparse.Namespace, n: int, queue: mp.Queue) -> None:
             model.run_order_head(queries, embed[0], outputs["pred_masks"][0], feats[0])
 
         def whole() -> None:
-            out = model([x])[0]
+            out = model([x], order_rows="ground_truth")[0]
             assert out["occlusion"].shape == (n, n)
 
         clock = time.process_time if args.clock == "cpu" else time.perf_counter
@@ -158,8 +158,8 @@ def _case(args: argparse.Namespace, n: int, queue: mp.Queue) -> None:
 def run(args: argparse.Namespace) -> None:
     ctx = mp.get_context("fork")  # the module is loaded by path: children cannot re-import it
     print(
-        f"InstaFormer {args.config}\nevaluation mode, input {args.size}x{args.size}, float32, "
-        f"cpu x{args.threads}, {args.clock} clock, median of {args.repeats}, "
+        f"InstaFormer {args.config}\nground-truth order rows, input {args.size}x{args.size}, "
+        f"float32, cpu x{args.threads}, {args.clock} clock, median of {args.repeats}, "
         f"{'released dense' if args.dense else 'covered-pixel'} feature attention, "
         f"{'random' if args.raw_masks else 'ground-truth-like'} masks"
     )

@@ -2,8 +2,13 @@
 
 ``build_order_head(cfg)`` looks ``NAME`` up in ``ORDER_HEAD_REGISTRY``; ``NAME = ""`` means no
 order head. Registered entries: ``"GeometricTransformer"`` (holistic) and ``"PairwiseResNet"``
-(InstaOrderNet). Option values the re-implementation does not support are refused here with the
-offending key, so a config never silently runs something else than it says.
+(InstaOrderNet). An entry is an :class:`~instaformer.modeling.order.contract.OrderHead` subclass
+with a ``from_config(cfg)`` classmethod, or a builder function ``fn(cfg) -> OrderHead``. Option
+values the re-implementation does not support are refused here with the offending key, so a
+config never silently runs something else than it says.
+
+``PAIRWISE`` is a legacy key: ``NAME`` chooses the head. It is accepted when it agrees with
+``NAME`` (True exactly for ``"PairwiseResNet"``) and refused otherwise.
 """
 
 from __future__ import annotations
@@ -11,9 +16,8 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
-from torch import nn
-
 from instaformer.instaordernet.network import InstaOrderResNet, load_instaordernet_checkpoint
+from instaformer.modeling.order.contract import OrderHead
 from instaformer.modeling.order.geometric_transformer import GeometricTransformer
 from instaformer.modeling.order.pairwise import PairwiseResNet
 from instaformer.modeling.registry import ORDER_HEAD_REGISTRY
@@ -41,16 +45,32 @@ def order_tasks(cfg) -> tuple[str, ...]:  # noqa: ANN001 (fvcore CfgNode)
     return TASKS[task]
 
 
-def build_order_head(cfg) -> nn.Module | None:  # noqa: ANN001
+def build_order_head(cfg) -> OrderHead | None:  # noqa: ANN001
     """The order head named by ``MODEL.GEOMETRIC_PREDICTOR.NAME``, or None when NAME is ""."""
-    name = cfg.MODEL.GEOMETRIC_PREDICTOR.NAME
+    gp = cfg.MODEL.GEOMETRIC_PREDICTOR
+    name = gp.NAME
     if not name:
         return None
-    return ORDER_HEAD_REGISTRY.get(name)(cfg)
+    pairwise = name == "PairwiseResNet"
+    if bool(gp.PAIRWISE) != pairwise:
+        raise ValueError(
+            f"MODEL.GEOMETRIC_PREDICTOR.PAIRWISE = {gp.PAIRWISE!r} contradicts "
+            f"MODEL.GEOMETRIC_PREDICTOR.NAME = {name!r}: PAIRWISE is a legacy key (NAME chooses "
+            f"the head); leave it at its default or set it to {pairwise} with this NAME."
+        )
+    entry = ORDER_HEAD_REGISTRY.get(name)
+    from_config = getattr(entry, "from_config", None)
+    head = entry(**from_config(cfg)) if from_config is not None else entry(cfg)
+    if not isinstance(head, OrderHead):
+        raise TypeError(
+            f"MODEL.GEOMETRIC_PREDICTOR.NAME = {name!r} built a {type(head).__name__}, "
+            "not an OrderHead (instaformer.modeling.order.contract)"
+        )
+    return head
 
 
 def _register(name: str) -> Callable:
-    """Register a builder ``fn(cfg) -> nn.Module`` under ``name`` (the head's class name)."""
+    """Register a builder ``fn(cfg) -> OrderHead`` under ``name`` (the head's class name)."""
 
     def decorator(fn: Callable) -> Callable:
         fn.__name__ = name  # fvcore registers by __name__
@@ -72,7 +92,6 @@ def _require(cfg_node, key: str, supported: object, why: str) -> None:  # noqa: 
 @_register("GeometricTransformer")
 def build_geometric_transformer(cfg) -> GeometricTransformer:  # noqa: ANN001
     gp = cfg.MODEL.GEOMETRIC_PREDICTOR
-    _require(gp, "PAIRWISE", False, "the pairwise head is NAME 'PairwiseResNet'.")
     _require(gp, "METHOD", "stack", "'cat' and 'sep' were never released nor validated.")
     _require(gp, "FUSE", False, "Gram-matrix scores are symmetric and cannot express direction.")
     _require(
@@ -99,7 +118,6 @@ def build_geometric_transformer(cfg) -> GeometricTransformer:  # noqa: ANN001
 @_register("PairwiseResNet")
 def build_pairwise_resnet(cfg) -> PairwiseResNet:  # noqa: ANN001
     gp = cfg.MODEL.GEOMETRIC_PREDICTOR
-    _require(gp, "PAIRWISE", True, "NAME 'PairwiseResNet' is the pairwise head.")
     network = InstaOrderResNet(tasks=order_tasks(cfg))
     if gp.USE_INSTAORDERNET_WEIGHTS and gp.INSTAORDERNET_WEIGHTS_PATH:
         path = gp.INSTAORDERNET_WEIGHTS_PATH

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from instaformer.modeling.order.contract import OrderHead, OrderInputs
 from instaformer.modeling.order.feature_attention import (
     attention_pool_dense,
     attention_pool_sparse,
@@ -27,7 +28,7 @@ __all__ = ["GeometricTransformer", "ORDER_TASK_CLASSES"]
 ORDER_TASK_CLASSES: dict[str, int] = {"occlusion": 2, "depth": 3}
 
 
-class GeometricTransformer(nn.Module):
+class GeometricTransformer(OrderHead):
     """Holistic order head: pooled instance features + mask embeddings -> pairwise order logits.
 
     Per image: (1) instance-axis attention over the mask-gated pixel features and a global
@@ -135,6 +136,11 @@ class GeometricTransformer(nn.Module):
         if self.dense_feature_attention:
             return attention_pool_dense(layer, masks, mask_features)
         return attention_pool_sparse(layer, masks, mask_features)
+
+    def scores(self, inputs: OrderInputs) -> dict[str, list[Tensor]]:
+        """The contract's call: :meth:`forward` on the bundle's embeddings, masks and features
+        (raw logits; the inherited ``log_probs`` normalises them)."""
+        return self(inputs.mask_embed, inputs.masks, inputs.mask_features)
 
     def forward(
         self, mask_embed: Tensor, masks: Tensor, mask_features: Tensor

@@ -10,8 +10,11 @@ or nothing labelled) contribute nothing. The batch loss is the mean over contrib
 reproducing the published training recipe: its scale depends on the per-GPU batch). With no
 contributing image the loss is a zero scalar.
 
-Balanced Softmax (Ren et al., 2020): ``CE(z + log(pi), y)`` with ``pi`` the training-set class
-counts; at inference the raw logits are arg-maxed.
+Inputs are the heads' log-probabilities (``OrderHead.log_probs``). Balanced Softmax (Ren et al.,
+2020): ``CE(log p + log(pi), y)`` with ``pi`` the training-set class counts; since ``log p`` is the
+logits shifted per row, this equals Balanced Softmax on the logits. Without counts the loss is the
+negative log-likelihood ``-log p[y]`` (no second normalisation). At inference the
+log-probabilities are arg-maxed.
 """
 
 from __future__ import annotations
@@ -26,25 +29,26 @@ __all__ = ["OrderCriterion", "balanced_softmax_cross_entropy", "order_loss"]
 
 
 def balanced_softmax_cross_entropy(
-    logits: Tensor, targets: Tensor, class_counts: Tensor | None = None
+    log_probs: Tensor, targets: Tensor, class_counts: Tensor | None = None
 ) -> Tensor:
-    """Mean cross-entropy of ``logits + log(class_counts)`` (plain CE when counts are None).
+    """Mean cross-entropy of ``log_probs + log(class_counts)`` (negative log-likelihood of
+    ``log_probs`` when counts are None).
 
     Args:
-        logits: Tensor[P, K] raw logits.
+        log_probs: Tensor[P, K] log-probabilities (logits give the same value with counts).
         targets: Tensor[P] int64 class indices in [0, K).
         class_counts: Tensor[K] positive training counts per class, or None.
 
     Returns:
         Tensor[] mean over the P pairs.
     """
-    if class_counts is not None:
-        logits = logits + torch.log(class_counts.to(logits))
-    return F.cross_entropy(logits, targets)
+    if class_counts is None:
+        return F.nll_loss(log_probs, targets)
+    return F.cross_entropy(log_probs + torch.log(class_counts.to(log_probs)), targets)
 
 
 def order_loss(
-    logits: Sequence[Tensor],
+    log_probs: Sequence[Tensor],
     targets: Sequence[Tensor],
     class_counts: Tensor | None = None,
     reduction: str = "mean",
@@ -52,7 +56,8 @@ def order_loss(
     """Order loss of one head layer over a batch.
 
     Args:
-        logits: per image, Tensor[n_b, n_b, K] raw logits (``[i, j]`` = row i vs column j).
+        log_probs: per image, Tensor[n_b, n_b, K] log-probabilities (``[i, j]`` = row i vs
+            column j).
         targets: per image, Tensor[n_b, n_b] int class indices, -1 = unlabelled.
         class_counts: Tensor[K] for Balanced Softmax, None for plain cross-entropy.
         reduction: ``"mean"`` or ``"sum"`` over contributing images.
@@ -62,14 +67,14 @@ def order_loss(
     """
     if reduction not in ("mean", "sum"):
         raise ValueError(f"order loss reduction must be 'mean' or 'sum', got {reduction!r}")
-    if len(logits) != len(targets):
-        raise ValueError(f"{len(logits)} logit tensors for {len(targets)} target matrices")
+    if len(log_probs) != len(targets):
+        raise ValueError(f"{len(log_probs)} head outputs for {len(targets)} target matrices")
     per_image = []
-    for z, y in zip(logits, targets, strict=True):
+    for z, y in zip(log_probs, targets, strict=True):
         n = z.shape[0]
         if tuple(y.shape) != (n, n) or z.shape[:2] != (n, n):
             raise ValueError(
-                f"order logits {tuple(z.shape)} do not match target matrix {tuple(y.shape)}"
+                f"order head output {tuple(z.shape)} does not match target matrix {tuple(y.shape)}"
             )
         y = y.to(device=z.device, dtype=torch.long)
         valid = (y >= 0) & ~torch.eye(n, dtype=torch.bool, device=z.device)
@@ -77,7 +82,7 @@ def order_loss(
             continue
         per_image.append(balanced_softmax_cross_entropy(z[valid], y[valid], class_counts))
     if not per_image:
-        device = logits[0].device if len(logits) else None
+        device = log_probs[0].device if len(log_probs) else None
         return torch.zeros((), device=device)
     total = torch.stack(per_image).sum()
     return total / len(per_image) if reduction == "mean" else total
@@ -102,7 +107,8 @@ class OrderCriterion:
         """
         Args:
             weights: task name (``"occlusion"``, ``"depth"``) -> loss weight; defines the tasks.
-            class_counts: task -> per-class training counts (Balanced Softmax) or None (plain CE).
+            class_counts: task -> per-class training counts (Balanced Softmax) or None
+                (negative log-likelihood).
             deep_supervision: also supervise every earlier head layer.
             reduction: ``"mean"`` or ``"sum"`` over images (see module docstring).
         """
@@ -134,7 +140,8 @@ class OrderCriterion:
     ) -> dict[str, Tensor]:
         """
         Args:
-            head_outputs: per image, the head's output ``{task: [Tensor[n_b, n_b, K] per layer]}``.
+            head_outputs: per image, the head's ``{task: [Tensor[n_b, n_b, K] per layer]}``
+                log-probabilities (``OrderHead.log_probs``).
             targets: per image, ``{task: Tensor[n_b, n_b]}`` GT matrices in the project convention
                 (``"occlusion"``: 1 = row occludes column; ``"depth"``: 0 farther, 1 closer,
                 2 equal; -1 unlabelled), rows in the same order as the head's rows.

@@ -4,11 +4,13 @@
 Shape shorthand: n selected instances, h x w mask-feature map, S InstaOrderNet input side,
 P = n(n-1)/2 unordered pairs.
 
+The head builds its own image input from the bundle's uint8 image (:func:`low_image_from`:
+bicubic resize of the [0, 1] RGB image to S x S, aspect not kept, ImageNet normalisation).
 For every unordered pair ``(i, j)`` the network runs on ``[mask_i, mask_j, image]`` and on
 ``[mask_j, mask_i, image]``; all 2P inputs go through in chunks of ``max_pairs_per_batch``. The two
 passes are symmetrised ([ION 8], one sigmoid only: the reference's double sigmoid in
-``od`` is fixed) and returned as log-probabilities in the project's matrix convention, so that
-``argmax`` and ``softmax`` work as for the holistic head:
+``od`` is fixed) and returned as log-probabilities in the project's matrix convention, its
+:meth:`PairwiseResNet.log_probs` (no class prior: InstaOrderNet was trained without one):
 
 * ``occlusion[i, j] = log([1 - p, p])`` with p = P(i occludes j) (argmax 1 iff p > 0.5);
 * ``depth[i, j] = log([P(i farther), P(i closer), P(same)])``.
@@ -33,11 +35,30 @@ from instaformer.instaordernet.symmetrisation import (
     symmetrise_depth,
     symmetrise_occlusion,
 )
+from instaformer.modeling.order.contract import OrderHead, OrderInputs
 from instaformer.modeling.order.feature_attention import check_binary_masks
+from instaformer.vocabulary import IMAGENET_MEAN, IMAGENET_STD
 
-__all__ = ["PairwiseResNet"]
+__all__ = ["PairwiseResNet", "low_image_from"]
 
 _MIN_PROB = 1e-12  # floor before the log so that impossible classes stay finite
+
+
+def low_image_from(image: Tensor, size: int, image_format: str) -> Tensor:
+    """uint8 Tensor[3, H, W] -> float32 Tensor[3, size, size]: the pairwise head's RGB input.
+
+    Bicubic resize of the [0, 1]-scaled RGB image (aspect not kept, ``align_corners=False``),
+    then ImageNet mean/std normalisation; computed on ``image``'s device.
+    """
+    if image_format not in ("RGB", "BGR"):
+        raise ValueError(f"image format must be 'RGB' or 'BGR', got {image_format!r}")
+    x = image.float() / 255.0
+    if image_format == "BGR":
+        x = x.flip(0)
+    x = F.interpolate(x[None], size=(size, size), mode="bicubic", align_corners=False)[0]
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=x.device).view(3, 1, 1)
+    return (x - mean) / std
 
 
 class _Wrapped(nn.Module):
@@ -48,8 +69,11 @@ class _Wrapped(nn.Module):
         self.module = module
 
 
-class PairwiseResNet(nn.Module):
-    """All-pairs InstaOrderNet order head with the holistic head's call signature."""
+class PairwiseResNet(OrderHead):
+    """All-pairs InstaOrderNet order head (one layer; log-probabilities, no class prior)."""
+
+    num_layers = 1
+    uses_class_prior = False
 
     def __init__(
         self, *, network: InstaOrderResNet, input_size: int, max_pairs_per_batch: int = 64
@@ -72,32 +96,35 @@ class PairwiseResNet(nn.Module):
     def tasks(self) -> tuple[str, ...]:
         return self.instaordernet.module.tasks
 
+    def scores(self, inputs: OrderInputs) -> dict[str, list[Tensor]]:
+        """The contract's call: :meth:`forward` on the bundle's masks and its own image input
+        (:func:`low_image_from` of ``inputs.image``). Already log-probabilities."""
+        if inputs.image is None:
+            raise ValueError("PairwiseResNet needs the input image (OrderInputs.image is None)")
+        image = low_image_from(inputs.image, self.input_size, inputs.image_format)
+        return self(inputs.masks, image.to(inputs.mask_features), inputs.valid_size)
+
+    def log_probs(self, inputs: OrderInputs) -> dict[str, list[Tensor]]:
+        """:meth:`scores` as they are: normalised already, no second softmax."""
+        return self.scores(inputs)
+
     def forward(
-        self,
-        mask_embed: Tensor,
-        masks: Tensor,
-        mask_features: Tensor,
-        image: Tensor | None = None,
-        valid_size: tuple[int, int] | None = None,
+        self, masks: Tensor, image: Tensor, valid_size: tuple[int, int] | None = None
     ) -> dict[str, list[Tensor]]:
         """Symmetrised order log-probabilities of every instance pair of one image.
 
         Args:
-            mask_embed: Tensor[n, C] (unused; same signature as the holistic head).
             masks: Tensor[n, h, w] binary (0/1) masks at mask-feature resolution.
-            mask_features: Tensor[C, h, w] (unused).
-            image: Tensor[3, S, S] the ImageNet-normalised ``low_image`` of the sample.
+            image: float Tensor[3, S, S] the ImageNet-normalised image (:func:`low_image_from`).
             valid_size: (h', w') part of the mask map covering the unpadded image; None = all.
 
         Returns:
             ``{task: [Tensor[n, n, K]]}`` (one "layer"), log-probabilities as in the module
             docstring; diagonal cells are uninformative.
         """
-        if image is None:
-            raise ValueError("PairwiseResNet needs the sample's low_image (image=Tensor[3, S, S])")
         size = self.input_size
         if tuple(image.shape) != (3, size, size):
-            raise ValueError(f"low_image must be (3, {size}, {size}), got {tuple(image.shape)}")
+            raise ValueError(f"image input must be (3, {size}, {size}), got {tuple(image.shape)}")
         n = masks.shape[0]
         masks = check_binary_masks(masks)
         if valid_size is not None:
