@@ -241,23 +241,9 @@ def class_names_from_cfg(cfg: CfgNode) -> list[str]:
     return [f"class {i}" for i in range(num_classes)]
 
 
-def inference_cfg(cfg: CfgNode) -> CfgNode:
-    """A frozen copy of ``cfg`` with the segmentation outputs an :class:`OrderResult` holds.
-
-    Turns panoptic inference on and semantic and instance inference off (the result holds only
-    the panoptic segments and their orders; Mask2Former chooses its outputs when it is built) and
-    resolves ``MODEL.DEVICE`` (CPU when CUDA is missing). The order rows need no setting: the
-    Predictor's inputs carry no ground truth, so the model orders the thing segments
-    (``order_rows="segments"``), whatever ``TEST.*_EVALUATION`` say.
-    """
-    cfg = cfg.clone()
-    cfg.defrost()
-    cfg.MODEL.MASK_FORMER.TEST.PANOPTIC_ON = True
-    cfg.MODEL.MASK_FORMER.TEST.SEMANTIC_ON = False
-    cfg.MODEL.MASK_FORMER.TEST.INSTANCE_ON = False
-    cfg.MODEL.DEVICE = str(available_device(cfg.MODEL.DEVICE))
-    cfg.freeze()
-    return cfg
+# Segmentation results a Predictor call asks the model for: an OrderResult holds the panoptic
+# segments and the orders between them, nothing of Mask2Former's semantic or instance outputs.
+PREDICTOR_RESULTS = ("panoptic_seg",)
 
 
 class Predictor:
@@ -272,8 +258,11 @@ class Predictor:
     12-megapixel photo can need more than 10 GB. Results are given at the original size.
 
     Args:
-        cfg: full config (``instaformer.config.get_cfg()`` + file + overrides). It is copied and
-            adjusted with :func:`inference_cfg`; the evaluation flags need not be set by hand.
+        cfg: full config (``instaformer.config.get_cfg()`` + file + overrides), used as it is:
+            each call asks the model for the panoptic result only (``PREDICTOR_RESULTS``) and
+            for the orders of its thing segments (the inputs carry no ground truth), whatever
+            ``TEST.*_ON`` and ``TEST.*_EVALUATION`` say. ``MODEL.DEVICE`` "cuda" runs on the CPU
+            when CUDA is missing.
         model: an already built model following the same output contract (tests, export; the
             model object ``--eval-only`` evaluates serves as it is); default: ``build_model(cfg)``
             with ``MODEL.WEIGHTS`` loaded. Its ``output_tasks`` are the reported order tasks
@@ -295,12 +284,15 @@ class Predictor:
         from instaformer.data.custom import register_custom_datasets
 
         register_custom_datasets(cfg)  # their categories name the classes (DATASETS.CUSTOM)
-        self.cfg = inference_cfg(cfg)
+        self.cfg = cfg.clone()
+        self.cfg.freeze()
         self.fit_test_size = fit_test_size
         self._logged_fit = False
-        self.device = torch.device(self.cfg.MODEL.DEVICE)
         if model is None:
-            model = _build_and_load(self.cfg)
+            model = _build_and_load(self.cfg)  # on MODEL.DEVICE, or the CPU without CUDA
+            self.device = next(model.parameters()).device
+        else:
+            self.device = available_device(self.cfg.MODEL.DEVICE)
         self.model = model.to(self.device).eval()
         logger.info("Predictor running on %s", self.device)
         if backend not in BACKENDS:
@@ -395,7 +387,7 @@ class Predictor:
         results: list[OrderResult] = []
         for start in range(0, len(items), batch_size):
             arrays = [load_image(x) for x in items[start : start + batch_size]]
-            outputs = self._forward([self.preprocess(a) for a in arrays])
+            outputs = self._forward([self.preprocess(a) for a in arrays], results=PREDICTOR_RESULTS)
             results += [self.postprocess(o) for o in outputs]
         return results[0] if single else results
 

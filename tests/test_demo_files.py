@@ -59,10 +59,10 @@ class FailingModel(SceneModel):
         super().__init__(panoptic, infos)
         self.error, self.height = error, height
 
-    def forward(self, batched_inputs):
+    def forward(self, batched_inputs, results=None):
         if any(x["height"] == self.height for x in batched_inputs):
             raise self.error
-        return super().forward(batched_inputs)
+        return super().forward(batched_inputs, results)
 
 
 def test_input_and_output_folder_the_same_twice(tmp_path, caplog):

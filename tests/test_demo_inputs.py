@@ -17,7 +17,7 @@ from instaformer.data import io as image_io
 from instaformer.data.augment import shortest_edge_size
 from instaformer.data.io import DataError, ImageError, read_image
 from instaformer.demo_utils import expand_inputs
-from instaformer.predictor import Predictor, inference_cfg, load_image
+from instaformer.predictor import Predictor, load_image
 
 
 def _gradient16() -> np.ndarray:
@@ -65,15 +65,28 @@ def test_large_images_are_fitted_to_the_test_size_once_logged(caplog):
 
 
 def test_blind_inference_computes_only_panoptic():
-    cfg = inference_cfg(tiny_cfg())
+    cfg = tiny_cfg()
+    cfg.defrost()
     test = cfg.MODEL.MASK_FORMER.TEST
-    assert test.PANOPTIC_ON and not test.SEMANTIC_ON and not test.INSTANCE_ON
-    predictor = Predictor(tiny_cfg())
-    assert predictor.model.panoptic_on
-    assert not predictor.model.instance_on and not predictor.model.semantic_on
+    test.PANOPTIC_ON = test.SEMANTIC_ON = test.INSTANCE_ON = True
+    predictor = Predictor(cfg)
+    model = predictor.model
+    assert model.default_results == ("sem_seg", "panoptic_seg", "instances")  # config untouched
+    calls = []
+    original = model.postprocess_image
+
+    def spy(*args):
+        calls.append(args[-1])
+        return original(*args)
+
+    model.postprocess_image = spy
+    predictor(make_scene(32, 32)[0])
+    assert calls == [("panoptic_seg",)]
     with torch.inference_mode():
-        output = predictor.model([predictor.preprocess(make_scene(32, 32)[0])])[0]
+        output = model([predictor.preprocess(make_scene(32, 32)[0])], results=("panoptic_seg",))[0]
     assert "panoptic_seg" in output and "instances" not in output and "sem_seg" not in output
+    with pytest.raises(ValueError, match="unknown results"):
+        model([predictor.preprocess(make_scene(32, 32)[0])], results=("panoptic",))
 
 
 def test_sixteen_bit_images_are_scaled_in_every_entry_point(tmp_path):

@@ -75,7 +75,7 @@ class SceneModel(nn.Module):
         self.anchor = nn.Parameter(torch.zeros(1))
         self.panoptic, self.infos, self.shuffle_rows = panoptic, infos, shuffle_rows
 
-    def forward(self, batched_inputs):
+    def forward(self, batched_inputs, results=None):
         outputs = []
         for x in batched_inputs:
             assert x["image"].dtype == torch.uint8 and x["image"].shape[0] == 3
@@ -251,8 +251,8 @@ def test_anchor_point_is_inside_a_ring():
 
 @pytest.fixture(scope="module")
 def od_predictor():
-    """Predictor over the tiny od model, from a config with evaluation on and panoptic off
-    (the predictor must switch panoptic on; the evaluation flags do not matter)."""
+    """Predictor over the tiny od model, from a config with evaluation on and panoptic off: the
+    Predictor uses the config as it is and asks each call for the panoptic result."""
     torch.manual_seed(0)
     cfg = tiny_cfg()
     cfg.defrost()
@@ -263,20 +263,25 @@ def od_predictor():
     return predictor
 
 
-def test_predictor_turns_panoptic_on_and_reads_tasks_from_the_model(od_predictor):
+def test_predictor_leaves_the_config_alone_and_reads_tasks_from_the_model(od_predictor):
     assert od_predictor.cfg.TEST.OCCLUSION_EVALUATION is True  # the rows follow the inputs
-    assert od_predictor.cfg.TEST.DEPTH_EVALUATION is True
-    assert od_predictor.cfg.MODEL.MASK_FORMER.TEST.PANOPTIC_ON is True
+    assert od_predictor.cfg.MODEL.MASK_FORMER.TEST.PANOPTIC_ON is False
     model = od_predictor.model
     assert type(model).__name__ == "InstaFormer" and model.geometric_predictor is not None
-    assert model.panoptic_on and not model.evaluation_mode and not model.training
+    assert not model.panoptic_on and not model.training  # as the config says
     assert od_predictor.tasks == ("occlusion", "depth") == model.output_tasks
+    result = od_predictor(make_scene(48, 64)[0])  # panoptic asked per call
+    assert result.panoptic_seg.shape == (48, 64) and result.occlusion.shape[0] == len(
+        result.segments
+    )
+    with pytest.raises(ValueError, match="PANOPTIC_ON"):  # segment rows need the panoptic result
+        model([od_predictor.preprocess(make_scene(48, 64)[0])])
 
 
 def test_tiny_od_model_orders_its_thing_segments(od_predictor):
     image = make_scene(64, 96)[0]
     with torch.inference_mode():
-        output = od_predictor.model([od_predictor.preprocess(image)])[0]
+        output = od_predictor.model([od_predictor.preprocess(image)], results=("panoptic_seg",))[0]
     result = od_predictor.postprocess(output)
     assert result.image_size == (64, 96) and result.panoptic_seg.shape == (64, 96)
 

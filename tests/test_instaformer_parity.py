@@ -42,7 +42,7 @@ def fixture(request, reference_dir: Path):
     cfg.merge_from_list(meta["config_overrides"])
     torch.set_num_threads(2)
     model = build_model(cfg)
-    assert isinstance(model, InstaFormer) and not model.evaluation_mode
+    assert isinstance(model, InstaFormer)
     state = torch.load(folder / "model_state_dict.pth", weights_only=True)
     model.load_state_dict(state, strict=True)
     model.eval()

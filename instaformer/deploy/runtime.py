@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -201,19 +202,23 @@ class OnnxRuntimeModel:
         return {t: [torch.from_numpy(v)] for t, v in zip(self.head.tasks, values, strict=True)}
 
     @torch.inference_mode()
-    def __call__(self, batched_inputs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def __call__(
+        self, batched_inputs: list[dict[str, Any]], results: Sequence[str] | None = None
+    ) -> list[dict[str, Any]]:
         """Input dicts (``image`` uint8 Tensor[3, H, W], optional ``height`` / ``width``) ->
-        result dicts as the PyTorch model returns them in blind inference."""
+        result dicts as the PyTorch model returns them in blind inference; ``results`` as the
+        model's (segmentation results to compute, None: those of its config)."""
         from instaformer.modeling.meta_arch import order_results
         from instaformer.modeling.order import select_segment_queries
 
-        results = []
+        per_image = []
         divisor = self.model.size_divisibility
         for x in batched_inputs:
             image = pad_like_model(x["image"], self.model.pixel_mean.cpu(), divisor)
             outputs = self.run_network(image)
             size = tuple(x["image"].shape[-2:])
-            result = self.model.inference(outputs, [x], [size], tuple(image.shape[-2:]))[0]
+            padded = tuple(image.shape[-2:])
+            result = self.model.inference(outputs, [x], [size], padded, results)[0]
             if self.head is not None and self.tasks:
                 queries, segment_ids = select_segment_queries(result["panoptic_seg"][1])
                 masks = outputs["pred_masks"][0][queries] > 0
@@ -222,5 +227,5 @@ class OnnxRuntimeModel:
                 )
                 result.update(order_results(head_out, self.tasks))
                 result["order_segment_ids"] = torch.tensor(segment_ids, dtype=torch.int64)
-            results.append(result)
-        return results
+            per_image.append(result)
+        return per_image

@@ -197,18 +197,15 @@ class InstaFormer(MaskFormer):
         return kwargs
 
     @property
-    def evaluation_mode(self) -> bool:
-        """Always False: the model has no build-time evaluation mode (former
-        ``TEST.*_EVALUATION`` switch); each call chooses its rows (``order_rows``)."""
-        return False
-
-    @property
     def num_order_layers(self) -> int:
         """Predictions per task of the order head (its ``num_layers``)."""
         return int(self.geometric_predictor.num_layers)
 
     def forward(
-        self, batched_inputs: list[dict], order_rows: str | None = None
+        self,
+        batched_inputs: list[dict],
+        order_rows: str | None = None,
+        results: Sequence[str] | None = None,
     ) -> dict[str, Tensor] | list[dict]:
         """See the module docstring (and :class:`MaskFormer` for the input dicts).
 
@@ -218,11 +215,14 @@ class InstaFormer(MaskFormer):
                 of the trained tasks (``occlusion_matrix`` / ``depth_matrix`` int Tensor[n, n]).
             order_rows: inference only: ``"ground_truth"``, ``"segments"`` or None (ground truth
                 when every input has ``tgt_pan_idx``, segments when none has).
+            results: inference only: the segmentation results to compute, names among
+                ``mask2former.modeling.meta_arch.RESULT_NAMES`` (None: those the config's
+                ``TEST.*_ON`` enable); segment rows need ``"panoptic_seg"`` among them.
         """
         if order_rows is not None and order_rows not in ORDER_ROWS:
             raise ValueError(f"order_rows must be one of {ORDER_ROWS} or None, got {order_rows!r}")
         if self.geometric_predictor is None:
-            return super().forward(batched_inputs)
+            return super().forward(batched_inputs, results)
         images, image_sizes = self.preprocess_image(batched_inputs)
         outputs, mask_embed, mask_features = self.run_network(images)
         padded_size = tuple(images.shape[-2:])
@@ -231,17 +231,25 @@ class InstaFormer(MaskFormer):
             return self.training_losses(
                 outputs, mask_embed, mask_features, targets, batched_inputs, image_sizes
             )
-        results = self.inference(outputs, batched_inputs, image_sizes, padded_size)
+        wanted = self.check_results(results)
+        rows = order_rows or _default_rows(batched_inputs)
+        if self.output_tasks and rows == "segments" and "panoptic_seg" not in wanted:
+            raise ValueError(
+                "order rows 'segments' (inference without ground truth) order panoptic "
+                "segments: set MODEL.MASK_FORMER.TEST.PANOPTIC_ON True or pass "
+                "results=('panoptic_seg', ...)"
+            )
+        per_image = self.inference(outputs, batched_inputs, image_sizes, padded_size, wanted)
         if not self.output_tasks:
-            return results
-        if (order_rows or _default_rows(batched_inputs)) == "ground_truth":
+            return per_image
+        if rows == "ground_truth":
             targets = self.prepare_targets(batched_inputs, images)
             self.attach_gt_orders(
-                results, outputs, mask_embed, mask_features, targets, batched_inputs, image_sizes
+                per_image, outputs, mask_embed, mask_features, targets, batched_inputs, image_sizes
             )
         else:
             self.attach_blind_orders(
-                results,
+                per_image,
                 outputs,
                 mask_embed,
                 mask_features,
@@ -249,7 +257,7 @@ class InstaFormer(MaskFormer):
                 image_sizes,
                 padded_size,
             )
-        return results
+        return per_image
 
     def order_inputs(
         self,
@@ -398,12 +406,8 @@ class InstaFormer(MaskFormer):
         image_sizes: list[tuple[int, int]],
         padded_size: tuple[int, int],
     ) -> None:
-        """Segment rows: add the order matrices over the thing segments of each panoptic result."""
-        if not self.panoptic_on:
-            raise ValueError(
-                "order rows 'segments' (inference without ground truth) order panoptic "
-                "segments: set MODEL.MASK_FORMER.TEST.PANOPTIC_ON True"
-            )
+        """Segment rows: add the order matrices over the thing segments of each panoptic result
+        (``results`` hold ``panoptic_seg``)."""
         for b, (x, result) in enumerate(zip(batched_inputs, results, strict=True)):
             queries, segment_ids = select_segment_queries(result["panoptic_seg"][1])
             log_probs = self._image_log_probs(

@@ -7,8 +7,11 @@ M ground-truth segments of one image.
 ``model(batched_inputs)`` takes a list of dicts ``{"image": uint8 Tensor[3, H, W] in
 INPUT.FORMAT channel order, "height": int, "width": int, "instances": Instances (training)}``.
 Training returns ``{loss_name: scalar}`` (already weighted); evaluation returns one dict per
-image with the enabled results (``sem_seg`` Tensor[K, height, width], ``panoptic_seg``
+image with the requested results (``sem_seg`` Tensor[K, height, width], ``panoptic_seg``
 ``(int32 Tensor[height, width], segments_info)``, ``instances``), resized to ``height x width``.
+Which results an evaluation call computes is chosen per call, ``model(batched_inputs,
+results=("panoptic_seg",))``; None (the default) means those ``MODEL.MASK_FORMER.TEST.*_ON``
+enable (``default_results``).
 
 The forward is split into overridable steps (``preprocess_image``, ``run_network``,
 ``prepare_targets``, ``compute_losses``, ``inference``, ``postprocess_image``) so that a
@@ -38,7 +41,10 @@ from mask2former.modeling.postprocessing import (
 )
 from mask2former.modeling.registry import BACKBONE_REGISTRY, META_ARCH_REGISTRY
 
-__all__ = ["MaskFormer", "build_backbone", "thing_class_ids", "MASK_LOSSES"]
+# Results an evaluation call can compute, in the order they are computed.
+RESULT_NAMES = ("sem_seg", "panoptic_seg", "instances")
+
+__all__ = ["MASK_LOSSES", "RESULT_NAMES", "MaskFormer", "build_backbone", "thing_class_ids"]
 
 # Losses of :class:`SetCriterion` that MaskFormer trains unless told otherwise.
 MASK_LOSSES = ("labels", "masks")
@@ -192,11 +198,7 @@ class MaskFormer(nn.Module):
                 cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES, [*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST]
             ),
             "size_divisibility": mf.SIZE_DIVISIBILITY,
-            "sem_seg_postprocess_before_inference": (
-                mf.TEST.SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE
-                or mf.TEST.PANOPTIC_ON
-                or mf.TEST.INSTANCE_ON
-            ),
+            "sem_seg_postprocess_before_inference": mf.TEST.SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE,
             "pixel_mean": tuple(cfg.MODEL.PIXEL_MEAN),
             "pixel_std": tuple(cfg.MODEL.PIXEL_STD),
             "semantic_on": mf.TEST.SEMANTIC_ON,
@@ -208,6 +210,23 @@ class MaskFormer(nn.Module):
     @property
     def device(self) -> torch.device:
         return self.pixel_mean.device
+
+    @property
+    def default_results(self) -> tuple[str, ...]:
+        """The results an evaluation call computes when it names none (the ``TEST.*_ON`` keys)."""
+        on = {"sem_seg": self.semantic_on, "panoptic_seg": self.panoptic_on}
+        on["instances"] = self.instance_on
+        return tuple(name for name in RESULT_NAMES if on[name])
+
+    def check_results(self, results: Sequence[str] | None) -> tuple[str, ...]:
+        """``results`` as a tuple in :data:`RESULT_NAMES` order (None: :attr:`default_results`);
+        an unknown name is refused."""
+        if results is None:
+            return self.default_results
+        unknown = [r for r in results if r not in RESULT_NAMES]
+        if unknown:
+            raise ValueError(f"unknown results {unknown}; known: {list(RESULT_NAMES)}")
+        return tuple(name for name in RESULT_NAMES if name in results)
 
     def freeze(self, *, backbone: bool, sem_seg_head: bool) -> None:
         """Stop gradients of the backbone / head; adapters stay trainable ([IF 1.2.3]).
@@ -273,13 +292,16 @@ class MaskFormer(nn.Module):
         weights = self.criterion.weight_dict
         return {k: v * weights[k] for k, v in losses.items() if k in weights}
 
-    def forward(self, batched_inputs: list[dict]) -> dict[str, Tensor] | list[dict]:
-        """See the module docstring."""
+    def forward(
+        self, batched_inputs: list[dict], results: Sequence[str] | None = None
+    ) -> dict[str, Tensor] | list[dict]:
+        """See the module docstring; ``results``: names among :data:`RESULT_NAMES` that an
+        evaluation call computes (None: :attr:`default_results`)."""
         images, image_sizes = self.preprocess_image(batched_inputs)
         outputs, _, _ = self.run_network(images)
         if self.training:
             return self.compute_losses(outputs, self.prepare_targets(batched_inputs, images))
-        return self.inference(outputs, batched_inputs, image_sizes, images.shape[-2:])
+        return self.inference(outputs, batched_inputs, image_sizes, images.shape[-2:], results)
 
     def upsample_masks(self, pred_masks: Tensor, padded_size: tuple[int, int]) -> Tensor:
         """Tensor[B, Q, h, w] -> Tensor[B, Q, Hp, Wp], bilinear (align_corners=False)."""
@@ -291,17 +313,21 @@ class MaskFormer(nn.Module):
         batched_inputs: list[dict],
         image_sizes: list[tuple[int, int]],
         padded_size: tuple[int, int],
+        results: Sequence[str] | None = None,
     ) -> list[dict]:
         """Per image results (see :meth:`postprocess_image`)."""
+        wanted = self.check_results(results)
         mask_pred_results = self.upsample_masks(outputs["pred_masks"], tuple(padded_size))
-        results = []
+        per_image = []
         for mask_cls, mask_pred, x, size in zip(
             outputs["pred_logits"], mask_pred_results, batched_inputs, image_sizes, strict=True
         ):
             height = x.get("height", size[0])
             width = x.get("width", size[1])
-            results.append(self.postprocess_image(mask_cls, mask_pred, size, height, width))
-        return results
+            per_image.append(
+                self.postprocess_image(mask_cls, mask_pred, size, height, width, wanted)
+            )
+        return per_image
 
     def postprocess_image(
         self,
@@ -310,25 +336,33 @@ class MaskFormer(nn.Module):
         image_size: tuple[int, int],
         height: int,
         width: int,
+        results: Sequence[str] | None = None,
     ) -> dict:
         """One image's results from Tensor[Q, K+1] logits and Tensor[Q, Hp, Wp] mask logits.
 
+        ``results``: names among :data:`RESULT_NAMES` to compute (None: :attr:`default_results`).
+        Masks are resized to ``height x width`` before inference when panoptic or instance
+        results are computed or ``SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE`` asks for it.
+
         Returns:
-            dict with (as enabled) ``sem_seg`` Tensor[K, height, width], ``panoptic_seg``
-            ``(int32 Tensor[height, width], segments_info)`` and ``instances``; with panoptic on,
+            dict with (as requested) ``sem_seg`` Tensor[K, height, width], ``panoptic_seg``
+            ``(int32 Tensor[height, width], segments_info)`` and ``instances``; with panoptic,
             also ``panoptic_keep`` bool Tensor[Q] (queries passing the class test).
         """
+        wanted = self.check_results(results)
+        panoptic = "panoptic_seg" in wanted
+        before = self.sem_seg_postprocess_before_inference or panoptic or "instances" in wanted
         result: dict = {}
-        if self.sem_seg_postprocess_before_inference:
+        if before:
             mask_pred = sem_seg_postprocess(mask_pred, image_size, height, width)
             mask_cls = mask_cls.to(mask_pred)
-        if self.semantic_on:
+        if "sem_seg" in wanted:
             r = semantic_inference(mask_cls, mask_pred)
-            if not self.sem_seg_postprocess_before_inference:
+            if not before:
                 r = sem_seg_postprocess(r, image_size, height, width)
             result["sem_seg"] = r
         num_classes = self.sem_seg_head.num_classes
-        if self.panoptic_on:
+        if panoptic:
             seg, segments_info, keep = panoptic_inference(
                 mask_cls,
                 mask_pred,
@@ -339,12 +373,12 @@ class MaskFormer(nn.Module):
             )
             result["panoptic_seg"] = (seg, segments_info)
             result["panoptic_keep"] = keep
-        if self.instance_on:
+        if "instances" in wanted:
             result["instances"] = instance_inference(
                 mask_cls,
                 mask_pred,
                 num_classes=num_classes,
                 test_topk_per_image=self.test_topk_per_image,
-                thing_ids=self.thing_ids if self.panoptic_on else None,
+                thing_ids=self.thing_ids if panoptic else None,
             )
         return result
