@@ -232,7 +232,7 @@ def test_check_dataset_passes_and_draws(datasets, tmp_path):
     assert f"INPUT.DEPTH_SAMPLES_PER_CLASS {[strict, strict, 2 * equal]}" in summary
 
 
-def _edit_json(shapes: Path, edit) -> None:  # noqa: ANN001 (function of the JSON dict)
+def _edit_json(shapes: Path, edit) -> None:
     path = shapes / "instaorder_val.json"
     data = json.loads(path.read_text())
     edit(data)

@@ -247,7 +247,7 @@ def test_video_sources_without_frames_are_refused(tmp_path, monkeypatch):
         def __call__(self, index):
             return self
 
-        def isOpened(self):  # noqa: N802 (OpenCV's name)
+        def isOpened(self):
             return self.opened
 
         def read(self):

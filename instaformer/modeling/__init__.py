@@ -20,7 +20,7 @@ __all__ = ["META_ARCH_ALIASES", "InstaFormer", "build_model"]
 META_ARCH_ALIASES = {"MaskFormer": "InstaFormer"}
 
 
-def build_model(cfg) -> nn.Module:  # noqa: ANN001 (fvcore CfgNode)
+def build_model(cfg) -> nn.Module:
     """The meta-architecture of ``cfg`` (with ``META_ARCH_ALIASES``) on ``MODEL.DEVICE``.
 
     Weights are not loaded here (see :mod:`mask2former.checkpoint`).

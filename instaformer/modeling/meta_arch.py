@@ -172,7 +172,7 @@ class InstaFormer(MaskFormer):
         self.input_format = input_format
 
     @classmethod
-    def from_config(cls, cfg) -> dict:  # noqa: ANN001 (fvcore CfgNode)
+    def from_config(cls, cfg) -> dict:
         unknown = [n for n in cfg.MODEL.REMOVE_LOSSES if n not in REMOVABLE_LOSSES]
         if unknown:
             raise ValueError(
@@ -473,7 +473,7 @@ def _gt_matrix(batched_input: dict, task: str, n: int) -> Tensor:
     return matrix
 
 
-def _build_order_criterion(cfg, tasks: Sequence[str], head: OrderHead) -> OrderCriterion:  # noqa: ANN001
+def _build_order_criterion(cfg, tasks: Sequence[str], head: OrderHead) -> OrderCriterion:
     """Order losses of ``tasks`` from ``MODEL.GEOMETRIC_PREDICTOR.*`` and ``INPUT.*`` priors."""
     gp = cfg.MODEL.GEOMETRIC_PREDICTOR
     if gp.DEPTH_LOSS not in _DEPTH_LOSSES:

@@ -52,7 +52,7 @@ def _scene(size: int, seed: int) -> np.ndarray:
     return image
 
 
-def _measure(name: str, cfg, args: argparse.Namespace) -> None:  # noqa: ANN001 (CfgNode)
+def _measure(name: str, cfg, args: argparse.Namespace) -> None:
     predictor = Predictor(cfg)
     images = [_scene(args.size, i) for i in range(args.repeats + 1)]
     predict, predict_cpu, render, segments = [], [], [], []

@@ -34,7 +34,7 @@ TASKS: dict[str, tuple[str, ...]] = {
 INSTAORDERNET_FILE = "InstaOrder_InstaOrderNet_{task}.pth.tar"
 
 
-def order_tasks(cfg) -> tuple[str, ...]:  # noqa: ANN001 (fvcore CfgNode)
+def order_tasks(cfg) -> tuple[str, ...]:
     """The order tasks of ``cfg`` (``MODEL.GEOMETRIC_PREDICTOR.TASK``)."""
     task = cfg.MODEL.GEOMETRIC_PREDICTOR.TASK
     if task not in TASKS:
@@ -45,7 +45,7 @@ def order_tasks(cfg) -> tuple[str, ...]:  # noqa: ANN001 (fvcore CfgNode)
     return TASKS[task]
 
 
-def build_order_head(cfg) -> OrderHead | None:  # noqa: ANN001
+def build_order_head(cfg) -> OrderHead | None:
     """The order head named by ``MODEL.GEOMETRIC_PREDICTOR.NAME``, or None when NAME is ""."""
     gp = cfg.MODEL.GEOMETRIC_PREDICTOR
     name = gp.NAME
@@ -80,7 +80,7 @@ def _register(name: str) -> Callable:
     return decorator
 
 
-def _require(cfg_node, key: str, supported: object, why: str) -> None:  # noqa: ANN001
+def _require(cfg_node, key: str, supported: object, why: str) -> None:
     value = getattr(cfg_node, key)
     if value != supported:
         raise ValueError(
@@ -90,7 +90,7 @@ def _require(cfg_node, key: str, supported: object, why: str) -> None:  # noqa: 
 
 
 @_register("GeometricTransformer")
-def build_geometric_transformer(cfg) -> GeometricTransformer:  # noqa: ANN001
+def build_geometric_transformer(cfg) -> GeometricTransformer:
     gp = cfg.MODEL.GEOMETRIC_PREDICTOR
     _require(gp, "METHOD", "stack", "'cat' and 'sep' were never released nor validated.")
     _require(gp, "FUSE", False, "Gram-matrix scores are symmetric and cannot express direction.")
@@ -116,7 +116,7 @@ def build_geometric_transformer(cfg) -> GeometricTransformer:  # noqa: ANN001
 
 
 @_register("PairwiseResNet")
-def build_pairwise_resnet(cfg) -> PairwiseResNet:  # noqa: ANN001
+def build_pairwise_resnet(cfg) -> PairwiseResNet:
     gp = cfg.MODEL.GEOMETRIC_PREDICTOR
     network = InstaOrderResNet(tasks=order_tasks(cfg))
     if gp.USE_INSTAORDERNET_WEIGHTS and gp.INSTAORDERNET_WEIGHTS_PATH:
