@@ -384,14 +384,15 @@ class Predictor:
     @overload
     def __call__(self, images: ImageInput, batch_size: int = 1) -> OrderResult: ...
 
+    # list[Any]: a list is invariant, so list[ImageInput] would refuse a list[str] or list[Path].
     @overload
     def __call__(
-        self, images: list[ImageInput] | tuple[ImageInput, ...], batch_size: int = 1
+        self, images: list[Any] | tuple[ImageInput, ...], batch_size: int = 1
     ) -> list[OrderResult]: ...
 
     @torch.inference_mode()
     def __call__(
-        self, images: ImageInput | list[ImageInput] | tuple[ImageInput, ...], batch_size: int = 1
+        self, images: ImageInput | list[Any] | tuple[ImageInput, ...], batch_size: int = 1
     ) -> OrderResult | list[OrderResult]:
         """Predict one image (returns an :class:`OrderResult`) or a list or tuple of them
         (returns a list).
