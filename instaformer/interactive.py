@@ -119,14 +119,15 @@ def relations_of(result: OrderResult, index: int) -> list[Relation]:
 
 
 def ranking_rows(result: OrderResult) -> list[list]:
-    """The depth ranking as rows ``[rank (1 = closest), "#id", class, score]``; empty without
-    the depth task."""
+    """The depth ranking as rows ``[rank (1 = closest), "#id", class, score]`` (score None when
+    the result has none); empty without the depth task."""
     if result.depth_ranking is None:
         return []
     rows = []
     for position, index in enumerate(result.depth_ranking):
         seg = result.segments[index]
-        rows.append([position + 1, f"#{seg.id}", seg.class_name, round(seg.score, 3)])
+        score = None if seg.score is None else round(seg.score, 3)
+        rows.append([position + 1, f"#{seg.id}", seg.class_name, score])
     return rows
 
 

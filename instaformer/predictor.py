@@ -20,10 +20,10 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 import torch
@@ -34,6 +34,7 @@ from instaformer.config import CfgNode, setup_cfg
 from instaformer.data.augment import resize_image, shortest_edge_size
 from instaformer.data.io import image_to_rgb, read_image
 from mask2former.modeling.build import available_device
+from mask2former.modeling.meta_arch import MaskFormer
 from mask2former.structures import encode_rle, mask_bbox
 
 __all__ = [
@@ -298,10 +299,16 @@ class Predictor:
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}; got {backend!r}")
         self.backend = backend
-        self._forward = self.model
+        # (input dicts, results=...) -> output dicts: the model, or its ONNX Runtime stand-in.
+        self._forward: Callable[..., list[dict[str, Any]]] = self.model
         if backend == "onnxruntime":
             from instaformer.deploy.runtime import OnnxRuntimeModel
 
+            if not isinstance(self.model, MaskFormer):
+                raise TypeError(
+                    "backend 'onnxruntime' exports a MaskFormer or InstaFormer model, got a "
+                    f"{type(self.model).__name__}"
+                )
             self._forward = OnnxRuntimeModel(
                 self.model, config_text=self.cfg.dump(), weights=self.cfg.MODEL.WEIGHTS
             )
@@ -374,16 +381,26 @@ class Predictor:
         tensor = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
         return {"image": tensor.to(self.device), "height": height, "width": width}
 
+    @overload
+    def __call__(self, images: ImageInput, batch_size: int = 1) -> OrderResult: ...
+
+    # list[Any]: a list is invariant, so list[ImageInput] would refuse a list[str] or list[Path].
+    @overload
+    def __call__(
+        self, images: list[Any] | tuple[ImageInput, ...], batch_size: int = 1
+    ) -> list[OrderResult]: ...
+
     @torch.inference_mode()
     def __call__(
-        self, images: ImageInput | Sequence[ImageInput], batch_size: int = 1
+        self, images: ImageInput | list[Any] | tuple[ImageInput, ...], batch_size: int = 1
     ) -> OrderResult | list[OrderResult]:
-        """Predict one image (returns an :class:`OrderResult`) or a list (returns a list).
+        """Predict one image (returns an :class:`OrderResult`) or a list or tuple of them
+        (returns a list).
 
         ``batch_size`` images of a list go through the model together.
         """
         single = not isinstance(images, (list, tuple))
-        items = [images] if single else list(images)
+        items = list(images) if isinstance(images, (list, tuple)) else [images]
         results: list[OrderResult] = []
         for start in range(0, len(items), batch_size):
             arrays = [load_image(x) for x in items[start : start + batch_size]]

@@ -195,7 +195,8 @@ class M2FCheckpointer(Checkpointer):
     ) -> None:
         super().__init__(model, save_dir, save_to_disk=save_to_disk, **checkpointables)
         self.path_manager = path_manager
-        self.last_incompatible = None
+        # fvcore's IncompatibleKeys of the last model load; None before any.
+        self.last_incompatible: Any | None = None
         self._loading = ""
 
     def _load_file(self, filename: str) -> dict[str, Any]:
@@ -262,8 +263,11 @@ class M2FCheckpointer(Checkpointer):
         self._loading = path
         if "://" not in path:
             _check_local_file(path)
+        self.last_incompatible = None
         self.load(path, checkpointables=[])
         inc = self.last_incompatible
+        if inc is None:  # fvcore skips the model only for an empty path
+            raise CheckpointError(f"{path!r}: no model weights were loaded")
         report = {
             "missing_keys": list(inc.missing_keys),
             "unexpected_keys": list(inc.unexpected_keys),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -232,7 +233,7 @@ def test_check_dataset_passes_and_draws(datasets, tmp_path):
     assert f"INPUT.DEPTH_SAMPLES_PER_CLASS {[strict, strict, 2 * equal]}" in summary
 
 
-def _edit_json(shapes: Path, edit) -> None:
+def _edit_json(shapes: Path, edit: Callable[[dict], None]) -> None:
     path = shapes / "instaorder_val.json"
     data = json.loads(path.read_text())
     edit(data)

@@ -144,7 +144,11 @@ def register_panoptic_order_dataset(
     DatasetCatalog.register(
         name, lambda: _load(json_file, image_root, panoptic_root, metadata=metadata())
     )
-    fields = {key: Deferred(lambda key=key: metadata()[key]) for key in _METADATA_KEYS}
+
+    def field(key: str) -> Any:
+        return metadata()[key]
+
+    fields = {key: Deferred(functools.partial(field, key)) for key in _METADATA_KEYS}
     MetadataCatalog.get(name).set(
         **fields,
         label_divisor=1000,

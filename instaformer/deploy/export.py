@@ -31,10 +31,14 @@ import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from instaformer.modeling.order.geometric_transformer import GeometricTransformer
 
 __all__ = [
     "LOOP_OPS",
@@ -309,7 +313,7 @@ def max_abs_diff(a: tuple, b: tuple) -> float:
     return max(diffs)
 
 
-def find_order_head(model: nn.Module) -> nn.Module | None:
+def find_order_head(model: nn.Module) -> GeometricTransformer | None:
     """The order head of an ``InstaFormer`` (``geometric_predictor``), or None without one.
 
     Raises:

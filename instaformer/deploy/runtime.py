@@ -25,7 +25,7 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -39,6 +39,10 @@ from instaformer.deploy.export import (
     pad_like_model,
 )
 from instaformer.vocabulary import TASK_CLASSES
+
+if TYPE_CHECKING:
+    from instaformer.modeling.order.geometric_transformer import GeometricTransformer
+    from mask2former.modeling.meta_arch import MaskFormer
 
 __all__ = ["CACHE_ENV", "OnnxRuntimeModel", "default_cache_dir", "state_dict_digest"]
 
@@ -101,7 +105,7 @@ class OnnxRuntimeModel:
 
     def __init__(
         self,
-        model: nn.Module,
+        model: MaskFormer,
         *,
         config_text: str,
         weights: str = "",
@@ -131,9 +135,16 @@ class OnnxRuntimeModel:
     def paths(self, height: int, width: int) -> tuple[Path, Path | None]:
         """Cache files of the network and the order head (None without one) for a padded
         ``height x width`` input."""
-        stem = f"{height}x{width}-{self.key}"
-        head = None if self.head is None else self.folder / f"order_head-{stem}.onnx"
-        return self.folder / f"network-{stem}.onnx", head
+        head = None if self.head is None else self._file("order_head", height, width)
+        return self._file("network", height, width), head
+
+    def _file(self, graph: str, height: int, width: int) -> Path:
+        return self.folder / f"{graph}-{height}x{width}-{self.key}.onnx"
+
+    def _order_head(self) -> GeometricTransformer:
+        if self.head is None:
+            raise ValueError("the model has no order head (MODEL.GEOMETRIC_PREDICTOR.NAME)")
+        return self.head
 
     def _session(self, path: Path) -> Any:
         options = self.ort.SessionOptions()
@@ -160,11 +171,12 @@ class OnnxRuntimeModel:
         """Session of the order head for a padded ``height x width`` input."""
         key = ("order_head", height, width)
         if key not in self._sessions:
-            _, path = self.paths(height, width)
+            head = self._order_head()
+            path = self._file("order_head", height, width)
             if not path.is_file():
                 logger.info("exporting the order head for %dx%d inputs to %s", height, width, path)
                 onnx_export_order_head(
-                    self.head,
+                    head,
                     mask_dim,
                     (height // 4, width // 4),
                     path,
@@ -186,9 +198,10 @@ class OnnxRuntimeModel:
         """Tensor[k, C], bool Tensor[k, h, w], Tensor[C, h, w] -> ``{task: [Tensor[k, k, K]]}``
         (the last layer only, as ``order_results`` reads it). With k < 2 the graph is not run:
         every cell is then a diagonal one, which ``order_results`` overwrites."""
+        tasks = self._order_head().tasks
         k = mask_embed.shape[0]
         if k < 2:
-            return {t: [mask_embed.new_zeros(k, k, TASK_CLASSES[t])] for t in self.head.tasks}
+            return {t: [mask_embed.new_zeros(k, k, TASK_CLASSES[t])] for t in tasks}
         c, h, w = mask_features.shape
         head = self._head_session(c, 4 * h, 4 * w)
         feeds = dict(
@@ -198,8 +211,8 @@ class OnnxRuntimeModel:
                 strict=True,
             )
         )
-        values = head.run(list(self.head.tasks), feeds)
-        return {t: [torch.from_numpy(v)] for t, v in zip(self.head.tasks, values, strict=True)}
+        values = head.run(list(tasks), feeds)
+        return {t: [torch.from_numpy(v)] for t, v in zip(tasks, values, strict=True)}
 
     @torch.inference_mode()
     def __call__(
@@ -217,7 +230,7 @@ class OnnxRuntimeModel:
             image = pad_like_model(x["image"], self.model.pixel_mean.cpu(), divisor)
             outputs = self.run_network(image)
             size = tuple(x["image"].shape[-2:])
-            padded = tuple(image.shape[-2:])
+            padded = (image.shape[-2], image.shape[-1])
             result = self.model.inference(outputs, [x], [size], padded, results)[0]
             if self.head is not None and self.tasks:
                 queries, segment_ids = select_segment_queries(result["panoptic_seg"][1])

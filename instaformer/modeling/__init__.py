@@ -11,6 +11,7 @@ from __future__ import annotations
 from torch import nn
 
 from instaformer.modeling.meta_arch import InstaFormer
+from mask2former.config import CfgNode
 from mask2former.modeling.build import available_device
 from mask2former.modeling.registry import META_ARCH_REGISTRY
 
@@ -20,7 +21,7 @@ __all__ = ["META_ARCH_ALIASES", "InstaFormer", "build_model"]
 META_ARCH_ALIASES = {"MaskFormer": "InstaFormer"}
 
 
-def build_model(cfg) -> nn.Module:
+def build_model(cfg: CfgNode) -> nn.Module:
     """The meta-architecture of ``cfg`` (with ``META_ARCH_ALIASES``) on ``MODEL.DEVICE``.
 
     Weights are not loaded here (see :mod:`mask2former.checkpoint`).

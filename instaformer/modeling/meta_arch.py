@@ -76,6 +76,7 @@ from instaformer.modeling.order import (
     select_matched_queries,
     select_segment_queries,
 )
+from mask2former.config import CfgNode
 from mask2former.modeling.configurable import configurable
 from mask2former.modeling.meta_arch import MASK_LOSSES, MaskFormer
 from mask2former.modeling.registry import META_ARCH_REGISTRY
@@ -172,7 +173,9 @@ class InstaFormer(MaskFormer):
         self.input_format = input_format
 
     @classmethod
-    def from_config(cls, cfg) -> dict:
+    # The kept Mask2Former losses come from MODEL.REMOVE_LOSSES, not from a ``losses`` argument
+    # (``configurable`` calls ``from_config(cfg)`` only).
+    def from_config(cls, cfg: CfgNode) -> dict:  # type: ignore[override]
         unknown = [n for n in cfg.MODEL.REMOVE_LOSSES if n not in REMOVABLE_LOSSES]
         if unknown:
             raise ValueError(
@@ -197,15 +200,25 @@ class InstaFormer(MaskFormer):
         return kwargs
 
     @property
+    def _order_head(self) -> OrderHead:
+        """The order head ``geometric_predictor``; ValueError when the model has none."""
+        if self.geometric_predictor is None:
+            raise ValueError(
+                "this model has no order head (MODEL.GEOMETRIC_PREDICTOR.NAME is empty)"
+            )
+        return self.geometric_predictor
+
+    @property
     def num_order_layers(self) -> int:
         """Predictions per task of the order head (its ``num_layers``)."""
-        return int(self.geometric_predictor.num_layers)
+        return int(self._order_head.num_layers)
 
     def forward(
         self,
         batched_inputs: list[dict],
-        order_rows: str | None = None,
         results: Sequence[str] | None = None,
+        *,
+        order_rows: str | None = None,
     ) -> dict[str, Tensor] | list[dict]:
         """See the module docstring (and :class:`MaskFormer` for the input dicts).
 
@@ -213,11 +226,11 @@ class InstaFormer(MaskFormer):
             batched_inputs: one dict per image. Training and ``"ground_truth"`` rows need
                 ``instances``, ``tgt_pan_idx`` LongTensor[n] and, for training, the GT matrices
                 of the trained tasks (``occlusion_matrix`` / ``depth_matrix`` int Tensor[n, n]).
-            order_rows: inference only: ``"ground_truth"``, ``"segments"`` or None (ground truth
-                when every input has ``tgt_pan_idx``, segments when none has).
             results: inference only: the segmentation results to compute, names among
                 ``mask2former.modeling.meta_arch.RESULT_NAMES`` (None: those the config's
                 ``TEST.*_ON`` enable); segment rows need ``"panoptic_seg"`` among them.
+            order_rows: inference only, keyword: ``"ground_truth"``, ``"segments"`` or None
+                (ground truth when every input has ``tgt_pan_idx``, segments when none has).
         """
         if order_rows is not None and order_rows not in ORDER_ROWS:
             raise ValueError(f"order_rows must be one of {ORDER_ROWS} or None, got {order_rows!r}")
@@ -225,7 +238,7 @@ class InstaFormer(MaskFormer):
             return super().forward(batched_inputs, results)
         images, image_sizes = self.preprocess_image(batched_inputs)
         outputs, mask_embed, mask_features = self.run_network(images)
-        padded_size = tuple(images.shape[-2:])
+        padded_size = (images.shape[-2], images.shape[-1])
         if self.training:
             targets = self.prepare_targets(batched_inputs, images)
             return self.training_losses(
@@ -286,7 +299,11 @@ class InstaFormer(MaskFormer):
             mask_features=mask_features,
             image=image,
             image_format=self.input_format,
-            valid_size=tuple(mask_features.shape[-2:]) if valid_size is None else valid_size,
+            valid_size=(
+                (mask_features.shape[-2], mask_features.shape[-1])
+                if valid_size is None
+                else valid_size
+            ),
         )
 
     def run_order_head(
@@ -309,7 +326,7 @@ class InstaFormer(MaskFormer):
         bundle = self.order_inputs(
             queries, mask_embed, mask_logits, mask_features, image=image, valid_size=valid_size
         )
-        return self.geometric_predictor.scores(bundle)
+        return self._order_head.scores(bundle)
 
     def _image_log_probs(
         self,
@@ -329,9 +346,11 @@ class InstaFormer(MaskFormer):
             outputs["pred_masks"][b],
             mask_features[b],
             image=batched_input["image"],
-            valid_size=_valid_size(image_sizes[b], padded_size, mask_features.shape[-2:]),
+            valid_size=_valid_size(
+                image_sizes[b], padded_size, (mask_features.shape[-2], mask_features.shape[-1])
+            ),
         )
-        return self.geometric_predictor.log_probs(bundle)
+        return self._order_head.log_probs(bundle)
 
     def training_losses(
         self,
@@ -356,7 +375,8 @@ class InstaFormer(MaskFormer):
             if n < 2:  # no pair to supervise
                 continue
             order_targets.append({t: _gt_matrix(x, t, n) for t in self.order_criterion.weights})
-            queries = select_matched_queries(*indices[b], tgt_pan_idx)
+            query_idx, gt_idx = indices[b]
+            queries = select_matched_queries(query_idx, gt_idx, tgt_pan_idx)
             head_outputs.append(
                 self._image_log_probs(
                     b, queries, outputs, mask_embed, mask_features, x, image_sizes, padded
@@ -473,7 +493,7 @@ def _gt_matrix(batched_input: dict, task: str, n: int) -> Tensor:
     return matrix
 
 
-def _build_order_criterion(cfg, tasks: Sequence[str], head: OrderHead) -> OrderCriterion:
+def _build_order_criterion(cfg: CfgNode, tasks: Sequence[str], head: OrderHead) -> OrderCriterion:
     """Order losses of ``tasks`` from ``MODEL.GEOMETRIC_PREDICTOR.*`` and ``INPUT.*`` priors."""
     gp = cfg.MODEL.GEOMETRIC_PREDICTOR
     if gp.DEPTH_LOSS not in _DEPTH_LOSSES:
@@ -487,10 +507,9 @@ def _build_order_criterion(cfg, tasks: Sequence[str], head: OrderHead) -> OrderC
         "depth": list(cfg.INPUT.DEPTH_SAMPLES_PER_CLASS) if gp.DEPTH_LOSS != "ce" else None,
     }
     for task, key in (("occlusion", "OCC_SAMPLES_PER_CLASS"), ("depth", "DEPTH_SAMPLES_PER_CLASS")):
-        if counts[task] is not None and len(counts[task]) != ORDER_TASK_CLASSES[task]:
-            raise ValueError(
-                f"INPUT.{key} needs {ORDER_TASK_CLASSES[task]} counts, got {counts[task]}"
-            )
+        count = counts[task]
+        if count is not None and len(count) != ORDER_TASK_CLASSES[task]:
+            raise ValueError(f"INPUT.{key} needs {ORDER_TASK_CLASSES[task]} counts, got {count}")
     if not head.uses_class_prior:  # e.g. InstaOrderNet's probabilities, trained without one
         counts = dict.fromkeys(counts)
     # The class priors are CPU constants (moved to the logits' device when used), also when the

@@ -341,7 +341,7 @@ class Trainer:
         }
 
 
-def _non_finite(params: list[tuple[str, torch.Tensor]]) -> list[str]:
+def _non_finite(params: Sequence[tuple[str, torch.Tensor]]) -> list[str]:
     """Names of the tensors holding NaN or inf. Cheap in the usual case: a per-tensor sum (NaN and
     inf propagate; one read of each tensor, no temporary copy); only when a sum is not finite
     are the extremes of each tensor looked at (a sum of huge finite values may overflow)."""

@@ -11,6 +11,7 @@ import logging
 import torch
 from torch import nn
 
+from mask2former.config import CfgNode
 from mask2former.modeling.registry import META_ARCH_REGISTRY
 
 __all__ = ["available_device", "build_meta_arch"]
@@ -38,7 +39,7 @@ def available_device(name: str) -> torch.device:
     return device
 
 
-def build_meta_arch(cfg) -> nn.Module:
+def build_meta_arch(cfg: CfgNode) -> nn.Module:
     """Build ``META_ARCH_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE)(cfg)`` on ``MODEL.DEVICE``.
 
     Weights are not loaded here (see :mod:`mask2former.checkpoint`).

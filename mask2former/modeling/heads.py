@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from mask2former.config import CfgNode
 from mask2former.modeling.backbone.base import ShapeSpec
 from mask2former.modeling.configurable import configurable
 from mask2former.modeling.pixel_decoder.msdeformattn import build_pixel_decoder
@@ -48,7 +49,7 @@ class MaskFormerHead(nn.Module):
         self.num_classes = num_classes
 
     @classmethod
-    def from_config(cls, cfg, input_shape: dict[str, ShapeSpec]) -> dict:
+    def from_config(cls, cfg: CfgNode, input_shape: dict[str, ShapeSpec]) -> dict:
         head = cfg.MODEL.SEM_SEG_HEAD
         return {
             "ignore_value": head.IGNORE_VALUE,
@@ -70,6 +71,6 @@ class MaskFormerHead(nn.Module):
         return self.predictor(multi_scale_features, mask_features, mask)
 
 
-def build_sem_seg_head(cfg, input_shape: dict[str, ShapeSpec]) -> nn.Module:
+def build_sem_seg_head(cfg: CfgNode, input_shape: dict[str, ShapeSpec]) -> nn.Module:
     """Head named by ``MODEL.SEM_SEG_HEAD.NAME``."""
     return SEM_SEG_HEADS_REGISTRY.get(cfg.MODEL.SEM_SEG_HEAD.NAME)(cfg, input_shape)

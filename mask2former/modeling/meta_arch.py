@@ -21,11 +21,13 @@ subclass adding an order head reuses them without copying.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mask2former.config import CfgNode
 from mask2former.data.catalog import MetadataCatalog
 from mask2former.modeling.adapters import ADAPTER_TYPES
 from mask2former.modeling.backbone.base import Backbone
@@ -52,7 +54,7 @@ MASK_LOSSES = ("labels", "masks")
 _COCO_PANOPTIC_NUM_CLASSES, _COCO_PANOPTIC_NUM_THINGS = 133, 80
 
 
-def build_backbone(cfg) -> Backbone:
+def build_backbone(cfg: CfgNode) -> Backbone:
     """Backbone named by ``MODEL.BACKBONE.NAME`` for 3-channel input."""
     from mask2former.modeling.backbone.base import ShapeSpec
 
@@ -109,6 +111,10 @@ def pad_images(
 class MaskFormer(nn.Module):
     """Mask2Former: backbone -> pixel decoder -> masked transformer decoder -> losses / results."""
 
+    # Buffers (``register_buffer``): float Tensor[3, 1, 1] normalisation statistics.
+    pixel_mean: Tensor
+    pixel_std: Tensor
+
     @configurable
     def __init__(
         self,
@@ -152,7 +158,7 @@ class MaskFormer(nn.Module):
         self.freeze(backbone=freeze_backbone, sem_seg_head=freeze_sem_seg_head)
 
     @classmethod
-    def from_config(cls, cfg, *, losses: Sequence[str] = MASK_LOSSES) -> dict:
+    def from_config(cls, cfg: CfgNode, *, losses: Sequence[str] = MASK_LOSSES) -> dict:
         """Keyword arguments from Mask2Former's keys; ``losses``: the criterion's trained
         losses, a subset of :data:`MASK_LOSSES` (a subclass passes its own selection)."""
         mf = cfg.MODEL.MASK_FORMER
@@ -301,7 +307,8 @@ class MaskFormer(nn.Module):
         outputs, _, _ = self.run_network(images)
         if self.training:
             return self.compute_losses(outputs, self.prepare_targets(batched_inputs, images))
-        return self.inference(outputs, batched_inputs, image_sizes, images.shape[-2:], results)
+        padded_size = (images.shape[-2], images.shape[-1])
+        return self.inference(outputs, batched_inputs, image_sizes, padded_size, results)
 
     def upsample_masks(self, pred_masks: Tensor, padded_size: tuple[int, int]) -> Tensor:
         """Tensor[B, Q, h, w] -> Tensor[B, Q, Hp, Wp], bilinear (align_corners=False)."""
@@ -317,7 +324,7 @@ class MaskFormer(nn.Module):
     ) -> list[dict]:
         """Per image results (see :meth:`postprocess_image`)."""
         wanted = self.check_results(results)
-        mask_pred_results = self.upsample_masks(outputs["pred_masks"], tuple(padded_size))
+        mask_pred_results = self.upsample_masks(outputs["pred_masks"], padded_size)
         per_image = []
         for mask_cls, mask_pred, x, size in zip(
             outputs["pred_logits"], mask_pred_results, batched_inputs, image_sizes, strict=True
@@ -361,7 +368,8 @@ class MaskFormer(nn.Module):
             if not before:
                 r = sem_seg_postprocess(r, image_size, height, width)
             result["sem_seg"] = r
-        num_classes = self.sem_seg_head.num_classes
+        # Any registered head (``SEM_SEG_HEAD_REGISTRY``) has an int ``num_classes``.
+        num_classes = cast(int, self.sem_seg_head.num_classes)
         if panoptic:
             seg, segments_info, keep = panoptic_inference(
                 mask_cls,

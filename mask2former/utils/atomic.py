@@ -33,8 +33,9 @@ def _replace_with(path: str | os.PathLike, suffix: str, write: Callable[[str], N
         raise
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> None:
-    """Create or replace ``path`` with what ``write(file)`` writes to a binary file.
+def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], object]) -> None:
+    """Create or replace ``path`` with what ``write(file)`` writes to a binary file (what
+    ``write`` returns is ignored).
 
     The folder is created if missing. On any error (including ``KeyboardInterrupt``) the
     temporary file is removed and ``path`` is left as it was.

@@ -31,6 +31,10 @@ import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # imported lazily at run time
+    from tqdm import tqdm
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -265,7 +269,7 @@ def _check(remote: RemoteFile, partial: Path, sha256: str, target: Path) -> None
         )
 
 
-def _progress_bar(total: int | None, name: str, enabled: bool):
+def _progress_bar(total: int | None, name: str, enabled: bool) -> tqdm:
     from tqdm import tqdm
 
     return tqdm(
@@ -322,7 +326,7 @@ def _get_drive(
     """
     import gdown
 
-    bars = []  # opened at the first bytes: no bar when Drive cannot be reached
+    bars: list[tqdm] = []  # opened at the first bytes: no bar when Drive cannot be reached
 
     def report(done: int, total: int | None) -> None:
         if not bars:

@@ -21,6 +21,7 @@ import torch
 from instaformer.config import setup_cfg
 from instaformer.demo_utils import save_result
 from instaformer.predictor import Predictor
+from mask2former.config import CfgNode
 
 FULL_CONFIG = "configs/instaorder/occlusion_depth/all/swin/maskformer2_swin_tiny_bs16_50ep.yaml"
 TINY_CONFIG = "configs/synthetic/instaformer_od_tiny.yaml"
@@ -52,7 +53,7 @@ def _scene(size: int, seed: int) -> np.ndarray:
     return image
 
 
-def _measure(name: str, cfg, args: argparse.Namespace) -> None:
+def _measure(name: str, cfg: CfgNode, args: argparse.Namespace) -> None:
     predictor = Predictor(cfg)
     images = [_scene(args.size, i) for i in range(args.repeats + 1)]
     predict, predict_cpu, render, segments = [], [], [], []

@@ -21,6 +21,7 @@ from instaformer.modeling.order.contract import OrderHead
 from instaformer.modeling.order.geometric_transformer import GeometricTransformer
 from instaformer.modeling.order.pairwise import PairwiseResNet
 from instaformer.modeling.registry import ORDER_HEAD_REGISTRY
+from mask2former.config import CfgNode
 
 __all__ = ["TASKS", "build_order_head", "order_tasks"]
 
@@ -34,7 +35,7 @@ TASKS: dict[str, tuple[str, ...]] = {
 INSTAORDERNET_FILE = "InstaOrder_InstaOrderNet_{task}.pth.tar"
 
 
-def order_tasks(cfg) -> tuple[str, ...]:
+def order_tasks(cfg: CfgNode) -> tuple[str, ...]:
     """The order tasks of ``cfg`` (``MODEL.GEOMETRIC_PREDICTOR.TASK``)."""
     task = cfg.MODEL.GEOMETRIC_PREDICTOR.TASK
     if task not in TASKS:
@@ -45,7 +46,7 @@ def order_tasks(cfg) -> tuple[str, ...]:
     return TASKS[task]
 
 
-def build_order_head(cfg) -> OrderHead | None:
+def build_order_head(cfg: CfgNode) -> OrderHead | None:
     """The order head named by ``MODEL.GEOMETRIC_PREDICTOR.NAME``, or None when NAME is ""."""
     gp = cfg.MODEL.GEOMETRIC_PREDICTOR
     name = gp.NAME
@@ -80,7 +81,7 @@ def _register(name: str) -> Callable:
     return decorator
 
 
-def _require(cfg_node, key: str, supported: object, why: str) -> None:
+def _require(cfg_node: CfgNode, key: str, supported: object, why: str) -> None:
     value = getattr(cfg_node, key)
     if value != supported:
         raise ValueError(
@@ -90,7 +91,7 @@ def _require(cfg_node, key: str, supported: object, why: str) -> None:
 
 
 @_register("GeometricTransformer")
-def build_geometric_transformer(cfg) -> GeometricTransformer:
+def build_geometric_transformer(cfg: CfgNode) -> GeometricTransformer:
     gp = cfg.MODEL.GEOMETRIC_PREDICTOR
     _require(gp, "METHOD", "stack", "'cat' and 'sep' were never released nor validated.")
     _require(gp, "FUSE", False, "Gram-matrix scores are symmetric and cannot express direction.")
@@ -116,7 +117,7 @@ def build_geometric_transformer(cfg) -> GeometricTransformer:
 
 
 @_register("PairwiseResNet")
-def build_pairwise_resnet(cfg) -> PairwiseResNet:
+def build_pairwise_resnet(cfg: CfgNode) -> PairwiseResNet:
     gp = cfg.MODEL.GEOMETRIC_PREDICTOR
     network = InstaOrderResNet(tasks=order_tasks(cfg))
     if gp.USE_INSTAORDERNET_WEIGHTS and gp.INSTAORDERNET_WEIGHTS_PATH:

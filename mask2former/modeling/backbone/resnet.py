@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mask2former.config import CfgNode
 from mask2former.modeling.backbone.base import Backbone, ShapeSpec
 from mask2former.modeling.registry import BACKBONE_REGISTRY
 
@@ -319,7 +320,7 @@ def make_resnet_stages(
 
 
 @BACKBONE_REGISTRY.register()
-def build_resnet_backbone(cfg, input_shape: ShapeSpec) -> ResNet:
+def build_resnet_backbone(cfg: CfgNode, input_shape: ShapeSpec) -> ResNet:
     """ResNet from ``cfg.MODEL.RESNETS`` and ``cfg.MODEL.BACKBONE.FREEZE_AT``."""
     r = cfg.MODEL.RESNETS
     if r.STEM_TYPE != "basic":

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mask2former.config import CfgNode
 from mask2former.modeling.backbone.base import Backbone, ShapeSpec
 from mask2former.modeling.registry import BACKBONE_REGISTRY
 
@@ -395,7 +396,7 @@ def _init_weights(module: nn.Module) -> None:
 class D2SwinTransformer(SwinTransformer, Backbone):
     """Swin Transformer as a backbone built from ``cfg.MODEL.SWIN``."""
 
-    def __init__(self, cfg, input_shape: ShapeSpec) -> None:
+    def __init__(self, cfg: CfgNode, input_shape: ShapeSpec) -> None:
         s = cfg.MODEL.SWIN
         names = ["res2", "res3", "res4", "res5"]
         for name in s.OUT_FEATURES:

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mask2former.config import adapter_settings
+from mask2former.config import CfgNode, adapter_settings
 from mask2former.modeling.adapters import EncoderAdapter
 from mask2former.modeling.backbone.base import ShapeSpec
 from mask2former.modeling.backbone.resnet import Conv2d, c2_xavier_fill, get_norm
@@ -312,7 +312,7 @@ class MSDeformAttnPixelDecoder(nn.Module):
         self.output_convs = output_convs[::-1]
 
     @classmethod
-    def from_config(cls, cfg, input_shape: dict[str, ShapeSpec]) -> dict:
+    def from_config(cls, cfg: CfgNode, input_shape: dict[str, ShapeSpec]) -> dict:
         head = cfg.MODEL.SEM_SEG_HEAD
         adapters = adapter_settings(cfg)
         return {
@@ -363,7 +363,7 @@ class MSDeformAttnPixelDecoder(nn.Module):
         return self.mask_features(out[-1]), out[0], multi_scale_features
 
 
-def build_pixel_decoder(cfg, input_shape: dict[str, ShapeSpec]) -> nn.Module:
+def build_pixel_decoder(cfg: CfgNode, input_shape: dict[str, ShapeSpec]) -> nn.Module:
     """Pixel decoder named by ``MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME``."""
     name = cfg.MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME
     model = PIXEL_DECODER_REGISTRY.get(name)(cfg, input_shape)

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mask2former.config import adapter_settings
+from mask2former.config import CfgNode, adapter_settings
 from mask2former.modeling.adapters import DecoderAdapter
 from mask2former.modeling.backbone.resnet import Conv2d, c2_xavier_fill
 from mask2former.modeling.configurable import configurable
@@ -99,7 +99,7 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         )
 
     @classmethod
-    def from_config(cls, cfg, in_channels: int) -> dict:
+    def from_config(cls, cfg: CfgNode, in_channels: int) -> dict:
         mf = cfg.MODEL.MASK_FORMER
         adapters = adapter_settings(cfg)
         if mf.DEC_LAYERS < 1:
@@ -231,7 +231,7 @@ def downsample_bilinear(x: Tensor, size: tuple[int, int]) -> Tensor:
     return (left + right) * 0.5
 
 
-def build_transformer_decoder(cfg, in_channels: int) -> nn.Module:
+def build_transformer_decoder(cfg: CfgNode, in_channels: int) -> nn.Module:
     """Transformer decoder named by ``MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME``."""
     name = cfg.MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME
     return TRANSFORMER_DECODER_REGISTRY.get(name)(cfg, in_channels)
