@@ -33,6 +33,7 @@ from torch import nn
 from instaformer.config import CfgNode, setup_cfg
 from instaformer.data.augment import resize_image, shortest_edge_size
 from instaformer.data.io import image_to_rgb, read_image
+from instaformer.vocabulary import DEPTH_CLOSER, DEPTH_FARTHER, DEPTH_SAME
 from mask2former.modeling.build import available_device
 from mask2former.modeling.meta_arch import MaskFormer
 from mask2former.structures import encode_rle, mask_bbox
@@ -55,9 +56,6 @@ ImageInput = str | os.PathLike | np.ndarray | Image.Image
 
 BACKENDS = ("pytorch", "onnxruntime")
 """Inference backends of :class:`Predictor`."""
-
-# Depth classes of ``depth_prob[..., c]`` ([IF 0]).
-DEPTH_FARTHER, DEPTH_CLOSER, DEPTH_EQUAL = 0, 1, 2
 
 
 @dataclass
@@ -195,7 +193,7 @@ def depth_ranking(depth_prob: np.ndarray) -> list[int]:
         raise ValueError(f"depth_prob must have shape [k, k, 3]; got {p.shape}")
     off = 1.0 - np.eye(k)
     closer = p[..., DEPTH_CLOSER] + p[..., DEPTH_FARTHER].T
-    equal = p[..., DEPTH_EQUAL] + p[..., DEPTH_EQUAL].T
+    equal = p[..., DEPTH_SAME] + p[..., DEPTH_SAME].T
     wins = ((0.5 * closer + 0.25 * equal) * off).sum(axis=1)
     return [int(i) for i in np.argsort(-wins, kind="stable")]
 

@@ -68,7 +68,6 @@ from torch import Tensor
 from instaformer.config import REMOVABLE_LOSSES
 from instaformer.modeling.matching import full_mask_matching
 from instaformer.modeling.order import (
-    ORDER_TASK_CLASSES,
     OrderCriterion,
     OrderHead,
     OrderInputs,
@@ -76,6 +75,7 @@ from instaformer.modeling.order import (
     select_matched_queries,
     select_segment_queries,
 )
+from instaformer.vocabulary import GT_MATRIX_KEYS, TASK_CLASSES
 from mask2former.config import CfgNode
 from mask2former.modeling.configurable import configurable
 from mask2former.modeling.meta_arch import MASK_LOSSES, MaskFormer
@@ -83,8 +83,6 @@ from mask2former.modeling.registry import META_ARCH_REGISTRY
 
 __all__ = ["ORDER_ROWS", "InstaFormer", "order_results"]
 
-# GT matrix of each order task in the mapper's output.
-_GT_KEYS = {"occlusion": "occlusion_matrix", "depth": "depth_matrix"}
 # Output flag of each order task.
 _ON_KEYS = {"occlusion": "OCCLUSION_ON", "depth": "DEPTH_ON"}
 _DEPTH_LOSSES = ("balanced_softmax", "ce")
@@ -481,7 +479,7 @@ def _tgt_pan_idx(batched_input: dict, num_instances: int) -> Tensor:
 
 def _gt_matrix(batched_input: dict, task: str, n: int) -> Tensor:
     """int Tensor[n, n] GT matrix of ``task`` (-1 = unlabelled), checked against ``tgt_pan_idx``."""
-    key = _GT_KEYS[task]
+    key = GT_MATRIX_KEYS[task]
     where = batched_input.get("file_name", "an input")
     if key not in batched_input:
         raise ValueError(f"{where} has no '{key}' although the {task} loss is trained")
@@ -508,8 +506,8 @@ def _build_order_criterion(cfg: CfgNode, tasks: Sequence[str], head: OrderHead) 
     }
     for task, key in (("occlusion", "OCC_SAMPLES_PER_CLASS"), ("depth", "DEPTH_SAMPLES_PER_CLASS")):
         count = counts[task]
-        if count is not None and len(count) != ORDER_TASK_CLASSES[task]:
-            raise ValueError(f"INPUT.{key} needs {ORDER_TASK_CLASSES[task]} counts, got {count}")
+        if count is not None and len(count) != TASK_CLASSES[task]:
+            raise ValueError(f"INPUT.{key} needs {TASK_CLASSES[task]} counts, got {count}")
     if not head.uses_class_prior:  # e.g. InstaOrderNet's probabilities, trained without one
         counts = dict.fromkeys(counts)
     # The class priors are CPU constants (moved to the logits' device when used), also when the

@@ -2,19 +2,14 @@
 query selection. Importing this package registers both heads in ``ORDER_HEAD_REGISTRY``; the
 contract every head follows is :class:`OrderHead` / :class:`OrderInputs` (``contract``)."""
 
-from instaformer.modeling.order.build import TASKS, build_order_head, order_tasks
+from instaformer.modeling.order.build import build_order_head, order_tasks
 from instaformer.modeling.order.contract import OrderHead, OrderInputs
-from instaformer.modeling.order.geometric_transformer import (
-    ORDER_TASK_CLASSES,
-    GeometricTransformer,
-)
+from instaformer.modeling.order.geometric_transformer import GeometricTransformer
 from instaformer.modeling.order.losses import OrderCriterion, order_loss
 from instaformer.modeling.order.pairwise import PairwiseResNet, low_image_from
 from instaformer.modeling.order.selection import select_matched_queries, select_segment_queries
 
 __all__ = [
-    "ORDER_TASK_CLASSES",
-    "TASKS",
     "GeometricTransformer",
     "OrderCriterion",
     "OrderHead",

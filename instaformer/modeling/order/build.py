@@ -21,29 +21,18 @@ from instaformer.modeling.order.contract import OrderHead
 from instaformer.modeling.order.geometric_transformer import GeometricTransformer
 from instaformer.modeling.order.pairwise import PairwiseResNet
 from instaformer.modeling.registry import ORDER_HEAD_REGISTRY
+from instaformer.vocabulary import tasks_from_code
 from mask2former.config import CfgNode
 
-__all__ = ["TASKS", "build_order_head", "order_tasks"]
+__all__ = ["build_order_head", "order_tasks"]
 
-# GEOMETRIC_PREDICTOR.TASK -> order tasks, in the released order.
-TASKS: dict[str, tuple[str, ...]] = {
-    "o": ("occlusion",),
-    "d": ("depth",),
-    "od": ("occlusion", "depth"),
-}
 # Released file name of the InstaOrderNet weights inside INSTAORDERNET_WEIGHTS_PATH.
 INSTAORDERNET_FILE = "InstaOrder_InstaOrderNet_{task}.pth.tar"
 
 
 def order_tasks(cfg: CfgNode) -> tuple[str, ...]:
     """The order tasks of ``cfg`` (``MODEL.GEOMETRIC_PREDICTOR.TASK``)."""
-    task = cfg.MODEL.GEOMETRIC_PREDICTOR.TASK
-    if task not in TASKS:
-        raise ValueError(
-            f"MODEL.GEOMETRIC_PREDICTOR.TASK must be one of {sorted(TASKS)} when NAME is set, "
-            f"got {task!r}"
-        )
-    return TASKS[task]
+    return tasks_from_code(cfg.MODEL.GEOMETRIC_PREDICTOR.TASK, "MODEL.GEOMETRIC_PREDICTOR.TASK")
 
 
 def build_order_head(cfg: CfgNode) -> OrderHead | None:

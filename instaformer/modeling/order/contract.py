@@ -2,7 +2,7 @@
 
 Shape shorthand: n selected instances of one image (the rows and columns of every order
 matrix), C mask-embedding / mask-feature width, h x w mask-feature map, H x W input image,
-K classes of a task (``ORDER_TASK_CLASSES``), L head layers.
+K classes of a task (``TASK_CLASSES``), L head layers.
 
 After ``run_network`` the meta-architecture selects n queries per image (matched to the
 annotated instances, or the thing segments of the panoptic prediction) and hands their
@@ -59,7 +59,7 @@ class OrderInputs:
 class OrderHead(nn.Module):
     """Base class of the order heads registered in ``ORDER_HEAD_REGISTRY`` (module docstring).
 
-    Subclasses set ``tasks`` (names among ``ORDER_TASK_CLASSES``, in that order) and
+    Subclasses set ``tasks`` (names among ``TASK_CLASSES``, in that order) and
     ``num_layers`` (predictions per task), may set ``uses_class_prior = False`` (their
     log-probabilities are trained without the ``INPUT.*_SAMPLES_PER_CLASS`` prior), and
     implement :meth:`scores`.

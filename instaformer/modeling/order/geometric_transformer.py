@@ -21,11 +21,9 @@ from instaformer.modeling.order.feature_attention import (
     attention_pool_sparse,
 )
 from instaformer.modeling.order.layers import MLP, TransformerStack, xavier_init_matrices
+from instaformer.vocabulary import TASK_CLASSES
 
-__all__ = ["GeometricTransformer", "ORDER_TASK_CLASSES"]
-
-# Order tasks and their number of classes, in the released task order (occlusion first).
-ORDER_TASK_CLASSES: dict[str, int] = {"occlusion": 2, "depth": 3}
+__all__ = ["GeometricTransformer"]
 
 
 class GeometricTransformer(OrderHead):
@@ -61,7 +59,7 @@ class GeometricTransformer(OrderHead):
     ) -> None:
         """
         Args:
-            tasks: non-empty subset of ``ORDER_TASK_CLASSES`` keys, in the released order.
+            tasks: non-empty subset of ``TASK_CLASSES`` keys, in the released order.
             mask_dim: width C of mask embeddings and mask features.
             d_model: width D of the interaction transformer and task MLPs.
             num_heads: attention heads of both transformers.
@@ -75,12 +73,12 @@ class GeometricTransformer(OrderHead):
                 instead of the equivalent covered-pixel formulation (for tests and benchmarks).
         """
         super().__init__()
-        unknown = [t for t in tasks if t not in ORDER_TASK_CLASSES]
+        unknown = [t for t in tasks if t not in TASK_CLASSES]
         if not tasks or unknown or len(set(tasks)) != len(tasks):
             raise ValueError(
-                f"tasks must be distinct names among {list(ORDER_TASK_CLASSES)}, got {list(tasks)}"
+                f"tasks must be distinct names among {list(TASK_CLASSES)}, got {list(tasks)}"
             )
-        order = list(ORDER_TASK_CLASSES)
+        order = list(TASK_CLASSES)
         if list(tasks) != sorted(tasks, key=order.index):
             raise ValueError(f"tasks must follow the order {order}, got {list(tasks)}")
         self.tasks = tuple(tasks)
@@ -120,8 +118,7 @@ class GeometricTransformer(OrderHead):
             for _ in self.tasks
         )
         self.out_projs = nn.ModuleList(
-            MLP(in_dim=1, hidden_dim=d_model, out_dim=ORDER_TASK_CLASSES[t], **mlp)
-            for t in self.tasks
+            MLP(in_dim=1, hidden_dim=d_model, out_dim=TASK_CLASSES[t], **mlp) for t in self.tasks
         )
         xavier_init_matrices(self)
 
@@ -166,7 +163,7 @@ class GeometricTransformer(OrderHead):
         outputs: dict[str, list[Tensor]] = {t: [] for t in self.tasks}
         if n == 0:
             for t in self.tasks:
-                empty = mask_embed.new_zeros(0, 0, ORDER_TASK_CLASSES[t])
+                empty = mask_embed.new_zeros(0, 0, TASK_CLASSES[t])
                 outputs[t] = [empty] * self.num_layers
             return outputs
         pooled = self.pool(masks, mask_features)  # n x C

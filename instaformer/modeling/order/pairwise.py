@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from instaformer.instaordernet.network import TASK_CLASSES, InstaOrderResNet
+from instaformer.instaordernet.network import InstaOrderResNet
 from instaformer.instaordernet.symmetrisation import (
     all_pairs,
     depth_matrix_from_pairs,
@@ -37,7 +37,7 @@ from instaformer.instaordernet.symmetrisation import (
 )
 from instaformer.modeling.order.contract import OrderHead, OrderInputs
 from instaformer.modeling.order.feature_attention import check_binary_masks
-from instaformer.vocabulary import IMAGENET_MEAN, IMAGENET_STD
+from instaformer.vocabulary import IMAGENET_MEAN, IMAGENET_STD, TASK_CLASSES
 
 __all__ = ["PairwiseResNet", "low_image_from"]
 
