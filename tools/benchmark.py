@@ -15,10 +15,15 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from types import ModuleType
 
 BENCHMARK_DIR = Path(__file__).resolve().parent / "benchmarks"
+REPO = BENCHMARK_DIR.parents[1]
 
 
 def load_benchmark(name: str) -> ModuleType:
@@ -30,6 +35,26 @@ def load_benchmark(name: str) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def run_script_json(script: str | Path, request: dict, env: dict[str, str] | None = None) -> dict:
+    """Run ``python -P script JSON(request)`` in a fresh interpreter from the repository root
+    (on ``PYTHONPATH``) and return the JSON object printed on its last stdout line; a failing
+    run raises with the script's stderr. A fresh process per measurement gives each its own
+    peak resident memory."""
+    env = dict(os.environ if env is None else env)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
+    proc = subprocess.run(
+        # -P: the script folder (which has modules named like packages) stays off sys.path
+        [sys.executable, "-P", str(script), json.dumps(request)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"benchmark {Path(script).name} {request} failed:\n{proc.stderr}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -33,7 +33,6 @@ import json
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -173,20 +172,6 @@ def measure(
     }
 
 
-def _in_subprocess(request: dict, env: dict[str, str]) -> dict:
-    proc = subprocess.run(
-        # -P: the script folder (which has modules named like packages) stays off sys.path
-        [sys.executable, "-P", str(Path(__file__).resolve()), json.dumps(request)],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=env,
-    )
-    if proc.returncode != 0:
-        raise RuntimeError(f"benchmark {request} failed:\n{proc.stderr}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
 def _compare(reference: Path, other: Path) -> str:
     a, b = np.load(reference), np.load(other)
     differ = int((a["panoptic"] != b["panoptic"]).sum())
@@ -204,7 +189,9 @@ def run(args: argparse.Namespace) -> None:
         f"warm-up; one fresh process per measurement; load average {os.getloadavg()[0]:.1f}"
     )
     with tempfile.TemporaryDirectory(prefix="instaformer-bench-") as tmp:
-        env = dict(os.environ, INSTAFORMER_CACHE=tmp, PYTHONPATH=str(ROOT))
+        from benchmark import run_script_json  # tools/benchmark.py, the entry point
+
+        env = dict(os.environ, INSTAFORMER_CACHE=tmp)
         for model in args.models:
             for size in args.sizes:
                 height, width = (int(v) for v in size.lower().split("x"))
@@ -219,8 +206,10 @@ def run(args: argparse.Namespace) -> None:
                     }  # fmt: skip
                     prepare = None
                     if backend == "onnxruntime":  # export in a process of its own
-                        prepare = _in_subprocess({**request, "repeats": 0}, env)["prepare_s"]
-                    r = _in_subprocess(request, env)
+                        prepare = run_script_json(__file__, {**request, "repeats": 0}, env)[
+                            "prepare_s"
+                        ]
+                    r = run_script_json(__file__, request, env)
                     r["prepare_s"] = prepare if prepare is not None else r["prepare_s"]
                     rows[backend] = r
                     if backend == "pytorch":

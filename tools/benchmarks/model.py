@@ -19,7 +19,6 @@ import argparse
 import json
 import resource
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -117,16 +116,9 @@ def _measure_in_subprocess(name: str, args: argparse.Namespace) -> dict[str, flo
         "threads": args.threads,
         "clock": args.clock,
     }
-    proc = subprocess.run(
-        # -P: the script folder (which has modules named like packages) stays off sys.path
-        [sys.executable, "-P", str(Path(__file__).resolve()), json.dumps(request)],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-    )
-    if proc.returncode != 0:
-        raise RuntimeError(f"benchmark of {name} failed:\n{proc.stderr}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    from benchmark import run_script_json  # tools/benchmark.py, the entry point
+
+    return run_script_json(__file__, request)
 
 
 def run(args: argparse.Namespace) -> None:
