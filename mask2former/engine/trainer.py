@@ -164,7 +164,8 @@ class Trainer:
         if path is None:
             if resume:
                 logger.info("No checkpoint in %s; starting from scratch", self.cfg.OUTPUT_DIR)
-            if self.cfg.MODEL.WEIGHTS and self.load_weights is not None:
+            if self.cfg.MODEL.WEIGHTS:
+                assert self.load_weights is not None  # refused by __init__ otherwise
                 self.load_weights(self.cfg, self.model_without_ddp, self.cfg.MODEL.WEIGHTS)
             self.start_iter = 0
             return
@@ -253,7 +254,7 @@ class Trainer:
                 "Trained %d iterations in %.1f s (%.3f s/it)", done, elapsed, elapsed / done
             )
             self.save_checkpoint("model_final")
-        if cfg.DATASETS.TEST and self.evaluate is not None:
+        if cfg.DATASETS.TEST:
             results = self._evaluate_and_log(writer)
         if writer is not None:
             writer.close()
@@ -271,8 +272,7 @@ class Trainer:
         if (self.iteration + 1) % cfg.SOLVER.CHECKPOINT_PERIOD == 0 and not last:
             self.save_checkpoint(f"model_{self.iteration:07d}")
         period = cfg.TEST.EVAL_PERIOD
-        evaluates = cfg.DATASETS.TEST and self.evaluate is not None
-        if evaluates and period > 0 and (self.iteration + 1) % period == 0 and not last:
+        if cfg.DATASETS.TEST and period > 0 and (self.iteration + 1) % period == 0 and not last:
             self._evaluate_and_log(writer)
 
     def _check_parameters_finite(self, loss: float) -> None:
@@ -290,7 +290,7 @@ class Trainer:
             )
 
     def _evaluate_and_log(self, writer: MetricsWriter | None) -> dict[str, dict[str, float]]:
-        assert self.evaluate is not None  # checked by the callers
+        assert self.evaluate is not None  # DATASETS.TEST without it is refused by __init__
         self._progress.mark(self.iteration, "evaluation")
         self.sync_buffers()
         results = self.evaluate(self.cfg, self.model_without_ddp)
