@@ -220,8 +220,11 @@ class MaskFormer(nn.Module):
     @property
     def default_results(self) -> tuple[str, ...]:
         """The results an evaluation call computes when it names none (the ``TEST.*_ON`` keys)."""
-        on = {"sem_seg": self.semantic_on, "panoptic_seg": self.panoptic_on}
-        on["instances"] = self.instance_on
+        on = {
+            "sem_seg": self.semantic_on,
+            "panoptic_seg": self.panoptic_on,
+            "instances": self.instance_on,
+        }
         return tuple(name for name in RESULT_NAMES if on[name])
 
     def check_results(self, results: Sequence[str] | None) -> tuple[str, ...]:
