@@ -240,7 +240,13 @@ class InstaFormer(MaskFormer):
         if self.training:
             targets = self.prepare_targets(batched_inputs, images)
             return self.training_losses(
-                outputs, mask_embed, mask_features, targets, batched_inputs, image_sizes
+                outputs,
+                mask_embed,
+                mask_features,
+                targets,
+                batched_inputs,
+                image_sizes,
+                padded_size,
             )
         wanted = self.check_results(results)
         rows = order_rows or _default_rows(batched_inputs)
@@ -256,7 +262,14 @@ class InstaFormer(MaskFormer):
         if rows == "ground_truth":
             targets = self.prepare_targets(batched_inputs, images)
             self.attach_gt_orders(
-                per_image, outputs, mask_embed, mask_features, targets, batched_inputs, image_sizes
+                per_image,
+                outputs,
+                mask_embed,
+                mask_features,
+                targets,
+                batched_inputs,
+                image_sizes,
+                padded_size,
             )
         else:
             self.attach_blind_orders(
@@ -358,6 +371,7 @@ class InstaFormer(MaskFormer):
         targets: list[dict],
         batched_inputs: list[dict],
         image_sizes: list[tuple[int, int]],
+        padded_size: tuple[int, int],
     ) -> dict[str, Tensor]:
         """Weighted Mask2Former and order losses; one matching for both (module docstring)."""
         main = {k: v for k, v in outputs.items() if k != "aux_outputs"}
@@ -365,7 +379,6 @@ class InstaFormer(MaskFormer):
         losses = self.compute_losses(outputs, targets, indices) if self.criterion.losses else {}
         if self.order_criterion is None:
             return losses
-        padded = tuple(targets[0]["masks"].shape[-2:])
         head_outputs, order_targets = [], []
         for b, x in enumerate(batched_inputs):
             tgt_pan_idx = _tgt_pan_idx(x, len(targets[b]["labels"]))
@@ -377,7 +390,7 @@ class InstaFormer(MaskFormer):
             queries = select_matched_queries(query_idx, gt_idx, tgt_pan_idx)
             head_outputs.append(
                 self._image_log_probs(
-                    b, queries, outputs, mask_embed, mask_features, x, image_sizes, padded
+                    b, queries, outputs, mask_embed, mask_features, x, image_sizes, padded_size
                 )
             )
         weights = self.order_criterion.weight_dict(self.num_order_layers)
@@ -398,6 +411,7 @@ class InstaFormer(MaskFormer):
         targets: list[dict],
         batched_inputs: list[dict],
         image_sizes: list[tuple[int, int]],
+        padded_size: tuple[int, int],
     ) -> None:
         """Ground-truth rows: add the order matrices over each input's annotated instances."""
         main = {k: v for k, v in outputs.items() if k != "aux_outputs"}
@@ -405,12 +419,11 @@ class InstaFormer(MaskFormer):
         indices = full_mask_matching(
             main, targets, cost_class=cost_class, cost_mask=cost_mask, cost_dice=cost_dice
         )
-        padded = tuple(targets[0]["masks"].shape[-2:])
         for b, (x, result) in enumerate(zip(batched_inputs, results, strict=True)):
             tgt_pan_idx = _tgt_pan_idx(x, len(targets[b]["labels"]))
             queries = select_matched_queries(*indices[b], tgt_pan_idx)
             log_probs = self._image_log_probs(
-                b, queries, outputs, mask_embed, mask_features, x, image_sizes, padded
+                b, queries, outputs, mask_embed, mask_features, x, image_sizes, padded_size
             )
             result.update(order_results(log_probs, self.output_tasks, normalised=True))
 
