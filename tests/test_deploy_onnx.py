@@ -27,7 +27,7 @@ from instaformer.deploy.export import NetworkWrapper, pad_like_model
 from instaformer.predictor import Predictor
 
 onnx = pytest.importorskip("onnx", reason="the [export] extra is not installed")
-ort = pytest.importorskip("onnxruntime", reason="the [export] extra is not installed")
+pytest.importorskip("onnxruntime", reason="the [export] extra is not installed")
 pytest.importorskip("onnxscript", reason="the [export] extra is not installed")
 
 HEIGHT, WIDTH = 64, 96  # multiples of SIZE_DIVISIBILITY (32)
@@ -76,9 +76,8 @@ def exported(tmp_path_factory):
 
 
 def _session(path: Path):
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1  # no spinning worker threads on a shared test machine
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    # one thread: no spinning worker threads on a shared test machine
+    return runtime.cpu_session(path, threads=1)
 
 
 def _dims(values) -> dict[str, list]:

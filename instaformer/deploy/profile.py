@@ -129,15 +129,8 @@ def summarize_profile(
 def profiled_session(model_path: str | os.PathLike, folder: str | os.PathLike, threads: int) -> Any:
     """An ONNX Runtime CPU session of ``model_path`` with profiling on, its profile written
     into ``folder`` (``InferenceSession.end_profiling()`` returns the file's path); session
-    options as :class:`~instaformer.deploy.runtime.OnnxRuntimeModel` sets them."""
-    import onnxruntime
+    options as :class:`~instaformer.deploy.runtime.OnnxRuntimeModel` uses them."""
+    from instaformer.deploy.runtime import cpu_session
 
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    options.enable_profiling = True
-    options.profile_file_prefix = os.path.join(os.fspath(folder), "onnxruntime_profile")
-    return onnxruntime.InferenceSession(
-        str(model_path), sess_options=options, providers=["CPUExecutionProvider"]
-    )
+    prefix = os.path.join(os.fspath(folder), "onnxruntime_profile")
+    return cpu_session(model_path, threads, profile_prefix=prefix)

@@ -44,7 +44,13 @@ if TYPE_CHECKING:
     from instaformer.modeling.order.geometric_transformer import GeometricTransformer
     from mask2former.modeling.meta_arch import MaskFormer
 
-__all__ = ["CACHE_ENV", "OnnxRuntimeModel", "default_cache_dir", "state_dict_digest"]
+__all__ = [
+    "CACHE_ENV",
+    "OnnxRuntimeModel",
+    "cpu_session",
+    "default_cache_dir",
+    "state_dict_digest",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +91,21 @@ def _require_onnxruntime() -> Any:
     return onnxruntime
 
 
+def cpu_session(path: str | os.PathLike, threads: int, *, profile_prefix: str | None = None) -> Any:
+    """An ONNX Runtime CPU session of the graph ``path``: ``threads`` intra-op threads, one
+    inter-op thread, errors-only logging; with ``profile_prefix``, profiling on and its JSON
+    written at that path prefix (``InferenceSession.end_profiling()`` returns the file)."""
+    ort = _require_onnxruntime()
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3  # errors only
+    if profile_prefix is not None:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile_prefix
+    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+
+
 class OnnxRuntimeModel:
     """A blind-inference model whose network and order head run in ONNX Runtime.
 
@@ -112,7 +133,7 @@ class OnnxRuntimeModel:
         cache_dir: str | os.PathLike | None = None,
         threads: int | None = None,
     ) -> None:
-        self.ort = _require_onnxruntime()
+        _require_onnxruntime()  # fail before any export work
         self.model = model.eval()
         self.head = find_order_head(model)
         self.tasks = tuple(getattr(model, "output_tasks", ()))
@@ -146,15 +167,6 @@ class OnnxRuntimeModel:
             raise ValueError("the model has no order head (MODEL.GEOMETRIC_PREDICTOR.NAME)")
         return self.head
 
-    def _session(self, path: Path) -> Any:
-        options = self.ort.SessionOptions()
-        options.intra_op_num_threads = self.threads
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3  # errors only
-        return self.ort.InferenceSession(
-            str(path), sess_options=options, providers=["CPUExecutionProvider"]
-        )
-
     def _network_session(self, height: int, width: int) -> Any:
         """Session of the network for a padded ``height x width`` input (exported on first
         use, read from the cache afterwards)."""
@@ -164,7 +176,7 @@ class OnnxRuntimeModel:
             if not path.is_file():
                 logger.info("exporting the network for %dx%d inputs to %s", height, width, path)
                 onnx_export_network(self.model, height, width, path)
-            self._sessions[key] = self._session(path)
+            self._sessions[key] = cpu_session(path, self.threads)
         return self._sessions[key]
 
     def _head_session(self, mask_dim: int, height: int, width: int) -> Any:
@@ -182,7 +194,7 @@ class OnnxRuntimeModel:
                     path,
                     max_instances=max(self.model.num_queries, MAX_INSTANCES),
                 )
-            self._sessions[key] = self._session(path)
+            self._sessions[key] = cpu_session(path, self.threads)
         return self._sessions[key]
 
     def run_network(self, image: Tensor) -> dict[str, Tensor]:
