@@ -244,7 +244,9 @@ def _write_split(
         if scene["crowd"]:
             entries.append((2, _PERSON, 1))
         entries += [(t.label, t.category_id, 0) for t in things]
-        seg_ids = rng.choice(np.arange(1, 256**3), size=len(entries), replace=False).tolist()
+        # Drawn as indices into [1, 256**3) without building that 16.7M-entry array: the same
+        # ids and the same random stream as choosing from the array itself.
+        seg_ids = (rng.choice(256**3 - 1, size=len(entries), replace=False) + 1).tolist()
         id_map = np.zeros((h, w), dtype=np.int64)
         segment_of_label, segments = {}, []
         for (label, cat, crowd), seg_id in zip(entries, seg_ids, strict=True):
