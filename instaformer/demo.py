@@ -44,6 +44,7 @@ from instaformer.demo_utils import (
 from instaformer.errors import run_cli
 from instaformer.model_zoo import model_args
 from instaformer.predictor import BACKENDS, Predictor
+from mask2former.utils.outputs import require_dir
 
 logger = logging.getLogger("instaformer.demo")
 
@@ -131,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.max_frames is not None and args.max_frames < 1:
         parser.error(f"--max-frames must be at least 1; got {args.max_frames}")
     show = args.output is None
+    if not show:
+        require_dir(args.output, "--output")
     if show and not opencv_has_gui():
         parser.error("--output is required: this OpenCV build cannot open windows")
     if args.input and show:

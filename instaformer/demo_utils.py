@@ -14,7 +14,12 @@ Safety of the files (so that ``--input D --output D`` is safe):
 * an output never replaces an input of the run, another input's output, a symbolic link or a
   file the demo did not write: such a stem gets the first free suffix ``_1``, ``_2``, ...;
 * the demo's PNGs carry a ``instaformer-demo`` text chunk and its JSON a ``"producer"`` key,
-  so that directories and patterns given as inputs skip earlier outputs.
+  so that directories and patterns given as inputs skip earlier outputs;
+* one run at a time per output directory (:class:`mask2former.utils.outputs.OutputFolder`
+  holds its lock while the run writes): a second run into it is refused naming the first
+  one's pid and host, so two runs never both report success with one run's files lost. An
+  empty ``--output`` is refused; a video is written only over a video the demo wrote
+  (mask2former/utils/outputs.py).
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ from instaformer.visualization import (
     draw_video_frame,
 )
 from mask2former.utils.atomic import atomic_write
+from mask2former.utils.outputs import OutputFolder
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -285,28 +291,32 @@ def run_on_paths(
     Output stems come from :func:`plan_stems`. An image that fails (missing, corrupt or refused
     input, an error or out-of-memory of the model, a failed write) is logged by name with the
     reason and recorded in the report; the others are still processed.
+
+    Raises:
+        OutputError: ``output_dir`` is empty or not a folder.
+        RunLockError: another run writes into ``output_dir``.
     """
     report = DemoReport()
     pictures = ["panoptic", *predictor.tasks]
-    Path(output_dir).mkdir(parents=True, exist_ok=True)
-    stems = plan_stems(paths, output_dir, pictures)
-    for path, stem in tqdm(
-        list(zip(paths, stems, strict=True)), desc="images", unit="img", disable=not progress
-    ):
-        written: list[Path] = []
-        try:
-            image = load_image(path)
-            result = predictor(image)
-            save_result(image, result, output_dir, stem, path, include_masks, written)
-        except _FAILURES as err:
-            reason = str(err)
-            if not isinstance(err, (OSError, ValueError)):  # the model's: name the error type
-                reason = f"{type(err).__name__}: {err}" if reason else type(err).__name__
-                gc.collect()  # free what the failed forward pass held before the next image
-            logger.error("failed input %s: %s", path, reason)
-            report.failed[path] = reason
-        if written:
-            report.written[path] = written
+    with OutputFolder(output_dir, what="--output", tool="demo"):
+        stems = plan_stems(paths, output_dir, pictures)
+        for path, stem in tqdm(
+            list(zip(paths, stems, strict=True)), desc="images", unit="img", disable=not progress
+        ):
+            written: list[Path] = []
+            try:
+                image = load_image(path)
+                result = predictor(image)
+                save_result(image, result, output_dir, stem, path, include_masks, written)
+            except _FAILURES as err:
+                reason = str(err)
+                if not isinstance(err, (OSError, ValueError)):  # the model's: name the error type
+                    reason = f"{type(err).__name__}: {err}" if reason else type(err).__name__
+                    gc.collect()  # free what the failed forward pass held before the next image
+                logger.error("failed input %s: %s", path, reason)
+                report.failed[path] = reason
+            if written:
+                report.written[path] = written
     return report
 
 
@@ -357,7 +367,27 @@ def run_on_video(
         FileNotFoundError: a video file that does not exist.
         DemoInputError: an image file, or a source that cannot be opened or gives no frame
             (not a video, a codec OpenCV cannot decode, no camera).
+        OutputError: ``output_path`` holds a file the demo did not write.
+        RunLockError: another run writes into the folder of ``output_path``.
     """
+    if output_path is None:
+        return _annotate_video(predictor, source, None, max_frames, show)
+    output_path = Path(output_path)
+    with OutputFolder(output_path.parent, what="--output", tool="demo") as folder:
+        folder.target(output_path.name)
+        count = _annotate_video(predictor, source, output_path, max_frames, show)
+        folder.record(output_path.name)
+    return count
+
+
+def _annotate_video(
+    predictor: Predictor,
+    source: str | int,
+    output_path: Path | None,
+    max_frames: int | None,
+    show: bool,
+) -> int:
+    """:func:`run_on_video` once the output is accepted."""
     if isinstance(source, str):
         if not os.path.isfile(source):
             raise FileNotFoundError(f"video file not found: {source}")
@@ -383,10 +413,9 @@ def run_on_video(
             bgr = np.ascontiguousarray(annotated[:, :, ::-1])
             if output_path is not None:
                 if writer is None:
-                    Path(output_path).parent.mkdir(parents=True, exist_ok=True)
                     # the container is chosen from the suffix: keep .mp4 last
-                    name = Path(output_path).name
-                    tmp = Path(output_path).with_name(f".{name}.{uuid.uuid4().hex[:12]}.mp4")
+                    name = output_path.name
+                    tmp = output_path.with_name(f".{name}.{uuid.uuid4().hex[:12]}.mp4")
                     writer = cv2.VideoWriter(
                         str(tmp),
                         cv2.VideoWriter_fourcc(*"mp4v"),

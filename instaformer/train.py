@@ -49,12 +49,13 @@ from mask2former.engine import (
     launch,
     resolve_device,
 )
-from mask2former.engine.checkpoint import last_checkpoint_path
+from mask2former.engine.checkpoint import check_weights_kept, last_checkpoint_path
 from mask2former.engine.events import MetricSink
 from mask2former.engine.lock import hold_output_dir
 from mask2former.engine.trainer import BuildTrainLoader, LoadWeights
 from mask2former.evaluation import DatasetEvaluator, inference_on_dataset
 from mask2former.utils import comm, download
+from mask2former.utils.outputs import require_dir
 
 __all__ = [
     "build_trainer",
@@ -299,9 +300,11 @@ def run(args: argparse.Namespace) -> None:
     ``MODEL.WEIGHTS`` are downloaded here, once, before the processes start.
     """
     cfg = load_config(args)
+    require_dir(cfg.OUTPUT_DIR, "OUTPUT_DIR")
     if not args.eval_only:
         check_training_cfg(cfg)
-    if cfg.OUTPUT_DIR and args.machine_rank == 0 and os.environ.get("RANK", "0") == "0":
+        check_weights_kept(cfg.OUTPUT_DIR, cfg.MODEL.WEIGHTS)
+    if args.machine_rank == 0 and os.environ.get("RANK", "0") == "0":
         hold_output_dir(cfg.OUTPUT_DIR)  # the processes it starts share this lock
     if download.is_remote(cfg.MODEL.WEIGHTS):
         download.fetch(cfg.MODEL.WEIGHTS)

@@ -350,6 +350,7 @@ def test_convert_writes_the_instaorder_record(tmp_path):
     }
     assert data["images"][0] == {"id": 1, "file_name": "a.jpg", "height": 8, "width": 8}
     assert sorted(p.name for p in tmp_path.iterdir()) == [
+        ".instaformer-written.jsonl",  # the converter's record of what it wrote
         "a.jpg",
         "ids.png",
         "out.json",

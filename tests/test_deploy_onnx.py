@@ -25,6 +25,7 @@ from instaformer.deploy import export as deploy
 from instaformer.deploy import runtime
 from instaformer.deploy.export import NetworkWrapper, pad_like_model
 from instaformer.predictor import Predictor
+from mask2former.utils.outputs import RECORD_NAME
 
 onnx = pytest.importorskip("onnx", reason="the [export] extra is not installed")
 pytest.importorskip("onnxruntime", reason="the [export] extra is not installed")
@@ -89,6 +90,7 @@ def _dims(values) -> dict[str, list]:
 def test_graphs_pass_the_checker_without_loops_and_name_the_instance_count(exported):
     _, _, out, _, _ = exported
     assert sorted(p.name for p in out.iterdir()) == [
+        RECORD_NAME,  # the export's record of what it wrote
         "network.onnx",
         "network.pt2",
         "order_head.onnx",

@@ -9,8 +9,10 @@ checks ``DATASETS.TRAIN`` and ``DATASETS.TEST`` of the config (``--datasets`` na
 after registering its ``DATASETS.CUSTOM`` entries, and ``MODEL.SEM_SEG_HEAD.NUM_CLASSES``
 against their categories. Every image, panoptic PNG, segment and order label is read; faults
 name the file and value at fault. ``--pictures N`` draws the ground truth of the first N
-images of each dataset (panoptic, occlusion arrows, depth ranks) with the demo's drawing code.
-Exit code 0 when every dataset is clean, 1 otherwise.
+images of each dataset (panoptic, occlusion arrows, depth ranks) with the demo's drawing code
+into ``--output-dir/<dataset>/``; a picture never replaces a file this tool did not write, and
+the folder takes one run at a time (mask2former/utils/outputs.py). Exit code 0 when every
+dataset is clean, 1 otherwise, 2 when a picture folder or file is refused.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ import instaformer.data  # noqa: F401  (registers the built-in datasets)
 from instaformer.config import ConfigError, setup_cfg
 from instaformer.data.check import check_dataset
 from instaformer.data.custom import check_num_classes, register_custom_datasets
+from mask2former.engine.lock import RunLockError
+from mask2former.utils.outputs import OutputError, safe_relative
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,14 +56,20 @@ def main(argv: list[str] | None = None) -> int:
             print(f"FAULT {err}")
             ok = False
     for name in names:
-        output_dir = os.path.join(args.output_dir, name) if args.output_dir else None
-        report = check_dataset(
-            name,
-            pictures=args.pictures,
-            output_dir=output_dir,
-            max_faults=args.max_faults,
-            max_images=args.max_images,
-        )
+        try:
+            output_dir = None
+            if args.pictures:
+                output_dir = os.path.join(args.output_dir, safe_relative(name, "dataset name"))
+            report = check_dataset(
+                name,
+                pictures=args.pictures,
+                output_dir=output_dir,
+                max_faults=args.max_faults,
+                max_images=args.max_images,
+            )
+        except (OutputError, RunLockError) as err:
+            print(f"check_dataset: error: {err}", file=sys.stderr)
+            return 2
         print(report.summary())
         ok = ok and report.ok
     return 0 if ok else 1

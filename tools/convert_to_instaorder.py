@@ -6,9 +6,12 @@
 
 ``convert`` reads SOURCE, one JSON per split or a folder with ``categories.json`` and one JSON
 per image (the format of docs/custom_data.md and instaformer/data/convert.py), and writes the
-InstaOrder Panoptic JSON and its panoptic PNGs; nothing else is written. ``example`` writes a
-small dataset in the simple format (from the synthetic twin, three non-COCO categories) under
-ROOT: ``images/``, ``masks/`` and ``{train,val}.json``.
+InstaOrder Panoptic JSON and its panoptic PNGs, and nothing else but the output folders'
+record of written files. Before writing anything it refuses an output that would replace an
+input or a file it did not write, a ``file_name`` that is absolute or has ``..``, and an
+``--out-panoptic`` that is the image folder or a mask folder (mask2former/utils/outputs.py).
+``example`` writes a small dataset in the simple format (from the synthetic twin, three
+non-COCO categories) under ROOT: ``images/``, ``masks/`` and ``{train,val}.json``.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ import sys
 from instaformer.data.convert import convert_to_instaorder_panoptic
 from instaformer.data.example import make_example_dataset
 from instaformer.data.io import DataError
+from mask2former.engine.lock import RunLockError
+from mask2former.utils.outputs import OutputError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
             out_json=args.out_json,
             out_panoptic=args.out_panoptic,
         )
-    except (DataError, FileNotFoundError) as err:
+    except (DataError, FileNotFoundError, OutputError, RunLockError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(

@@ -7,7 +7,10 @@ image and panoptic PNG (decoded; sizes compared), each segment (present in its P
 without a segment), the order labels (parsed, no contradiction, only segments that exist) and
 the ``instaorder_panoptic`` mapper. Faults name the file, image and value at fault; a report
 also counts images, instances per image, segments per category and labelled pairs per class.
-Pictures of the ground truth use the demo's drawing code (:func:`instaformer.demo_utils.render`).
+Pictures of the ground truth use the demo's drawing code (:func:`instaformer.demo_utils.render`);
+they follow mask2former/utils/outputs.py: they are written once the check is done, with the
+folder locked, and a picture never replaces a file this check did not write (two images of
+one file stem get ``<stem>_1``, ...).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from instaformer.data.io import DataError, read_panoptic_ids
 from instaformer.data.mapper import InstaOrderPanopticMapper
 from mask2former.data.catalog import DatasetCatalog, MetadataCatalog
 from mask2former.structures import mask_bbox
-from mask2former.utils.atomic import atomic_write_path
+from mask2former.utils.outputs import OutputFolder
 
 __all__ = ["DatasetReport", "check_dataset", "ground_truth_result"]
 
@@ -156,24 +159,32 @@ def ground_truth_result(out: dict[str, Any], class_names: list[str], thing_ids: 
 
 
 def _write_pictures(
-    item: dict[str, Any], out: dict[str, Any], report: DatasetReport, meta: Any, output_dir: str
+    item: dict[str, Any],
+    out: dict[str, Any],
+    report: DatasetReport,
+    meta: Any,
+    folder: OutputFolder,
+    stems: set[str],
 ) -> None:
     from instaformer.demo_utils import render
 
     image = out["image"].permute(1, 2, 0).numpy()
     thing_ids = set(meta.thing_dataset_id_to_contiguous_id.values())
     result = ground_truth_result(out, report.classes, thing_ids)
-    stem = os.path.splitext(os.path.basename(item["file_name"]))[0]
+    base = stem = os.path.splitext(os.path.basename(item["file_name"]))[0]
+    n = 0
+    while stem in stems:  # images of one name in different folders
+        n += 1
+        stem = f"{base}_{n}"
+    stems.add(stem)
     for kind, picture in render(image, result).items():
-        path = os.path.join(output_dir, f"{stem}_{kind}.png")
         bgr = np.ascontiguousarray(picture[:, :, ::-1])
 
         def write(tmp: str, bgr: np.ndarray = bgr) -> None:
             if not cv2.imwrite(tmp, bgr):
                 raise OSError(f"cannot write {tmp}")
 
-        atomic_write_path(path, write)
-        report.pictures.append(path)
+        report.pictures.append(str(folder.write(f"{stem}_{kind}.png", write)))
 
 
 def check_dataset(
@@ -189,10 +200,13 @@ def check_dataset(
     Args:
         max_images: check only the first ``max_images`` images (None: all).
         pictures: draw the ground truth of the first ``pictures`` images into ``output_dir``
-            (``<stem>_{panoptic,occlusion,depth}.png``).
+            (``<stem>_{panoptic,occlusion,depth}.png``, see the module docstring).
         max_faults: stop after this many faulty images.
     Returns:
         the :class:`DatasetReport`; ``report.ok`` is False when a fault was found.
+    Raises:
+        OutputError, RunLockError: (``pictures``) a picture would replace a file this check did
+            not write, or another run writes into ``output_dir``.
     """
     if pictures and not output_dir:
         raise ValueError("pictures need an output_dir")
@@ -214,7 +228,7 @@ def check_dataset(
     if not items:
         report.faults.append(f"{name}: the dataset has no images")
     mapper = InstaOrderPanopticMapper(is_train=False, task="od")
-    drawn = 0
+    drawn: list[tuple[dict[str, Any], dict[str, Any]]] = []
     for item in items[:max_images]:
         where = f"{item.get('file_name')} (image_id {item.get('image_id')})"
         report.images += 1
@@ -233,7 +247,11 @@ def check_dataset(
         for c in out["instances"].gt_classes.tolist():
             report.segments_per_class[report.classes[c]] += 1
         _count_orders(out, report)
-        if drawn < pictures:
-            _write_pictures(item, out, report, meta, output_dir)
-            drawn += 1
+        if len(drawn) < pictures:
+            drawn.append((item, out))
+    if drawn:
+        with OutputFolder(output_dir, what="--output-dir", tool="check_dataset") as folder:
+            stems: set[str] = set()
+            for item, out in drawn:
+                _write_pictures(item, out, report, meta, folder, stems)
     return report
