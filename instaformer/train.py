@@ -32,9 +32,16 @@ from instaformer.data import DataError, build_dataset_mapper
 from instaformer.data.custom import check_num_classes, register_custom_datasets
 from instaformer.errors import run_cli
 from instaformer.evaluation import build_evaluators, report_results
+from instaformer.evaluation.results import RANDOM_INIT
 from instaformer.model_zoo import model_args
 from instaformer.modeling import build_model
-from mask2former.checkpoint import M2FCheckpointer, format_report
+from instaformer.preflight import check_run
+from mask2former.checkpoint import (
+    CheckpointError,
+    M2FCheckpointer,
+    format_report,
+    unloaded_modules,
+)
 from mask2former.config import CfgNode, check_training_cfg
 from mask2former.data.build import (
     build_detection_test_loader,
@@ -52,8 +59,10 @@ from mask2former.engine import (
 from mask2former.engine.checkpoint import last_checkpoint_path
 from mask2former.engine.events import MetricSink
 from mask2former.engine.lock import hold_output_dir
+from mask2former.engine.processes import backend_for
 from mask2former.engine.trainer import BuildTrainLoader, LoadWeights
 from mask2former.evaluation import DatasetEvaluator, inference_on_dataset
+from mask2former.modeling.criterion import SetCriterion
 from mask2former.utils import comm, download
 
 __all__ = [
@@ -64,6 +73,7 @@ __all__ = [
     "main",
     "metric_sinks",
     "parse_args",
+    "random_parts",
     "run",
     "setup",
     "warn_random_frozen_parts",
@@ -193,10 +203,14 @@ def model_family(cfg: CfgNode) -> ModelFamily:
     return FAMILIES.get(cfg.MODEL.META_ARCHITECTURE, INSTAFORMER)
 
 
-def evaluate(cfg: CfgNode, model: nn.Module) -> dict[str, dict[str, Any]]:
+def evaluate(
+    cfg: CfgNode, model: nn.Module, *, random_init: dict[str, int] | None = None
+) -> dict[str, dict[str, Any]]:
     """Evaluate ``model`` on every dataset of ``DATASETS.TEST``.
 
     Prints the results table and writes ``OUTPUT_DIR/eval_results.json`` (main process).
+    ``random_init`` (module -> weights left random, allowed by ``--allow-random-init``) is
+    added to the results as ``"random_init"`` and printed under the table.
 
     Returns:
         ``{task: {metric: value}}`` (for several test datasets, task keys are prefixed with the
@@ -214,9 +228,58 @@ def evaluate(cfg: CfgNode, model: nn.Module) -> dict[str, dict[str, Any]]:
             results = dataset_results
         else:
             results.update({f"{name}/{task}": m for task, m in dataset_results.items()})
+    if random_init and results:
+        results[RANDOM_INIT] = dict(random_init)
     if comm.is_main_process() and results:
         report_results(results, cfg.OUTPUT_DIR)
     return results
+
+
+def random_parts(model: nn.Module, report: object) -> dict[str, int]:
+    """The parts of ``model`` used in evaluation that a weights load left random: module ->
+    number of state-dict entries (:func:`mask2former.checkpoint.unloaded_modules`; ``""``: the
+    whole model). ``report`` is a weight loader's result (``missing_keys``,
+    ``incorrect_shapes``; None or another object: a strict load, nothing random). The losses'
+    buffers are not used in evaluation and do not count."""
+    if not isinstance(report, dict):
+        return {}
+    losses = tuple(f"{n}." for n, m in model.named_modules() if isinstance(m, SetCriterion))
+    keys = [k for k in model.state_dict() if not k.startswith(losses)]
+    unloaded = [
+        *report.get("missing_keys", []),
+        *(k for k, *_ in report.get("incorrect_shapes", [])),
+    ]
+    return dict(unloaded_modules(keys, unloaded))
+
+
+def _describe(parts: dict[str, int]) -> str:
+    return ", ".join(f"{m or 'the whole model'} ({n})" for m, n in parts.items())
+
+
+def _load_for_evaluation(cfg: CfgNode, model: nn.Module, allow_random: bool) -> dict[str, int]:
+    """Load ``MODEL.WEIGHTS`` for ``--eval-only``; returns the parts left random (allowed only
+    with ``allow_random``).
+
+    Raises:
+        CheckpointError: weights leave an evaluated part random and ``allow_random`` is False.
+    """
+    if not cfg.MODEL.WEIGHTS:  # refused before the start unless --allow-random-init
+        parts = {"": len(model.state_dict())}
+    else:
+        report = model_family(cfg).load_weights(cfg, model, cfg.MODEL.WEIGHTS)
+        parts = random_parts(model, report)
+    if parts and not allow_random:
+        raise CheckpointError(
+            f"--eval-only: MODEL.WEIGHTS {cfg.MODEL.WEIGHTS!r} leaves {sum(parts.values())} "
+            f"weights of the evaluated model random, in {_describe(parts)}; the metrics would "
+            "be those of random layers. Use a checkpoint of this model and config (the same "
+            "MODEL.GEOMETRIC_PREDICTOR.TASK), or --allow-random-init to evaluate it anyway"
+        )
+    if parts:
+        logger.warning(
+            "--allow-random-init: evaluating with random weights in %s", _describe(parts)
+        )
+    return parts
 
 
 def metric_sinks(cfg: CfgNode) -> list[MetricSink]:
@@ -278,13 +341,9 @@ def main(cfg: CfgNode, args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     setup(cfg, args)
     if args.eval_only:
         model = build_model(cfg)
-        if cfg.MODEL.WEIGHTS:
-            model_family(cfg).load_weights(cfg, model, cfg.MODEL.WEIGHTS)
-        else:
-            logger.warning(
-                "--eval-only without MODEL.WEIGHTS evaluates a randomly initialised model"
-            )
-        return evaluate(cfg, model)
+        allow = bool(getattr(args, "allow_random_init", False))
+        parts = _load_for_evaluation(cfg, model, allow)
+        return evaluate(cfg, model, random_init=parts)
     if not cfg.MODEL.WEIGHTS and not (args.resume and last_checkpoint_path(cfg.OUTPUT_DIR)):
         warn_random_frozen_parts(cfg)  # a fresh start from random weights
     return build_trainer(cfg).train(resume=args.resume)
@@ -294,18 +353,20 @@ def run(args: argparse.Namespace) -> None:
     """Parse the config (:func:`load_config`) and launch :func:`main` with it in one process per
     device as ``--num-gpus`` etc. ask.
 
-    Checks the config and takes the lock of ``OUTPUT_DIR`` (machine 0) before starting any
-    process, so that a bad value or a folder in use is refused with one message; remote
+    Checks the config, the processes and the data (:func:`instaformer.preflight.check_run`,
+    every fault listed) and takes the lock of ``OUTPUT_DIR`` (machine 0) before starting any
+    process, so that a bad value or a folder in use is refused before anything runs; remote
     ``MODEL.WEIGHTS`` are downloaded here, once, before the processes start.
     """
     cfg = load_config(args)
     if not args.eval_only:
         check_training_cfg(cfg)
+    print(f"instaformer-train: {check_run(cfg, args)}", flush=True)
     if cfg.OUTPUT_DIR and args.machine_rank == 0 and os.environ.get("RANK", "0") == "0":
         hold_output_dir(cfg.OUTPUT_DIR)  # the processes it starts share this lock
     if download.is_remote(cfg.MODEL.WEIGHTS):
         download.fetch(cfg.MODEL.WEIGHTS)
-    backend = "nccl" if str(cfg.MODEL.DEVICE).startswith("cuda") else "gloo"
+    backend = backend_for(cfg.MODEL.DEVICE)
     launch(
         main,
         args.num_gpus,
@@ -330,6 +391,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="NAME",
         help="released model by name (instaformer-zoo list): its config and weights; "
         "not with --config-file",
+    )
+    parser.add_argument(
+        "--allow-random-init",
+        action="store_true",
+        help="--eval-only: evaluate even when MODEL.WEIGHTS is empty or leaves part of the "
+        "model random (refused otherwise); the results then list the random parts",
     )
     args = parser.parse_args(argv)
     if args.model:

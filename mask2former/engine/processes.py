@@ -24,7 +24,14 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-__all__ = ["launch", "find_free_port", "local_rank", "process_faults", "world_size"]
+__all__ = [
+    "backend_for",
+    "find_free_port",
+    "launch",
+    "local_rank",
+    "process_faults",
+    "world_size",
+]
 
 _LOCAL_RANK = 0
 logger = logging.getLogger(__name__)
@@ -44,6 +51,12 @@ def local_rank() -> int:
 
 def _torchrun_env() -> bool:
     return all(k in os.environ for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
+
+
+def backend_for(device: str) -> str:
+    """The ``torch.distributed`` backend of processes on ``MODEL.DEVICE``: "nccl" for CUDA
+    devices, "gloo" otherwise."""
+    return "nccl" if str(device).startswith("cuda") else "gloo"
 
 
 def world_size(num_gpus_per_machine: int, num_machines: int = 1) -> int:
