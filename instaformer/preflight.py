@@ -18,8 +18,9 @@ nothing. What it checks, in order:
    the datasets offer, at least one evaluator when ``DATASETS.TEST`` is set), then the model
    and the mappers built from the config (the model on the ``meta`` device: no memory, no
    weights), which catches every contradiction their constructors refuse;
-4. weights: a local ``MODEL.WEIGHTS`` exists; ``--eval-only`` has weights (or
-   ``--allow-random-init``);
+4. weights: a local ``MODEL.WEIGHTS`` exists; ``--eval-only`` has weights that fill every
+   part of the model used in evaluation (loaded into the ``meta`` model: keys and shapes
+   compared, nothing copied), or ``--allow-random-init``;
 5. data: every dataset loads (annotation files, duplicates; see :mod:`instaformer.data`),
    holds the kind of records the model reads, and matches ``MODEL.SEM_SEG_HEAD.NUM_CLASSES``;
    every image and panoptic PNG exists (one ``stat`` each); no image has more non-crowd
@@ -35,21 +36,26 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from instaformer.config import REMOVABLE_LOSSES
 from instaformer.data import DATASET_MAPPERS, build_dataset_mapper
 from instaformer.data.custom import check_num_classes, register_custom_datasets
+from instaformer.evaluation.results import describe_random_parts
 from instaformer.instaordernet import InstaOrderNet, InstaOrderNetMapper
 from instaformer.modeling import META_ARCH_ALIASES
 from instaformer.modeling.registry import ORDER_HEAD_REGISTRY
 from instaformer.vocabulary import TASK_CODES
+from mask2former.checkpoint import CheckpointError, M2FCheckpointer, unloaded_modules
 from mask2former.config import CfgNode, ConfigError
 from mask2former.data.build import has_no_instance
 from mask2former.engine.processes import backend_for, process_faults, world_size
+from mask2former.modeling.criterion import SetCriterion
 from mask2former.modeling.registry import META_ARCH_REGISTRY
 from mask2former.preflight import (
     PreflightError,
@@ -66,7 +72,14 @@ from mask2former.preflight import (
     weights_faults,
 )
 
-__all__ = ["PreflightError", "PreflightSummary", "check_run", "config_faults"]
+__all__ = [
+    "PreflightError",
+    "PreflightSummary",
+    "check_run",
+    "config_faults",
+    "random_init_message",
+    "random_parts",
+]
 
 logger = logging.getLogger("instaformer")
 
@@ -211,18 +224,18 @@ def _evaluator_faults(cfg: CfgNode, test_names: Sequence[str]) -> list[str]:
     return faults + result_faults(cfg, test_names)
 
 
-def _build_faults(cfg: CfgNode, debug: bool) -> list[str]:
+def _build_faults(cfg: CfgNode, debug: bool) -> tuple[nn.Module | None, list[str]]:
     """Build the model (on the ``meta`` device: shapes only) and the mappers from ``cfg``: any
-    refusal of their constructors becomes a fault. ``debug`` lets the error propagate."""
+    refusal of their constructors becomes a fault. ``debug`` lets the error propagate.
+    Returns ``(the meta model or None, faults)``."""
     name = cfg.MODEL.META_ARCHITECTURE
     try:
         with torch.device("meta"):
-            META_ARCH_REGISTRY.get(META_ARCH_ALIASES.get(name, name))(cfg)
+            model = META_ARCH_REGISTRY.get(META_ARCH_ALIASES.get(name, name))(cfg)
     except _INPUT_ERRORS as err:
         if debug:
             raise
-        return [f"the model cannot be built from this config: {_message(err)}"]
-    faults = []
+        return None, [f"the model cannot be built from this config: {_message(err)}"]
     for is_train in (True, False):
         try:
             if _is_instaordernet(cfg):
@@ -232,9 +245,54 @@ def _build_faults(cfg: CfgNode, debug: bool) -> list[str]:
         except _INPUT_ERRORS as err:
             if debug:
                 raise
-            faults.append(f"the dataset mapper cannot be built from this config: {_message(err)}")
-            break
-    return faults
+            message = f"the dataset mapper cannot be built from this config: {_message(err)}"
+            return model, [message]
+    return model, []
+
+
+def random_parts(model: nn.Module, report: object) -> dict[str, int]:
+    """The parts of ``model`` used in evaluation that a weights load left random: module ->
+    number of state-dict tensors (:func:`mask2former.checkpoint.unloaded_modules`; ``""``: the
+    whole model). ``report`` is a weight loader's result (``missing_keys``,
+    ``incorrect_shapes``; None or another object: a strict load, nothing random). The losses'
+    buffers are not used in evaluation and do not count."""
+    if not isinstance(report, dict):
+        return {}
+    losses = tuple(f"{n}." for n, m in model.named_modules() if isinstance(m, SetCriterion))
+    keys = [k for k in model.state_dict() if not k.startswith(losses)]
+    shapes = [key for key, *_ in report.get("incorrect_shapes", [])]
+    return dict(unloaded_modules(keys, [*report.get("missing_keys", []), *shapes]))
+
+
+def random_init_message(weights: str, parts: dict[str, int]) -> str:
+    """The refusal of ``--eval-only`` weights that leave ``parts`` (:func:`random_parts`)
+    random."""
+    return (
+        f"--eval-only: MODEL.WEIGHTS {weights!r} leaves {sum(parts.values())} weight tensors "
+        f"of the evaluated model random, in {describe_random_parts(parts)}; the metrics would be "
+        "those of random layers. Use a checkpoint of this model and config (the same "
+        "MODEL.GEOMETRIC_PREDICTOR.TASK), or --allow-random-init to evaluate it anyway"
+    )
+
+
+def _coverage_faults(cfg: CfgNode, model: nn.Module) -> list[str]:
+    """``--eval-only``: load ``MODEL.WEIGHTS`` into the ``meta`` model (keys and shapes are
+    compared, no value is copied) and refuse parts it leaves random."""
+    checkpoint_log = logging.getLogger("fvcore.common.checkpoint")  # lists every missing key
+    level = checkpoint_log.level
+    checkpoint_log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():  # torch warns for every value not copied to meta
+            warnings.filterwarnings("ignore", ".*copying from a non-meta parameter", UserWarning)
+            report = M2FCheckpointer(model).load_weights(
+                cfg.MODEL.WEIGHTS, min_share=cfg.MODEL.WEIGHTS_MIN_SHARE
+            )
+    except CheckpointError as err:
+        return [str(err)]
+    finally:
+        checkpoint_log.setLevel(level)
+    parts = random_parts(model, report)
+    return [random_init_message(cfg.MODEL.WEIGHTS, parts)] if parts else []
 
 
 def _record_faults(cfg: CfgNode, name: str, records: list[dict]) -> list[str]:
@@ -336,15 +394,22 @@ def config_faults(cfg: CfgNode, args: object) -> list[str]:
         model_faults += _order_flag_faults(cfg, training)
         model_faults += _evaluator_faults(cfg, test)
     faults += model_faults
+    model = None
     # a dataset whose category list cannot be read is named by the data step (its loader)
     if not names and not model_faults and not metadata_faults([*train, *test]):
-        faults += _build_faults(cfg, bool(getattr(args, "debug", False)))
-    faults += weights_faults(cfg)
-    if eval_only and not cfg.MODEL.WEIGHTS and not getattr(args, "allow_random_init", False):
-        faults.append(
-            "--eval-only with MODEL.WEIGHTS '': every weight of the model would be random; "
-            "give MODEL.WEIGHTS, or --allow-random-init to evaluate a random model on purpose"
-        )
+        model, built = _build_faults(cfg, bool(getattr(args, "debug", False)))
+        faults += built
+    weights = weights_faults(cfg)
+    faults += weights
+    allow_random = bool(getattr(args, "allow_random_init", False))
+    if eval_only and not allow_random:
+        if not cfg.MODEL.WEIGHTS:
+            faults.append(
+                "--eval-only with MODEL.WEIGHTS '': every weight of the model would be random; "
+                "give MODEL.WEIGHTS, or --allow-random-init to evaluate a random model on purpose"
+            )
+        elif model is not None and not weights and not faults and not _is_instaordernet(cfg):
+            faults += _coverage_faults(cfg, model)  # InstaOrderNet's loader is strict itself
     return faults
 
 

@@ -32,16 +32,11 @@ from instaformer.data import DataError, build_dataset_mapper
 from instaformer.data.custom import check_num_classes, register_custom_datasets
 from instaformer.errors import run_cli
 from instaformer.evaluation import build_evaluators, report_results
-from instaformer.evaluation.results import RANDOM_INIT
+from instaformer.evaluation.results import RANDOM_INIT, describe_random_parts
 from instaformer.model_zoo import model_args
 from instaformer.modeling import build_model
-from instaformer.preflight import check_run
-from mask2former.checkpoint import (
-    CheckpointError,
-    M2FCheckpointer,
-    format_report,
-    unloaded_modules,
-)
+from instaformer.preflight import check_run, random_init_message, random_parts
+from mask2former.checkpoint import CheckpointError, M2FCheckpointer, format_report
 from mask2former.config import CfgNode, check_training_cfg
 from mask2former.data.build import (
     build_detection_test_loader,
@@ -62,7 +57,6 @@ from mask2former.engine.lock import hold_output_dir
 from mask2former.engine.processes import backend_for
 from mask2former.engine.trainer import BuildTrainLoader, LoadWeights
 from mask2former.evaluation import DatasetEvaluator, inference_on_dataset
-from mask2former.modeling.criterion import SetCriterion
 from mask2former.utils import comm, download
 
 __all__ = [
@@ -73,7 +67,6 @@ __all__ = [
     "main",
     "metric_sinks",
     "parse_args",
-    "random_parts",
     "run",
     "setup",
     "warn_random_frozen_parts",
@@ -235,27 +228,6 @@ def evaluate(
     return results
 
 
-def random_parts(model: nn.Module, report: object) -> dict[str, int]:
-    """The parts of ``model`` used in evaluation that a weights load left random: module ->
-    number of state-dict entries (:func:`mask2former.checkpoint.unloaded_modules`; ``""``: the
-    whole model). ``report`` is a weight loader's result (``missing_keys``,
-    ``incorrect_shapes``; None or another object: a strict load, nothing random). The losses'
-    buffers are not used in evaluation and do not count."""
-    if not isinstance(report, dict):
-        return {}
-    losses = tuple(f"{n}." for n, m in model.named_modules() if isinstance(m, SetCriterion))
-    keys = [k for k in model.state_dict() if not k.startswith(losses)]
-    unloaded = [
-        *report.get("missing_keys", []),
-        *(k for k, *_ in report.get("incorrect_shapes", [])),
-    ]
-    return dict(unloaded_modules(keys, unloaded))
-
-
-def _describe(parts: dict[str, int]) -> str:
-    return ", ".join(f"{m or 'the whole model'} ({n})" for m, n in parts.items())
-
-
 def _load_for_evaluation(cfg: CfgNode, model: nn.Module, allow_random: bool) -> dict[str, int]:
     """Load ``MODEL.WEIGHTS`` for ``--eval-only``; returns the parts left random (allowed only
     with ``allow_random``).
@@ -269,15 +241,11 @@ def _load_for_evaluation(cfg: CfgNode, model: nn.Module, allow_random: bool) -> 
         report = model_family(cfg).load_weights(cfg, model, cfg.MODEL.WEIGHTS)
         parts = random_parts(model, report)
     if parts and not allow_random:
-        raise CheckpointError(
-            f"--eval-only: MODEL.WEIGHTS {cfg.MODEL.WEIGHTS!r} leaves {sum(parts.values())} "
-            f"weights of the evaluated model random, in {_describe(parts)}; the metrics would "
-            "be those of random layers. Use a checkpoint of this model and config (the same "
-            "MODEL.GEOMETRIC_PREDICTOR.TASK), or --allow-random-init to evaluate it anyway"
-        )
+        raise CheckpointError(random_init_message(cfg.MODEL.WEIGHTS, parts))
     if parts:
         logger.warning(
-            "--allow-random-init: evaluating with random weights in %s", _describe(parts)
+            "--allow-random-init: evaluating with random weights in %s",
+            describe_random_parts(parts),
         )
     return parts
 

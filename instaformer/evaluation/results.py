@@ -43,6 +43,11 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
 )
 
 
+def describe_random_parts(parts: dict[str, int]) -> str:
+    """``{module: tensors}`` left random (``""``: the whole model) as ``"m1 (8 tensors), ..."``."""
+    return ", ".join(f"{m or 'the whole model'} ({n} tensors)" for m, n in parts.items())
+
+
 def format_results_table(results: dict[str, dict[str, Any]]) -> str:
     """A two-line, pipe-separated table (header, values with 2 decimals) of the main metrics.
 
@@ -52,9 +57,7 @@ def format_results_table(results: dict[str, dict[str, Any]]) -> str:
     """
     warning = ""
     if results.get(RANDOM_INIT):
-        parts = ", ".join(
-            f"{m or 'the whole model'} ({n})" for m, n in results[RANDOM_INIT].items()
-        )
+        parts = describe_random_parts(results[RANDOM_INIT])
         warning = (
             f"RANDOM WEIGHTS (--allow-random-init) in {parts}: not the metrics of a trained model"
         )
