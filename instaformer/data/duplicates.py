@@ -34,9 +34,14 @@ def repeated(values: Iterable[Any]) -> list[Any]:
     return [value for value, count in counts.items() if count > 1]
 
 
+def _listed(texts: Sequence[str]) -> str:
+    """The first texts, comma-separated, and how many more."""
+    more = f" and {len(texts) - _SHOWN} more" if len(texts) > _SHOWN else ""
+    return ", ".join(texts[:_SHOWN]) + more
+
+
 def _shown(values: Sequence[Any]) -> str:
-    text = ", ".join(repr(v) for v in values[:_SHOWN])
-    return text + (f" and {len(values) - _SHOWN} more" if len(values) > _SHOWN else "")
+    return _listed([repr(v) for v in values])
 
 
 def _field(entries: Any, key: str) -> list[Any]:
@@ -66,7 +71,7 @@ def _segment_faults(annotations: Any) -> list[str]:
         images.append(f"image_id {ann.get('image_id')!r} (segment ids {_shown(repeated(ids))})")
     if not images:
         return []
-    return [f"segments listed twice in one segments_info: {_shown(images)}"]
+    return [f"segments listed twice in one segments_info: {_listed(images)}"]
 
 
 def _raise(path: str, faults: list[str]) -> None:
