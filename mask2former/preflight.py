@@ -34,6 +34,7 @@ from mask2former.data.catalog import DatasetCatalog, MetadataCatalog
 
 __all__ = [
     "FILE_KEYS",
+    "STAT_THREADS",
     "PreflightError",
     "batch_faults",
     "dataset_name_faults",
@@ -58,7 +59,9 @@ FILE_KEYS = {
 
 _SHOWN = 3  # missing files named per dataset and key
 _STAT_CHUNK = 512  # paths per task of the stat pool
-_STAT_THREADS = 16  # stats in flight (local disks answer at once; NFS, Lustre in parallel)
+STAT_THREADS = 16
+"""``stat`` calls in flight in :func:`missing_files`: local disks answer at once, network file
+systems (NFS, Lustre) answer many in parallel."""
 
 
 class PreflightError(ConfigError):
@@ -165,13 +168,13 @@ def _missing(paths: Sequence[str]) -> list[str]:
     return [p for p in paths if not os.path.isfile(p)]
 
 
-def missing_files(paths: Sequence[str]) -> list[str]:
+def missing_files(paths: Sequence[str], *, threads: int = STAT_THREADS) -> list[str]:
     """The entries of ``paths`` that are not files, in order: one ``stat`` each, in chunks
-    spread over a few threads (the ``stat`` system call releases the GIL)."""
-    if len(paths) <= _STAT_CHUNK:
+    spread over ``threads`` threads (the ``stat`` system call releases the GIL)."""
+    if threads <= 1 or len(paths) <= _STAT_CHUNK:
         return _missing(paths)
     chunks = [paths[i : i + _STAT_CHUNK] for i in range(0, len(paths), _STAT_CHUNK)]
-    with ThreadPoolExecutor(max_workers=_STAT_THREADS) as pool:
+    with ThreadPoolExecutor(max_workers=threads) as pool:
         return [p for part in pool.map(_missing, chunks) for p in part]
 
 

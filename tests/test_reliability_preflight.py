@@ -32,12 +32,15 @@ def _datasets(synthetic_datasets, monkeypatch):
     monkeypatch.setenv("DETECTRON2_DATASETS", str(synthetic_datasets))
 
 
-def _refused(capsys, tmp_path: Path, *argv: str, config: str = OD) -> list[str]:
-    """Run the train command into ``tmp_path/out``; assert exit 2 and nothing written; return
-    the fault lines (after the header)."""
+def _refused(
+    capsys, tmp_path: Path, *overrides: str, flags: tuple[str, ...] = (), config: str = OD
+) -> list[str]:
+    """Run the train command with ``flags`` and config ``overrides`` into ``tmp_path/out``;
+    assert exit 2 and nothing written; return the fault lines (after the header)."""
     out = tmp_path / "out"
-    with pytest.raises(SystemExit) as info:
-        cli(["--config-file", config, *argv, "OUTPUT_DIR", str(out)])
+    short = ["SOLVER.MAX_ITER", "1", "SOLVER.IMS_PER_BATCH", "2", "DATALOADER.NUM_WORKERS", "0"]
+    with pytest.raises(SystemExit) as info:  # a run that starts anyway stops after one step
+        cli(["--config-file", config, *flags, *short, *overrides, "OUTPUT_DIR", str(out)])
     assert info.value.code == 2
     captured = capsys.readouterr()
     lines = captured.err.splitlines()
@@ -144,7 +147,13 @@ def test_missing_images_and_pngs_are_counted_before_training(capsys, tmp_path, d
 
 def test_batch_not_divisible_by_the_processes_is_refused_in_the_launcher(capsys, tmp_path):
     faults = _refused(
-        capsys, tmp_path, "--num-gpus", "2", "MODEL.DEVICE", "cpu", "SOLVER.IMS_PER_BATCH", "3"
+        capsys,
+        tmp_path,
+        "MODEL.DEVICE",
+        "cpu",
+        "SOLVER.IMS_PER_BATCH",
+        "3",
+        flags=("--num-gpus", "2"),
     )
     assert faults == [
         "SOLVER.IMS_PER_BATCH 3 is not divisible by the 2 processes (--num-gpus x "
@@ -215,10 +224,9 @@ def test_datasets_of_the_other_model_family_are_refused(capsys, tmp_path):
     faults = _refused(
         capsys,
         tmp_path,
-        "--eval-only",
-        "--allow-random-init",
         "DATASETS.TEST",
         "('synthetic_instaorder_val',)",
+        flags=("--eval-only", "--allow-random-init"),
         config="instaordernet/synthetic_od_tiny.yaml",
     )
     assert faults == [
@@ -230,7 +238,7 @@ def test_datasets_of_the_other_model_family_are_refused(capsys, tmp_path):
 
 
 def test_eval_only_without_weights_is_refused(capsys, tmp_path):
-    assert _refused(capsys, tmp_path, "--eval-only") == [
+    assert _refused(capsys, tmp_path, flags=("--eval-only",)) == [
         "--eval-only with MODEL.WEIGHTS '': every weight of the model would be random; give "
         "MODEL.WEIGHTS, or --allow-random-init to evaluate a random model on purpose"
     ]
@@ -245,7 +253,7 @@ def _occlusion_only_checkpoint(path: Path) -> str:
 
 def test_eval_only_with_a_checkpoint_that_leaves_the_depth_head_random(capsys, tmp_path):
     weights = _occlusion_only_checkpoint(tmp_path / "occlusion_only.pth")
-    assert _refused(capsys, tmp_path, "--eval-only", "MODEL.WEIGHTS", weights) == [
+    assert _refused(capsys, tmp_path, "MODEL.WEIGHTS", weights, flags=("--eval-only",)) == [
         f"--eval-only: MODEL.WEIGHTS '{weights}' leaves 12 weight tensors of the evaluated model "
         "random, in geometric_predictor.projs.1 (8 tensors), geometric_predictor.out_projs.1 "
         "(4 tensors); the metrics would be those of random layers. Use a checkpoint of this "
