@@ -34,6 +34,7 @@ files plus a ``stat`` per file (docs/training.md gives measured figures).
 
 from __future__ import annotations
 
+import argparse
 import logging
 import time
 import warnings
@@ -54,7 +55,7 @@ from instaformer.vocabulary import TASK_CODES
 from mask2former.checkpoint import CheckpointError, M2FCheckpointer, unloaded_modules
 from mask2former.config import CfgNode, ConfigError
 from mask2former.data.build import has_no_instance
-from mask2former.engine.processes import backend_for, process_faults, world_size
+from mask2former.engine.processes import backend_for, process_count, process_faults
 from mask2former.modeling.criterion import SetCriterion
 from mask2former.modeling.registry import META_ARCH_REGISTRY
 from mask2former.preflight import (
@@ -114,7 +115,7 @@ def _is_instaordernet(cfg: CfgNode) -> bool:
     return cfg.MODEL.META_ARCHITECTURE == InstaOrderNet.__name__
 
 
-def _process_and_batch_faults(cfg: CfgNode, args: object, training: bool) -> list[str]:
+def _process_and_batch_faults(cfg: CfgNode, args: argparse.Namespace, training: bool) -> list[str]:
     gpus, machines = getattr(args, "num_gpus", 1), getattr(args, "num_machines", 1)
     faults = process_faults(
         gpus,
@@ -124,7 +125,7 @@ def _process_and_batch_faults(cfg: CfgNode, args: object, training: bool) -> lis
         backend_for(cfg.MODEL.DEVICE),
     )
     if training and not faults:
-        faults += batch_faults(cfg, world_size(gpus, machines))
+        faults += batch_faults(cfg, process_count(gpus, machines))
     return faults
 
 
@@ -367,7 +368,7 @@ def _data_faults(
     return faults, len(records), images, files
 
 
-def config_faults(cfg: CfgNode, args: object) -> list[str]:
+def config_faults(cfg: CfgNode, args: argparse.Namespace) -> list[str]:
     """The faults :func:`check_run` finds without reading any dataset (steps 1-4 of the module
     docstring); ``args`` as for :func:`check_run`."""
     eval_only = bool(getattr(args, "eval_only", False))
@@ -413,7 +414,7 @@ def config_faults(cfg: CfgNode, args: object) -> list[str]:
     return faults
 
 
-def check_run(cfg: CfgNode, args: object) -> PreflightSummary:
+def check_run(cfg: CfgNode, args: argparse.Namespace) -> PreflightSummary:
     """Check the run of ``cfg`` with the command line ``args`` before anything starts.
 
     Args:

@@ -202,7 +202,7 @@ def evaluate(
     """Evaluate ``model`` on every dataset of ``DATASETS.TEST``.
 
     Prints the results table and writes ``OUTPUT_DIR/eval_results.json`` (main process).
-    ``random_init`` (module -> weights left random, allowed by ``--allow-random-init``) is
+    ``random_init`` (module -> weight tensors left random, allowed by ``--allow-random-init``) is
     added to the results as ``"random_init"`` and printed under the table.
 
     Returns:

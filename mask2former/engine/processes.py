@@ -29,8 +29,8 @@ __all__ = [
     "find_free_port",
     "launch",
     "local_rank",
+    "process_count",
     "process_faults",
-    "world_size",
 ]
 
 _LOCAL_RANK = 0
@@ -59,7 +59,7 @@ def backend_for(device: str) -> str:
     return "nccl" if str(device).startswith("cuda") else "gloo"
 
 
-def world_size(num_gpus_per_machine: int, num_machines: int = 1) -> int:
+def process_count(num_gpus_per_machine: int, num_machines: int = 1) -> int:
     """Processes of the job: ``WORLD_SIZE`` under torchrun, else machines x processes each."""
     if _torchrun_env():
         return int(os.environ["WORLD_SIZE"])
