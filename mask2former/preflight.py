@@ -3,8 +3,8 @@ existence can tell before any process starts, so that a run never trains for day
 fails in its evaluation.
 
 Each check returns fault lines (one per fault, naming the keys and values at fault); a project
-collects them over its own checks and raises :class:`PreflightError` with all of them
-(``instaformer.preflight`` is this project's). The checks here know Mask2Former only:
+collects them over its own checks and raises :class:`PreflightError` with all of them. The
+checks here know Mask2Former only:
 
 * :func:`registry_faults`: every ``MODEL.*NAME`` in its registry (the known names listed);
 * :func:`dataset_name_faults`, :func:`load_datasets`: the datasets registered, non-empty and

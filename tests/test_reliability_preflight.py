@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,8 @@ import torch
 from scripts import load_script
 
 from instaformer.config import setup_cfg
+from instaformer.data import register_synthetic_instaorder
+from instaformer.data.datasets import SYNTHETIC_SUBDIR
 from instaformer.modeling import build_model
 from instaformer.train import cli, parse_args
 from mask2former.engine import launch
@@ -29,7 +32,9 @@ DEBUG_HINT = "instaformer-train: (add --debug or set INSTAFORMER_DEBUG=1 for the
 
 @pytest.fixture(autouse=True)
 def _datasets(synthetic_datasets, monkeypatch):
+    # other tests of this process may have registered the twin's names elsewhere
     monkeypatch.setenv("DETECTRON2_DATASETS", str(synthetic_datasets))
+    register_synthetic_instaorder(str(synthetic_datasets / SYNTHETIC_SUBDIR))
 
 
 def _refused(
@@ -121,12 +126,14 @@ def test_fewer_queries_than_segments_are_refused_before_training(
 
 
 @pytest.fixture()
-def datasets_copy(synthetic_datasets, tmp_path, monkeypatch) -> Path:
+def datasets_copy(synthetic_datasets, tmp_path, monkeypatch) -> Iterator[Path]:
     """A copy of the synthetic twin that a test may damage."""
     root = tmp_path / "datasets"
     shutil.copytree(synthetic_datasets, root)
     monkeypatch.setenv("DETECTRON2_DATASETS", str(root))
-    return root / "synthetic_instaorder" / "coco"
+    register_synthetic_instaorder(str(root / SYNTHETIC_SUBDIR))
+    yield root / SYNTHETIC_SUBDIR / "coco"
+    register_synthetic_instaorder(str(synthetic_datasets / SYNTHETIC_SUBDIR))
 
 
 def test_missing_images_and_pngs_are_counted_before_training(capsys, tmp_path, datasets_copy):
