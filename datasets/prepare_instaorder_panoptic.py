@@ -37,6 +37,7 @@ import numpy as np
 from tqdm import tqdm
 
 from instaformer.data.datasets import load_json_object
+from instaformer.data.duplicates import check_instaorder_duplicates, check_panoptic_duplicates
 from instaformer.data.io import DataError, read_panoptic_ids
 from instaformer.data.relations import build_order_matrices, check_record_types
 from mask2former.structures import decode_segmentation
@@ -99,6 +100,8 @@ def convert_split(
     *,
     progress: bool = True,
     source: str = "InstaOrder file",
+    instances_source: str = "COCO instances file",
+    panoptic_source: str = "COCO panoptic file",
 ) -> tuple[dict[str, Any], Counter]:
     """Build the InstaOrder Panoptic JSON object of one split.
 
@@ -106,14 +109,17 @@ def convert_split(
         instaorder, instances, panoptic: the parsed ``InstaOrder_``, ``instances_`` and
             ``panoptic_{split}2017.json``.
         panoptic_dir: folder of the panoptic PNGs.
-        source: the InstaOrder file's name, used in messages.
+        source, instances_source, panoptic_source: the three files' names, used in messages.
     Returns:
         ``(output, summary)``: the JSON object ([DS 5.3]) and counts of what was kept
         and dropped, keyed by a readable reason (``"images kept"``, ``"instances unmatched"``,
         ``"images dropped: fewer than two matched instances"``, ``"records skipped: ..."``).
     Raises:
         DataError: a missing key, a missing or corrupt PNG, a PNG whose size differs from its
-            image entry.
+            image entry; a repeated image id or file name, two order records or two panoptic
+            annotations for one image, a segment id repeated in one image, a repeated COCO
+            instance id (:mod:`instaformer.data.duplicates`; the message names the file and the
+            ids).
     """
     for name, data, keys in (
         ("InstaOrder", instaorder, ("annotations",)),
@@ -123,6 +129,8 @@ def convert_split(
         for key in keys:
             if key not in data:
                 raise DataError(f"{name} file has no top-level '{key}'")
+    check_instaorder_duplicates(instaorder, source, instances, instances_source)
+    check_panoptic_duplicates(panoptic, panoptic_source)
     isthing = {c["id"]: bool(c["isthing"]) for c in panoptic["categories"]}
     images = {img["id"]: img for img in panoptic["images"]}
     coco_anns = {a["id"]: a for a in instances["annotations"]}
@@ -293,6 +301,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                 paths["panoptic_dir"],
                 progress=not args.no_progress,
                 source=paths["instaorder"],
+                instances_source=paths["instances"],
+                panoptic_source=paths["panoptic"],
             )
             if out is None:
                 out = _open_dest(stack, dest_dir, splits, inputs)

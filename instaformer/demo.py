@@ -44,6 +44,7 @@ from instaformer.demo_utils import (
 from instaformer.errors import run_cli
 from instaformer.model_zoo import model_args
 from instaformer.predictor import BACKENDS, Predictor
+from mask2former.utils.argtypes import float_range, int_range
 from mask2former.utils.outputs import require_dir
 
 logger = logging.getLogger("instaformer.demo")
@@ -76,15 +77,18 @@ def get_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--confidence-threshold",
-        type=float,
+        type=float_range(0.0, 1.0),
         default=None,
-        help="minimum class score of a segment (MODEL.MASK_FORMER.TEST.OBJECT_MASK_THRESHOLD)",
+        help="minimum class score of a segment, 0-1 (MODEL.MASK_FORMER.TEST.OBJECT_MASK_THRESHOLD)",
     )
     parser.add_argument(
         "--masks", action="store_true", help="include COCO RLE masks of the segments in the JSON"
     )
     parser.add_argument(
-        "--max-frames", type=int, default=None, help="stop a video/webcam after this many frames"
+        "--max-frames",
+        type=int_range(1),
+        default=None,
+        help="stop a video/webcam after this many frames (at least 1)",
     )
     parser.add_argument(
         "--full-resolution",
@@ -129,8 +133,6 @@ def main(argv: list[str] | None = None) -> int:
     opts = list(rest) + list(args.opts)
     if args.confidence_threshold is not None:
         opts += ["MODEL.MASK_FORMER.TEST.OBJECT_MASK_THRESHOLD", str(args.confidence_threshold)]
-    if args.max_frames is not None and args.max_frames < 1:
-        parser.error(f"--max-frames must be at least 1; got {args.max_frames}")
     show = args.output is None
     if not show:
         require_dir(args.output, "--output")

@@ -25,6 +25,8 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+from collections import Counter
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
@@ -44,6 +46,7 @@ __all__ = [
     "load_torch_file",
     "M2FCheckpointer",
     "path_manager",
+    "unloaded_modules",
 ]
 
 logger = logging.getLogger(__name__)
@@ -312,6 +315,34 @@ def _check_finite(state: dict[str, Any], model_keys: set[str], path: str) -> Non
             "A model loaded from it would give empty or meaningless results; use a checkpoint "
             "saved before training diverged."
         )
+
+
+def unloaded_modules(keys: Sequence[str], unloaded: Iterable[str]) -> list[tuple[str, int]]:
+    """``unloaded`` keys of a state dict with ``keys``, summarised by module: each key is given
+    to the largest module (dotted prefix) all of whose keys are unloaded.
+
+    Returns:
+        ``[(module, number of its keys), ...]`` in state-dict order; the module is ``""`` when
+        no key was loaded at all, the key itself when its module holds loaded keys too.
+    """
+    missing = set(unloaded) & set(keys)
+    if missing and len(missing) == len(set(keys)):
+        return [("", len(missing))]
+    total: Counter = Counter()
+    absent: Counter = Counter()
+    for key in keys:
+        parts = key.split(".")
+        for depth in range(1, len(parts) + 1):
+            prefix = ".".join(parts[:depth])
+            total[prefix] += 1
+            absent[prefix] += key in missing
+    groups: Counter = Counter()
+    for key in keys:
+        if key in missing:
+            parts = key.split(".")
+            prefixes = (".".join(parts[:d]) for d in range(1, len(parts) + 1))
+            groups[next(p for p in prefixes if absent[p] == total[p])] += 1
+    return list(groups.items())
 
 
 def format_report(path: str, report: dict[str, list]) -> str:

@@ -110,3 +110,45 @@ def test_wrongly_typed_records_are_skipped_naming_file_and_record(root, tmp_path
     assert "'segmentation' of type str" in caplog.text
     out = json.loads((tmp_path / "out/InstaOrderPanoptic_val2017.json").read_text())
     assert out["annotations"] == []
+
+
+@pytest.mark.parametrize(
+    ("name", "edit", "message"),
+    [
+        (
+            "InstaOrder_val2017.json",
+            lambda d: d["annotations"].append(d["annotations"][0]),
+            r"InstaOrder_val2017\.json: duplicates .*: image ids with more than one order record: ",
+        ),
+        (
+            "panoptic_val2017.json",
+            lambda d: d["annotations"][0]["segments_info"].append(
+                d["annotations"][0]["segments_info"][0]
+            ),
+            r"panoptic_val2017\.json: duplicates .*: segments listed twice in one segments_info: "
+            r"image_id \d+ \(segment ids \d+\)$",
+        ),
+        (
+            "panoptic_val2017.json",
+            lambda d: d["images"][1].update(id=d["images"][0]["id"]),
+            r"panoptic_val2017\.json: duplicates .*: image ids used by more than one entry of "
+            r"'images': \d+$",
+        ),
+        (
+            "instances_val2017.json",
+            lambda d: d["annotations"][1].update(id=d["annotations"][0]["id"]),
+            r"instances_val2017\.json: duplicates .*: annotation ids used by more than one "
+            r"instance: \d+$",
+        ),
+    ],
+)
+def test_duplicates_are_refused_naming_file_and_ids(root, tmp_path, name, edit, message):
+    path = root / "coco" / "annotations" / name
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data))
+    inputs = _digests(root)
+    dest = tmp_path / "out"
+    with pytest.raises(DataError, match=message):
+        _run(root, dest, "--val")
+    assert not dest.exists() and _digests(root) == inputs

@@ -26,6 +26,7 @@ from instaformer.config import ConfigError, setup_cfg
 from instaformer.data.check import check_dataset
 from instaformer.data.custom import check_num_classes, register_custom_datasets
 from mask2former.engine.lock import RunLockError
+from mask2former.utils.argtypes import int_range
 from mask2former.utils.outputs import OutputError, safe_relative
 
 
@@ -35,10 +36,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--datasets", nargs="+", default=None, help="dataset names (default: the config's)"
     )
-    parser.add_argument("--pictures", type=int, default=0, help="images drawn per dataset")
+    parser.add_argument("--pictures", type=int_range(0), default=0, help="images drawn per dataset")
     parser.add_argument("--output-dir", default=None, help="where the pictures go")
-    parser.add_argument("--max-faults", type=int, default=20, help="faulty images listed")
-    parser.add_argument("--max-images", type=int, default=None, help="check the first N only")
+    parser.add_argument("--max-faults", type=int_range(1), default=20, help="faulty images listed")
+    parser.add_argument(
+        "--max-images", type=int_range(1), default=None, help="check the first N only"
+    )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     args = parser.parse_args(argv)
     if args.pictures and not args.output_dir:

@@ -23,6 +23,7 @@ from instaformer.data.convert import convert_to_instaorder_panoptic
 from instaformer.data.example import make_example_dataset
 from instaformer.data.io import DataError
 from mask2former.engine.lock import RunLockError
+from mask2former.utils.argtypes import int_range
 from mask2former.utils.outputs import OutputError
 
 
@@ -36,10 +37,12 @@ def main(argv: list[str] | None = None) -> int:
     convert.add_argument("--out-panoptic", required=True, help="folder for the panoptic PNGs")
     example = sub.add_parser("example", help="write an example dataset in the simple format")
     example.add_argument("root", help="output folder")
-    example.add_argument("--num-train", type=int, default=40, help="training images")
-    example.add_argument("--num-val", type=int, default=10, help="validation images")
-    example.add_argument("--image-size", type=int, default=64, help="image side in pixels")
-    example.add_argument("--seed", type=int, default=0, help="random seed")
+    example.add_argument("--num-train", type=int_range(0), default=40, help="training images")
+    example.add_argument("--num-val", type=int_range(0), default=10, help="validation images")
+    example.add_argument(
+        "--image-size", type=int_range(32), default=64, help="image side in pixels"
+    )
+    example.add_argument("--seed", type=int_range(0), default=0, help="random seed")
     args = parser.parse_args(argv)
     if args.command == "example":
         counts = make_example_dataset(

@@ -46,6 +46,7 @@ from instaformer.deploy.export import (
 )
 from mask2former.config import CfgNode
 from mask2former.engine.lock import RunLockError
+from mask2former.utils.argtypes import int_range
 from mask2former.utils.outputs import OutputError, OutputFolder
 
 logger = logging.getLogger("instaformer.export")
@@ -70,9 +71,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config-file", required=True, metavar="FILE")
     parser.add_argument("--output", required=True, help="directory for the .pt2 (and .onnx) files")
-    parser.add_argument("--height", type=int, default=512, help="padded input height (pixels)")
-    parser.add_argument("--width", type=int, default=512, help="padded input width (pixels)")
-    parser.add_argument("--max-instances", type=int, default=256, help="largest n of the head")
+    parser.add_argument(
+        "--height", type=int_range(1), default=512, help="padded input height (pixels)"
+    )
+    parser.add_argument(
+        "--width", type=int_range(1), default=512, help="padded input width (pixels)"
+    )
+    parser.add_argument(
+        "--max-instances", type=int_range(2), default=256, help="largest n of the head"
+    )
     parser.add_argument("--onnx", action="store_true", help="also write ONNX files")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     args = parser.parse_args(argv)

@@ -56,6 +56,7 @@ from pathlib import Path
 
 from benchmark import load_benchmark
 
+from mask2former.utils.argtypes import float_range
 from mask2former.utils.atomic import atomic_write_bytes
 
 REPO = Path(__file__).resolve().parents[1]
@@ -543,7 +544,10 @@ def main(argv: list[str] | None = None) -> int:
         "--steps", nargs="+", choices=sorted(STEPS), default=list(STEPS), help="steps to run"
     )
     parser.add_argument(
-        "--budget-s", type=float, default=450.0, help="total seconds; later steps are skipped"
+        "--budget-s",
+        type=float_range(0.0),
+        default=450.0,
+        help="total seconds; later steps are skipped",
     )
     parser.add_argument("--run-step", choices=sorted(STEPS), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

@@ -18,6 +18,7 @@ import os
 
 from instaformer.data import datasets_root, make_synthetic_dataset
 from instaformer.data.datasets import SYNTHETIC_SUBDIR
+from mask2former.utils.argtypes import int_range
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -28,13 +29,17 @@ def main(argv: list[str] | None = None) -> None:
         help="output dataset root (coco/ is created in it); default "
         f"$DETECTRON2_DATASETS/{SYNTHETIC_SUBDIR}",
     )
-    parser.add_argument("--num-train", type=int, default=200, help="training images")
-    parser.add_argument("--num-val", type=int, default=50, help="validation images")
-    parser.add_argument("--image-size", type=int, default=128, help="image side in pixels")
+    parser.add_argument("--num-train", type=int_range(0), default=200, help="training images")
+    parser.add_argument("--num-val", type=int_range(0), default=50, help="validation images")
     parser.add_argument(
-        "--seed", type=int, default=0, help="random seed (output is a function of it)"
+        "--image-size", type=int_range(32), default=128, help="image side in pixels"
     )
-    parser.add_argument("--max-objects", type=int, default=5, help="most things per image (>= 2)")
+    parser.add_argument(
+        "--seed", type=int_range(0), default=0, help="random seed (output is a function of it)"
+    )
+    parser.add_argument(
+        "--max-objects", type=int_range(2), default=5, help="most things per image (>= 2)"
+    )
     args = parser.parse_args(argv)
     if args.root is None:
         args.root = os.path.join(datasets_root(), SYNTHETIC_SUBDIR)

@@ -39,6 +39,7 @@ from mask2former.utils.threads import ENV_THREADS
 import torch
 
 from mask2former.engine.lock import RunLockError
+from mask2former.utils.argtypes import int_range
 from mask2former.utils.atomic import atomic_write_bytes
 from mask2former.utils.outputs import OutputError, OutputFolder
 
@@ -50,14 +51,22 @@ GOALS = {("occlusion_order", "f1"): (">=", 80.0), ("depth_order", "ovlOX/WHDR_al
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--output-dir", default="output/quickstart", help="where everything goes")
-    parser.add_argument("--num-train", type=int, default=2000, help="synthetic training images")
-    parser.add_argument("--num-val", type=int, default=300, help="synthetic validation images")
-    parser.add_argument("--image-size", type=int, default=96, help="image side (pixels)")
-    parser.add_argument("--demo-images", type=int, default=4, help="val images shown by the demo")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the data and the training")
+    parser.add_argument(
+        "--num-train", type=int_range(1), default=2000, help="synthetic training images"
+    )
+    parser.add_argument(
+        "--num-val", type=int_range(1), default=300, help="synthetic validation images"
+    )
+    parser.add_argument("--image-size", type=int_range(32), default=96, help="image side (pixels)")
+    parser.add_argument(
+        "--demo-images", type=int_range(0), default=4, help="val images shown by the demo"
+    )
+    parser.add_argument(
+        "--seed", type=int_range(0), default=0, help="seed of the data and the training"
+    )
     parser.add_argument(
         "--threads",
-        type=int,
+        type=int_range(1),
         default=None,
         help=f"CPU threads (default: the cores available to this process; same as {ENV_THREADS})",
     )

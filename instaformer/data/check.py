@@ -2,11 +2,13 @@
 
 Shape shorthand: H, W image size; n annotated thing segments of an image.
 
-Every image goes through what training and evaluation read: the category list, the JSON, each
-image and panoptic PNG (decoded; sizes compared), each segment (present in its PNG, no PNG id
-without a segment), the order labels (parsed, no contradiction, only segments that exist) and
-the ``instaorder_panoptic`` mapper. Faults name the file, image and value at fault; a report
-also counts images, instances per image, segments per category and labelled pairs per class.
+Every image goes through what training and evaluation read: the category list, the JSON (its
+loader refuses repeated image ids, order records, segment ids and file names, see
+:mod:`instaformer.data.duplicates`), each image and panoptic PNG (decoded; sizes compared), each
+segment (present in its PNG, no PNG id without a segment), the order labels (parsed, no
+contradiction, only segments that exist) and the ``instaorder_panoptic`` mapper. Faults name
+the file, image and value at fault; a report also counts images, instances per image, segments
+per category and labelled pairs per class.
 Pictures of the ground truth use the demo's drawing code (:func:`instaformer.demo_utils.render`);
 they follow mask2former/utils/outputs.py: they are written once the check is done, with the
 folder locked, and a picture never replaces a file this check did not write (two images of

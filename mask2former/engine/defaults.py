@@ -16,6 +16,7 @@ import torch
 from mask2former.config import CfgNode
 from mask2former.engine.lock import hold_output_dir
 from mask2former.utils import comm
+from mask2former.utils.argtypes import int_range
 from mask2former.utils.atomic import atomic_write_bytes
 from mask2former.utils.logger import setup_logger
 from mask2former.utils.outputs import require_dir
@@ -56,10 +57,15 @@ def default_argument_parser(description: str | None = None) -> argparse.Argument
         help="continue from OUTPUT_DIR/last_checkpoint (model, optimizer, schedule, iteration)",
     )
     parser.add_argument("--eval-only", action="store_true", help="evaluate MODEL.WEIGHTS and exit")
-    parser.add_argument("--num-gpus", type=int, default=1, help="processes per machine")
-    parser.add_argument("--num-machines", type=int, default=1, help="total number of machines")
+    parser.add_argument("--num-gpus", type=int_range(1), default=1, help="processes per machine")
     parser.add_argument(
-        "--machine-rank", type=int, default=0, help="rank of this machine (0 .. num-machines-1)"
+        "--num-machines", type=int_range(1), default=1, help="total number of machines"
+    )
+    parser.add_argument(
+        "--machine-rank",
+        type=int_range(0),
+        default=0,
+        help="rank of this machine (0 .. num-machines-1)",
     )
     parser.add_argument(
         "--dist-url",

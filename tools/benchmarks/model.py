@@ -25,6 +25,8 @@ from pathlib import Path
 
 import torch
 
+from mask2former.utils.argtypes import int_range
+
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = {
     "swin-t": "configs/instaorder/occlusion_depth/all/swin/maskformer2_swin_tiny_bs16_50ep.yaml",
@@ -35,9 +37,11 @@ CONFIGS = {
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--models", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument("--threads", type=int, default=2, help="CPU threads (torch)")
-    parser.add_argument("--size", type=int, default=512, help="square input side (pixels)")
-    parser.add_argument("--repeats", type=int, default=5, help="timed runs (median reported)")
+    parser.add_argument("--threads", type=int_range(1), default=2, help="CPU threads (torch)")
+    parser.add_argument("--size", type=int_range(1), default=512, help="square input side (pixels)")
+    parser.add_argument(
+        "--repeats", type=int_range(1), default=5, help="timed runs (median reported)"
+    )
     parser.add_argument(
         "--clock",
         choices=("wall", "process"),
