@@ -232,10 +232,7 @@ def build_app(cache: PredictorCache) -> gr.Blocks:
                 image = gr.Image(label="image", elem_id="input-image")
                 default = choices[0] if choices[0] == QUICKSTART_LABEL else DEFAULT_ZOO_MODEL
                 model = gr.Dropdown(choices, value=default, label="model", elem_id="model")
-                threshold = gr.Slider(
-                    0.0, 1.0, value=0.8, step=0.05, label="min. segment score", elem_id="score"
-                )
-                fields: list[gr.components.Component] = []
+                fields: list[gr.components.Component] = []  # config, checkpoint, overrides
                 if cache.hosted:
                     gr.Markdown("The released InstaFormer models, downloaded on first use.")
                 else:
@@ -250,6 +247,10 @@ def build_app(cache: PredictorCache) -> gr.Blocks:
                         ),
                     ]
                     gr.Markdown(f"The config file and checkpoint are used with *{CUSTOM_LABEL}*.")
+                threshold = gr.Slider(
+                    0.0, 1.0, value=0.8, step=0.05, label="min. segment score", elem_id="score"
+                )
+                if not cache.hosted:
                     fields.append(
                         gr.Textbox(label="config overrides (KEY VALUE ...)", elem_id="overrides")
                     )
