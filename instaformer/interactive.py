@@ -180,8 +180,8 @@ def read_upload(path: str) -> tuple[np.ndarray, str]:
 
 def weights_warning(predictor: Predictor) -> str:
     """A line that marks what the predictor's model computes without trained weights: all of it
-    (no checkpoint), or the weights its checkpoint did not fill; empty when the checkpoint filled
-    the model, or when the model was given ready-made."""
+    (no checkpoint), or the parameters its checkpoint did not fill; empty when the checkpoint
+    filled every parameter, or when the model was given ready-made."""
     random = predictor.random_weights
     if not random:
         return ""

@@ -287,8 +287,8 @@ class Predictor:
         self.cfg.freeze()
         self.fit_test_size = fit_test_size
         self._logged_fit = False
-        # The model's weights (state_dict keys) that MODEL.WEIGHTS left random: all of them when
-        # it is empty; None for a given model (unknown).
+        # The model's parameters that MODEL.WEIGHTS left random (by name): all of them when it is
+        # empty; None for a given model (unknown).
         self.random_weights: list[str] | None = None
         if model is None:
             # on MODEL.DEVICE, or the CPU without CUDA
@@ -416,13 +416,14 @@ class Predictor:
 
 
 def _build_and_load(cfg: CfgNode) -> tuple[nn.Module, list[str]]:
-    """The model with ``MODEL.WEIGHTS`` loaded, and the names of the weights left random."""
+    """The model with ``MODEL.WEIGHTS`` loaded, and the names of the parameters left random."""
     from instaformer.modeling import build_model
 
     model = build_model(cfg)
+    parameters = [name for name, _ in model.named_parameters()]
     if not cfg.MODEL.WEIGHTS:
         logger.warning("MODEL.WEIGHTS is empty: the model is randomly initialised")
-        return model, list(model.state_dict())
+        return model, parameters
     if "://" not in cfg.MODEL.WEIGHTS and not os.path.isfile(cfg.MODEL.WEIGHTS):
         raise FileNotFoundError(f"MODEL.WEIGHTS file not found: {cfg.MODEL.WEIGHTS}")
     from mask2former.checkpoint import M2FCheckpointer, format_report
@@ -432,7 +433,8 @@ def _build_and_load(cfg: CfgNode) -> tuple[nn.Module, list[str]]:
     )
     if any(report.values()):
         logger.warning("%s", format_report(cfg.MODEL.WEIGHTS, report))
-    return model, report["missing_keys"] + [key for key, _, _ in report["incorrect_shapes"]]
+    not_loaded = set(report["missing_keys"]) | {key for key, _, _ in report["incorrect_shapes"]}
+    return model, [name for name in parameters if name in not_loaded]
 
 
 def _segment(info: dict[str, Any], panoptic: np.ndarray, class_names: Sequence[str]) -> Segment:
