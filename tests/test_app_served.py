@@ -219,10 +219,18 @@ def test_a_server_path_as_the_image_is_refused(hosted, scene):
     assert answer.startswith("event: error") and counting.calls == calls
 
 
-def test_hosted_mode_from_the_flag_or_a_space():
+def test_hosted_mode_from_the_flag_or_a_space(monkeypatch):
     assert not app.hosted_mode(False, {})
     assert app.hosted_mode(True, {})
     assert app.hosted_mode(False, {"SPACE_ID": "someone/instaformer"})
+    caches = []
+    monkeypatch.setattr(app, "serve", lambda cache, host, port, **kw: caches.append(cache))
+    monkeypatch.delenv("SPACE_ID", raising=False)
+    app.main([])
+    app.main(["--hosted"])
+    monkeypatch.setenv("SPACE_ID", "someone/instaformer")
+    app.main([])
+    assert [cache.hosted for cache in caches] == [False, True, True]
 
 
 def test_host_and_port_are_left_to_gradio_unless_given(monkeypatch):
