@@ -287,8 +287,12 @@ class Predictor:
         self.cfg.freeze()
         self.fit_test_size = fit_test_size
         self._logged_fit = False
+        # The model's parameters that MODEL.WEIGHTS left random (by name): all of them when it is
+        # empty; None for a given model (unknown).
+        self.random_weights: list[str] | None = None
         if model is None:
-            model = _build_and_load(self.cfg)  # on MODEL.DEVICE, or the CPU without CUDA
+            # on MODEL.DEVICE, or the CPU without CUDA
+            model, self.random_weights = _build_and_load(self.cfg)
             self.device = next(model.parameters()).device
         else:
             self.device = available_device(self.cfg.MODEL.DEVICE)
@@ -411,23 +415,26 @@ class Predictor:
         return result_from_output(output, self.class_names, self.tasks)
 
 
-def _build_and_load(cfg: CfgNode) -> nn.Module:
+def _build_and_load(cfg: CfgNode) -> tuple[nn.Module, list[str]]:
+    """The model with ``MODEL.WEIGHTS`` loaded, and the names of the parameters left random."""
     from instaformer.modeling import build_model
 
     model = build_model(cfg)
-    if cfg.MODEL.WEIGHTS:
-        if "://" not in cfg.MODEL.WEIGHTS and not os.path.isfile(cfg.MODEL.WEIGHTS):
-            raise FileNotFoundError(f"MODEL.WEIGHTS file not found: {cfg.MODEL.WEIGHTS}")
-        from mask2former.checkpoint import M2FCheckpointer, format_report
-
-        report = M2FCheckpointer(model, save_to_disk=False).load_weights(
-            cfg.MODEL.WEIGHTS, min_share=cfg.MODEL.WEIGHTS_MIN_SHARE
-        )
-        if any(report.values()):
-            logger.warning("%s", format_report(cfg.MODEL.WEIGHTS, report))
-    else:
+    parameters = [name for name, _ in model.named_parameters()]
+    if not cfg.MODEL.WEIGHTS:
         logger.warning("MODEL.WEIGHTS is empty: the model is randomly initialised")
-    return model
+        return model, parameters
+    if "://" not in cfg.MODEL.WEIGHTS and not os.path.isfile(cfg.MODEL.WEIGHTS):
+        raise FileNotFoundError(f"MODEL.WEIGHTS file not found: {cfg.MODEL.WEIGHTS}")
+    from mask2former.checkpoint import M2FCheckpointer, format_report
+
+    report = M2FCheckpointer(model, save_to_disk=False).load_weights(
+        cfg.MODEL.WEIGHTS, min_share=cfg.MODEL.WEIGHTS_MIN_SHARE
+    )
+    if any(report.values()):
+        logger.warning("%s", format_report(cfg.MODEL.WEIGHTS, report))
+    not_loaded = set(report["missing_keys"]) | {key for key, _, _ in report["incorrect_shapes"]}
+    return model, [name for name in parameters if name in not_loaded]
 
 
 def _segment(info: dict[str, Any], panoptic: np.ndarray, class_names: Sequence[str]) -> Segment:

@@ -16,6 +16,9 @@ large-file confirmation page); any other URL with ``requests``.
   leaves nothing under the final name. The sha256 of every download is logged.
 * A failure raises :class:`DownloadError` naming the URL and the path where the file can be put
   by hand (then nothing is downloaded).
+* A cached file that turns out bad (the wrong size here, or a file the checkpoint loader cannot
+  read) is moved aside by :func:`set_aside` to ``<name>.bad-<YYYYmmdd-HHMMSS>``, with a log
+  line, so that the next run downloads it again; the bad copy stays there to be inspected.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -45,8 +49,10 @@ __all__ = [
     "check_url",
     "download",
     "fetch",
+    "in_cache",
     "is_remote",
     "register_scheme",
+    "set_aside",
 ]
 
 logger = logging.getLogger(__name__)
@@ -127,6 +133,29 @@ def cache_path(url: str, file_name: str | None = None) -> Path:
     return cache_dir() / f"{digest}-{_safe_name(os.path.basename(file_name))}"
 
 
+def in_cache(path: str | os.PathLike) -> bool:
+    """True when ``path`` is a file directly inside :func:`cache_dir` (a download)."""
+    return Path(path).resolve().parent == cache_dir().resolve()
+
+
+def set_aside(path: str | os.PathLike) -> Path | None:
+    """Rename the cached file ``path`` to ``<name>.bad-<YYYYmmdd-HHMMSS>`` (logged) so that the
+    next :func:`download` fetches it again; ``None`` when another process moved it first."""
+    source = Path(path)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    target = source.with_name(f"{source.name}.bad-{stamp}")
+    number = 1
+    while target.exists():
+        number += 1
+        target = source.with_name(f"{source.name}.bad-{stamp}-{number}")
+    try:
+        os.rename(source, target)
+    except FileNotFoundError:
+        return None
+    logger.warning("moved %s aside to %s: the next run downloads it again", source, target)
+    return target
+
+
 def _is_loopback(host: str | None) -> bool:
     if host is None:
         return False
@@ -192,7 +221,8 @@ def download(
     """Download ``remote`` into the cache unless it is already there; return its path.
 
     A file already at :func:`cache_path` is used without any request (its size is checked when
-    known). Otherwise the body goes to a temporary folder inside the cache, is checked against
+    known: a copy of the wrong size is moved aside by :func:`set_aside` and fetched again).
+    Otherwise the body goes to a temporary folder inside the cache, is checked against
     ``size``/``sha256`` and only then renamed into place.
 
     Raises:
@@ -204,12 +234,16 @@ def download(
     check_url(remote.url)
     target = cache_path(remote.url, remote.file_name)
     if target.is_file():
-        if remote.size is not None and target.stat().st_size != remote.size:
-            raise DownloadError(
-                f"{target} (cached copy of {remote.url}) has {target.stat().st_size} bytes, "
-                f"expected {remote.size}: delete it to download again"
-            )
-        return target
+        if remote.size is None or target.stat().st_size == remote.size:
+            return target
+        logger.warning(
+            "%s (cached copy of %s) has %d bytes, expected %d",
+            target,
+            remote.url,
+            target.stat().st_size,
+            remote.size,
+        )
+        set_aside(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix=".partial-", dir=target.parent))
     try:
