@@ -111,7 +111,7 @@ def test_public_op_runs_triton_in_the_interpreter(caplog: pytest.LogCaptureFixtu
 def test_cases_span_query_blocks() -> None:
     from mask2former.modeling.ops.triton_kernel import _blocks
 
-    block_q, block_d = _blocks(QUERIES, HEAD_DIM)
+    block_q, block_d = _blocks(HEAD_DIM)
     assert block_d == HEAD_DIM and 1 < -(-QUERIES // block_q) and QUERIES % block_q != 0
 
 

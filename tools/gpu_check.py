@@ -486,7 +486,7 @@ def step_train_net(ctx: StepContext) -> None:
 # name -> (function, timeout in seconds on the GPU machine, needs CUDA), in the order they run:
 # the compile-heavy inference steps last, so that a spent time budget costs the fewest figures.
 STEPS: dict[str, tuple[Callable[[StepContext], None], int, bool]] = {
-    "ops_triton": (step_ops_triton, 60, True),
+    "ops_triton": (step_ops_triton, 90, True),
     "ops_cuda": (step_ops_cuda, 180, True),
     "op_bench": (step_op_bench, 90, False),
     "train_step": (step_train_step, 60, False),

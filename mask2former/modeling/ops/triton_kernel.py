@@ -242,16 +242,17 @@ def device_status(device: torch.device) -> tuple[bool, str]:
     )
 
 
-def _blocks(lq: int, dh: int) -> tuple[int, int]:
+def _blocks(dh: int) -> tuple[int, int]:
+    """``(BLOCK_Q, BLOCK_D)``: all Dh channels of up to 64 queries per program. Independent of
+    Lq, so that one compilation serves every image size."""
     block_d = triton.next_power_of_2(max(dh, 1))
-    block_q = max(1, min(_MAX_BLOCK_Q, _MAX_TILE // block_d, triton.next_power_of_2(max(lq, 1))))
-    return block_q, block_d
+    return max(1, min(_MAX_BLOCK_Q, _MAX_TILE // block_d)), block_d
 
 
 def _launch_args(value: Tensor, sampling_locations: Tensor) -> tuple[tuple[int], dict[str, Any]]:
     b, s, m, dh = value.shape
     _, lq, _, num_levels, num_points, _ = sampling_locations.shape
-    block_q, block_d = _blocks(lq, dh)
+    block_q, block_d = _blocks(dh)
     num_q_blocks = triton.cdiv(lq, block_q)
     meta = {
         "S": s,
