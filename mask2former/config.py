@@ -333,8 +333,9 @@ def get_base_cfg() -> CfgNode:
     _C.SOLVER.CLIP_GRADIENTS.CLIP_VALUE = 1.0  # clip threshold (value, or max norm)
     _C.SOLVER.CLIP_GRADIENTS.NORM_TYPE = 2.0  # p of the p-norm for "norm" ("full_model": always 2)
     _C.SOLVER.AMP = CfgNode()
-    _C.SOLVER.AMP.ENABLED = False  # mixed precision training (CUDA only; ignored on CPU)
-    _C.SOLVER.AMP.PRECISION = "float16"  # "float16" (with a grad scaler) or "bfloat16"
+    _C.SOLVER.AMP.ENABLED = False  # mixed precision training (torch.autocast on MODEL.DEVICE)
+    # "float16" (with a grad scaler; CUDA only, float32 on the CPU) or "bfloat16" (CUDA and CPU)
+    _C.SOLVER.AMP.PRECISION = "float16"
 
     _C.TEST = CfgNode()
     _C.TEST.EVAL_PERIOD = 0  # iterations between evaluations during training; 0 = only at the end

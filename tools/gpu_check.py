@@ -7,19 +7,22 @@ machine); docs/benchmarks.md ("GPU") lists the wheels and the exact command. Ste
 own process with its own timeout, so that a failure, a hang or an out-of-memory error in one
 loses none of the others:
 
-1. ``ops_cuda``: build the deformable-attention CUDA kernels just in time (ninja) and run
+1. ``ops_triton``: ``pytest tests/test_ops_triton.py``, the Triton kernels of the
+   deformable attention against the PyTorch path on CUDA tensors;
+2. ``ops_cuda``: build the deformable-attention CUDA kernels just in time (ninja) and run
    ``pytest tests/test_ops_cuda.py``;
-2. ``op_bench``: the op at 1024^2 input, forward and forward+backward, kernel against the
-   PyTorch path (``tools/benchmarks/op.py``);
-3. ``inference_swin_t``, ``inference_r50``: InstaFormer^od at 800 x 1333 with ground-truth rows
+3. ``op_bench``: the op at 1024^2 input, forward and forward+backward, float32 and bfloat16,
+   Triton and compiled kernels against the PyTorch path (``tools/benchmarks/op.py``);
+4. ``inference_swin_t``, ``inference_r50``: InstaFormer^od at 800 x 1333 with ground-truth rows
    with n annotated instances (inputs of ``tools/benchmarks/instaformer.py``), float32,
-   bfloat16 autocast and ``torch.compile`` (backbone and pixel decoder / transformer decoder):
-   images/s, peak GPU memory, share of the order head;
-4. ``train_step``: Swin-T od, batch 2 at 1024^2, bfloat16 autocast, the released frozen recipe
+   bfloat16 autocast and ``torch.compile`` (backbone and pixel decoder / transformer decoder)
+   with the compiled kernels (when ``ops_cuda`` built them; else Triton), and float32 with the
+   Triton kernels: images/s, peak GPU memory, share of the order head, Triton / compiled time;
+5. ``train_step``: Swin-T od, batch 2 at 1024^2, bfloat16 autocast, the released frozen recipe
    (adapters and order head train) and everything trainable: step time and peak memory;
-5. ``instaordernet``: InstaOrderNet^od, N = 10 instances, all pairs batched against one input
+6. ``instaordernet``: InstaOrderNet^od, N = 10 instances, all pairs batched against one input
    per forward pass (``tools/benchmarks/instaordernet.py``);
-6. ``train_net``: ``train_net.py --num-gpus 1`` with AMP on the synthetic twin for
+7. ``train_net``: ``train_net.py --num-gpus 1`` with AMP on the synthetic twin for
    ``TRAIN_NET_ITERS`` iterations; passes when the logged loss falls (metrics are written every
    20 iterations, as medians over the last 20, so two windows are compared; a dry run trains
    two iterations and only checks that the loss is finite).
@@ -29,10 +32,12 @@ step ``status`` passed / failed / timeout / skipped, ``seconds``, ``cpu_seconds`
 ``results``; and the goals of :data:`GOALS`, met / missed / not measured),
 ``gpu_check.log`` (everything the steps print), ``steps/<name>.json`` (a step's own results,
 kept when it times out half-way) and ``work/`` (synthetic data, training output).
-Steps run in the order 1, 2, 4, 5, 6, 3 (the compile-heavy inference last) within
-``--budget-s``. ``--dry-run`` runs the same code on the CPU with tiny models and shapes (about
-half a minute of CPU time, one thread per step); the steps that need CUDA are recorded as
-skipped. Exit status: 0 when no step failed or timed out.
+Steps run in the order 1, 2, 3, 5, 6, 7, 4 (the compile-heavy inference last) within
+``--budget-s``; each records the deformable-attention path it ran (``msda_path``). The goals
+(:data:`GOALS`) are printed at the end with their ratios. ``--dry-run`` runs the same code on the
+CPU with tiny models and shapes (about half a minute of CPU time, one thread per step; the
+Triton rows only with ``TRITON_INTERPRET=1``, in Triton's interpreter); the steps that need CUDA
+are recorded as skipped. Exit status: 0 when no step failed or timed out.
 """
 
 from __future__ import annotations
@@ -138,6 +143,36 @@ def _timed(fn: Callable[[], object], device: str, repeats: int) -> float:
 # Steps (each runs in its own process: ``--run-step NAME``)
 
 
+def _pytest(ctx: StepContext, test_file: str) -> None:
+    """``pytest test_file`` in a fresh process; records its summary; raises when it fails."""
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test_file],
+        cwd=REPO,
+        text=True,
+        capture_output=True,
+    )
+    print(result.stdout + result.stderr, end="")
+    summary = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
+    ctx.record("pytest_summary", summary)
+    ctx.record("pytest_exit_code", result.returncode)
+    if result.returncode != 0:
+        raise RuntimeError(f"pytest {test_file} exited with {result.returncode}")
+
+
+def _msda_path(device: str) -> str:
+    """The deformable-attention path ``ms_deform_attn`` takes for tensors on ``device`` now."""
+    import torch
+
+    from mask2former.modeling.ops.dispatch import select_path
+
+    return select_path(torch.empty(0, device=device))[0]
+
+
+def step_ops_triton(ctx: StepContext) -> None:
+    """The Triton kernels against the PyTorch path, on CUDA tensors."""
+    _pytest(ctx, "tests/test_ops_triton.py")
+
+
 def step_ops_cuda(ctx: StepContext) -> None:
     """Just-in-time build of the kernels, then the kernel-against-PyTorch tests."""
     from mask2former.modeling.ops.kernel import kernel_status
@@ -148,18 +183,7 @@ def step_ops_cuda(ctx: StepContext) -> None:
     ctx.record("kernel_available", available)
     if not available:
         raise RuntimeError(f"the CUDA kernels did not build or load: {reason}")
-    result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_ops_cuda.py"],
-        cwd=REPO,
-        text=True,
-        capture_output=True,
-    )
-    print(result.stdout + result.stderr, end="")
-    summary = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
-    ctx.record("pytest_summary", summary)
-    ctx.record("pytest_exit_code", result.returncode)
-    if result.returncode != 0:
-        raise RuntimeError(f"pytest tests/test_ops_cuda.py exited with {result.returncode}")
+    _pytest(ctx, "tests/test_ops_cuda.py")
 
 
 def step_op_bench(ctx: StepContext) -> None:
@@ -179,12 +203,20 @@ def step_op_bench(ctx: StepContext) -> None:
         }
         if not rows:
             raise RuntimeError("tools/benchmarks/op.py printed no timings")
-        if "kernel" in rows and "pytorch" in rows:
-            for key in ("forward_ms", "forward_backward_ms"):
+        for key in ("forward_ms", "forward_backward_ms"):
+            if "kernel" in rows:
                 rows[f"speedup_{key}"] = rows["pytorch"][key] / rows["kernel"][key]
+            if "triton" in rows:
+                rows[f"speedup_triton_{key}"] = rows["pytorch"][key] / rows["triton"][key]
+            if "triton" in rows and "kernel" in rows:
+                rows[f"triton_vs_kernel_{key}"] = rows["triton"][key] / rows["kernel"][key]
+        ratios = {k: round(v, 2) for k, v in rows.items() if not isinstance(v, dict)}
+        print(f"{dtype} ratios: {ratios}")
         ctx.record(f"{dtype}_{size}px", rows)
-    if not ctx.dry_run and "kernel" not in ctx.results[f"float32_{size}px"]:
-        raise RuntimeError("the kernel was not timed (not available)")
+    if not ctx.dry_run:
+        missing = {"kernel", "triton"} - set(ctx.results[f"float32_{size}px"])
+        if missing:
+            raise RuntimeError(f"not timed (not available): {sorted(missing)}")
 
 
 def _input_with_ground_truth(n: int, stuff: int, h: int, w: int, seed: int) -> dict:
@@ -244,10 +276,17 @@ def _build(ctx: StepContext, config: str, opts: list[str] | None = None):
     return cfg, build_model(cfg)
 
 
-def _inference_mode(ctx: StepContext, config: str, mode: str, x: dict, repeats: int) -> dict:
-    """One precision mode: images/s, order-head share and peak memory (ground-truth rows)."""
+def _inference_mode(
+    ctx: StepContext, config: str, mode: str, backend: str, x: dict, repeats: int
+) -> dict:
+    """One precision mode (``float32``, ``bfloat16`` autocast or ``compile``) with one
+    deformable-attention backend (``INSTAFORMER_MSDA_BACKEND``, "" = automatic): images/s,
+    order-head share and peak memory (ground-truth rows)."""
     import torch
 
+    from mask2former.modeling.ops.dispatch import BACKEND_ENV
+
+    os.environ[BACKEND_ENV] = backend  # this step's process only
     cfg, model = _build(ctx, config)
     model.eval()
     load_benchmark("instaformer").realistic_masks(model, x["instances"].gt_masks)
@@ -274,6 +313,7 @@ def _inference_mode(ctx: StepContext, config: str, mode: str, x: dict, repeats: 
         head_s = _timed(head, ctx.device, repeats)
     return {
         "status": "passed",
+        "msda_path": _msda_path(ctx.device),
         "images_per_s": 1.0 / whole_s,
         "seconds_per_image": whole_s,
         "order_head_s": head_s,
@@ -284,6 +324,8 @@ def _inference_mode(ctx: StepContext, config: str, mode: str, x: dict, repeats: 
 
 
 def _inference(ctx: StepContext, config: str) -> None:
+    import torch
+
     h, w, n = (64, 96, 3) if ctx.dry_run else (800, 1344, 10)  # 1333 padded to a multiple of 32
     repeats = 1 if ctx.dry_run else 10
     modes = ["float32", "bfloat16"] if ctx.dry_run else ["float32", "bfloat16", "compile"]
@@ -291,9 +333,30 @@ def _inference(ctx: StepContext, config: str) -> None:
         ctx.record("compile", {"status": "skipped", "reason": "dry run (CPU)"})
     x = _input_with_ground_truth(n, 2 if ctx.dry_run else 8, h, w, seed=0)  # n + stuff <= queries
     ctx.record("input", {"height": h, "width": w, "instances": n, "repeats": repeats})
+    # the compiled kernels when ops_cuda built them (loaded from its cache), else automatic
+    kernel = "cuda" if _kernel_built(ctx) else ""
     for mode in modes:
-        ctx.record(mode, _inference_mode(ctx, config, mode, x, repeats))
+        ctx.record(mode, _inference_mode(ctx, config, mode, kernel, x, repeats))
         _reset_peak(ctx.device)
+    from mask2former.modeling.ops.dispatch import triton_status
+
+    available, reason = triton_status(torch.device(ctx.device))
+    if not available:
+        ctx.record("float32_triton", {"status": "skipped", "reason": reason})
+        return
+    ctx.record("float32_triton", _inference_mode(ctx, config, "float32", "triton", x, repeats))
+    if ctx.results["float32"]["msda_path"] == "cuda":
+        ratio = ctx.results["float32_triton"]["seconds_per_image"]
+        ctx.record(
+            "triton_vs_kernel_seconds_per_image",
+            ratio / ctx.results["float32"]["seconds_per_image"],
+        )
+
+
+def _kernel_built(ctx: StepContext) -> bool:
+    """Whether the ``ops_cuda`` step of this run built and loaded the compiled kernels."""
+    path = ctx.output_dir / "steps" / "ops_cuda.json"
+    return path.is_file() and json.loads(path.read_text()).get("kernel_available") is True
 
 
 def step_inference_swin_t(ctx: StepContext) -> None:
@@ -424,12 +487,13 @@ def step_train_net(ctx: StepContext) -> None:
 # name -> (function, timeout in seconds on the GPU machine, needs CUDA), in the order they run:
 # the compile-heavy inference steps last, so that a spent time budget costs the fewest figures.
 STEPS: dict[str, tuple[Callable[[StepContext], None], int, bool]] = {
+    "ops_triton": (step_ops_triton, 90, True),
     "ops_cuda": (step_ops_cuda, 180, True),
-    "op_bench": (step_op_bench, 60, False),
+    "op_bench": (step_op_bench, 90, False),
     "train_step": (step_train_step, 60, False),
     "instaordernet": (step_instaordernet, 45, False),
     "train_net": (step_train_net, 90, False),
-    "inference_swin_t": (step_inference_swin_t, 150, False),
+    "inference_swin_t": (step_inference_swin_t, 180, False),
     "inference_r50": (step_inference_r50, 120, False),
 }
 CACHES = {
@@ -448,6 +512,27 @@ GOALS = [
         lambda r: r["float32_1024px"]["speedup_forward_backward_ms"],
         ">=",
         3.0,
+    ),
+    (
+        "triton_forward_backward_speedup_1024px",
+        "op_bench",
+        lambda r: r["float32_1024px"]["speedup_triton_forward_backward_ms"],
+        ">=",
+        3.0,
+    ),
+    (
+        "triton_vs_kernel_forward_backward_1024px",
+        "op_bench",
+        lambda r: r["float32_1024px"]["triton_vs_kernel_forward_backward_ms"],
+        "<=",
+        1.5,
+    ),
+    (
+        "swin_t_triton_vs_kernel_inference_float32",
+        "inference_swin_t",
+        lambda r: r["triton_vs_kernel_seconds_per_image"],
+        "<=",
+        1.05,
     ),
     (
         "swin_t_order_head_share_float32",
@@ -595,6 +680,9 @@ def main(argv: list[str] | None = None) -> int:
             report["total_s"] = round(time.perf_counter() - start, 1)
             _atomic_write_json(report_path, report)
             print(f"[gpu_check] {name}: {entry['status']} {entry['reason']}".rstrip(), flush=True)
+    for name, goal in report["goals"].items():
+        value = "-" if goal["value"] is None else f"{goal['value']:.3g}"
+        print(f"[gpu_check] goal {name}: {value} (goal {goal['bound']}): {goal['status']}")
     bad = [n for n, e in report["steps"].items() if e["status"] in ("failed", "timeout")]
     print(f"[gpu_check] report: {report_path}; failed or timed out: {bad or 'none'}")
     return 1 if bad else 0

@@ -325,18 +325,21 @@ class MaskFormer(nn.Module):
         padded_size: tuple[int, int],
         results: Sequence[str] | None = None,
     ) -> list[dict]:
-        """Per image results (see :meth:`postprocess_image`)."""
+        """Per image results (see :meth:`postprocess_image`), computed in float32 also under
+        autocast: the results hold float32 scores and probabilities."""
         wanted = self.check_results(results)
-        mask_pred_results = self.upsample_masks(outputs["pred_masks"], padded_size)
-        per_image = []
-        for mask_cls, mask_pred, x, size in zip(
-            outputs["pred_logits"], mask_pred_results, batched_inputs, image_sizes, strict=True
-        ):
-            height = x.get("height", size[0])
-            width = x.get("width", size[1])
-            per_image.append(
-                self.postprocess_image(mask_cls, mask_pred, size, height, width, wanted)
-            )
+        logits = outputs["pred_logits"]
+        with torch.autocast(logits.device.type, enabled=False):
+            mask_pred_results = self.upsample_masks(outputs["pred_masks"].float(), padded_size)
+            per_image = []
+            for mask_cls, mask_pred, x, size in zip(
+                logits.float(), mask_pred_results, batched_inputs, image_sizes, strict=True
+            ):
+                height = x.get("height", size[0])
+                width = x.get("width", size[1])
+                per_image.append(
+                    self.postprocess_image(mask_cls, mask_pred, size, height, width, wanted)
+                )
         return per_image
 
     def postprocess_image(

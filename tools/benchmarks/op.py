@@ -1,9 +1,11 @@
 """Multi-scale deformable attention op: forward and forward+backward time per implementation.
 
 Implementations: ``per_level`` (the released per-level grid_sample formulation,
-``reference.ms_deform_attn_grid_sample``), ``pytorch`` (our PyTorch path) and, on CUDA when
-the kernels build, ``kernel``. Inputs are random and shaped like Mask2Former's pixel decoder:
-levels at 1/8, 1/16 and 1/32 of a square input, one query per value position (Lq = S).
+``reference.ms_deform_attn_grid_sample``), ``pytorch`` (our PyTorch path), ``triton`` (the Triton
+kernels: on CUDA, or on the CPU in Triton's interpreter with ``TRITON_INTERPRET=1``, which is for
+checking, not timing) and, on CUDA when the kernels build, ``kernel``. Inputs are random and
+shaped like Mask2Former's pixel decoder: levels at 1/8, 1/16 and 1/32 of a square input, one
+query per value position (Lq = S).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from collections.abc import Callable
 
 import torch
 
+from mask2former.modeling.ops.dispatch import triton_status
 from mask2former.modeling.ops.kernel import kernel_status, ms_deform_attn_kernel
 from mask2former.modeling.ops.pytorch_impl import ms_deform_attn_pytorch
 from mask2former.modeling.ops.reference import ms_deform_attn_grid_sample, random_inputs
@@ -55,6 +58,13 @@ def _implementations(device: torch.device, im2col_step: int) -> dict[str, Callab
         "per_level": lambda v, s, i, loc, w: ms_deform_attn_grid_sample(v, s, loc, w),
         "pytorch": lambda v, s, i, loc, w: ms_deform_attn_pytorch(v, s, loc, w),
     }
+    available, reason = triton_status(device)
+    if available:
+        from mask2former.modeling.ops.triton_kernel import ms_deform_attn_triton
+
+        impls["triton"] = lambda v, s, i, loc, w: ms_deform_attn_triton(v, s, i, loc, w)
+    else:
+        print(f"triton skipped: {reason}")
     if device.type == "cuda":
         available, reason = kernel_status()
         if available:
