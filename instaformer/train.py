@@ -253,7 +253,9 @@ def _load_for_evaluation(cfg: CfgNode, model: nn.Module, allow_random: bool) -> 
 
 def metric_sinks(cfg: CfgNode) -> list[MetricSink]:
     """The further outputs of the training metrics: a Weights & Biases run with
-    ``WANDB.METRICS`` (project ``WANDB.PROJECT``, the config attached), else none.
+    ``WANDB.METRICS`` (project ``WANDB.PROJECT``, the config attached, its local files in
+    ``OUTPUT_DIR/wandb`` rather than the current folder unless ``WANDB_DIR`` names one), else
+    none.
 
     Raises:
         ImportError: ``WANDB.METRICS`` is True and ``wandb`` is not installed.
@@ -266,7 +268,8 @@ def metric_sinks(cfg: CfgNode) -> list[MetricSink]:
         raise ImportError(
             "WANDB.METRICS is True but `wandb` is not installed: pip install wandb"
         ) from err
-    return [wandb.init(project=cfg.WANDB.PROJECT, config={"yaml": cfg.dump()})]
+    local = os.environ.get("WANDB_DIR") or os.path.abspath(cfg.OUTPUT_DIR)
+    return [wandb.init(project=cfg.WANDB.PROJECT, config={"yaml": cfg.dump()}, dir=local)]
 
 
 def build_trainer(cfg: CfgNode) -> Trainer:

@@ -21,12 +21,16 @@ Under ``root`` the generator writes the layout of ``datasets/README.md``: ``coco
 JPEGs, ``coco/panoptic_{split}2017`` PNGs and in ``coco/annotations/`` the files
 ``panoptic_``, ``instances_``, ``InstaOrder_`` and ``InstaOrderPanoptic_{split}2017.json``.
 Everything is a deterministic function of the arguments.
+
+``root`` is an output folder of :mod:`mask2former.utils.outputs`: locked while it is written,
+every file recorded in its ``.instaformer-written.jsonl``; before the first file is written,
+every output name is checked, and a file there that the generator did not write (or that was
+changed since) is refused, so writing the twin again replaces only its own earlier files.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +41,7 @@ from PIL import Image
 from instaformer.data.datasets import register_instaorder, register_instaorder_panoptic
 from mask2former.data.coco_categories import COCO_CATEGORIES
 from mask2former.structures import encode_rle, id2rgb, mask_bbox
+from mask2former.utils.outputs import OutputFolder
 
 __all__ = ["SYNTHETIC_THING_CLASSES", "make_synthetic_dataset", "register_synthetic_instaorder"]
 
@@ -61,6 +66,9 @@ _MIN_CROWD_AREA = 0.002  # smallest visible area of the crowd, as a fraction of 
 _MIN_GAP = 0.03  # smallest gap between things that do not occlude each other (of the side)
 _PLACE_TRIES = 10
 _MAX_TRIES = 100
+_TOOL = "make_synthetic_dataset"  # the writer's name in the output folder's record
+_FIRST_IMAGE_ID = {"train": 1, "val": 900_001}
+_ANNOTATION_FILES = ("panoptic", "InstaOrderPanoptic", "instances", "InstaOrder")
 
 
 @dataclass
@@ -206,21 +214,28 @@ def _rle(mask: np.ndarray, compressed: bool) -> dict[str, Any]:
     return {"size": list(mask.shape), "counts": counts}
 
 
+def _output_names(split: str, num_images: int) -> list[str]:
+    """Every file (relative to ``root``) that :func:`_write_split` writes for ``split``."""
+    stems = [f"{_FIRST_IMAGE_ID[split] + n:012d}" for n in range(num_images)]
+    return (
+        [f"coco/{split}2017/{stem}.jpg" for stem in stems]
+        + [f"coco/panoptic_{split}2017/{stem}.png" for stem in stems]
+        + [f"coco/annotations/{kind}_{split}2017.json" for kind in _ANNOTATION_FILES]
+    )
+
+
 def _write_split(
-    root: str,
+    out: OutputFolder,
     split: str,
     num_images: int,
     size: tuple[int, int],
     rng: np.random.Generator,
-    first_image_id: int,
     max_objects: int,
 ) -> list[dict[str, Any]]:
-    coco = os.path.join(root, "coco")
-    image_dir = os.path.join(coco, f"{split}2017")
-    png_dir = os.path.join(coco, f"panoptic_{split}2017")
-    ann_dir = os.path.join(coco, "annotations")
-    for d in (image_dir, png_dir, ann_dir):
-        os.makedirs(d, exist_ok=True)
+    first_image_id = _FIRST_IMAGE_ID[split]
+    image_dir = f"coco/{split}2017"
+    png_dir = f"coco/panoptic_{split}2017"
+    ann_dir = "coco/annotations"
     h, w = size
     images, pan_anns, inst_anns, orders, truth = [], [], [], [], []
     next_instance_id = first_image_id * 100
@@ -234,9 +249,8 @@ def _write_split(
             raise RuntimeError(f"could not place the objects of image {image_id} in {w}x{h}")
         labels, things = scene["labels"], scene["things"]
         stem = f"{image_id:012d}"
-        Image.fromarray(_render(rng, labels, things)).save(
-            os.path.join(image_dir, stem + ".jpg"), quality=95
-        )
+        picture = Image.fromarray(_render(rng, labels, things))
+        out.write(f"{image_dir}/{stem}.jpg", lambda tmp, p=picture: p.save(tmp, quality=95))
         images.append({"id": image_id, "file_name": stem + ".jpg", "height": h, "width": w})
 
         # Segments: (label in the map, category, iscrowd); ids random and distinct.
@@ -264,7 +278,8 @@ def _write_split(
             )
         order = rng.permutation(len(segments)).tolist()
         segments = [segments[i] for i in order]
-        Image.fromarray(id2rgb(id_map)).save(os.path.join(png_dir, stem + ".png"))
+        ids_png = Image.fromarray(id2rgb(id_map))
+        out.write(f"{png_dir}/{stem}.png", lambda tmp, p=ids_png: p.save(tmp, format="PNG"))
 
         # COCO instances: every thing (modal masks) and the crowd.
         instance_of_label = {}
@@ -344,11 +359,13 @@ def _write_split(
         "images": images,
     }
     _dump(
-        os.path.join(ann_dir, f"panoptic_{split}2017.json"),
+        out,
+        f"{ann_dir}/panoptic_{split}2017.json",
         {**panoptic, "annotations": [_without_instaorder(a) for a in pan_anns]},
     )
     _dump(
-        os.path.join(ann_dir, f"InstaOrderPanoptic_{split}2017.json"),
+        out,
+        f"{ann_dir}/InstaOrderPanoptic_{split}2017.json",
         {**panoptic, "annotations": pan_anns},
         indent=4,
     )
@@ -358,7 +375,8 @@ def _write_split(
         if c["isthing"]
     ]
     _dump(
-        os.path.join(ann_dir, f"instances_{split}2017.json"),
+        out,
+        f"{ann_dir}/instances_{split}2017.json",
         {
             "info": panoptic["info"],
             "licenses": [],
@@ -367,7 +385,7 @@ def _write_split(
             "categories": things_categories,
         },
     )
-    _dump(os.path.join(ann_dir, f"InstaOrder_{split}2017.json"), {"annotations": orders})
+    _dump(out, f"{ann_dir}/InstaOrder_{split}2017.json", {"annotations": orders})
     return truth
 
 
@@ -389,9 +407,12 @@ def _without_instaorder(ann: dict) -> dict:
     return {k: v for k, v in ann.items() if k != "instaorder"}
 
 
-def _dump(path: str, data: Any, indent: int | None = None) -> None:
-    with open(path, "w") as f:
-        json.dump(data, f, indent=indent)
+def _dump(out: OutputFolder, name: str, data: Any, indent: int | None = None) -> None:
+    def write(tmp: str) -> None:
+        with open(tmp, "w") as f:
+            json.dump(data, f, indent=indent)
+
+    out.write(name, write)
 
 
 def make_synthetic_dataset(
@@ -402,6 +423,7 @@ def make_synthetic_dataset(
     seed: int = 0,
     *,
     max_objects: int = 5,
+    what: str = "root",
 ) -> dict[str, list[dict[str, Any]]]:
     """Render and write the synthetic twin under ``root`` (see the module docstring).
 
@@ -410,6 +432,11 @@ def make_synthetic_dataset(
         image_size: side, or (height, width), in pixels.
         seed: the output is a deterministic function of all arguments.
         max_objects: at most this many things per image (at least 2).
+        what: the flag or argument that named ``root``, for messages (``"--root"``).
+    Raises:
+        mask2former.utils.outputs.OutputError: ``root`` is empty, or an output name holds a
+            file (or link) the generator did not write; nothing is written then.
+        mask2former.engine.lock.RunLockError: another run writes into ``root``.
     Returns:
         ``{"train": [...], "val": [...]}``, the ground truth per image: ``image_id`` and
         ``segments`` in ``segments_info`` order, each ``{id, iscrowd, category_id, z,
@@ -422,10 +449,12 @@ def make_synthetic_dataset(
     if min(size) < 32:
         raise ValueError(f"image_size must be at least 32 pixels, got {image_size}")
     rng = np.random.default_rng(seed)
+    counts = {split: n for split, n in (("train", num_train), ("val", num_val)) if n > 0}
     truth = {}
-    for split, count, first_id in (("train", num_train, 1), ("val", num_val, 900_001)):
-        if count > 0:
-            truth[split] = _write_split(root, split, count, size, rng, first_id, max_objects)
+    with OutputFolder(root, what=what, tool=_TOOL) as out:
+        out.check(name for split, n in counts.items() for name in _output_names(split, n))
+        for split, count in counts.items():
+            truth[split] = _write_split(out, split, count, size, rng, max_objects)
     return truth
 
 

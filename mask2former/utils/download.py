@@ -263,6 +263,7 @@ def download(
                 _by_hand(remote.url, target, f"{type(err).__name__}: {reason}")
             ) from err
         _check(remote, partial, hasher.hexdigest(), target)
+        _sync(partial)
         os.replace(partial, target)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -281,6 +282,16 @@ def _failures() -> tuple[type[BaseException], ...]:
     from gdown.exceptions import DownloadError as GdownError
 
     return (OSError, GdownError)
+
+
+def _sync(path: Path) -> None:
+    """Flush ``path`` to disk before it is renamed into place: after a crash the cache holds
+    the whole file or none, never an empty or partial one under the final name."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _by_hand(url: str, target: Path, reason: str) -> str:
