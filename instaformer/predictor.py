@@ -311,9 +311,7 @@ class Predictor:
                     "backend 'onnxruntime' exports a MaskFormer or InstaFormer model, got a "
                     f"{type(self.model).__name__}"
                 )
-            self._forward = OnnxRuntimeModel(
-                self.model, config_text=self.cfg.dump(), weights=self.cfg.MODEL.WEIGHTS
-            )
+            self._forward = OnnxRuntimeModel(self.model, config_text=self.cfg.dump())
         self.input_format = self.cfg.INPUT.FORMAT
         if self.input_format not in ("RGB", "BGR"):
             raise ValueError(f"INPUT.FORMAT must be 'RGB' or 'BGR'; got {self.input_format!r}")
