@@ -32,6 +32,7 @@ restored as ``int``.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.machinery
 import importlib.util
 import json
@@ -45,6 +46,8 @@ import instaordernet_reference as ref
 import numpy as np
 import torch
 from PIL import Image
+
+from mask2former.utils.atomic import atomic_write, atomic_write_bytes, atomic_write_path
 
 # Smallest accepted distance of a decision from a tie, in probability: logits within the tests'
 # 1e-4 tolerance move the symmetrised probabilities by less than 3e-5, so the matrices cannot flip.
@@ -104,10 +107,11 @@ def write_cases(output: Path) -> None:
     output.mkdir(parents=True, exist_ok=True)
     spec = {"cases": []}
     for name in PHOTOS:
-        Image.fromarray(_photo(name)).save(output / f"{name}.png", optimize=True)
+        photo = Image.fromarray(_photo(name))
+        atomic_write_path(output / f"{name}.png", functools.partial(photo.save, optimize=True))
         anns = [_annotation(p) for p in POLYGONS[name]]
         spec["cases"].append({"name": name, "image": f"{name}.png", "annotations": anns})
-    (output / ref.CASES_FILE).write_text(json.dumps(spec, indent=1) + "\n")
+    atomic_write_bytes(output / ref.CASES_FILE, (json.dumps(spec, indent=1) + "\n").encode())
 
 
 def import_original(tree: Path) -> dict[str, Any]:
@@ -266,8 +270,8 @@ def main() -> None:
                     assert name not in grids or np.array_equal(grids[name], grid)
                     grids[name] = grid
             print(f"{task}: done")
-    (args.output / ref.OUTPUTS_FILE).write_text(json.dumps(outputs) + "\n")
-    np.savez_compressed(args.output / ref.RGB_GRID_FILE, **grids)
+    atomic_write_bytes(args.output / ref.OUTPUTS_FILE, (json.dumps(outputs) + "\n").encode())
+    atomic_write(args.output / ref.RGB_GRID_FILE, lambda f: np.savez_compressed(f, **grids))
 
 
 if __name__ == "__main__":
