@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from instaformer.config import get_cfg
-from instaformer.instaordernet.inputs import pair_windows, patch_mode_inputs, resize_mode_inputs
+from instaformer.instaordernet.inputs import PatchModeInputs, ResizeModeInputs, pair_windows
 from instaformer.instaordernet.network import (
     instaordernet_d,
     instaordernet_o,
@@ -71,7 +71,7 @@ def test_resize_and_patch_inputs():
     masks[1, 20:, 30:] = 1
     masks[2, 5:15, 40:50] = 1
     pairs = torch.tensor([[0, 1], [1, 0], [2, 0]])
-    x = resize_mode_inputs(image, masks, pairs, size=32)
+    x = ResizeModeInputs(image, masks, size=32)(pairs)
     assert x.shape == (3, 5, 32, 32)
     torch.testing.assert_close(x[0, 0], x[1, 1])
     assert set(x[:, :2].unique().tolist()) == {0.0, 1.0}
@@ -79,7 +79,7 @@ def test_resize_and_patch_inputs():
     # union of boxes 0 and 1: 60 x 40, side = max(sqrt(2*60*40), 66, 44) = 69.28 -> 69
     window = pair_windows(boxes, torch.tensor([[0, 1]]))[0].tolist()
     assert window == [-4, -14, 69]
-    p = patch_mode_inputs(image, masks, boxes, pairs, size=32, enlarge=None)
+    p = PatchModeInputs(image, masks, boxes, size=32, enlarge=None)(pairs)
     assert p.shape == (3, 5, 32, 32) and torch.isfinite(p).all()
 
 

@@ -30,7 +30,7 @@ from torchvision.ops import box_convert
 
 from instaformer.instaordernet import network
 from instaformer.instaordernet.data import INPUT_MODES
-from instaformer.instaordernet.inputs import patch_mode_inputs, resize_mode_inputs
+from instaformer.instaordernet.inputs import PatchModeInputs, ResizeModeInputs
 from instaformer.instaordernet.losses import depth_loss, occlusion_loss, swap_targets
 from instaformer.instaordernet.symmetrisation import (
     all_pairs,
@@ -150,11 +150,10 @@ class InstaOrderNet(nn.Module):
                 image = image.flip(0)
             instances = inp["instances"]
             boxes = None
-            if self.input_mode == "patch":
-                if instances.has("gt_boxes"):
-                    boxes = box_convert(instances.gt_boxes.float(), "xyxy", "xywh")
-                else:
-                    boxes = masks_to_xywh(instances.gt_masks)
+            if self.input_mode == "patch" and instances.has("gt_bbox_xywh"):
+                boxes = instances.gt_bbox_xywh  # the annotation's boxes, exact (float64)
+            elif self.input_mode == "patch" and instances.has("gt_boxes"):
+                boxes = box_convert(instances.gt_boxes.double(), "xyxy", "xywh")
             outputs.append(self.predict(image, instances.gt_masks, boxes))
         return outputs
 
@@ -194,23 +193,29 @@ class InstaOrderNet(nn.Module):
     ) -> dict[str, Tensor]:
         """Network logits of ordered pairs, ``pairs_per_forward`` inputs per forward pass.
 
+        The inputs are the original's, value for value, however the pairs are batched
+        ([ION 3.4], :mod:`instaformer.instaordernet.inputs`).
+
         Args:
-            image: Tensor[3, H, W] RGB float in [0, 1], on the model's device.
+            image: Tensor[3, H, W] RGB, uint8 or float in [0, 1] (quantised to 8 bits).
             masks: Tensor[K, H, W] bool.
-            boxes: Tensor[K, 4] xywh (patch mode) or None.
+            boxes: Tensor[K, 4] xywh (patch mode; float64 keeps annotation boxes exact) or None.
             ordered: Tensor[M, 2] int64 (A, B) instance indices.
         Returns:
             ``{task: Tensor[M, C_task]}`` logits in the InstaOrderNet convention.
         """
+        inputs: PatchModeInputs | ResizeModeInputs
+        if self.input_mode == "patch":
+            if boxes is None:
+                raise ValueError("patch mode needs the instances' boxes")
+            inputs = PatchModeInputs(
+                image, masks, boxes, self.input_size, self.test_box_enlarge, device=self.device
+            )
+        else:
+            inputs = ResizeModeInputs(image, masks, self.input_size, device=self.device)
         chunks: dict[str, list[Tensor]] = {t: [] for t in self.tasks}
         for start in range(0, ordered.shape[0], self.pairs_per_forward):
-            part = ordered[start : start + self.pairs_per_forward]
-            if self.input_mode == "patch":
-                x = patch_mode_inputs(
-                    image, masks, boxes, part, size=self.input_size, enlarge=self.test_box_enlarge
-                )
-            else:
-                x = resize_mode_inputs(image, masks, part, size=self.input_size)
+            x = inputs(ordered[start : start + self.pairs_per_forward])
             out = self.net(x.to(self.net.conv1.weight.dtype))
             for task in self.tasks:
                 chunks[task].append(out[task])
@@ -223,9 +228,11 @@ class InstaOrderNet(nn.Module):
         """Orders between all instances of one image (module docstring for the outputs).
 
         Args:
-            image: Tensor[3, H, W] RGB, uint8 (0-255) or float in [0, 1].
+            image: Tensor[3, H, W] RGB, uint8 (0-255) or float in [0, 1] (quantised to 8 bits,
+                ``round(255 x)``, as the network inputs are built from 8-bit images).
             masks: Tensor[K, H, W] bool instance masks.
-            boxes: Tensor[K, 4] float xywh boxes (patch mode only; None = tight mask boxes).
+            boxes: Tensor[K, 4] xywh boxes (patch mode only; None = tight mask boxes; float64
+                keeps annotation boxes exact).
         """
         if image.dim() != 3 or image.shape[0] != 3:
             raise ValueError(f"image must be Tensor[3, H, W], got shape {tuple(image.shape)}")
@@ -235,14 +242,10 @@ class InstaOrderNet(nn.Module):
                 f"got shape {tuple(masks.shape)}"
             )
         device = self.device
-        image = image.to(device)
-        image = image.float() / 255.0 if not image.is_floating_point() else image.float()
-        masks = masks.to(device).bool()
+        masks = masks.bool()
         k = masks.shape[0]
         if self.input_mode == "patch" and boxes is None:
             boxes = masks_to_xywh(masks)
-        if boxes is not None:
-            boxes = boxes.to(device).float()
         pairs = all_pairs(k, device=device)  # P x 2, i < j
         # (i, j) and (j, i) of a pair are adjacent, so a forward pass of 2 inputs is one pair.
         ordered = torch.stack([pairs, pairs.flip(1)], dim=1).reshape(-1, 2)  # 2P x 2
