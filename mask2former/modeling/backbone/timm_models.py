@@ -101,7 +101,8 @@ def create_timm_model(
     img_size: int = 0,
     key: str = "MODEL.TIMM",
 ) -> nn.Module:
-    """``timm.create_model(name, num_classes=0, ...)``: the trunk without its classifier.
+    """``timm.create_model(name, ...)`` without its classifier (``reset_classifier(0)``: the
+    model's forward returns pooled features Tensor[B, F]).
 
     Models timm marks as taking a fixed input size (ViTs, Swin) are built with
     ``dynamic_img_size=True``, so that their position embeddings are resampled to each input's
@@ -128,7 +129,7 @@ def create_timm_model(
     pretrained_cfg = _pretrained_cfg(name, key)
     if pretrained_file and not pretrained:
         raise ConfigError(f"{key}.PRETRAINED_FILE is set but {key}.PRETRAINED is False")
-    kwargs: dict[str, Any] = {"num_classes": 0}
+    kwargs: dict[str, Any] = {}
     if drop_path > 0:
         kwargs["drop_path_rate"] = drop_path
     if img_size > 0:
@@ -139,7 +140,9 @@ def create_timm_model(
     if file:
         kwargs["pretrained_cfg_overlay"] = {"file": file}
     try:
-        return timm.create_model(name, pretrained=pretrained, **kwargs)
+        # with the pretrained classifier in place timm loads the weights strictly (a file of
+        # another model fails instead of leaving random weights); it is removed afterwards
+        model = timm.create_model(name, pretrained=pretrained, **kwargs)
     except TypeError as err:
         if "dynamic_img_size" not in str(err):
             raise
@@ -156,6 +159,8 @@ def create_timm_model(
         if isinstance(err, OSError):
             raise _hub_error(name, pretrained_cfg.hf_hub_id, key, err) from err
         raise
+    model.reset_classifier(0)
+    return model
 
 
 def freeze_leading_groups(model: nn.Module, count: int) -> None:
