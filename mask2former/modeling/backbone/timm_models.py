@@ -152,9 +152,9 @@ def create_timm_model(
         ) from err
     except (OSError, RuntimeError) as err:
         if file:
+            source = f"{key}.PRETRAINED_FILE {file}" if pretrained_file else f"{file} (timm's URL)"
             raise ConfigError(
-                f"{key}.PRETRAINED_FILE {file} does not hold weights of timm model {name!r}: "
-                f"{_first_line(err)}"
+                f"{source} does not hold weights of timm model {name!r}: {_first_line(err)}"
             ) from err
         if isinstance(err, OSError):
             raise _hub_error(name, pretrained_cfg.hf_hub_id, key, err) from err
