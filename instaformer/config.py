@@ -152,6 +152,9 @@ def add_instaordernet_config(cfg: CfgNode) -> None:
     """Add the standalone InstaOrderNet keys (docs/reference.md [ION]; docs/instaordernet.md)."""
     net = cfg.MODEL.INSTAORDERNET = CfgNode()
     net.TASK = "od"  # "o" occlusion, "d" depth, "od" both heads on one trunk
+    # Pair-classifier trunk: "InstaOrderResNet" (the released 5-channel ResNet-50) or "timm" (the
+    # model of MODEL.TIMM, its first convolution widened to the two mask channels).
+    net.BACKBONE = "InstaOrderResNet"
     net.INPUT_MODE = "resize"  # "patch": square crop around the pair (o); "resize": whole image
     net.INPUT_SIZE = 384  # side (pixels) of the square network input (o: 256; d, od: 384)
     net.POSITIVE_RATIO = 0.7  # o training: probability of drawing an occluding cell ([ION 6])

@@ -469,3 +469,17 @@ def add_maskformer2_config(cfg: CfgNode) -> None:
     swin.PATCH_NORM = True  # LayerNorm after the patch embedding
     swin.OUT_FEATURES = ["res2", "res3", "res4", "res5"]  # stages returned
     swin.USE_CHECKPOINT = False  # activation checkpointing in the blocks (saves memory)
+
+    # Any timm model as the backbone (MODEL.BACKBONE.NAME "TimmBackbone"; docs/backbones.md).
+    tm = cfg.MODEL.TIMM = CfgNode()
+    tm.NAME = "convnext_tiny"  # a timm.list_models() name, optionally ".tag" choosing its weights
+    tm.PRETRAINED = False  # load timm's pretrained weights (its Hugging Face hub download/cache)
+    tm.PRETRAINED_FILE = ""  # weight file (path or https:// URL) used instead of the hub; "" = hub
+    # feature_info indices: the levels at strides 4-32 (hierarchical) or the block the ViT pyramid
+    # reads (plain ViT); [] = the last level at each stride / the last block.
+    tm.OUT_INDICES = []
+    tm.IMG_SIZE = 0  # side (pixels) a ViT's position embeddings are built for; 0 = the model's
+    tm.DROP_PATH = 0.0  # stochastic-depth rate of the trunk (timm's drop_path_rate)
+    # Leading timm parameter groups frozen: 0 none, k the stem and k-1 stages (or ViT blocks),
+    # -1 the whole trunk (a ViT's feature pyramid still trains).
+    tm.FREEZE_AT = 0

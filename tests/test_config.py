@@ -18,7 +18,12 @@ def _rel(path: Path) -> str:
 
 
 def test_config_tree_matches_the_released_file_names():
-    ours = {_rel(p) for p in CONFIG_FILES if _rel(p).startswith("configs/instaorder/")}
+    # timm/ folders hold the project's own timm-backbone examples (tests/test_timm_backbone.py)
+    ours = {
+        _rel(p)
+        for p in CONFIG_FILES
+        if _rel(p).startswith("configs/instaorder/") and "timm" not in p.parent.parts
+    }
     assert len(ours) == 39
     if REFERENCE_MANIFESTS.is_dir():
         released = {

@@ -6,8 +6,10 @@ P = K(K-1)/2 unordered pairs, S network input side, H x W image.
 docs/reference.md [ION 5] (losses, both input orders per step), [ION 8] (inference over every pair,
 both orders, symmetrised). Registered in ``META_ARCH_REGISTRY`` as "InstaOrderNet"
 (``MODEL.META_ARCHITECTURE``); the pair classifier itself is
-:class:`instaformer.instaordernet.network.InstaOrderResNet`, held as ``self.net`` (so released
-weights load into ``model.net``, see :func:`load_instaordernet_weights`).
+:class:`instaformer.instaordernet.network.InstaOrderResNet` (or, with
+``MODEL.INSTAORDERNET.BACKBONE`` "timm", :class:`~instaformer.instaordernet.network.TimmOrderNet`),
+held as ``self.net`` (so released weights load into ``model.net``, see
+:func:`load_instaordernet_weights`).
 
 Test outputs per image, in the project's matrix convention ([IF 0]), over the
 instances of ``input["instances"].gt_masks`` in their order:
@@ -47,7 +49,7 @@ from instaformer.vocabulary import (
     transpose_depth_labels,
 )
 from mask2former.checkpoint import load_torch_file
-from mask2former.config import CfgNode
+from mask2former.config import CfgNode, ConfigError
 from mask2former.modeling.configurable import configurable
 from mask2former.modeling.registry import META_ARCH_REGISTRY
 from mask2former.structures import masks_to_xywh
@@ -64,7 +66,7 @@ class InstaOrderNet(nn.Module):
     def __init__(
         self,
         *,
-        net: network.InstaOrderResNet,
+        net: nn.Module,
         input_mode: str,
         input_size: int,
         image_format: str = "RGB",
@@ -77,7 +79,8 @@ class InstaOrderNet(nn.Module):
     ) -> None:
         """
         Args:
-            net: the pair classifier (its ``tasks`` decide the outputs and losses).
+            net: the pair classifier, ``Tensor[B, 5, S, S] -> {task: logits}`` (its ``tasks``
+                decide the outputs and losses): InstaOrderResNet or TimmOrderNet.
             input_mode: "patch" (window around each pair, o) or "resize" (whole image, d/od).
             input_size: network input side S (pixels).
             image_format: channel order of ``input["image"]`` at test time, "RGB" or "BGR".
@@ -117,8 +120,17 @@ class InstaOrderNet(nn.Module):
             raise ValueError(
                 f"MODEL.INSTAORDERNET.TEST_BOX_ENLARGE must be >= 0, got {net_cfg.TEST_BOX_ENLARGE}"
             )
+        if net_cfg.BACKBONE == "InstaOrderResNet":
+            net: nn.Module = network.InstaOrderResNet(tasks=tasks)
+        elif net_cfg.BACKBONE == "timm":
+            net = network.build_timm_order_net(cfg, tasks)
+        else:
+            raise ConfigError(
+                f"MODEL.INSTAORDERNET.BACKBONE must be 'InstaOrderResNet' or 'timm', got "
+                f"{net_cfg.BACKBONE!r}"
+            )
         return {
-            "net": network.InstaOrderResNet(tasks=tasks),
+            "net": net,
             "input_mode": net_cfg.INPUT_MODE,
             "input_size": net_cfg.INPUT_SIZE,
             "image_format": cfg.INPUT.FORMAT,
@@ -136,7 +148,11 @@ class InstaOrderNet(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return self.net.conv1.weight.device
+        return next(self.net.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.net.parameters()).dtype
 
     def forward(self, batched_inputs: Sequence[dict[str, Any]]) -> Any:
         """Training: ``{"loss_occlusion", "loss_depth"}`` (the task's ones) from the mapper's
@@ -216,7 +232,7 @@ class InstaOrderNet(nn.Module):
         chunks: dict[str, list[Tensor]] = {t: [] for t in self.tasks}
         for start in range(0, ordered.shape[0], self.pairs_per_forward):
             x = inputs(ordered[start : start + self.pairs_per_forward])
-            out = self.net(x.to(self.net.conv1.weight.dtype))
+            out = self.net(x.to(self.dtype))
             for task in self.tasks:
                 chunks[task].append(out[task])
         return {t: torch.cat(v) for t, v in chunks.items()}
