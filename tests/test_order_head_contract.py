@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -34,12 +35,15 @@ def _doc_example() -> str:
 
 
 @pytest.fixture(scope="module")
-def area_head() -> type:
-    """The doc's head class, registered once per process."""
-    if "AreaOrderHead" not in ORDER_HEAD_REGISTRY:
-        namespace: dict = {}
-        exec(compile(_doc_example(), str(DOC), "exec"), namespace)  # the doc block itself
-    return ORDER_HEAD_REGISTRY.get("AreaOrderHead")
+def area_head() -> Iterator[type]:
+    """The doc's head class, registered for this module's tests and removed after them, so the
+    registry other test modules see (e.g. the names an error lists) is the shipped one."""
+    assert "AreaOrderHead" not in ORDER_HEAD_REGISTRY
+    namespace: dict = {}
+    exec(compile(_doc_example(), str(DOC), "exec"), namespace)  # the doc block itself
+    yield ORDER_HEAD_REGISTRY.get("AreaOrderHead")
+    # fvcore's Registry has no public removal; its name -> class map is `_obj_map`.
+    del ORDER_HEAD_REGISTRY._obj_map["AreaOrderHead"]
 
 
 def _cfg(*opts: str):

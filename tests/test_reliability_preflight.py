@@ -205,7 +205,7 @@ def test_unknown_names_list_the_known_ones_all_at_once(capsys, tmp_path):
         "('synthetic_train',)",
     )
     assert faults[:2] == [
-        "MODEL.BACKBONE.NAME 'resnet50' is not registered; known: D2SwinTransformer, "
+        "MODEL.BACKBONE.NAME 'resnet50' is not registered; known: D2SwinTransformer, TimmBackbone, "
         "build_resnet_backbone",
         "MODEL.GEOMETRIC_PREDICTOR.NAME 'Holistic' is not registered; known: "
         "GeometricTransformer, PairwiseResNet",
