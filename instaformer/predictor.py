@@ -424,10 +424,11 @@ def _build_and_load(cfg: CfgNode) -> tuple[nn.Module, list[str]]:
         return model, parameters
     if "://" not in cfg.MODEL.WEIGHTS and not os.path.isfile(cfg.MODEL.WEIGHTS):
         raise FileNotFoundError(f"MODEL.WEIGHTS file not found: {cfg.MODEL.WEIGHTS}")
+    from instaformer.model_zoo import fetch
     from mask2former.checkpoint import M2FCheckpointer, format_report
 
     report = M2FCheckpointer(model, save_to_disk=False).load_weights(
-        cfg.MODEL.WEIGHTS, min_share=cfg.MODEL.WEIGHTS_MIN_SHARE
+        fetch(cfg.MODEL.WEIGHTS), min_share=cfg.MODEL.WEIGHTS_MIN_SHARE
     )
     if any(report.values()):
         logger.warning("%s", format_report(cfg.MODEL.WEIGHTS, report))

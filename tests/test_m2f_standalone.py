@@ -3,8 +3,9 @@
 The package below InstaFormer reads only its own keys and never imports ``instaformer``. A
 subprocess (so no test of this session has imported ``instaformer`` into it) builds a tiny
 ResNet Mask2Former from ``get_base_cfg()`` + ``add_maskformer2_config()``, takes one training
-step and runs panoptic inference; a source scan finds no InstaFormer key or import in
-``mask2former/``.
+step and runs panoptic inference; another builds the same model as this process, which imported
+``instaformer`` (same state dict: importing it registers nothing that Mask2Former reads); a
+source scan finds no InstaFormer key or import in ``mask2former/``.
 """
 
 from __future__ import annotations
@@ -16,6 +17,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+import torch
+
+import instaformer.modeling  # noqa: F401  (InstaFormer's modules and registrations, imported)
 from instaformer.config import get_cfg
 from mask2former.config import CfgNode, add_maskformer2_config, get_base_cfg
 
@@ -24,31 +29,41 @@ PACKAGE = ROOT / "mask2former"
 # The trainer's Weights & Biases logging (WANDB.*) is read there until it moves up.
 ALLOWED = {"WANDB": {"engine/trainer.py"}}
 
+# A tiny plain Mask2Former, built with seed 0 from Mask2Former's config alone: ``tiny_maskformer``
+# (``extra`` are more overrides).
+BUILD = r"""
+import torch
+from mask2former.config import get_base_cfg, add_maskformer2_config
+from mask2former.modeling.registry import META_ARCH_REGISTRY
+import mask2former.modeling  # registers the modules
+
+def tiny_maskformer(extra=()):
+    cfg = get_base_cfg()
+    add_maskformer2_config(cfg)
+    cfg.merge_from_list([
+        "MODEL.DEVICE", "cpu",
+        "MODEL.RESNETS.STEM_OUT_CHANNELS", "8", "MODEL.RESNETS.RES2_OUT_CHANNELS", "16",
+        "MODEL.RESNETS.WIDTH_PER_GROUP", "4", "MODEL.RESNETS.OUT_FEATURES",
+        "['res2', 'res3', 'res4', 'res5']",
+        "MODEL.SEM_SEG_HEAD.NUM_CLASSES", "4", "MODEL.SEM_SEG_HEAD.CONVS_DIM", "32",
+        "MODEL.SEM_SEG_HEAD.MASK_DIM", "32", "MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS", "1",
+        "MODEL.MASK_FORMER.HIDDEN_DIM", "32", "MODEL.MASK_FORMER.DIM_FEEDFORWARD", "64",
+        "MODEL.MASK_FORMER.DEC_LAYERS", "3", "MODEL.MASK_FORMER.NUM_OBJECT_QUERIES", "6",
+        "MODEL.MASK_FORMER.TRAIN_NUM_POINTS", "64",
+        "MODEL.MASK_FORMER.TEST.PANOPTIC_ON", "True",
+        *extra,
+    ])
+    torch.manual_seed(0)
+    return META_ARCH_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE)(cfg)
+"""
+
 STANDALONE = r"""
 import json, math, sys
 import torch
-from mask2former.config import get_base_cfg, add_maskformer2_config
 from mask2former.modeling.adapters import ADAPTER_TYPES
-from mask2former.modeling.registry import META_ARCH_REGISTRY
 from mask2former.structures import Instances
-import mask2former.modeling  # registers the modules
 
-cfg = get_base_cfg()
-add_maskformer2_config(cfg)
-cfg.merge_from_list([
-    "MODEL.DEVICE", "cpu",
-    "MODEL.RESNETS.STEM_OUT_CHANNELS", "8", "MODEL.RESNETS.RES2_OUT_CHANNELS", "16",
-    "MODEL.RESNETS.WIDTH_PER_GROUP", "4", "MODEL.RESNETS.OUT_FEATURES",
-    "['res2', 'res3', 'res4', 'res5']",
-    "MODEL.SEM_SEG_HEAD.NUM_CLASSES", "4", "MODEL.SEM_SEG_HEAD.CONVS_DIM", "32",
-    "MODEL.SEM_SEG_HEAD.MASK_DIM", "32", "MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS", "1",
-    "MODEL.MASK_FORMER.HIDDEN_DIM", "32", "MODEL.MASK_FORMER.DIM_FEEDFORWARD", "64",
-    "MODEL.MASK_FORMER.DEC_LAYERS", "3", "MODEL.MASK_FORMER.NUM_OBJECT_QUERIES", "6",
-    "MODEL.MASK_FORMER.TRAIN_NUM_POINTS", "64",
-    "MODEL.MASK_FORMER.TEST.PANOPTIC_ON", "True",
-])
-torch.manual_seed(0)
-model = META_ARCH_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE)(cfg)
+model = tiny_maskformer()
 h, w = 48, 64
 masks = torch.zeros((2, h, w), dtype=torch.bool)
 masks[0, :24, :32] = True
@@ -81,7 +96,7 @@ print(json.dumps({
 def test_plain_mask2former_trains_and_infers_without_instaformer() -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
-        [sys.executable, "-c", STANDALONE],
+        [sys.executable, "-c", BUILD + STANDALONE],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -100,6 +115,47 @@ def test_plain_mask2former_trains_and_infers_without_instaformer() -> None:
     )
     assert out["panoptic_shape"] == [24, 32] and out["panoptic_dtype"] == "torch.int32"
     assert out["segment_ids_ok"]
+
+
+# Saves the state dict of ``tiny_maskformer(sys.argv[2:])`` to sys.argv[1]; fails if anything
+# imported ``instaformer``.
+SAVE_STATE = r"""
+import sys
+model = tiny_maskformer(sys.argv[2:])
+assert not any(m.split(".")[0] == "instaformer" for m in sys.modules), "instaformer imported"
+torch.save(model.state_dict(), sys.argv[1])
+"""
+
+
+@pytest.mark.parametrize(
+    "extra", [(), ("MODEL.MASK_FORMER.USE_ADAPTERS", "True")], ids=["plain", "adapters"]
+)
+def test_importing_instaformer_does_not_change_a_mask2former_model(
+    tmp_path: Path, extra: tuple[str, ...]
+) -> None:
+    """The same Mask2Former config builds the same model (state-dict names, shapes and values
+    for one seed) in a process without ``instaformer`` and in this one, which imported it."""
+    path = tmp_path / "state.pth"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-c", BUILD + SAVE_STATE, str(path), *extra],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "instaformer" in sys.modules and "instaformer.modeling" in sys.modules
+    namespace: dict = {}
+    exec(BUILD, namespace)
+    ours = namespace["tiny_maskformer"](extra).state_dict()
+    theirs = torch.load(path, weights_only=True)
+    assert list(ours) == list(theirs)
+    adapters = [k for k in ours if "adapter." in k or "adapter_layers" in k]
+    assert bool(adapters) == bool(extra)
+    for key, value in ours.items():
+        assert value.shape == theirs[key].shape and torch.equal(value, theirs[key]), key
 
 
 def _keys(node: CfgNode, prefix: str = "") -> set[str]:

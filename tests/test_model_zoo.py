@@ -89,7 +89,7 @@ def test_every_config_resolves_and_loads(entry):
     elif entry.family == "instaformer":
         task = entry.name.split("_")[1]
         assert (gp.OCCLUSION_ON, gp.DEPTH_ON) == ("o" in task, "d" in task)
-        assert not gp.PAIRWISE
+        assert gp.NAME == "GeometricTransformer"
     if "l_in21k" in entry.name:
         assert cfg.MODEL.MASK_FORMER.NUM_OBJECT_QUERIES == 200
     if "swin" in entry.name:
@@ -129,9 +129,9 @@ def test_zoo_name_downloads_once_with_progress(monkeypatch, cache, capsys):
             "instaformer_o_swin_t",
             url="https://drive.google.com/uc?id=ABC&export=download",
         )
-        path = download.fetch("zoo://instaformer_o_swin_t")
+        path = model_zoo.fetch("zoo://instaformer_o_swin_t")
         assert "100%" in capsys.readouterr().err
-        assert download.fetch("zoo://instaformer_o_swin_t") == path
+        assert model_zoo.fetch("zoo://instaformer_o_swin_t") == path
         assert [r.split("?")[0] for r in server.requests] == ["/uc", "/download"]
     assert Path(path) == download.cache_path(entry.url, "instaformer_o_swin_t.pth")
 
@@ -151,7 +151,7 @@ def test_predictor_from_pretrained_on_a_served_checkpoint(monkeypatch, cache, ti
             "instaformer_od_swin_t", device="cpu", opts=LOW_THRESHOLDS
         )
         assert server.requests == ["/tiny.pth"]
-    saved = torch.load(download.fetch("zoo://instaformer_od_swin_t"), weights_only=True)["model"]
+    saved = torch.load(model_zoo.fetch("zoo://instaformer_od_swin_t"), weights_only=True)["model"]
     for key, value in predictor.model.state_dict().items():
         assert torch.equal(value, saved[key]), key
     assert predictor.cfg.MODEL.WEIGHTS == "zoo://instaformer_od_swin_t"

@@ -221,9 +221,9 @@ def test_unknown_names_list_the_known_ones_all_at_once(capsys, tmp_path):
 
 
 def test_constructor_refusals_are_found_on_the_meta_device(capsys, tmp_path):
-    assert _refused(capsys, tmp_path, "MODEL.GEOMETRIC_PREDICTOR.METHOD", "cat") == [
-        "the model cannot be built from this config: MODEL.GEOMETRIC_PREDICTOR.METHOD = 'cat' is "
-        "not supported (only 'stack'): 'cat' and 'sep' were never released nor validated."
+    assert _refused(capsys, tmp_path, "MODEL.GEOMETRIC_PREDICTOR.DEPTH_LOSS", "l1") == [
+        "the model cannot be built from this config: MODEL.GEOMETRIC_PREDICTOR.DEPTH_LOSS must be "
+        "one of ('balanced_softmax', 'ce'), got 'l1'"
     ]
 
 
