@@ -1,15 +1,19 @@
-"""``mask2former`` stands alone: its config alone builds a working Mask2Former.
+"""The layers of the code: ``mask2former`` stands alone, the apps sit on top, no import cycle.
 
 The package below InstaFormer reads only its own keys and never imports ``instaformer``. A
 subprocess (so no test of this session has imported ``instaformer`` into it) builds a tiny
 ResNet Mask2Former from ``get_base_cfg()`` + ``add_maskformer2_config()``, takes one training
 step and runs panoptic inference; another builds the same model as this process, which imported
 ``instaformer`` (same state dict: importing it registers nothing that Mask2Former reads); a
-source scan finds no InstaFormer key or import in ``mask2former/``.
+source scan finds no InstaFormer key or import in ``mask2former/``. Inside ``instaformer``, no
+module below the apps (``instaformer/apps/``) imports the predictor or the apps, and no two
+modules of either package import each other, directly or through others (lazy imports inside
+functions count).
 """
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import re
@@ -199,3 +203,91 @@ def test_mask2former_sources_name_no_instaformer_key_or_import() -> None:
             line = text.count("\n", 0, match.start()) + 1
             found.append(f"mask2former/{rel}:{line}: imports instaformer")
     assert not found, "mask2former reads InstaFormer's keys or imports it:\n" + "\n".join(found)
+
+
+# Modules that sit above the model, data and config: the apps and the predictor they drive.
+TOP = ("instaformer.apps", "instaformer.predictor")
+# ``instaformer.Predictor``: the package's lazy attribute for the public entry point.
+TOP_ALLOWED = {"instaformer"}
+
+
+def _module_names() -> dict[str, Path]:
+    names = {}
+    for package in ("instaformer", "mask2former"):
+        for path in sorted((ROOT / package).rglob("*.py")):
+            name = path.relative_to(ROOT).with_suffix("").as_posix().replace("/", ".")
+            names[name.removesuffix(".__init__")] = path
+    return names
+
+
+def _imports(name: str, path: Path, known: dict[str, Path]) -> dict[str, int]:
+    """Modules of ``known`` that ``path`` imports, anywhere in the file except under
+    ``if TYPE_CHECKING:``, with the first line that does."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    skipped = {
+        id(n)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+        for n in ast.walk(node)
+    }
+    found: dict[str, int] = {}
+    for node in ast.walk(tree):
+        if id(node) in skipped:
+            continue
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*parts, base] if base else parts)
+            targets = [
+                f"{base}.{a.name}" if f"{base}.{a.name}" in known else base for a in node.names
+            ]
+        else:
+            continue
+        for target in targets:
+            if target in known:
+                found.setdefault(target, node.lineno)
+    return found
+
+
+def test_nothing_below_the_apps_imports_the_predictor_or_the_apps() -> None:
+    known = _module_names()
+    found = []
+    for name, path in known.items():
+        if name.startswith(TOP) or name in TOP_ALLOWED:
+            continue
+        for target, line in _imports(name, path, known).items():
+            if target.startswith(TOP):
+                found.append(f"{path.relative_to(ROOT)}:{line}: imports {target}")
+    assert not found, "a module below the apps imports the predictor or the apps:\n" + "\n".join(
+        found
+    )
+    # the scan sees the imports it looks for
+    apps = _imports("instaformer.apps.demo", known["instaformer.apps.demo"], known)
+    assert "instaformer.predictor" in apps and "instaformer.apps.demo_utils" in apps
+
+
+def test_no_import_cycle() -> None:
+    known = _module_names()
+    graph = {name: set(_imports(name, path, known)) for name, path in known.items()}
+    assert "instaformer.config" in graph["instaformer.model_zoo"]
+
+    def cycle_from(start: str) -> list[str] | None:
+        stack, seen = [(start, [start])], set()
+        while stack:
+            node, trail = stack.pop()
+            for nxt in sorted(graph[node]):
+                if nxt == start:
+                    return [*trail, start]
+                if nxt not in seen:
+                    seen.add(nxt)
+                    stack.append((nxt, [*trail, nxt]))
+        return None
+
+    cycles = [c for c in map(cycle_from, sorted(graph)) if c is not None]
+    assert not cycles, "modules that import each other:\n" + "\n".join(
+        " -> ".join(c) for c in cycles
+    )

@@ -13,7 +13,8 @@ from local_server import LocalServer, route_drive_to
 from PIL import Image
 from test_demo_predictor import LOW_THRESHOLDS, make_scene
 
-from instaformer import demo, model_zoo, train
+from instaformer import model_zoo, train
+from instaformer.apps import demo
 from instaformer.config import resolve_config_file, setup_cfg
 from instaformer.errors import run_cli
 from mask2former.utils import download
@@ -137,7 +138,8 @@ def test_zoo_name_downloads_once_with_progress(monkeypatch, cache, capsys):
 
 
 def test_predictor_from_pretrained_on_a_served_checkpoint(monkeypatch, cache, tiny_weights):
-    from instaformer.predictor import OrderResult, Predictor
+    from instaformer.predictor import Predictor
+    from instaformer.structures import OrderResult
 
     with LocalServer({"/tiny.pth": tiny_weights}) as server:
         served(

@@ -327,7 +327,7 @@ def test_released_configs_pass_the_config_checks(config: str) -> None:
 
 
 def _demo_main(argv: list[str]) -> None:
-    from instaformer.demo import main
+    from instaformer.apps.demo import main
 
     main(argv)
 

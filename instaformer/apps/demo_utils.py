@@ -3,10 +3,10 @@
 ``demo/demo.py`` is a thin command line over :func:`expand_inputs`, :func:`run_on_paths` and
 :func:`run_on_video`. Per image ``<stem>`` the output directory receives
 
-* ``<stem>_panoptic.png``: :func:`~instaformer.visualization.draw_panoptic`;
-* ``<stem>_occlusion.png`` (occlusion task): :func:`~instaformer.visualization.draw_occlusion`;
-* ``<stem>_depth.png`` (depth task): :func:`~instaformer.visualization.draw_depth`;
-* ``<stem>.json``: :meth:`~instaformer.predictor.OrderResult.to_json` plus the input path.
+* ``<stem>_panoptic.png``: :func:`~instaformer.apps.visualization.draw_panoptic`;
+* ``<stem>_occlusion.png`` (occlusion task): :func:`~instaformer.apps.visualization.draw_occlusion`;
+* ``<stem>_depth.png`` (depth task): :func:`~instaformer.apps.visualization.draw_depth`;
+* ``<stem>.json``: :meth:`~instaformer.structures.OrderResult.to_json` plus the input path.
 
 Safety of the files (so that ``--input D --output D`` is safe):
 
@@ -41,14 +41,15 @@ import numpy as np
 from PIL import Image, PngImagePlugin, UnidentifiedImageError
 from tqdm import tqdm
 
-from instaformer.data.io import DataError
-from instaformer.predictor import OrderResult, Predictor, load_image
-from instaformer.visualization import (
+from instaformer.apps.visualization import (
     draw_depth,
     draw_occlusion,
     draw_panoptic,
     draw_video_frame,
 )
+from instaformer.data.io import DataError
+from instaformer.predictor import Predictor, load_image
+from instaformer.structures import OrderResult
 from mask2former.utils.atomic import atomic_write
 from mask2former.utils.outputs import OutputFolder
 
@@ -329,7 +330,8 @@ def _frames(capture: cv2.VideoCapture) -> Iterator[np.ndarray]:
 
 
 def annotate_frames(predictor: Predictor, frames: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
-    """RGB frames -> annotated RGB frames (:func:`~instaformer.visualization.draw_video_frame`)."""
+    """RGB frames -> annotated RGB frames
+    (:func:`~instaformer.apps.visualization.draw_video_frame`)."""
     for frame in frames:
         frame = np.ascontiguousarray(frame)
         yield draw_video_frame(frame, predictor(frame))
