@@ -43,7 +43,8 @@ class CfgNode(_FvcoreCfgNode):
       one accepted value (the only behaviour the key ever had in practice) loads, with the key
       ignored; any other value is an error giving the reason and the key that does the job.
     * :meth:`move_key`: a key that now lives under another name; a file or override that sets
-      the old name sets the new one.
+      the old name sets the new one (in each file of a ``_BASE_`` chain before the chain is
+      merged, so a file's value wins over its bases' under either name).
     """
 
     def retire_key(self, key: str, accepted: Any, reason: str) -> None:
@@ -80,13 +81,12 @@ class CfgNode(_FvcoreCfgNode):
                 one mapping, a ``_BASE_`` that is not a path (or list of paths) or that names a
                 file already being loaded (a cycle); the message names the file and the key.
         """
-        return _load_with_base(filename, ())
+        return _load_with_base(filename, (), {})
 
     def merge_from_file(self, cfg_filename: str, allow_unsafe: bool = False) -> None:
         """Merge a yaml file (following ``_BASE_``) into this config."""
         where = f"config file {cfg_filename}"
-        loaded = self.load_yaml_with_base(cfg_filename, allow_unsafe=allow_unsafe)
-        self._move_in_tree(loaded, where)
+        loaded = _load_with_base(cfg_filename, (), self._moved)  # moved keys: new names
         retired = self._take_retired(loaded, "")
         try:
             self.merge_from_other_cfg(type(self)(loaded))
@@ -106,7 +106,7 @@ class CfgNode(_FvcoreCfgNode):
         keys = cfg_list[0::2]
         for key, value in zip(keys, cfg_list[1::2], strict=True):
             if key in self._moved:
-                key = self._moved_to(key, self._moved[key] in keys, where)
+                key = _moved_to(key, self._moved, self._moved[key] in keys, where)
             if key in self._retired:
                 retired.append((key, _decode(value)))
                 continue
@@ -126,33 +126,6 @@ class CfgNode(_FvcoreCfgNode):
         except (KeyError, ValueError, AssertionError) as err:
             raise ConfigError(f"{_strip(err)} (in {where})") from err
         self._check_retired(retired, where)
-
-    def _moved_to(self, old: str, both: bool, where: str) -> str:
-        """The new name of the moved key ``old``; refused when ``where`` sets both names."""
-        new = self._moved[old]
-        if both:
-            raise ConfigError(
-                f"config keys {old} and {new} are both set (in {where}): {old} is the old name "
-                f"of {new}; set only {new}"
-            )
-        return new
-
-    def _move_in_tree(self, tree: dict[str, Any], where: str) -> None:
-        """Put the values of moved keys of a loaded yaml tree under their new names."""
-        for old in self._moved:
-            *parents, name = old.split(".")
-            node: Any = tree
-            for part in parents:
-                node = node.get(part) if isinstance(node, dict) else None
-            if not isinstance(node, dict) or name not in node:
-                continue
-            new = self._moved_to(old, _tree_has(tree, self._moved[old]), where)
-            value = node.pop(name)
-            *parents, name = new.split(".")
-            target = tree
-            for part in parents:
-                target = target.setdefault(part, {})
-            target[name] = value
 
     def _take_retired(self, tree: dict[str, Any], prefix: str) -> list[tuple[str, Any]]:
         """Remove the retired keys from a loaded yaml tree; returns them with their values."""
@@ -177,6 +150,35 @@ class CfgNode(_FvcoreCfgNode):
                     f"config key {key} is not supported (in {where}): {reason} Only "
                     f"{accepted!r} is accepted here, and it is ignored; got {value!r}."
                 )
+
+
+def _moved_to(old: str, moved: dict[str, str], both: bool, where: str) -> str:
+    """The new name of the moved key ``old``; refused when ``where`` sets both names."""
+    new = moved[old]
+    if both:
+        raise ConfigError(
+            f"config keys {old} and {new} are both set (in {where}): {old} is the old name "
+            f"of {new}; set only {new}"
+        )
+    return new
+
+
+def _move_keys(tree: dict[str, Any], moved: dict[str, str], where: str) -> None:
+    """Put the values of moved keys (old name -> new name) of a yaml tree under their new names."""
+    for old, new in moved.items():
+        *parents, name = old.split(".")
+        node: Any = tree
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or name not in node:
+            continue
+        _moved_to(old, moved, _tree_has(tree, new), where)
+        value = node.pop(name)
+        *parents, name = new.split(".")
+        target = tree
+        for part in parents:
+            target = target.setdefault(part, {})
+        target[name] = value
 
 
 def _tree_has(tree: dict[str, Any], key: str) -> bool:
@@ -247,12 +249,16 @@ def _merge_into(a: dict[str, Any], b: dict[str, Any], filename: str) -> None:
             b[key] = value
 
 
-def _load_with_base(filename: str, chain: tuple[str, ...]) -> dict[str, Any]:
+def _load_with_base(filename: str, chain: tuple[str, ...], moved: dict[str, str]) -> dict[str, Any]:
+    """One yaml file merged over its ``_BASE_`` files; in each file, the keys of ``moved`` (old
+    name -> new name) take their new names before the merge, so a file's value wins over its
+    bases' under either name."""
     real = os.path.realpath(filename)
     if real in chain:
         cycle = " -> ".join([*chain[chain.index(real) :], real])
         raise ConfigError(f"circular _BASE_ in config files: {cycle}")
     data = _read_yaml(filename)
+    _move_keys(data, moved, f"config file {filename}")
     if BASE_KEY not in data:
         return data
     bases = data.pop(BASE_KEY)
@@ -269,7 +275,7 @@ def _load_with_base(filename: str, chain: tuple[str, ...]) -> dict[str, Any]:
         if not os.path.isabs(path):  # relative to the file that names it, as detectron2
             path = os.path.join(os.path.dirname(filename), path)
         try:
-            _merge_into(_load_with_base(path, (*chain, real)), merged, filename)
+            _merge_into(_load_with_base(path, (*chain, real), moved), merged, filename)
         except ConfigError as err:
             if "circular _BASE_" in str(err):
                 raise

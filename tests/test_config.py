@@ -207,6 +207,12 @@ def test_moved_keys_set_their_new_names(tmp_path: Path):
     both = ["SOLVER.OCCLUSION_ZERO_DIV", "0", "TEST.OCCLUSION_ZERO_DIV", "1"]
     with pytest.raises(ConfigError, match="SOLVER.OCCLUSION_ZERO_DIV and TEST.OCCLUSION_ZERO_DIV"):
         setup_cfg("", both)
+    # in each file of a _BASE_ chain, so that a file's value wins over its base's
+    base = tmp_path / "base.yaml"
+    base.write_text("MODEL:\n  MASK_FORMER:\n    ADAPTER_DIM: 32\n")
+    child = tmp_path / "child.yaml"
+    child.write_text("_BASE_: base.yaml\nMODEL:\n  GEOMETRIC_PREDICTOR:\n    ADAPTER_DIM: 4\n")
+    assert setup_cfg(str(child)).MODEL.MASK_FORMER.ADAPTER_DIM == 4
     both_in_file = tmp_path / "both.yaml"
     both_in_file.write_text("SOLVER:\n  OCCLUSION_ZERO_DIV: 0\nTEST:\n  OCCLUSION_ZERO_DIV: 0\n")
     with pytest.raises(ConfigError, match="both set"):
