@@ -97,10 +97,11 @@ print(json.dumps({
 """
 
 
-def test_plain_mask2former_trains_and_infers_without_instaformer() -> None:
+def _run_without_instaformer(script: str, *args: str) -> str:
+    """Run ``BUILD + script`` with ``args`` in a fresh interpreter; its standard output."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
-        [sys.executable, "-c", BUILD + STANDALONE],
+        [sys.executable, "-c", BUILD + script, *args],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -108,7 +109,11 @@ def test_plain_mask2former_trains_and_infers_without_instaformer() -> None:
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    return proc.stdout
+
+
+def test_plain_mask2former_trains_and_infers_without_instaformer() -> None:
+    out = json.loads(_run_without_instaformer(STANDALONE).strip().splitlines()[-1])
     assert out["instaformer_imported"] is False
     assert out["class"] == "MaskFormer"
     assert out["adapters"] == 0  # plain Mask2Former: no InstaFormer adapters
@@ -140,16 +145,7 @@ def test_importing_instaformer_does_not_change_a_mask2former_model(
     """The same Mask2Former config builds the same model (state-dict names, shapes and values
     for one seed) in a process without ``instaformer`` and in this one, which imported it."""
     path = tmp_path / "state.pth"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        [sys.executable, "-c", BUILD + SAVE_STATE, str(path), *extra],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    _run_without_instaformer(SAVE_STATE, str(path), *extra)
     assert "instaformer" in sys.modules and "instaformer.modeling" in sys.modules
     namespace: dict = {}
     exec(BUILD, namespace)
