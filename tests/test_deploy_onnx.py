@@ -268,7 +268,7 @@ def test_predictor_rejects_unknown_backends():
 
 def test_demo_runs_on_the_onnxruntime_backend(backends, exported, tmp_path, monkeypatch):
     """``demo --backend onnxruntime`` writes the PyTorch path's orders (graphs from the cache)."""
-    from instaformer import demo
+    from instaformer.apps import demo
 
     _, torch_predictor, ort_predictor = backends
     _, weights, _, _, _ = exported

@@ -203,6 +203,7 @@ def test_loss_terms(
 ) -> None:
     """The matcher's cost on the device, the Mask2Former loss terms on the (CPU) indices an
     assignment gives, and the order loss term on the head's log-probabilities."""
+    from instaformer.modeling.meta_arch import NetworkOutputs
     from instaformer.modeling.order.losses import balanced_softmax_cross_entropy
     from mask2former.modeling import matcher as matcher_module
 
@@ -233,9 +234,8 @@ def test_loss_terms(
     assert {"loss_ce_0", "loss_mask_0", "loss_dice_0", "loss_ce_1"} <= set(losses)
     assert _assert_cuda(losses, "losses") == len(losses)
     queries = torch.arange(N)
-    log_probs = model._image_log_probs(
-        0, queries, outputs, embed, feats, x, sizes, (images.shape[-2], images.shape[-1])
-    )
+    net = NetworkOutputs(outputs, embed, feats, sizes, (images.shape[-2], images.shape[-1]))
+    log_probs = model._image_log_probs(net, 0, queries, x)
     gt_keys = {"occlusion": "occlusion_matrix", "depth": "depth_matrix"}
     for task, counts in model.order_criterion.class_counts.items():
         z = log_probs[task][-1].flatten(0, 1)  # every pair, diagonal included: shapes fixed

@@ -14,6 +14,7 @@ import torch
 from test_instaformer_inference import _check_contract
 from test_instaformer_train import sample, tiny_cfg
 
+from instaformer.config import ConfigError
 from instaformer.modeling import build_model
 from instaformer.modeling.order import (
     GeometricTransformer,
@@ -103,8 +104,10 @@ def test_registered_head_rule(area_head) -> None:
 
 
 def test_pairwise_legacy_key_must_agree_with_name(area_head) -> None:
-    with pytest.raises(ValueError, match="NAME"):
-        build_model(_cfg("MODEL.GEOMETRIC_PREDICTOR.PAIRWISE", "True"))
+    with pytest.raises(ConfigError, match="NAME chooses the head"):
+        _cfg("MODEL.GEOMETRIC_PREDICTOR.PAIRWISE", "True")
+    cfg = _cfg("MODEL.GEOMETRIC_PREDICTOR.PAIRWISE", "False")
+    assert "PAIRWISE" not in cfg.MODEL.GEOMETRIC_PREDICTOR
 
 
 def test_shipped_heads_declare_the_contract() -> None:

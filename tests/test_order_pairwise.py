@@ -158,7 +158,26 @@ def test_pairwise_state_dict_accepts_both_layouts_and_released_checkpoint(tmp_pa
     # the builder finds the released file name inside a folder
     cfg = get_cfg()
     gp = cfg.MODEL.GEOMETRIC_PREDICTOR
-    gp.NAME, gp.TASK, gp.PAIRWISE, gp.INPUT_SIZE = "PairwiseResNet", "d", True, 384
+    gp.NAME, gp.TASK, gp.INPUT_SIZE = "PairwiseResNet", "d", 384
     gp.USE_INSTAORDERNET_WEIGHTS, gp.INSTAORDERNET_WEIGHTS_PATH = True, str(tmp_path)
     built = build_order_head(cfg)
     torch.testing.assert_close(built.instaordernet.module.fc.bias, net.fc.bias)
+
+
+def test_instaordernet_weights_without_a_path_are_named(caplog):
+    """``USE_INSTAORDERNET_WEIGHTS`` with no ``INSTAORDERNET_WEIGHTS_PATH`` (the released pairwise
+    configs) loads nothing at build: a warning names both keys and where the weights come from."""
+    cfg = get_cfg()
+    gp = cfg.MODEL.GEOMETRIC_PREDICTOR
+    gp.NAME, gp.TASK, gp.USE_INSTAORDERNET_WEIGHTS = "PairwiseResNet", "o", True
+    with torch.device("meta"), caplog.at_level("WARNING", logger="instaformer"):
+        build_order_head(cfg)
+    (record,) = caplog.records
+    message = record.getMessage()
+    assert "USE_INSTAORDERNET_WEIGHTS is True" in message
+    assert "INSTAORDERNET_WEIGHTS_PATH is empty" in message and "MODEL.WEIGHTS" in message
+    caplog.clear()
+    gp.USE_INSTAORDERNET_WEIGHTS = False
+    with torch.device("meta"), caplog.at_level("WARNING", logger="instaformer"):
+        build_order_head(cfg)
+    assert not caplog.records

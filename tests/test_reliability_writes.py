@@ -221,7 +221,7 @@ class _NeverCalled:
 
 
 def test_two_demo_runs_into_one_folder_the_second_is_refused(tmp_path):
-    from instaformer.demo_utils import run_on_paths
+    from instaformer.apps.demo_utils import run_on_paths
     from mask2former.engine.lock import RunLockError
 
     out = tmp_path / "out"
@@ -252,7 +252,7 @@ def test_two_demo_runs_into_one_folder_the_second_is_refused(tmp_path):
 
 
 def test_demo_empty_output_is_refused(tmp_path, monkeypatch, capsys):
-    from instaformer.demo import main
+    from instaformer.apps.demo import main
 
     monkeypatch.chdir(tmp_path)
     Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "a.jpg")

@@ -224,6 +224,17 @@ def _output_names(split: str, num_images: int) -> list[str]:
     )
 
 
+@dataclass
+class _SplitFiles:
+    """What the four annotation files of one split hold, gathered image by image."""
+
+    images: list[dict[str, Any]] = field(default_factory=list)  # COCO ``images``
+    panoptic: list[dict[str, Any]] = field(default_factory=list)  # with their ``instaorder``
+    instances: list[dict[str, Any]] = field(default_factory=list)  # COCO instance annotations
+    orders: list[dict[str, Any]] = field(default_factory=list)  # InstaOrder records
+    truth: list[dict[str, Any]] = field(default_factory=list)  # returned ground truth
+
+
 def _write_split(
     out: OutputFolder,
     split: str,
@@ -232,101 +243,39 @@ def _write_split(
     rng: np.random.Generator,
     max_objects: int,
 ) -> list[dict[str, Any]]:
+    """Write the images, panoptic PNGs and annotation files of ``split``; returns its truth.
+
+    Every step draws from ``rng`` in a fixed order (scene, rendering, segment ids and order,
+    annotated things and their labels), so the output is a function of the arguments.
+    """
     first_image_id = _FIRST_IMAGE_ID[split]
-    image_dir = f"coco/{split}2017"
-    png_dir = f"coco/panoptic_{split}2017"
-    ann_dir = "coco/annotations"
-    h, w = size
-    images, pan_anns, inst_anns, orders, truth = [], [], [], [], []
+    files = _SplitFiles()
     next_instance_id = first_image_id * 100
-    for n in range(num_images):
-        image_id = first_image_id + n
-        for _ in range(_MAX_TRIES):
-            scene = _scene(rng, h, w, max_objects)
-            if scene is not None:
-                break
-        else:
-            raise RuntimeError(f"could not place the objects of image {image_id} in {w}x{h}")
+    for image_id in range(first_image_id, first_image_id + num_images):
+        scene = _place_scene(rng, size, max_objects, image_id)
         labels, things = scene["labels"], scene["things"]
         stem = f"{image_id:012d}"
         picture = Image.fromarray(_render(rng, labels, things))
-        out.write(f"{image_dir}/{stem}.jpg", lambda tmp, p=picture: p.save(tmp, quality=95))
-        images.append({"id": image_id, "file_name": stem + ".jpg", "height": h, "width": w})
-
-        # Segments: (label in the map, category, iscrowd); ids random and distinct.
-        entries = [(0, _SKY, 0), (1, _GRASS, 0)]
-        if scene["crowd"]:
-            entries.append((2, _PERSON, 1))
-        entries += [(t.label, t.category_id, 0) for t in things]
-        # Drawn as indices into [1, 256**3) without building that 16.7M-entry array: the same
-        # ids and the same random stream as choosing from the array itself.
-        seg_ids = (rng.choice(256**3 - 1, size=len(entries), replace=False) + 1).tolist()
-        id_map = np.zeros((h, w), dtype=np.int64)
-        segment_of_label, segments = {}, []
-        for (label, cat, crowd), seg_id in zip(entries, seg_ids, strict=True):
-            mask = labels == label
-            id_map[mask] = seg_id
-            segment_of_label[label] = seg_id
-            segments.append(
-                {
-                    "id": int(seg_id),
-                    "category_id": cat,
-                    "iscrowd": crowd,
-                    "bbox": list(mask_bbox(mask)),
-                    "area": int(mask.sum()),
-                }
-            )
-        order = rng.permutation(len(segments)).tolist()
-        segments = [segments[i] for i in order]
+        out.write(f"coco/{split}2017/{stem}.jpg", lambda tmp, p=picture: p.save(tmp, quality=95))
+        files.images.append(
+            {"id": image_id, "file_name": stem + ".jpg", "height": size[0], "width": size[1]}
+        )
+        entries = _segment_entries(scene)
+        id_map, segment_of_label, segments = _panoptic_segments(rng, labels, entries)
         ids_png = Image.fromarray(id2rgb(id_map))
-        out.write(f"{png_dir}/{stem}.png", lambda tmp, p=ids_png: p.save(tmp, format="PNG"))
-
-        # COCO instances: every thing (modal masks) and the crowd.
-        instance_of_label = {}
-        for label, cat, crowd in entries[2:]:
-            mask = labels == label
-            inst_anns.append(
-                {
-                    "id": next_instance_id,
-                    "image_id": image_id,
-                    "category_id": cat,
-                    "segmentation": _rle(mask, compressed=not crowd),
-                    "area": int(mask.sum()),
-                    "bbox": [float(v) for v in mask_bbox(mask)],
-                    "iscrowd": crowd,
-                }
-            )
-            instance_of_label[label] = next_instance_id
-            next_instance_id += 1
-
-        # InstaOrder record over the things, in a random order.
-        perm = rng.permutation(len(things)).tolist()
-        annotated = [things[i] for i in perm]
-        occlusion, depth = [], []
-        for a in range(len(annotated)):
-            for b in range(a + 1, len(annotated)):
-                ta, tb = annotated[a], annotated[b]
-                if tb.label in ta.occludes:
-                    occlusion.append({"order": f"{a}<{b}", "count": int(rng.integers(2, 4))})
-                if ta.label in tb.occludes:
-                    occlusion.append({"order": f"{b}<{a}", "count": int(rng.integers(2, 4))})
-                if ta.z == tb.z:
-                    text = f"{a}={b}" if rng.random() < 0.5 else f"{b}={a}"
-                else:
-                    text = f"{a}<{b}" if ta.z < tb.z else f"{b}<{a}"
-                thick_a = SYNTHETIC_THING_CLASSES[ta.category_id][3]
-                thick_b = SYNTHETIC_THING_CLASSES[tb.category_id][3]
-                overlap = ta.z < tb.z + thick_b and tb.z < ta.z + thick_a
-                depth.append(
-                    {"order": text, "count": int(rng.integers(2, 4)), "overlap": bool(overlap)}
-                )
-        record = {
-            "instance_ids": [instance_of_label[t.label] for t in annotated],
-            "occlusion": occlusion,
-            "depth": depth,
+        out.write(
+            f"coco/panoptic_{split}2017/{stem}.png",
+            lambda tmp, p=ids_png: p.save(tmp, format="PNG"),
+        )
+        instances = _instance_annotations(labels, entries[2:], image_id, next_instance_id)
+        files.instances += instances
+        next_instance_id += len(instances)
+        instance_of_label = {
+            label: ann["id"] for (label, _, _), ann in zip(entries[2:], instances, strict=True)
         }
-        orders.append({"image_id": image_id, **record})
-        pan_anns.append(
+        annotated, record = _order_record(rng, things, instance_of_label)
+        files.orders.append({"image_id": image_id, **record})
+        files.panoptic.append(
             {
                 "file_name": stem + ".png",
                 "image_id": image_id,
@@ -337,36 +286,163 @@ def _write_split(
                 },
             }
         )
-        by_label = {t.label: t for t in things}
-        truth.append(
+        files.truth.append(_image_truth(image_id, segments, things, segment_of_label))
+    _write_annotation_files(out, split, files)
+    return files.truth
+
+
+def _place_scene(
+    rng: np.random.Generator, size: tuple[int, int], max_objects: int, image_id: int
+) -> dict[str, Any]:
+    """A scene (:func:`_scene`) of ``size`` (height, width), drawn again until its things fit."""
+    h, w = size
+    for _ in range(_MAX_TRIES):
+        scene = _scene(rng, h, w, max_objects)
+        if scene is not None:
+            return scene
+    raise RuntimeError(f"could not place the objects of image {image_id} in {w}x{h}")
+
+
+def _segment_entries(scene: dict[str, Any]) -> list[tuple[int, int, int]]:
+    """``(label in the map, category, iscrowd)`` of every segment: sky, grass, the crowd when
+    the scene has one, then the things."""
+    entries = [(0, _SKY, 0), (1, _GRASS, 0)]
+    if scene["crowd"]:
+        entries.append((2, _PERSON, 1))
+    return entries + [(t.label, t.category_id, 0) for t in scene["things"]]
+
+
+def _panoptic_segments(
+    rng: np.random.Generator, labels: np.ndarray, entries: list[tuple[int, int, int]]
+) -> tuple[np.ndarray, dict[int, int], list[dict[str, Any]]]:
+    """Random distinct segment ids for ``entries`` over the label map ``labels`` (int[H, W]).
+
+    Returns:
+        the id map int64[H, W], the segment id of each label, and ``segments_info`` in a random
+        order.
+    """
+    # Drawn as indices into [1, 256**3) without building that 16.7M-entry array: the same ids
+    # and the same random stream as choosing from the array itself.
+    seg_ids = (rng.choice(256**3 - 1, size=len(entries), replace=False) + 1).tolist()
+    id_map = np.zeros(labels.shape, dtype=np.int64)
+    segment_of_label, segments = {}, []
+    for (label, cat, crowd), seg_id in zip(entries, seg_ids, strict=True):
+        mask = labels == label
+        id_map[mask] = seg_id
+        segment_of_label[label] = seg_id
+        segments.append(
             {
-                "image_id": image_id,
-                "segments": [
-                    {
-                        "id": s["id"],
-                        "iscrowd": s["iscrowd"],
-                        "category_id": s["category_id"],
-                        **_thing_truth(by_label, segment_of_label, s["id"]),
-                    }
-                    for s in segments
-                ],
+                "id": int(seg_id),
+                "category_id": cat,
+                "iscrowd": crowd,
+                "bbox": list(mask_bbox(mask)),
+                "area": int(mask.sum()),
             }
         )
+    order = rng.permutation(len(segments)).tolist()
+    return id_map, segment_of_label, [segments[i] for i in order]
+
+
+def _instance_annotations(
+    labels: np.ndarray, entries: list[tuple[int, int, int]], image_id: int, first_id: int
+) -> list[dict[str, Any]]:
+    """COCO instance annotations (modal masks) of ``entries`` (the things and the crowd), with
+    ids from ``first_id`` on."""
+    annotations = []
+    for instance_id, (label, cat, crowd) in enumerate(entries, start=first_id):
+        mask = labels == label
+        annotations.append(
+            {
+                "id": instance_id,
+                "image_id": image_id,
+                "category_id": cat,
+                "segmentation": _rle(mask, compressed=not crowd),
+                "area": int(mask.sum()),
+                "bbox": [float(v) for v in mask_bbox(mask)],
+                "iscrowd": crowd,
+            }
+        )
+    return annotations
+
+
+def _order_record(
+    rng: np.random.Generator, things: list[_Thing], instance_of_label: dict[int, int]
+) -> tuple[list[_Thing], dict[str, Any]]:
+    """The InstaOrder record over the things, annotated in a random order.
+
+    Returns:
+        the things in their annotated order, and ``{"instance_ids", "occlusion", "depth"}``
+        (labels with 2-3 votes; an "=" pair written either way round at random).
+    """
+    perm = rng.permutation(len(things)).tolist()
+    annotated = [things[i] for i in perm]
+    occlusion, depth = [], []
+    for a in range(len(annotated)):
+        for b in range(a + 1, len(annotated)):
+            ta, tb = annotated[a], annotated[b]
+            if tb.label in ta.occludes:
+                occlusion.append({"order": f"{a}<{b}", "count": int(rng.integers(2, 4))})
+            if ta.label in tb.occludes:
+                occlusion.append({"order": f"{b}<{a}", "count": int(rng.integers(2, 4))})
+            if ta.z == tb.z:
+                text = f"{a}={b}" if rng.random() < 0.5 else f"{b}={a}"
+            else:
+                text = f"{a}<{b}" if ta.z < tb.z else f"{b}<{a}"
+            thick_a = SYNTHETIC_THING_CLASSES[ta.category_id][3]
+            thick_b = SYNTHETIC_THING_CLASSES[tb.category_id][3]
+            overlap = ta.z < tb.z + thick_b and tb.z < ta.z + thick_a
+            depth.append(
+                {"order": text, "count": int(rng.integers(2, 4)), "overlap": bool(overlap)}
+            )
+    record = {
+        "instance_ids": [instance_of_label[t.label] for t in annotated],
+        "occlusion": occlusion,
+        "depth": depth,
+    }
+    return annotated, record
+
+
+def _image_truth(
+    image_id: int,
+    segments: list[dict[str, Any]],
+    things: list[_Thing],
+    segment_of_label: dict[int, int],
+) -> dict[str, Any]:
+    """The returned ground truth of one image (see :func:`make_synthetic_dataset`)."""
+    by_label = {t.label: t for t in things}
+    return {
+        "image_id": image_id,
+        "segments": [
+            {
+                "id": s["id"],
+                "iscrowd": s["iscrowd"],
+                "category_id": s["category_id"],
+                **_thing_truth(by_label, segment_of_label, s["id"]),
+            }
+            for s in segments
+        ],
+    }
+
+
+def _write_annotation_files(out: OutputFolder, split: str, files: _SplitFiles) -> None:
+    """The four annotation files of ``split``: ``coco/annotations/{panoptic, InstaOrderPanoptic,
+    instances, InstaOrder}_<split>2017.json``."""
+    ann_dir = "coco/annotations"
     panoptic = {
         "info": {"description": "synthetic twin of InstaOrder Panoptic"},
         "licenses": [],
         "categories": COCO_CATEGORIES,
-        "images": images,
+        "images": files.images,
     }
     _dump(
         out,
         f"{ann_dir}/panoptic_{split}2017.json",
-        {**panoptic, "annotations": [_without_instaorder(a) for a in pan_anns]},
+        {**panoptic, "annotations": [_without_instaorder(a) for a in files.panoptic]},
     )
     _dump(
         out,
         f"{ann_dir}/InstaOrderPanoptic_{split}2017.json",
-        {**panoptic, "annotations": pan_anns},
+        {**panoptic, "annotations": files.panoptic},
         indent=4,
     )
     things_categories = [
@@ -380,13 +456,12 @@ def _write_split(
         {
             "info": panoptic["info"],
             "licenses": [],
-            "images": images,
-            "annotations": inst_anns,
+            "images": files.images,
+            "annotations": files.instances,
             "categories": things_categories,
         },
     )
-    _dump(out, f"{ann_dir}/InstaOrder_{split}2017.json", {"annotations": orders})
-    return truth
+    _dump(out, f"{ann_dir}/InstaOrder_{split}2017.json", {"annotations": files.orders})
 
 
 def _thing_truth(

@@ -384,7 +384,7 @@ def build_evaluators(cfg: CfgNode, dataset_name: str, output_dir: str | None = N
     if "occlusion" in tasks:
         evaluators.append(
             OcclusionEvaluator(
-                zero_division=cfg.SOLVER.OCCLUSION_ZERO_DIV,
+                zero_division=cfg.TEST.OCCLUSION_ZERO_DIV,
                 multi_scale_evaluation=cfg.TEST.MULTI_SCALE_EVALUATION,
                 output_dir=output_dir,
             )

@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import box_convert
 
+from instaformer import model_zoo
 from instaformer.instaordernet import network
 from instaformer.instaordernet.data import INPUT_MODES
 from instaformer.instaordernet.inputs import PatchModeInputs, ResizeModeInputs
@@ -53,7 +54,6 @@ from mask2former.config import CfgNode, ConfigError
 from mask2former.modeling.configurable import configurable
 from mask2former.modeling.registry import META_ARCH_REGISTRY
 from mask2former.structures import masks_to_xywh
-from mask2former.utils import download
 
 __all__ = ["InstaOrderNet", "load_instaordernet_weights"]
 
@@ -308,7 +308,7 @@ def load_instaordernet_weights(cfg: CfgNode, model: nn.Module, path: str | os.Pa
     """
     if not isinstance(model, InstaOrderNet):
         raise TypeError(f"expected an InstaOrderNet meta-architecture, got {type(model).__name__}")
-    path = download.fetch(os.fspath(path))
+    path = model_zoo.fetch(os.fspath(path))
     if not os.path.isfile(path):
         raise FileNotFoundError(f"MODEL.WEIGHTS not found: {path}")
     checkpoint = load_torch_file(path)  # names an empty, truncated or unsafe file
