@@ -27,7 +27,7 @@ REMOVABLE_LOSSES = ("labels", "masks", "occlusion", "depth")
 
 
 def add_instaformer_config(cfg: CfgNode) -> None:
-    """Add the order-prediction keys to ``cfg`` in place (docs/reference.md [IF 5.1])."""
+    """Add the order-prediction keys (input, order head, losses, evaluation) to ``cfg``."""
     # InstaOrder's defaults differ from Mask2Former's here (every released config sets them)
     cfg.MODEL.MASK_FORMER.TEST.SEMANTIC_ON = False  # no "sem_seg" unless asked for
     cfg.MODEL.MASK_FORMER.TEST.PANOPTIC_ON = True  # "panoptic_seg": the segments orders refer to
@@ -102,7 +102,7 @@ def _declare_legacy_keys(cfg: CfgNode) -> None:
     """
     gp = "MODEL.GEOMETRIC_PREDICTOR."
     retired = {
-        # docs/reference.md [IF 7.14-15, 7.20]
+        # reference options that did nothing or were broken (docs/reference.md [IF 7.14-15, 7.20])
         "FILTER_TRIGGERED_QUERIES": (
             True,
             "queries are always filtered to the matched (or kept) ones.",
@@ -172,11 +172,11 @@ def add_instaordernet_config(cfg: CfgNode) -> None:
     net.BACKBONE = "InstaOrderResNet"
     net.INPUT_MODE = "resize"  # "patch": square crop around the pair (o); "resize": whole image
     net.INPUT_SIZE = 384  # side (pixels) of the square network input (o: 256; d, od: 384)
-    net.POSITIVE_RATIO = 0.7  # o training: probability of drawing an occluding cell ([ION 6])
+    net.POSITIVE_RATIO = 0.7  # o training: P(draw an occluding cell), else a non-occluding one
     net.OCCLUSION_WEIGHT = 1.0  # weight of the occlusion BCE (o, od)
     net.DEPTH_OVERLAP_WEIGHT = 0.1  # weight of the depth CE over pairs with overlapping extents
     net.DEPTH_DISTINCT_WEIGHT = 0.9  # weight of the depth CE over distinct pairs
-    net.DEPTH_DOUBLE_SOFTMAX = False  # True: reference CE on softmax outputs (defect, [ION 15.2])
+    net.DEPTH_DOUBLE_SOFTMAX = False  # True: CE on softmax outputs (reference defect, [ION 15.2])
     # Patch-mode test crop: k > 0 first enlarges each box to a square of side sqrt(k*w*h) (the
     # reference's 3, [ION 15.1], needed for its numbers); 0 crops as in training.
     net.TEST_BOX_ENLARGE = 0.0

@@ -1,7 +1,7 @@
 """Evaluators of InstaFormer: occlusion and depth order, plus the Mask2Former ones.
 
-``build_evaluators(cfg, dataset_name, output_dir)`` assembles what [IF 3.7] lists
-for an order dataset: panoptic PQ, mask AP and semantic mIoU when the corresponding
+``build_evaluators(cfg, dataset_name, output_dir)`` assembles, for an order dataset,
+panoptic PQ, mask AP and semantic mIoU when the corresponding
 ``MODEL.MASK_FORMER.TEST.*_ON`` is set, occlusion and depth order when
 ``TEST.OCCLUSION_EVALUATION`` / ``TEST.DEPTH_EVALUATION`` are set.
 """

@@ -2,9 +2,10 @@
 
 Shape shorthand: K annotated instances of one image, I evaluated images.
 
-See docs/reference.md [IF 3.5] and [IF 3.6], [ION 9.2]. Per image, the pairs i < j (strict
-upper triangle) with a label (GT depth in {0, 1, 2} and overlap flag in {0, 1}; -1 = unlabelled
-or removed) are weighted ``w = 2 / count``. For a subset S of them
+The reference's metric (docs/reference.md [IF 3.5], [ION 9.2]), so that published numbers
+compare. Per image, the pairs i < j (strict upper triangle) with a label (GT depth in {0, 1, 2}
+and overlap flag in {0, 1}; -1 = unlabelled or removed) are weighted ``w = 2 / count``. For a
+subset S of them
 
     WHDR_S = 100 * sum_S w * [pred != gt] / sum_S w        (undefined when S is empty)
 

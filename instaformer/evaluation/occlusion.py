@@ -2,12 +2,13 @@
 
 Shape shorthand: K annotated instances of one image, I evaluated images.
 
-See docs/reference.md [IF 3.4] and [IF 3.6], [ION 9.1]. Per image, the K(K-1) off-diagonal
-ordered pairs (i, j) are binary samples with positive class 1 (``occlusion[i, j] = 1`` means
-instance i occludes instance j); GT cells equal to -1 are ignored. Two summaries are reported:
+Per image, the K(K-1) off-diagonal ordered pairs (i, j) are binary samples with positive class
+1 (``occlusion[i, j] = 1`` means instance i occludes instance j); GT cells equal to -1 are
+ignored. Two summaries are reported:
 
-* macro (the reference's numbers): per-image recall/precision/F1 with ``zero_division`` for 0/0,
-  times 100, averaged over images with equal weight;
+* macro, the reference's metric (docs/reference.md [IF 3.4], [ION 9.1]) so that published
+  numbers compare: per-image recall/precision/F1 with ``zero_division`` for 0/0, times 100,
+  averaged over images with equal weight;
 * micro ("pair-level", not in the reference): TP/FP/FN summed over every pair of the dataset,
   then recall/precision/F1 once, times 100.
 
