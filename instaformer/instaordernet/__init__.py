@@ -8,7 +8,7 @@ Entry points for the training script and the demo (see docs/instaordernet.md):
 * :func:`load_instaordernet_weights` ``(cfg, model, path)``: released ``.pth.tar`` files or project
   checkpoints;
 * :func:`predict_orders` ``(model, image, masks)``: orders between user-given masks;
-* :class:`MonocularDepthOrder`: depth order from any depth-map callable ([ION 13]).
+* :class:`MonocularDepthOrder`: depth order from any depth-map callable (per-mask median depth).
 """
 
 from instaformer.instaordernet.data import (

@@ -1,4 +1,4 @@
-"""Depth order from a monocular depth map: the "MiDaS" baseline of docs/reference.md [ION 13].
+"""Depth order from a monocular depth map: the reference's "MiDaS" baseline.
 
 Shape shorthand: K instances, H, W image size, h, w depth-map size.
 
@@ -6,9 +6,9 @@ Any callable ``depth_fn(image) -> Tensor[h, w]`` supplies the map (a monocular d
 sensor, a synthetic map in tests). Per instance, the map values inside its mask are clipped to
 their own 5th-95th percentile range and summarised by the median (or the mean); the instance with
 the smaller depth is closer. Two instances whose depths differ by at most ``tolerance`` are "same
-depth" (the reference uses exact equality, ``tolerance = 0``).
+depth" (the reference, docs/reference.md [ION 13], uses exact equality: ``tolerance = 0``).
 
-Output in the project's matrix convention ([IF 0]): ``depth[i, j] = 1`` i closer than
+Output in the project's matrix convention: ``depth[i, j] = 1`` i closer than
 j, ``0`` i farther, ``2`` same depth, ``-1`` on the diagonal and for pairs involving an instance
 whose mask is empty (no depth can be read).
 """

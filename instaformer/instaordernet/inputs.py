@@ -1,24 +1,25 @@
-"""InstaOrderNet input construction for instance pairs (docs/reference.md [ION 3]).
+"""InstaOrderNet input construction for instance pairs: two masks and the image, S x S.
 
 Shape shorthand: K instances, P ordered pairs ``(A, B)``, H x W image, S network input side.
 
 A network input is ``Tensor[5, S, S]`` float32: mask A, mask B (``{0., 1.}``), then RGB
 standardised with the ImageNet mean and std.
 
-Test time ([ION 3.4]): :class:`ResizeModeInputs` and :class:`PatchModeInputs` build, for any
-batch of pairs, the original's inputs value for value, with OpenCV's ``resize`` called as the
-original calls it. Images enter as ``Tensor[3, H, W]`` RGB uint8 (floats in [0, 1] are first
-quantised to 8 bits, ``round(255 x)``: the original reads 8-bit files); masks as
-``Tensor[K, H, W]`` (non-zero = inside).
+Test time: :class:`ResizeModeInputs` and :class:`PatchModeInputs` build, for any batch of
+pairs, the original's inputs value for value (docs/reference.md [ION 3.4]), with OpenCV's
+``resize`` called as the original calls it. Images enter as ``Tensor[3, H, W]`` RGB uint8
+(floats in [0, 1] are first quantised to 8 bits, ``round(255 x)``: the original reads 8-bit
+files); masks as ``Tensor[K, H, W]`` (non-zero = inside).
 
 * Resize mode (``d``, ``od``; S = 384): RGB ``image / 255`` in float64, OpenCV bicubic to S x S,
   standardised in float64, then cast to float32; masks OpenCV nearest neighbour (source index
   ``floor(x * (1 / (S / W)))`` in double precision). Done once per image, gathered per pair.
-* Patch mode (``o``; S = 256): per pair a square window ``(x0, y0, side)`` computed in float64
-  and truncated ([ION 3.1]), optionally from boxes enlarged first (``enlarge``, the test-time
-  crop of the original), padded with 0 outside the image; the uint8 crop resized with OpenCV
-  bicubic (so rounded and clipped to 0-255), the masks with OpenCV nearest; RGB ``/ 255`` and
-  standardised in float32.
+* Patch mode (``o``; S = 256): per pair a square window ``(x0, y0, side)`` about the centre of
+  the two boxes' union (W x H), ``side = max(sqrt(2 W H), 1.1 W, 1.1 H)``, computed in float64
+  and truncated, optionally from boxes enlarged first (``enlarge``, the test-time crop of the
+  original), padded with 0 outside the image; the uint8 crop resized with OpenCV bicubic (so
+  rounded and clipped to 0-255), the masks with OpenCV nearest; RGB ``/ 255`` and standardised
+  in float32.
 
 Training (the mapper's jittered crops) uses :func:`patch_input`: torch interpolation in float.
 """
@@ -112,8 +113,8 @@ class ResizeModeInputs:
 
 def enlarge_boxes(boxes: Tensor, factor: float) -> Tensor:
     """Tensor[K, 4] xywh -> Tensor[K, 4] float64 squares about the same centres, side
-    ``max(sqrt(w*h*factor), 1.1w, 1.1h)``, truncated toward zero (test-time crop, [ION 3.1]).
-    Computed in float64 in the original's order of operations."""
+    ``max(sqrt(w*h*factor), 1.1w, 1.1h)``, truncated toward zero: the reference's test-time crop
+    with factor 3 ([ION 3.1]). Computed in float64 in the original's order of operations."""
     x, y, w, h = boxes.double().unbind(1)
     side = torch.maximum(torch.sqrt(w * h * factor), torch.maximum(w * 1.1, h * 1.1))
     cx, cy = x + w / 2.0, y + h / 2.0
@@ -121,7 +122,8 @@ def enlarge_boxes(boxes: Tensor, factor: float) -> Tensor:
 
 
 def pair_windows(boxes: Tensor, pairs: Tensor) -> Tensor:
-    """Square window around each pair's union box ([ION 3.1] steps 2, 3, 5, no jitter).
+    """Square window about the centre of each pair's union box (W x H), side
+    ``max(sqrt(2 W H), 1.1 W, 1.1 H)``, without the training jitter.
 
     Computed in float64 in the original's order of operations, then truncated toward zero.
 

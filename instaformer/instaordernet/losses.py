@@ -1,8 +1,8 @@
-"""Training losses of InstaOrderNet (docs/reference.md [ION 5]).
+"""Training losses of InstaOrderNet for one input order of a batch of pairs (A, B).
 
 Shape shorthand: B pairs of a batch.
 
-Targets are in the InstaOrderNet convention of the pair (A, B) ([ION 4]):
+Targets are in the InstaOrderNet convention of the pair (A, B):
 occlusion ``t = (O[B, A], O[A, B])`` as floats; depth class 0 = A closer, 1 = A farther,
 2 = same depth, -1 = no label (ignored).
 """
@@ -58,7 +58,7 @@ def depth_loss(
     distinct_weight: float,
     double_softmax: bool = False,
 ) -> Tensor:
-    """``overlap_weight * CE_overlap + distinct_weight * CE_distinct`` ([ION 5]).
+    """``overlap_weight * CE_overlap + distinct_weight * CE_distinct``, split by the overlap flag.
 
     Each CE is averaged over the labelled pairs of its subset; an empty subset contributes 0.
 
@@ -66,7 +66,7 @@ def depth_loss(
         logits: Tensor[B, 3].
         target: Tensor[B] int64 in {0, 1, 2}, or -1 (ignored).
         overlap: Tensor[B] bool, the pair's depth extents overlap.
-        double_softmax: reproduce the reference defect ([ION 15.2]): cross-entropy applied to
+        double_softmax: reproduce the reference's defect ([ION 15.2]): cross-entropy applied to
             ``softmax(logits)`` instead of the logits.
     Returns:
         scalar Tensor (a constant 0 when no pair is labelled).

@@ -3,15 +3,16 @@
 Shape shorthand: B pair items of a training batch, K instances of a test image,
 P = K(K-1)/2 unordered pairs, S network input side, H x W image.
 
-docs/reference.md [ION 5] (losses, both input orders per step), [ION 8] (inference over every pair,
-both orders, symmetrised). Registered in ``META_ARCH_REGISTRY`` as "InstaOrderNet"
-(``MODEL.META_ARCHITECTURE``); the pair classifier itself is
-:class:`instaformer.instaordernet.network.InstaOrderResNet` (or, with
+Training runs every pair item in both input orders, ``[A, B, RGB]`` and ``[B, A, RGB]``, each
+pass supervised with its own targets. Inference runs every unordered pair in both orders and
+averages the two results (:mod:`instaformer.instaordernet.symmetrisation`). Registered in
+``META_ARCH_REGISTRY`` as "InstaOrderNet" (``MODEL.META_ARCHITECTURE``); the pair classifier
+itself is :class:`instaformer.instaordernet.network.InstaOrderResNet` (or, with
 ``MODEL.INSTAORDERNET.BACKBONE`` "timm", :class:`~instaformer.instaordernet.network.TimmOrderNet`),
 held as ``self.net`` (so released weights load into ``model.net``, see
 :func:`load_instaordernet_weights`).
 
-Test outputs per image, in the project's matrix convention ([IF 0]), over the
+Test outputs per image, in the project's matrix convention (row i against column j), over the
 instances of ``input["instances"].gt_masks`` in their order:
 
 * ``"occlusion"``: Tensor[K, K] int64, ``[i, j] = 1`` iff P(i occludes j) > 0.5 (both, one or no
@@ -91,8 +92,9 @@ class InstaOrderNet(nn.Module):
                 (reference: 3, [ION 3.1] / [ION 15.1]).
             occlusion_weight: weight of the occlusion loss.
             depth_overlap_weight, depth_distinct_weight: weights of the depth CE over pairs with
-                overlapping / distinct depth extents ([ION 5]).
-            depth_double_softmax: reference defect of the depth loss ([ION 15.2]).
+                overlapping / distinct depth extents.
+            depth_double_softmax: cross-entropy on softmax outputs instead of logits, the
+                reference's defect ([ION 15.2]).
         """
         super().__init__()
         if input_mode not in INPUT_MODES:
@@ -175,7 +177,8 @@ class InstaOrderNet(nn.Module):
 
     # -- training --------------------------------------------------------------------------------
     def losses(self, batched_inputs: Sequence[dict[str, Any]]) -> dict[str, Tensor]:
-        """Both input orders of every pair item, each pass supervised with its targets ([ION 5])."""
+        """Both input orders of every pair item, each pass supervised with its own targets; the
+        two passes' losses are summed."""
         x = torch.stack([b["pair_input"] for b in batched_inputs]).to(self.device)  # B x 5 x S x S
         out_ab = self.net(x)
         out_ba = self.net(x[:, [1, 0, 2, 3, 4]])  # masks A and B exchanged
@@ -280,7 +283,7 @@ class InstaOrderNet(nn.Module):
         if "depth" in logits:
             z = logits["depth"].reshape(-1, 2, 3)
             probs = symmetrise_depth(z[:, 0], z[:, 1])  # P x 3: farther, closer, equal
-            # arg-max in InstaOrderNet's class order, ties to the first ([ION 8]).
+            # arg-max in InstaOrderNet's class order, ties to the first, as the reference ([ION 8]).
             choice = depth_classes_to_instaordernet(probs).argmax(dim=1)
             row_value = depth_labels_from_instaordernet(choice)  # D[i, j]
             col_value = transpose_depth_labels(row_value)  # D[j, i]

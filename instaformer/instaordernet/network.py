@@ -1,6 +1,7 @@
 """InstaOrderResNet: the 5-channel ResNet-50 pair classifier of InstaOrderNet.
 
-docs/reference.md [ION 2, 4, 11].
+A torchvision ResNet-50 (bottlenecks ``[3, 4, 6, 3]``) with a 5-channel stem and a linear head
+after global average pooling, laid out as the released network (docs/reference.md [ION 2, 11]).
 
 Shape shorthand: B pairs, S input side (256 for ``o``, 384 for ``d``/``od``).
 

@@ -3,8 +3,8 @@
 Shape shorthand: K instances, H x W image.
 
 Used by the demo and the Predictor for InstaOrderNet configs: the masks may come from the user or
-from a panoptic model. Outputs follow the project's matrix convention ([IF 0]); see
-:mod:`instaformer.instaordernet.meta_arch`.
+from a panoptic model. Outputs follow the project's matrix convention (row i against column j,
+``occlusion[i, j] = 1``: i occludes j), listed in :mod:`instaformer.instaordernet.meta_arch`.
 """
 
 from __future__ import annotations

@@ -1,9 +1,13 @@
 """Test-time symmetrisation of InstaOrderNet over (A, B) and (B, A), and conversion to matrices.
 
-docs/reference.md [ION 8] (and [IF 3.3] without the double sigmoid of [IF 7.7]).
 Shape shorthand: P unordered pairs ``(i, j)``, n instances.
 
-Project matrix convention ([IF 0]): ``O[i, j] = 1`` means i occludes j;
+Each unordered pair runs through the network as ``(i, j)`` and ``(j, i)``; per direction (or
+depth class) the two passes' probabilities are averaged. Standalone InstaOrderNet and
+InstaFormer's pairwise head both use this, with one sigmoid (the reference's pairwise ``od``
+applies it twice, docs/reference.md [IF 7.7]).
+
+Project matrix convention: ``O[i, j] = 1`` means i occludes j;
 ``D[i, j]`` is 1 if i is closer than j, 0 if farther, 2 if same depth, -1 on the diagonal.
 """
 
@@ -56,7 +60,8 @@ def symmetrise_depth(logits_ab: Tensor, logits_ba: Tensor) -> Tensor:
 
     Returns:
         Tensor[P, 3] probabilities for row i vs column j: ``[:, 0]`` i farther, ``[:, 1]`` i
-        closer, ``[:, 2]`` same depth (the averaged softmaxes of [ION 8]).
+        closer, ``[:, 2]`` same depth: the mean of the two passes' softmaxes, the second's
+        classes 0 and 1 swapped.
     """
     d_ij = depth_classes_from_instaordernet(torch.softmax(logits_ab, dim=1))  # D[i, j]
     d_ji = depth_classes_from_instaordernet(torch.softmax(logits_ba, dim=1))  # D[j, i]
