@@ -1,4 +1,4 @@
-"""Blind inference on user images: ``Predictor`` -> ``OrderResult`` (docs/reference.md [IF 3.2]).
+"""Blind inference on user images (no ground truth): ``Predictor`` -> ``OrderResult``.
 
 Shape shorthand: H x W the original image, h x w the image fed to the model (after the test-time
 resize), k the number of *thing* segments of the panoptic output (the rows of the order

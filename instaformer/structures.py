@@ -3,7 +3,7 @@
 Shape shorthand: H x W the original image, k the number of *thing* segments of the panoptic
 output (the rows of the order matrices), s the number of stuff segments.
 
-Conventions ([IF 0]): ``occlusion[i, j] = 1`` means segment i occludes segment j (i is over j),
+Conventions: ``occlusion[i, j] = 1`` means segment i occludes segment j (i is over j),
 0 that it does not; ``depth[i, j]`` is 1 when i is closer to the camera than j, 0 when i is
 farther, 2 for the same depth. Diagonals are -1 (probability diagonals 0). Row/column ``i`` is
 ``segments[i]``: the thing segments of the panoptic output, in the model's ``segments_info`` order.

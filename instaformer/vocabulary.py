@@ -4,9 +4,9 @@ Shape shorthand: n instances of an image, P instance pairs, K classes of an orde
 
 Every part of the project that names an order task, a class index of an order matrix, the
 ground-truth matrix of a task, InstaOrderNet's depth classes or the ImageNet statistics imports
-them from here (docs/orders.md, docs/reference.md [IF 0], [ION 4]).
+them from here (docs/orders.md).
 
-The project's matrix convention ([IF 0]), for instances i (row) and j (column):
+The project's matrix convention, for instances i (row) and j (column):
 
 * occlusion ``O[i, j]``: :data:`OCCLUDING` (1) i occludes j, :data:`NOT_OCCLUDING` (0) it does
   not, :data:`UNLABELLED` (-1) no label (ground truth only);
@@ -14,7 +14,8 @@ The project's matrix convention ([IF 0]), for instances i (row) and j (column):
   closer, :data:`DEPTH_SAME` (2) same depth, :data:`UNLABELLED` (-1) no label or the diagonal.
   ``D[j, i]`` is ``D[i, j]`` with farther and closer swapped (:data:`DEPTH_TRANSPOSED`).
 
-InstaOrderNet classifies an ordered pair (A, B) with its own depth class order ([ION 4]):
+InstaOrderNet classifies an ordered pair (A, B) with its own depth class order, the one its
+released weights were trained with (docs/reference.md [ION 4]):
 :data:`ION_A_CLOSER` (0), :data:`ION_A_FARTHER` (1), :data:`ION_SAME` (2).
 :func:`depth_classes_from_instaordernet` converts its labels, logits or probabilities to the
 project's order, :func:`depth_classes_to_instaordernet` back.
@@ -83,7 +84,7 @@ DEPTH_SAME = 2  # D[i, j]: i and j are at the same depth
 # of D indexed by it gives D's transpose (farther <-> closer, same stays).
 DEPTH_TRANSPOSED: tuple[int, ...] = (DEPTH_CLOSER, DEPTH_FARTHER, DEPTH_SAME)
 
-# -- InstaOrderNet's depth classes of an ordered pair (A, B) ([ION 4]) -------------------------
+# -- InstaOrderNet's depth classes of an ordered pair (A, B) --------------------------------------
 ION_A_CLOSER = 0  # A is closer than B
 ION_A_FARTHER = 1  # A is farther than B
 ION_SAME = 2  # same depth

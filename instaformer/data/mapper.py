@@ -3,7 +3,9 @@
 Shape shorthand: H, W image size (after augmentation); N non-crowd segments (things and stuff)
 that are visible after augmentation; n of them annotated with InstaOrder labels.
 
-Output keys (docs/reference.md [IF 4.3], with the fixes of [IF 7.1, 7.4, 7.25, 7.26]):
+Output keys, as the reference's mapper without its defects (no crowd offset in ``tgt_pan_idx``,
+unlabelled depth pairs -1, no ``low_image``, ``instances`` always present; docs/reference.md
+[IF 7.1, 7.4, 7.25, 7.26]):
     ``file_name``, ``image_id``, ``height``, ``width`` (original image size), ``segments_info``;
     ``image``: uint8 Tensor[3, H, W] in ``image_format`` channel order;
     ``instances``: :class:`Instances` of the N non-crowd segments in ``segments_info`` order:

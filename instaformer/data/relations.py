@@ -1,4 +1,4 @@
-"""InstaOrder order labels -> ground-truth matrices (docs/reference.md [DS 4], [IF 2.2]).
+"""InstaOrder order labels -> ground-truth matrices, re-indexed to the annotated segments.
 
 Shape shorthand: m instances of an InstaOrder record, n annotated panoptic segments.
 

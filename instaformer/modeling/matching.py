@@ -3,11 +3,12 @@
 Shape shorthand: B images, Q queries, K+1 classes (last = no object), M ground-truth masks of
 one image, h x w mask-logit size, Hp x Wp padded image size.
 
-Ground-truth order rows (``order_rows="ground_truth"``, docs/reference.md [IF 3.1]) need a
-matching that does not change from one run to the next: the same cost as Mask2Former's
-:class:`~mask2former.modeling.matcher.HungarianMatcher` (``matching_cost``, ``assign``), computed
-over all h x w pixels instead of sampled points. Same invariant: per image, each ground truth
-is matched to exactly one query when Q >= M; a batch gives the results of its images alone.
+Ground-truth order rows at evaluation (``order_rows="ground_truth"``: row k of the orders is
+ground-truth instance k) need a matching that does not change from one run to the next: the
+same cost as Mask2Former's :class:`~mask2former.modeling.matcher.HungarianMatcher`
+(``matching_cost``, ``assign``), computed over all h x w pixels instead of sampled points. Same
+invariant: per image, each ground truth is matched to exactly one query when Q >= M; a batch
+gives the results of its images alone.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""``InstaFormer``: Mask2Former plus an order head (docs/reference.md [IF 1.2-1.5, 2, 3.1-3.3]).
+"""``InstaFormer``: Mask2Former plus an order head over pairs of instances of an image.
 
 Shape shorthand: B images, Q queries, C mask-embedding width, Hp x Wp padded image, h x w mask
 logits / mask features (Hp/4 x Wp/4), n annotated ground-truth instances of one image, k thing
@@ -231,9 +231,10 @@ class InstaFormer(MaskFormer):
         return kwargs
 
     def freeze(self, *, backbone: bool, sem_seg_head: bool) -> None:
-        """Stop gradients of the backbone / head; adapters stay trainable ([IF 1.2.3]).
+        """Stop gradients of the backbone / head; adapters stay trainable.
 
-        Frozen modules keep their train/eval mode (drop-path stays active, as the reference).
+        Frozen modules keep their train/eval mode: drop-path stays active, as in the reference
+        (docs/reference.md [IF 1.2.3]).
         """
         parts = ((self.backbone, backbone), (self.sem_seg_head, sem_seg_head))
         frozen = [module for module, freeze in parts if freeze]

@@ -1,4 +1,4 @@
-"""Builders of the order heads from ``MODEL.GEOMETRIC_PREDICTOR.*`` (docs/reference.md [IF 5.1]).
+"""Builders of the order heads from the ``MODEL.GEOMETRIC_PREDICTOR.*`` config keys.
 
 ``build_order_head(cfg)`` looks ``NAME`` up in ``ORDER_HEAD_REGISTRY``; ``NAME = ""`` means no
 order head. Registered entries: ``"GeometricTransformer"`` (holistic) and ``"PairwiseResNet"``

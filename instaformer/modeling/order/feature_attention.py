@@ -1,7 +1,7 @@
 """Instance-axis attention over mask-gated pixel features, then a global max-pool.
 
-docs/reference.md [IF 1.4] step 1-2 ("attention before pooling"), with the released options
-``MASK_NON_MASK_VALUES=True``. Derivation of the fast formulation: ``docs/orders.md``.
+The "attention before pooling" step of the released holistic head (``MASK_NON_MASK_VALUES``
+True). Derivation of the fast formulation: ``docs/orders.md``.
 
 Shape shorthand: n instances, C channels, h x w the mask-feature map, P pixels covered by at
 least one instance mask.

@@ -1,9 +1,9 @@
-"""The holistic order head ``GeometricTransformer`` (docs/reference.md [IF 1.4], names [IF 1.7]).
+"""The holistic order head ``GeometricTransformer``, named as in the released checkpoints.
 
 Shape shorthand: n selected instances of one image, C mask-embedding / mask-feature width
 (``MASK_DIM``), D head width (``D_MODEL``), h x w mask-feature map, K classes of a task.
 
-Output conventions ([IF 0]): ``occlusion[i, j]`` logits over {0: i does not occlude j,
+Output conventions: ``occlusion[i, j]`` logits over {0: i does not occlude j,
 1: i occludes j}; ``depth[i, j]`` logits over {0: i is farther than j, 1: i is closer than j,
 2: same depth}. Diagonal entries are computed but carry no meaning.
 """
@@ -38,7 +38,8 @@ class GeometricTransformer(OrderHead):
 
     ``chain_task_mlps`` (released behaviour, True): with two tasks the second task's MLPs read the
     first task's outputs ``e, f`` instead of the layer output; released ``od`` weights were trained
-    so. False gives independent task branches. It changes nothing with a single task.
+    so (docs/reference.md [IF 7.3]). False gives independent task branches. It changes nothing
+    with a single task. Parameter names follow the released checkpoints ([IF 1.7]).
     """
 
     def __init__(

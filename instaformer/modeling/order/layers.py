@@ -1,10 +1,10 @@
-"""Order-head building blocks: MLP and pre-norm transformer layers (docs/reference.md [IF 1.4]).
+"""Order-head building blocks: MLP and pre-norm transformer layers, without dropout.
 
 Shape shorthand: L tokens (the attention's sequence axis), N independent sequences (a batch),
 C channels.
 
 Attribute names (``layers``, ``norm1``, ``attn``, ``norm2``, ``mlp``) follow the released
-checkpoints ([IF 1.7]), so their state dicts load by name.
+checkpoints (docs/reference.md [IF 1.7]), so their state dicts load by name.
 """
 
 from __future__ import annotations

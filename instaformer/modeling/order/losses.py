@@ -1,14 +1,13 @@
 """Order losses: Balanced-Softmax (or plain) cross-entropy over instance pairs, deep supervision.
 
-docs/reference.md [IF 2.3], with the fixes of [IF 7.4] and [IF 7.13]. Shape shorthand: B images, n_b
-instances of image b, K classes of a task, L head layers.
+Shape shorthand: B images, n_b instances of image b, K classes of a task, L head layers.
 
 Per image, the supervised pairs are the off-diagonal cells ``(i, j)`` whose target is not -1
 (unlabelled); the image loss is the mean over those pairs. Images without such a pair (n < 2,
 or nothing labelled) contribute nothing. The batch loss is the mean over contributing images
 (``reduction="mean"``) or, as the reference did, their sum (``reduction="sum"``, only for
-reproducing the published training recipe: its scale depends on the per-GPU batch). With no
-contributing image the loss is a zero scalar.
+reproducing the published training recipe: its scale depends on the per-GPU batch;
+docs/reference.md [IF 7.13]). With no contributing image the loss is a zero scalar.
 
 Inputs are the heads' log-probabilities (``OrderHead.log_probs``). Balanced Softmax (Ren et al.,
 2020): ``CE(log p + log(pi), y)`` with ``pi`` the training-set class counts; since ``log p`` is the

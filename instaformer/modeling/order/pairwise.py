@@ -1,5 +1,4 @@
-"""Pairwise order head ``PairwiseResNet``: InstaOrderNet inside InstaFormer (docs/reference.md
-[IF 1.6], [IF 3.3]; [ION 12]).
+"""Pairwise order head ``PairwiseResNet``: InstaOrderNet inside InstaFormer ("pairwise" configs).
 
 Shape shorthand: n selected instances, h x w mask-feature map, S InstaOrderNet input side,
 P = n(n-1)/2 unordered pairs.
@@ -8,17 +7,18 @@ The head builds its own image input from the bundle's uint8 image (:func:`low_im
 bicubic resize of the [0, 1] RGB image to S x S, aspect not kept, ImageNet normalisation).
 For every unordered pair ``(i, j)`` the network runs on ``[mask_i, mask_j, image]`` and on
 ``[mask_j, mask_i, image]``; all 2P inputs go through in chunks of ``max_pairs_per_batch``. The two
-passes are symmetrised ([ION 8], one sigmoid only: the reference's double sigmoid in
-``od`` is fixed) and returned as log-probabilities in the project's matrix convention, its
+passes' probabilities are averaged (:mod:`instaformer.instaordernet.symmetrisation`) and
+returned as log-probabilities in the project's matrix convention, its
 :meth:`PairwiseResNet.log_probs` (no class prior: InstaOrderNet was trained without one):
 
 * ``occlusion[i, j] = log([1 - p, p])`` with p = P(i occludes j) (argmax 1 iff p > 0.5);
 * ``depth[i, j] = log([P(i farther), P(i closer), P(same)])``.
 
-Differences from the reference: masks are the head's binary masks resized (nearest) to S x S
+Differences from the reference (docs/reference.md [IF 7.7, 7.9]): one sigmoid in ``od``, where
+the reference applies it twice; masks are the head's binary masks resized (nearest) to S x S
 after cropping the padding away (``valid_size``), instead of mask logits resized bilinearly from
-the padded frame ([IF 7.9] misalignment fixed); exact probability ties resolve towards the first
-class of the project order.
+the padded frame, which misaligns them with the image; exact probability ties resolve towards
+the first class of the project order.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Which queries feed the order head, in which row order (docs/reference.md [IF 1.3], [IF 3.2]).
+"""Which queries feed the order head, in which row order.
 
 Shape shorthand: Q queries, G ground-truth (non-crowd) instances, n annotated instances,
 k thing segments of a panoptic prediction.
@@ -7,10 +7,12 @@ k thing segments of a panoptic prediction.
   the r-th annotated instance, so it lines up with row r of the GT relation matrices. The
   annotated instances are given by ``tgt_pan_idx``, indices into the non-crowd GT list (the
   list the matcher sees). The reference indexed ``segments_info`` including crowd segments,
-  which shifts rows whenever a crowd segment comes first ([IF 7.1]); here the indices must
-  already point into the non-crowd list.
+  which shifts rows whenever a crowd segment comes first (docs/reference.md [IF 7.1]); here the
+  indices must already point into the non-crowd list.
 * Blind mode (no GT): row r is the r-th *thing* segment of the panoptic prediction's
-  ``segments_info``, whose ``query_index`` names the query it came from ([IF 7.10] fix).
+  ``segments_info``, whose ``query_index`` names the query it came from. The reference's rows
+  were all kept queries, stuff included, with no link to the segments (docs/reference.md
+  [IF 7.10]).
 """
 
 from __future__ import annotations
