@@ -1,4 +1,4 @@
-"""Optimizer and learning-rate schedule of Mask2Former training (docs/reference.md [IF 6.1]).
+"""Optimizer and learning-rate schedule of Mask2Former training.
 
 * Parameter groups: LR ``BASE_LR`` (x ``BACKBONE_MULTIPLIER`` under a module named "backbone"),
   weight decay ``WEIGHT_DECAY`` except ``WEIGHT_DECAY_NORM`` for normalisation layers,

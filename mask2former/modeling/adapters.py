@@ -1,5 +1,6 @@
-"""Residual bottleneck adapters of the decoders, as InstaFormer trains them (docs/reference.md
-[IF 1.2.2]); ``MODEL.MASK_FORMER.USE_ADAPTERS`` switches them on (:func:`adapter_args`).
+"""Residual bottleneck adapters of the decoders, placed and initialised as in InstaFormer's
+released checkpoints (docs/reference.md [IF 1.2.2]); ``MODEL.MASK_FORMER.USE_ADAPTERS``
+switches them on (:func:`adapter_args`).
 
 Shape shorthand: N tokens (any leading dims), C model width, A adapter width.
 An adapter is Linear(C -> A), ReLU, Linear(A -> C); its first weight is Kaiming-normal and

@@ -21,7 +21,8 @@ __all__ = ["MaskFormerHead", "build_sem_seg_head"]
 
 @SEM_SEG_HEADS_REGISTRY.register()
 class MaskFormerHead(nn.Module):
-    """``forward(features) -> (outputs, mask_embed, mask_features)`` ([IF 1.2.1])."""
+    """``forward(features) -> (outputs, mask_embed, mask_features)``: Mask2Former's predictions,
+    plus the last decoder layer's mask embeddings and the pixel decoder's mask features."""
 
     @configurable
     def __init__(

@@ -3,7 +3,8 @@
 Shape shorthand: B images, C conv width (``CONVS_DIM``), L = 3 encoder levels (res5, res4, res3
 in that order), S = sum of h_l * w_l tokens over the encoder levels, h, w = padded size / 4.
 Deformable encoder over res3-res5, then an FPN step to res2 (stride 4) and a 1x1 conv to the
-mask features (docs/reference.md [IF 1.1]; encoder adapters [IF 1.2.2]).
+mask features. With ``adapter_dim`` > 0 each encoder layer carries an adapter
+(:mod:`mask2former.modeling.adapters`).
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@ Shape shorthand: B images, Q queries, C hidden width, K classes (+1 = no object)
 E mask-embedding width (``MASK_DIM``), h, w mask-feature size, L = 3 memory levels.
 Layer i: masked cross-attention on level ``i % 3`` -> self-attention -> FFN (+ adapter).
 Each prediction's mask logits above 0 define where the next layer's queries may attend.
-(docs/reference.md [IF 1.1], [IF 1.2.1-2].)
+Besides Mask2Former's predictions it returns the last layer's mask embeddings, which the order
+head reads.
 """
 
 from __future__ import annotations
