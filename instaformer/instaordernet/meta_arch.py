@@ -89,7 +89,7 @@ class InstaOrderNet(nn.Module):
                 pair needs two: (i, j) and (j, i)); 1 reproduces the reference's one-at-a-time.
             test_box_enlarge: patch mode at test time: None crops as in training; k > 0 first
                 enlarges each box to a square of side ``max(sqrt(k*w*h), 1.1w, 1.1h)``
-                (reference: 3, [ION 3.1] / [ION 15.1]).
+                (the reference's test crop: 3, [ION 15.1]).
             occlusion_weight: weight of the occlusion loss.
             depth_overlap_weight, depth_distinct_weight: weights of the depth CE over pairs with
                 overlapping / distinct depth extents.

@@ -5,7 +5,7 @@ Shape shorthand: P unordered pairs ``(i, j)``, n instances.
 Each unordered pair runs through the network as ``(i, j)`` and ``(j, i)``; per direction (or
 depth class) the two passes' probabilities are averaged. Standalone InstaOrderNet and
 InstaFormer's pairwise head both use this, with one sigmoid (the reference's pairwise ``od``
-applies it twice, docs/reference.md [IF 7.7]).
+applies it twice).
 
 Project matrix convention: ``O[i, j] = 1`` means i occludes j;
 ``D[i, j]`` is 1 if i is closer than j, 0 if farther, 2 if same depth, -1 on the diagonal.
