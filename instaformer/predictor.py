@@ -261,7 +261,7 @@ def _build_and_load(cfg: CfgNode) -> tuple[nn.Module, list[str]]:
     """The model with ``MODEL.WEIGHTS`` loaded, and the names of the parameters left random."""
     from instaformer.modeling import build_model
 
-    model = build_model(cfg)
+    model = build_model(cfg, from_checkpoint=bool(cfg.MODEL.WEIGHTS))
     parameters = [name for name, _ in model.named_parameters()]
     if not cfg.MODEL.WEIGHTS:
         logger.warning("MODEL.WEIGHTS is empty: the model is randomly initialised")

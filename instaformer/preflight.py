@@ -50,12 +50,13 @@ from instaformer.data import DATASET_MAPPERS, build_dataset_mapper
 from instaformer.data.custom import check_num_classes, register_custom_datasets
 from instaformer.evaluation.results import describe_random_parts
 from instaformer.instaordernet import InstaOrderNet, InstaOrderNetMapper
-from instaformer.modeling import META_ARCH_ALIASES
+from instaformer.modeling import META_ARCH_ALIASES, checkpoint_cfg
 from instaformer.modeling.registry import ORDER_HEAD_REGISTRY
 from instaformer.vocabulary import TASK_CODES
 from mask2former.checkpoint import CheckpointError, M2FCheckpointer, unloaded_modules
 from mask2former.config import CfgNode, ConfigError
 from mask2former.data.build import has_no_instance
+from mask2former.engine.checkpoint import last_checkpoint_path
 from mask2former.engine.processes import backend_for, process_count, process_faults
 from mask2former.modeling.criterion import SetCriterion
 from mask2former.modeling.registry import META_ARCH_REGISTRY
@@ -226,14 +227,26 @@ def _evaluator_faults(cfg: CfgNode, test_names: Sequence[str]) -> list[str]:
     return faults + result_faults(cfg, test_names)
 
 
-def _build_faults(cfg: CfgNode, debug: bool) -> tuple[nn.Module | None, list[str]]:
-    """Build the model (on the ``meta`` device: shapes only) and the mappers from ``cfg``: any
+def weights_from_checkpoint(cfg: CfgNode, args: argparse.Namespace) -> bool:
+    """Whether a checkpoint gives every weight of the run's model: ``--eval-only`` with
+    ``MODEL.WEIGHTS``, or ``--resume`` with a checkpoint in ``OUTPUT_DIR``."""
+    if getattr(args, "eval_only", False):
+        return bool(cfg.MODEL.WEIGHTS)
+    return bool(getattr(args, "resume", False) and last_checkpoint_path(cfg.OUTPUT_DIR))
+
+
+def _build_faults(
+    cfg: CfgNode, debug: bool, from_checkpoint: bool
+) -> tuple[nn.Module | None, list[str]]:
+    """Build the model (on the ``meta`` device: shapes only; ``from_checkpoint``: as
+    :func:`instaformer.modeling.build_model` builds it then) and the mappers from ``cfg``: any
     refusal of their constructors becomes a fault. ``debug`` lets the error propagate.
     Returns ``(the meta model or None, faults)``."""
     name = cfg.MODEL.META_ARCHITECTURE
+    model_cfg = checkpoint_cfg(cfg) if from_checkpoint else cfg
     try:
         with torch.device("meta"):
-            model = META_ARCH_REGISTRY.get(META_ARCH_ALIASES.get(name, name))(cfg)
+            model = META_ARCH_REGISTRY.get(META_ARCH_ALIASES.get(name, name))(model_cfg)
     except _INPUT_ERRORS as err:
         if debug:
             raise
@@ -399,7 +412,8 @@ def config_faults(cfg: CfgNode, args: argparse.Namespace) -> list[str]:
     model = None
     # a dataset whose category list cannot be read is named by the data step (its loader)
     if not names and not model_faults and not metadata_faults([*train, *test]):
-        model, built = _build_faults(cfg, bool(getattr(args, "debug", False)))
+        debug = bool(getattr(args, "debug", False))
+        model, built = _build_faults(cfg, debug, weights_from_checkpoint(cfg, args))
         faults += built
     weights = weights_faults(cfg)
     faults += weights

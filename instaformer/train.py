@@ -274,13 +274,16 @@ def metric_sinks(cfg: CfgNode) -> list[MetricSink]:
     return [wandb.init(project=cfg.WANDB.PROJECT, config={"yaml": cfg.dump()}, dir=local)]
 
 
-def build_trainer(cfg: CfgNode) -> Trainer:
+def build_trainer(cfg: CfgNode, *, resume: bool = False) -> Trainer:
     """The training loop for ``cfg``: its model and its family's data, weights and evaluation;
-    the metric sinks on the main process only."""
+    the metric sinks on the main process only. ``resume``: the run will resume from a
+    checkpoint in ``OUTPUT_DIR`` when there is one (its model is then built for it,
+    :func:`instaformer.modeling.checkpoint_cfg`)."""
     family = model_family(cfg)
+    from_checkpoint = resume and last_checkpoint_path(cfg.OUTPUT_DIR) is not None
     return Trainer(
         cfg,
-        build_model(cfg),
+        build_model(cfg, from_checkpoint=from_checkpoint),
         family.build_train_loader,
         load_weights=family.load_weights,
         evaluate=evaluate,
@@ -314,13 +317,13 @@ def main(cfg: CfgNode, args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     """
     setup(cfg, args)
     if args.eval_only:
-        model = build_model(cfg)
+        model = build_model(cfg, from_checkpoint=bool(cfg.MODEL.WEIGHTS))
         allow = bool(getattr(args, "allow_random_init", False))
         parts = _load_for_evaluation(cfg, model, allow)
         return evaluate(cfg, model, random_init=parts)
     if not cfg.MODEL.WEIGHTS and not (args.resume and last_checkpoint_path(cfg.OUTPUT_DIR)):
         warn_random_frozen_parts(cfg)  # a fresh start from random weights
-    return build_trainer(cfg).train(resume=args.resume)
+    return build_trainer(cfg, resume=args.resume).train(resume=args.resume)
 
 
 def run(args: argparse.Namespace) -> None:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import timm
 import torch
@@ -17,6 +18,7 @@ from local_server import LocalServer
 
 import mask2former.modeling  # noqa: F401  (registers the modules)
 from instaformer.config import ConfigError, get_cfg
+from instaformer.predictor import Predictor
 from instaformer.train import build_trainer, load_config, main, setup
 from mask2former.engine import default_argument_parser
 from mask2former.modeling.backbone.timm_backbone import SimpleFeaturePyramid, TimmBackbone
@@ -225,10 +227,17 @@ def _datasets(synthetic_datasets, monkeypatch):
 
 
 @pytest.mark.usefixtures("_datasets")
-def test_train_infer_save_load_and_resume_through_train_net(tmp_path):
+def test_train_infer_save_load_and_resume_through_train_net(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
     run = tmp_path / "run"
     common = ("SOLVER.CHECKPOINT_PERIOD", "1", "SEED", "3")
     results = _main(_args(run, "SOLVER.MAX_ITER", "2", *common))
+    # From here on every model is built for a checkpoint that gives all its weights: with
+    # MODEL.TIMM.PRETRAINED True they must not be fetched (the hub is offline, its cache empty).
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    pretrained = ("MODEL.TIMM.PRETRAINED", "True")
     assert {"panoptic_seg", "occlusion_order", "depth_order"} <= set(results)
     checkpoint = torch.load(run / "model_final.pth", weights_only=True)
     state = checkpoint["model"]
@@ -239,17 +248,18 @@ def test_train_infer_save_load_and_resume_through_train_net(tmp_path):
     assert "TimmBackbone" in checkpoint["cfg"] and checkpoint["iteration"] == 1
 
     # load: --eval-only from the saved weights gives the same results
-    evaluated = _main(
-        _args(tmp_path / "eval", "MODEL.WEIGHTS", str(run / "model_final.pth"), eval_only=True)
-    )
+    weights = ("MODEL.WEIGHTS", str(run / "model_final.pth"))
+    evaluated = _main(_args(tmp_path / "eval", *weights, *pretrained, eval_only=True))
     assert evaluated["panoptic_seg"]["PQ"] == pytest.approx(results["panoptic_seg"]["PQ"])
     assert evaluated["occlusion_order"] == pytest.approx(results["occlusion_order"], nan_ok=True)
+    predictor = Predictor.from_config_file(TINY, run / "model_final.pth", opts=pretrained)
+    assert predictor.random_weights == [] and predictor(np.zeros((48, 64, 3), np.uint8)) is not None
 
     # resume: the run goes on from the last checkpoint with its weights
-    args = _args(run, "SOLVER.MAX_ITER", "3", *common, resume=True)
+    args = _args(run, "SOLVER.MAX_ITER", "3", *common, *pretrained, resume=True)
     cfg = load_config(args)
     setup(cfg, args)
-    trainer = build_trainer(cfg)
+    trainer = build_trainer(cfg, resume=True)
     trainer.train(resume=True)
     assert trainer.start_iter == 2 and trainer.iteration == 2
     resumed = torch.load(run / "model_final.pth", weights_only=True)

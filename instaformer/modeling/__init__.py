@@ -15,17 +15,36 @@ from mask2former.config import CfgNode
 from mask2former.modeling.build import available_device
 from mask2former.modeling.registry import META_ARCH_REGISTRY
 
-__all__ = ["META_ARCH_ALIASES", "InstaFormer", "build_model"]
+__all__ = ["META_ARCH_ALIASES", "InstaFormer", "build_model", "checkpoint_cfg"]
 
 # MODEL.META_ARCHITECTURE of the released configs -> the class this project builds for it.
 META_ARCH_ALIASES = {"MaskFormer": "InstaFormer"}
 
 
-def build_model(cfg: CfgNode) -> nn.Module:
+def checkpoint_cfg(cfg: CfgNode) -> CfgNode:
+    """``cfg`` for a model whose every weight a checkpoint will give (evaluation, inference, a
+    resumed run): a timm trunk is built without its pretrained weights (``MODEL.TIMM.PRETRAINED``
+    False), which the checkpoint replaces anyway, so such a run needs no network or hub cache.
+    ``cfg`` itself when there is nothing to change."""
+    if not cfg.MODEL.TIMM.PRETRAINED:
+        return cfg
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.MODEL.TIMM.PRETRAINED = False
+    cfg.MODEL.TIMM.PRETRAINED_FILE = ""
+    cfg.freeze()
+    return cfg
+
+
+def build_model(cfg: CfgNode, *, from_checkpoint: bool = False) -> nn.Module:
     """The meta-architecture of ``cfg`` (with ``META_ARCH_ALIASES``) on ``MODEL.DEVICE``.
 
-    Weights are not loaded here (see :mod:`mask2former.checkpoint`).
+    Weights are not loaded here (see :mod:`mask2former.checkpoint`); ``from_checkpoint``: a
+    checkpoint will give every weight, so pretrained trunk weights are not fetched
+    (:func:`checkpoint_cfg`).
     """
+    if from_checkpoint:
+        cfg = checkpoint_cfg(cfg)
     import instaformer.instaordernet.meta_arch  # noqa: F401  (registers "InstaOrderNet")
     import mask2former.modeling  # noqa: F401  (registers the Mask2Former modules)
 
