@@ -21,6 +21,7 @@ from instaformer.config import ConfigError, get_cfg
 from instaformer.predictor import Predictor
 from instaformer.train import build_trainer, load_config, main, setup
 from mask2former.engine import default_argument_parser
+from mask2former.engine.optimizer import get_param_groups
 from mask2former.modeling.backbone.timm_backbone import SimpleFeaturePyramid, TimmBackbone
 from mask2former.modeling.backbone.timm_models import create_timm_model
 from mask2former.modeling.meta_arch import build_backbone, pad_images
@@ -127,6 +128,25 @@ def test_every_backbone_parameter_gets_a_gradient(name):
     assert all(torch.isfinite(p.grad).all() for p in backbone.parameters())
     # the classifier head and what follows the last used level are gone
     assert not any(n.startswith("trunk.head.") for n, _ in backbone.named_parameters())
+
+
+def test_vit_position_embedding_and_tokens_take_the_embedding_weight_decay():
+    backbone = build_backbone(_backbone_cfg("test_vit"))
+    decays = {0.05: "decay", 0.0: "norm", 0.01: "embed"}
+    groups = get_param_groups(
+        backbone,
+        base_lr=1.0,
+        weight_decay=0.05,
+        weight_decay_norm=0.0,
+        weight_decay_embed=0.01,
+        backbone_multiplier=1.0,
+    )
+    ids = {id(p): decays[g["weight_decay"]] for g in groups for p in g["params"]}
+    kind = {n: ids[id(p)] for n, p in backbone.named_parameters()}
+    assert kind["trunk.pos_embed"] == kind["trunk.cls_token"] == "embed"
+    assert kind["trunk.blocks.0.attn.qkv.weight"] == "decay"
+    assert kind["trunk.blocks.0.norm1.weight"] == "norm"
+    assert list(kind.values()).count("embed") == 2
 
 
 def test_freeze_at_freezes_leading_groups_and_their_batch_norms():

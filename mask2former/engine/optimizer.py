@@ -2,8 +2,10 @@
 
 * Parameter groups: LR ``BASE_LR`` (x ``BACKBONE_MULTIPLIER`` under a module named "backbone"),
   weight decay ``WEIGHT_DECAY`` except ``WEIGHT_DECAY_NORM`` for normalisation layers,
-  ``WEIGHT_DECAY_EMBED`` for ``nn.Embedding`` and 0 for Swin's relative-position tables and
-  absolute position embedding. Frozen parameters (``requires_grad=False``) are left out.
+  ``WEIGHT_DECAY_EMBED`` for ``nn.Embedding`` and for the parameters a module declares free of
+  decay with timm's ``no_weight_decay()`` (a ViT's position embedding and class token), and 0
+  for Swin's relative-position tables and absolute position embedding. Frozen parameters
+  (``requires_grad=False``) are left out.
 * Gradient clipping: ``full_model`` clips the global norm of all gradients; ``value`` / ``norm``
   clip each parameter on its own (detectron2's behaviour).
 * Schedules are fvcore parameter schedulers over the fraction of training done, with a warmup
@@ -59,6 +61,7 @@ def get_param_groups(
     """
     groups: dict[tuple[float, float], list[nn.Parameter]] = {}
     seen: set[int] = set()
+    embeddings = _declared_no_decay(model)
     for module_name, module in model.named_modules():
         for name, param in module.named_parameters(recurse=False):
             if not param.requires_grad or id(param) in seen:
@@ -70,10 +73,26 @@ def get_param_groups(
                 decay = 0.0
             elif isinstance(module, _NORM_TYPES) or _is_frozen_bn(module):
                 decay = weight_decay_norm
-            elif isinstance(module, nn.Embedding):
+            elif isinstance(module, nn.Embedding) or id(param) in embeddings:
                 decay = weight_decay_embed
             groups.setdefault((lr, decay), []).append(param)
     return [{"params": p, "lr": lr, "weight_decay": wd} for (lr, wd), p in groups.items()]
+
+
+def _declared_no_decay(model: nn.Module) -> set[int]:
+    """Ids of the parameters a submodule declares free of weight decay with timm's convention,
+    a ``no_weight_decay()`` method giving names relative to it or last name components (a ViT's
+    ``pos_embed`` and ``cls_token``); they are embeddings here (``WEIGHT_DECAY_EMBED``)."""
+    ids: set[int] = set()
+    for module in model.modules():
+        declared = getattr(module, "no_weight_decay", None)
+        if not callable(declared):
+            continue
+        names = set(declared())
+        for name, param in module.named_parameters():
+            if name in names or name.rsplit(".", 1)[-1] in names:
+                ids.add(id(param))
+    return ids
 
 
 def _is_frozen_bn(module: nn.Module) -> bool:
