@@ -434,7 +434,7 @@ def add_maskformer2_config(cfg: CfgNode) -> None:
 
     cfg.SOLVER.OPTIMIZER = "ADAMW"  # "ADAMW" or "SGD"
     cfg.SOLVER.BACKBONE_MULTIPLIER = 0.1  # LR factor for parameters under "backbone"
-    cfg.SOLVER.WEIGHT_DECAY_EMBED = 0.0  # weight decay of nn.Embedding parameters (queries)
+    cfg.SOLVER.WEIGHT_DECAY_EMBED = 0.0  # weight decay of embeddings (queries, ViT pos_embed)
     cfg.SOLVER.POLY_LR_POWER = 0.9  # exponent of WarmupPolyLR
     cfg.SOLVER.POLY_LR_CONSTANT_ENDING = 0.0  # WarmupPolyLR floor, as a fraction of BASE_LR
 
