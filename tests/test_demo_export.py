@@ -105,3 +105,21 @@ def test_exported_network_saves_and_reloads_for_plain_mask2former(tmp_path):
     image = torch.rand(1, 3, 64, 64) * 255
     outputs = torch.export.load(str(out / "network.pt2")).module()(image)
     assert outputs[0].shape[:2] == (1, 20) and outputs[1].shape == (1, 20, 16, 16)
+
+
+@pytest.mark.parametrize(
+    ("config", "divisibility"),
+    [(OD_CONFIG, "32"), (REPO / "configs/synthetic/instaformer_od_tiny_timm.yaml", "-1")],
+)
+def test_sizes_off_the_models_padding_are_refused(tmp_path, capsys, config, divisibility):
+    """The export size must be a multiple of the padding the model uses, also when
+    SIZE_DIVISIBILITY -1 leaves it to the backbone (a timm backbone's: 32)."""
+    out = tmp_path / "programs"
+    argv = ["--config-file", str(config), "--output", str(out), "--height", "48"]
+    argv += ["--width", str(WIDTH), "MODEL.MASK_FORMER.SIZE_DIVISIBILITY", divisibility]
+    with pytest.raises(SystemExit) as info:
+        _export_module().main(argv)
+    assert info.value.code == 2
+    message = "--height 48 / --width 96 must be multiples of the model's padding, 32"
+    assert message in capsys.readouterr().err
+    assert not list(out.glob("*.pt2"))

@@ -44,7 +44,7 @@ from instaformer.deploy.export import (
     onnx_export_order_head,
     onnx_op_counts,
 )
-from mask2former.config import CfgNode
+from mask2former.config import CfgNode, ConfigError
 from mask2former.engine.lock import RunLockError
 from mask2former.utils.argtypes import int_range
 from mask2former.utils.outputs import OutputError, OutputFolder
@@ -85,9 +85,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     cfg = setup_cfg(args.config_file, args.opts)
-    divisor = cfg.MODEL.MASK_FORMER.SIZE_DIVISIBILITY
-    if divisor > 1 and (args.height % divisor or args.width % divisor):
-        parser.error(f"--height/--width must be multiples of SIZE_DIVISIBILITY={divisor}")
     if args.onnx:
         try:
             import onnx  # noqa: F401
@@ -101,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
             out.protect([args.config_file], "the config file")
             out.protect([cfg.MODEL.WEIGHTS], "the weights (MODEL.WEIGHTS)")
             export(cfg, args, out)
-    except (OutputError, RunLockError) as err:
+    except (OutputError, RunLockError, ConfigError) as err:
         parser.exit(2, f"{parser.prog}: error: {err}\n")
     return 0
 
@@ -112,6 +109,13 @@ def export(cfg: CfgNode, args: argparse.Namespace, out: OutputFolder) -> None:
     from instaformer.predictor import Predictor
 
     model = Predictor(cfg).model
+    divisor = model.size_divisibility  # SIZE_DIVISIBILITY, or the backbone's when it is -1
+    if divisor > 1 and (args.height % divisor or args.width % divisor):
+        raise ConfigError(
+            f"--height {args.height} / --width {args.width} must be multiples of the model's "
+            f"padding, {divisor} (MODEL.MASK_FORMER.SIZE_DIVISIBILITY "
+            f"{cfg.MODEL.MASK_FORMER.SIZE_DIVISIBILITY})"
+        )
     head = find_order_head(model)
     names = ["network"] + ([] if head is None else ["order_head"])
     extensions = ["pt2", "onnx"] if args.onnx else ["pt2"]
