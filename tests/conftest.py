@@ -9,15 +9,26 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.support import REFERENCE
+
 # Without a GPU, Triton's interpreter runs the deformable-attention Triton kernels on CPU tensors
-# (tests/test_ops_triton.py). Triton reads this when it is first imported, so it is set here,
-# before any test imports it; nothing else in the suite runs Triton kernels on the CPU.
+# (tests/mask2former/modeling/ops/test_ops_triton.py). Triton reads this when it is first
+# imported, so it is set here, before any test imports it; nothing else in the suite runs Triton
+# kernels on the CPU.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-REPO = Path(__file__).resolve().parents[1]
-REFERENCE = REPO / "tests" / "data" / "reference"
 PROJECT_LOGGERS = ("instaformer", "mask2former")  # the loggers setup_logger configures
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``gpu`` skip, with the reason, on a machine without a CUDA device."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="no CUDA GPU: the test needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -7,9 +7,9 @@ import shutil
 import subprocess
 import sys
 import zipfile
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.support import REPO
+
 # What a wheel is built from (the sdist's content, see MANIFEST.in); copied so that the build
 # writes nothing into the checkout.
 SOURCES = ("setup.py", "pyproject.toml", "README.md", "MANIFEST.in")

@@ -17,8 +17,8 @@ from instaformer.train import build_trainer, load_config, main, setup
 from mask2former.engine import Trainer, default_argument_parser, launch
 from mask2former.utils import comm
 from mask2former.utils.threads import ENV_THREADS
+from tests.support import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 CONFIG = str(REPO / "configs" / "synthetic" / "maskformer2_R50_tiny.yaml")
 
 
