@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from mask2former.utils.threads import available_cpus
 from tests.support import REFERENCE
 
 # Without a GPU, Triton's interpreter runs the deformable-attention Triton kernels on CPU tensors
@@ -17,6 +18,12 @@ from tests.support import REFERENCE
 # kernels on the CPU.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+# Under pytest-xdist (the README's test command runs 2 workers), each worker takes its share of
+# the cores for torch's threads, so that the workers' OpenMP threads do not wait on each other.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    torch.set_num_threads(max(1, available_cpus() // _WORKERS))
 
 PROJECT_LOGGERS = ("instaformer", "mask2former")  # the loggers setup_logger configures
 
