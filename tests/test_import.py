@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tests.support import REPO
 
 _SCRIPT = """
@@ -22,6 +24,7 @@ print(len(names))
 """
 
 
+@pytest.mark.slow
 def test_every_module_imports_without_gpu_or_build():
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="", PYTHONPATH=str(REPO))
     result = subprocess.run(

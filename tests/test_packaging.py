@@ -8,6 +8,8 @@ import subprocess
 import sys
 import zipfile
 
+import pytest
+
 from tests.support import REPO
 
 # What a wheel is built from (the sdist's content, see MANIFEST.in); copied so that the build
@@ -21,6 +23,7 @@ EXPECTED_CONFIGS = (
 )
 
 
+@pytest.mark.slow
 def test_wheel_ships_configs_and_console_scripts(tmp_path):
     source = tmp_path / "src"
     source.mkdir()

@@ -16,6 +16,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from instaformer.data.convert import convert_to_instaorder_panoptic
@@ -83,6 +84,7 @@ def _commands() -> list[str]:
     return commands
 
 
+@pytest.mark.slow
 def test_docs_commands_run_from_images_to_evaluation_numbers(tmp_path):
     commands = _commands()
     assert len(commands) == 5

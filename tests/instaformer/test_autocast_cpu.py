@@ -104,6 +104,7 @@ def _record_dtypes(monkeypatch: pytest.MonkeyPatch) -> dict[str, set]:
     return seen
 
 
+@pytest.mark.slow
 def test_bfloat16_autocast_training_and_evaluation(tmp_path, monkeypatch) -> None:
     seen = _record_dtypes(monkeypatch)
     train_dir = tmp_path / "train"

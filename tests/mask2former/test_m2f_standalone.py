@@ -112,6 +112,7 @@ def _run_without_instaformer(script: str, *args: str) -> str:
     return proc.stdout
 
 
+@pytest.mark.slow
 def test_plain_mask2former_trains_and_infers_without_instaformer() -> None:
     out = json.loads(_run_without_instaformer(STANDALONE).strip().splitlines()[-1])
     assert out["instaformer_imported"] is False

@@ -137,6 +137,7 @@ def _assert_close(a: dict, b: dict) -> None:
             )
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_match_one(tmp_path: Path) -> None:
     gt_json, gt_folder = _write_panoptic_gt(tmp_path)
     single = _evaluators(gt_json, gt_folder)

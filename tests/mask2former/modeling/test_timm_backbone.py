@@ -224,6 +224,7 @@ def _datasets(synthetic_datasets, monkeypatch):
     monkeypatch.setenv("DETECTRON2_DATASETS", str(synthetic_datasets))
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("_datasets")
 def test_train_infer_save_load_and_resume_through_train_net(tmp_path):
     run = tmp_path / "run"

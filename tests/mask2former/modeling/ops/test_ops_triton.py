@@ -115,6 +115,7 @@ def test_cases_span_query_blocks() -> None:
     assert block_d == HEAD_DIM and 1 < -(-QUERIES // block_q) and QUERIES % block_q != 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("batch", "queries"), [(1, QUERIES), (3, FEW_QUERIES)])
 def test_float32_forward_and_gradients_match_pytorch(batch: int, queries: int) -> None:
     inputs = _inputs(batch, num_queries=queries)
@@ -129,6 +130,7 @@ def test_float32_forward_and_gradients_match_pytorch(batch: int, queries: int) -
     assert outside.any() and got[2][outside].abs().sum() > 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", list(LOW_PRECISION))
 def test_low_precision_matches_float32_pytorch(dtype: torch.dtype) -> None:
     inputs = _inputs(1, dtype, num_queries=FEW_QUERIES)
