@@ -41,9 +41,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(scope="session", autouse=True)
 def _private_cache(tmp_path_factory):
     """The project's cache folder (downloads, exported ONNX graphs) is a temporary folder of the
-    session, never the user's ``~/.cache/instaformer``; a test may point it elsewhere."""
+    session, never the user's ``~/.cache/instaformer``; a test may point it elsewhere. So is
+    Gradio's upload folder (``/tmp/gradio`` by default, shared by every process): it names
+    uploads by their content, so that web-demo tests running at the same time in other pytest
+    processes (xdist workers) would delete each other's uploads."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("INSTAFORMER_CACHE", str(tmp_path_factory.mktemp("instaformer-cache")))
+        patch.setenv("GRADIO_TEMP_DIR", str(tmp_path_factory.mktemp("gradio")))
         yield
 
 
