@@ -112,9 +112,31 @@ def _run_without_instaformer(script: str, *args: str) -> str:
     return proc.stdout
 
 
+# Saves the state dicts of ``tiny_maskformer()`` (plain) and of ``tiny_maskformer`` with
+# InstaFormer's adapters to sys.argv[1] and sys.argv[2].
+SAVE_STATES = r"""
+import sys
+torch.save(tiny_maskformer().state_dict(), sys.argv[1])
+torch.save(tiny_maskformer(list(ADAPTERS)).state_dict(), sys.argv[2])
+"""
+ADAPTERS = ("MODEL.MASK_FORMER.USE_ADAPTERS", "True")  # the overrides of the adapter model
+
+
+@pytest.fixture(scope="module")
+def without_instaformer(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, dict[str, Path]]:
+    """One interpreter that never imports ``instaformer`` saves the plain and the adapter model's
+    state dicts, then trains and runs a plain model: ``STANDALONE``'s report (whether anything
+    imported ``instaformer`` by then included) and the paths of the two state dicts."""
+    folder = tmp_path_factory.mktemp("standalone")
+    paths = {"plain": folder / "plain.pth", "adapters": folder / "adapters.pth"}
+    script = f"ADAPTERS = {ADAPTERS!r}\n" + SAVE_STATES + STANDALONE
+    stdout = _run_without_instaformer(script, str(paths["plain"]), str(paths["adapters"]))
+    return json.loads(stdout.strip().splitlines()[-1]), paths
+
+
 @pytest.mark.slow
-def test_plain_mask2former_trains_and_infers_without_instaformer() -> None:
-    out = json.loads(_run_without_instaformer(STANDALONE).strip().splitlines()[-1])
+def test_plain_mask2former_trains_and_infers_without_instaformer(without_instaformer) -> None:
+    out = without_instaformer[0]
     assert out["instaformer_imported"] is False
     assert out["class"] == "MaskFormer"
     assert out["adapters"] == 0  # plain Mask2Former: no InstaFormer adapters
@@ -127,31 +149,20 @@ def test_plain_mask2former_trains_and_infers_without_instaformer() -> None:
     assert out["segment_ids_ok"]
 
 
-# Saves the state dict of ``tiny_maskformer(sys.argv[2:])`` to sys.argv[1]; fails if anything
-# imported ``instaformer``.
-SAVE_STATE = r"""
-import sys
-model = tiny_maskformer(sys.argv[2:])
-assert not any(m.split(".")[0] == "instaformer" for m in sys.modules), "instaformer imported"
-torch.save(model.state_dict(), sys.argv[1])
-"""
-
-
-@pytest.mark.parametrize(
-    "extra", [(), ("MODEL.MASK_FORMER.USE_ADAPTERS", "True")], ids=["plain", "adapters"]
-)
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", ["plain", "adapters"])
 def test_importing_instaformer_does_not_change_a_mask2former_model(
-    tmp_path: Path, extra: tuple[str, ...]
+    without_instaformer, variant: str
 ) -> None:
     """The same Mask2Former config builds the same model (state-dict names, shapes and values
     for one seed) in a process without ``instaformer`` and in this one, which imported it."""
-    path = tmp_path / "state.pth"
-    _run_without_instaformer(SAVE_STATE, str(path), *extra)
+    extra = ADAPTERS if variant == "adapters" else ()
     assert "instaformer" in sys.modules and "instaformer.modeling" in sys.modules
+    assert without_instaformer[0]["instaformer_imported"] is False
     namespace: dict = {}
     exec(BUILD, namespace)
     ours = namespace["tiny_maskformer"](extra).state_dict()
-    theirs = torch.load(path, weights_only=True)
+    theirs = torch.load(without_instaformer[1][variant], weights_only=True)
     assert list(ours) == list(theirs)
     adapters = [k for k in ours if "adapter." in k or "adapter_layers" in k]
     assert bool(adapters) == bool(extra)

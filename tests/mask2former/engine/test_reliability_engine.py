@@ -170,6 +170,7 @@ def test_trainer_takes_its_pieces_at_construction(tmp_path) -> None:
         Trainer(setup_cfg("", [*opts, "DATASETS.TEST", "('val',)"]), _MatchingModel(), _ones)
 
 
+@pytest.mark.slow
 def test_collective_timeout_names_the_silent_rank(tmp_path) -> None:
     result = tmp_path / "explained.txt"
     launch(silent_rank, 2, backend="gloo", args=(str(result),), timeout=timedelta(seconds=120))
