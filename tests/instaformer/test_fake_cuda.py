@@ -54,6 +54,8 @@ CONFIGS = {
 INSTAORDERNET_OD = "configs/instaordernet/InstaOrderNet_od.yaml"
 HEIGHT, WIDTH, N, STUFF = 64, 96, 4, 2
 CUDA = torch.device("cuda", 0)
+# Whole released models through FakeTensorMode: 10 s to a minute per test on 2 CPU cores.
+pytestmark = pytest.mark.slow
 
 
 def _meta_model(config: str) -> nn.Module:

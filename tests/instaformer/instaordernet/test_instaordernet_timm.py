@@ -110,7 +110,6 @@ def test_freeze_at_applies_after_the_widening():
     assert all(p.requires_grad for n, p in model.net.named_parameters() if n.startswith("fc_"))
 
 
-@pytest.mark.slow
 def test_trains_evaluates_and_reloads_through_train_net(tmp_path, synthetic_datasets, monkeypatch):
     monkeypatch.setenv("DETECTRON2_DATASETS", str(synthetic_datasets))
     opts = ["MODEL.INSTAORDERNET.BACKBONE", "timm", "MODEL.TIMM.NAME", "test_convnext"]

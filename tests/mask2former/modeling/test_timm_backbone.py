@@ -298,6 +298,7 @@ def test_missing_pretrained_weights_fail_in_one_line_without_network(
     assert "--debug" in lines[2] and len(lines) == 3
 
 
+@pytest.mark.slow
 def test_unreachable_hub_fails_in_one_line_and_in_bounded_time(tmp_path):
     """A hub that answers nothing useful (a local server standing in for huggingface.co)."""
     script = (

@@ -142,6 +142,7 @@ def test_low_precision_matches_float32_pytorch(dtype: torch.dtype) -> None:
         _close(g, w, name, rtol=rtol, atol=atol)
 
 
+@pytest.mark.slow
 def test_gradcheck_float64() -> None:
     value, shapes, starts, locations, weights = random_inputs(
         batch=1,
