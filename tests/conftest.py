@@ -9,23 +9,45 @@ from pathlib import Path
 import pytest
 import torch
 
+from mask2former.utils.threads import available_cpus
+from tests.support import REFERENCE
+
 # Without a GPU, Triton's interpreter runs the deformable-attention Triton kernels on CPU tensors
-# (tests/test_ops_triton.py). Triton reads this when it is first imported, so it is set here,
-# before any test imports it; nothing else in the suite runs Triton kernels on the CPU.
+# (tests/mask2former/modeling/ops/test_ops_triton.py). Triton reads this when it is first
+# imported, so it is set here, before any test imports it; nothing else in the suite runs Triton
+# kernels on the CPU.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-REPO = Path(__file__).resolve().parents[1]
-REFERENCE = REPO / "tests" / "data" / "reference"
+# Under pytest-xdist (the README's test command runs 2 workers), each worker takes its share of
+# the cores for torch's threads, so that the workers' OpenMP threads do not wait on each other.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    torch.set_num_threads(max(1, available_cpus() // _WORKERS))
+
 PROJECT_LOGGERS = ("instaformer", "mask2former")  # the loggers setup_logger configures
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``gpu`` skip, with the reason, on a machine without a CUDA device."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="no CUDA GPU: the test needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session", autouse=True)
 def _private_cache(tmp_path_factory):
     """The project's cache folder (downloads, exported ONNX graphs) is a temporary folder of the
-    session, never the user's ``~/.cache/instaformer``; a test may point it elsewhere."""
+    session, never the user's ``~/.cache/instaformer``; a test may point it elsewhere. So is
+    Gradio's upload folder (``/tmp/gradio`` by default, shared by every process): it names
+    uploads by their content, so that web-demo tests running at the same time in other pytest
+    processes (xdist workers) would delete each other's uploads."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("INSTAFORMER_CACHE", str(tmp_path_factory.mktemp("instaformer-cache")))
+        patch.setenv("GRADIO_TEMP_DIR", str(tmp_path_factory.mktemp("gradio")))
         yield
 
 

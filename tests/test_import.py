@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+import pytest
+
+from tests.support import REPO
 
 _SCRIPT = """
 import importlib, pkgutil, sys
@@ -23,6 +24,7 @@ print(len(names))
 """
 
 
+@pytest.mark.slow
 def test_every_module_imports_without_gpu_or_build():
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="", PYTHONPATH=str(REPO))
     result = subprocess.run(

@@ -7,9 +7,11 @@ import shutil
 import subprocess
 import sys
 import zipfile
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+import pytest
+
+from tests.support import REPO
+
 # What a wheel is built from (the sdist's content, see MANIFEST.in); copied so that the build
 # writes nothing into the checkout.
 SOURCES = ("setup.py", "pyproject.toml", "README.md", "MANIFEST.in")
@@ -21,6 +23,7 @@ EXPECTED_CONFIGS = (
 )
 
 
+@pytest.mark.slow
 def test_wheel_ships_configs_and_console_scripts(tmp_path):
     source = tmp_path / "src"
     source.mkdir()

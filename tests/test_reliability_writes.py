@@ -21,13 +21,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from scripts import load_script
 
 from instaformer.data.example import EXAMPLE_CATEGORIES
 from instaformer.errors import run_cli
 from mask2former.utils.outputs import RECORD_NAME
+from tests.support import REPO
+from tests.support.scripts import load_script
 
-REPO = Path(__file__).resolve().parents[1]
 TINY = str(REPO / "configs" / "synthetic" / "maskformer2_R50_tiny.yaml")
 TINY_OD = str(REPO / "configs" / "synthetic" / "instaformer_od_tiny.yaml")
 
@@ -586,9 +586,8 @@ def test_wandb_files_go_into_the_output_folder(tmp_path, monkeypatch):
 
 
 def test_download_is_on_disk_before_it_takes_its_final_name(tmp_path, monkeypatch):
-    from local_server import LocalServer
-
     from mask2former.utils import download
+    from tests.support.local_server import LocalServer
 
     monkeypatch.setenv("INSTAFORMER_CACHE", str(tmp_path / "cache"))
     synced: list[tuple[str, bool]] = []

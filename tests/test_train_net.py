@@ -17,8 +17,8 @@ from instaformer.train import build_trainer, load_config, main, setup
 from mask2former.engine import Trainer, default_argument_parser, launch
 from mask2former.utils import comm
 from mask2former.utils.threads import ENV_THREADS
+from tests.support import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 CONFIG = str(REPO / "configs" / "synthetic" / "maskformer2_R50_tiny.yaml")
 
 
@@ -59,6 +59,7 @@ def _metrics(output_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (output_dir / "metrics.json").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_train_then_eval_only(tmp_path):
     results = _main(_args(tmp_path, "SOLVER.MAX_ITER", "3"))
     assert "panoptic_seg" in results and "sem_seg" in results
@@ -77,6 +78,7 @@ def test_train_then_eval_only(tmp_path):
     assert saved["panoptic_seg"]["PQ"] == pytest.approx(results["panoptic_seg"]["PQ"])
 
 
+@pytest.mark.slow
 def test_kill_and_resume_matches_uninterrupted_run(tmp_path, monkeypatch):
     common = ("SOLVER.MAX_ITER", "6", "SOLVER.STEPS", "(4,)", "SOLVER.CHECKPOINT_PERIOD", "3")
     common += ("DATASETS.TEST", "()", "SEED", "7")
@@ -133,6 +135,7 @@ def _two_process_step(output_dir: str, result_file: str) -> None:
         Path(result_file).write_text(json.dumps(sums))
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_agree_after_a_step(tmp_path):
     result = tmp_path / "sums.json"
     launch(
@@ -145,6 +148,7 @@ def test_two_gloo_processes_agree_after_a_step(tmp_path):
     assert len(sums) == 2 and sums[0] == sums[1]
 
 
+@pytest.mark.slow
 def test_command_line_two_cpu_processes(tmp_path, synthetic_datasets):
     env = dict(os.environ, DETECTRON2_DATASETS=str(synthetic_datasets))
     cmd = [sys.executable, str(REPO / "train_net.py"), "--config-file", CONFIG, "--num-gpus", "2"]
@@ -156,6 +160,7 @@ def test_command_line_two_cpu_processes(tmp_path, synthetic_datasets):
     assert (tmp_path / "model_final.pth").is_file()
 
 
+@pytest.mark.slow
 def test_instaordernet_trains_and_evaluates_through_train_net(tmp_path):
     config = str(REPO / "configs" / "instaordernet" / "synthetic_od_tiny.yaml")
     argv = ["--config-file", config, "OUTPUT_DIR", str(tmp_path), "SOLVER.MAX_ITER", "2"]
@@ -176,6 +181,7 @@ def _two_process_train_and_evaluate(output_dir: str, result_file: str) -> None:
         Path(result_file).write_text(json.dumps(results))
 
 
+@pytest.mark.slow
 def test_two_process_final_evaluation_equals_eval_only_of_saved_weights(
     tmp_path, monkeypatch, synthetic_datasets
 ):

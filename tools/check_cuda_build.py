@@ -6,7 +6,8 @@ Checks, in order (the first failure stops it; exit status 0 = all passed):
 
 1. ``mask2former/modeling/ops/csrc/`` uses none of the deprecated tensor API names of
    :data:`DEPRECATED` (``.type()``, ``.data<T>()``, the old dispatch macros, ``AT_CHECK``, THC);
-   ``--scan-only`` stops here (the test suite runs this part: ``tests/test_cuda_build_check.py``);
+   ``--scan-only`` stops here (the test suite runs this part:
+   ``tests/tools/test_cuda_build_check.py``);
 2. the CUDA toolkit: ``nvcc`` found through ``CUDA_HOME`` (or torch's guess from ``PATH``), with
    ``include/cuda_runtime.h``, and the same major CUDA version as ``torch.version.cuda``;
 3. the ahead-of-time build of ``setup.py`` (``FORCE_CUDA=1 python setup.py build_ext``, torch's

@@ -7,10 +7,10 @@ machine); docs/benchmarks.md ("GPU") lists the wheels and the exact command. Ste
 own process with its own timeout, so that a failure, a hang or an out-of-memory error in one
 loses none of the others:
 
-1. ``ops_triton``: ``pytest tests/test_ops_triton.py``, the Triton kernels of the
-   deformable attention against the PyTorch path on CUDA tensors;
+1. ``ops_triton``: ``pytest tests/mask2former/modeling/ops/test_ops_triton.py``, the Triton
+   kernels of the deformable attention against the PyTorch path on CUDA tensors;
 2. ``ops_cuda``: build the deformable-attention CUDA kernels just in time (ninja) and run
-   ``pytest tests/test_ops_cuda.py``;
+   ``pytest tests/mask2former/modeling/ops/test_ops_cuda.py``;
 3. ``op_bench``: the op at 1024^2 input, forward and forward+backward, float32 and bfloat16,
    Triton and compiled kernels against the PyTorch path (``tools/benchmarks/op.py``);
 4. ``inference_swin_t``, ``inference_r50``: InstaFormer^od at 800 x 1333 with ground-truth rows
@@ -182,7 +182,7 @@ def _msda_path(device: str) -> str:
 
 def step_ops_triton(ctx: StepContext) -> None:
     """The Triton kernels against the PyTorch path, on CUDA tensors."""
-    _pytest(ctx, "tests/test_ops_triton.py")
+    _pytest(ctx, "tests/mask2former/modeling/ops/test_ops_triton.py")
 
 
 def step_ops_cuda(ctx: StepContext) -> None:
@@ -195,7 +195,7 @@ def step_ops_cuda(ctx: StepContext) -> None:
     ctx.record("kernel_available", available)
     if not available:
         raise RuntimeError(f"the CUDA kernels did not build or load: {reason}")
-    _pytest(ctx, "tests/test_ops_cuda.py")
+    _pytest(ctx, "tests/mask2former/modeling/ops/test_ops_cuda.py")
 
 
 def step_op_bench(ctx: StepContext) -> None:
