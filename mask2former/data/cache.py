@@ -185,16 +185,16 @@ class RecordFile(RecordSequence):
         if body < 0:
             raise RecordCacheError(f"footer of {length} bytes in a file of {size}")
         try:
-            footer = json.loads(self._map[body : size - _TAIL.size])
-            self.footer: dict[str, Any] = footer
-            count, zdict_size = int(footer["count"]), int(footer["zdict_size"])
-            offsets_at, names = int(footer["offsets_at"]), list(footer["columns"])
-            if footer["format"] != CACHE_FORMAT:
-                raise RecordCacheError(f"format {footer['format']}, not {CACHE_FORMAT}")
-            if footer["body_size"] != body or offsets_at % 8:
-                raise RecordCacheError("footer positions do not match the file")
+            self.footer: dict[str, Any] = json.loads(self._map[body : size - _TAIL.size])
+            count, zdict_size = int(self.footer["count"]), int(self.footer["zdict_size"])
+            offsets_at, names = int(self.footer["offsets_at"]), list(self.footer["columns"])
+            fmt, body_size = self.footer["format"], self.footer["body_size"]
         except (ValueError, KeyError, TypeError) as e:  # JSON errors are ValueErrors
             raise RecordCacheError(f"unreadable footer ({e})") from e
+        if fmt != CACHE_FORMAT:
+            raise RecordCacheError(f"format {fmt}, not {CACHE_FORMAT}")
+        if body_size != body or offsets_at % 8 or count < 0 or not 0 <= zdict_size <= body:
+            raise RecordCacheError("footer positions do not match the file")
         if offsets_at + 8 * (count + 1) + 8 * count * len(names) != body:
             raise RecordCacheError("the arrays do not fill the file")
         self._offsets = np.frombuffer(self._map, "<i8", count + 1, offsets_at)
@@ -282,11 +282,12 @@ class ConcatRecords(RecordSequence):
         return self._parts[part][index - start]
 
     def stored_column(self, name: str) -> np.ndarray | None:
-        columns = [
-            p.stored_column(name) if isinstance(p, RecordSequence) else None for p in self._parts
-        ]
-        if any(c is None for c in columns):
-            return None
+        columns = []
+        for part in self._parts:
+            column = part.stored_column(name) if isinstance(part, RecordSequence) else None
+            if column is None:
+                return None
+            columns.append(column)
         return np.concatenate(columns) if columns else np.zeros(0, dtype=np.int64)
 
 
@@ -379,10 +380,15 @@ def _file_entry(path: str) -> dict[str, Any]:
 
 
 def _stale_reason(records: RecordFile, source: RecordSource, key: str) -> str | None:
-    footer = records.footer
-    if footer.get("key") != key or len(footer.get("files", ())) != len(source.files):
+    footer, files = records.footer, records.footer.get("files")
+    if (
+        footer.get("key") != key
+        or not isinstance(files, list)
+        or len(files) != len(source.files)
+        or not all(isinstance(entry, dict) for entry in files)
+    ):
         return "built for other arguments"
-    for path, entry in zip(source.files, footer["files"], strict=True):
+    for path, entry in zip(source.files, files, strict=True):
         stat = os.stat(path)
         if (stat.st_size, stat.st_mtime_ns) == (entry.get("size"), entry.get("mtime_ns")):
             continue

@@ -1,9 +1,9 @@
 """One measurement of ``python tools/benchmark.py data`` in a fresh process.
 
-``python -P _data_measure.py REQUEST``: REQUEST is a JSON object (``task`` "load" or "run",
-``root`` of a scale set, ``set`` "panoptic" or "instances", ``cache``, and for "run" ``ranks``,
-``workers``, ``mapper_images``); the result is printed as one JSON line. See
-``tools/benchmarks/data.py`` for what is measured.
+``python -P _data_measure.py REQUEST``: REQUEST is a JSON object: ``task`` ("load", "run" or
+"mapper"), ``root`` of the scale sets, ``set`` ("panoptic" or "instances"), ``cache``, and for
+"run" and "mapper" ``ranks`` and ``workers``, for "mapper" ``mapper_images`` and ``rounds``. The
+result is printed as one JSON line. See ``tools/benchmarks/data.py`` for what is measured.
 """
 
 from __future__ import annotations
@@ -18,6 +18,10 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+# before torch: importing mask2former chooses the OpenMP wait policy, read when torch loads
+import mask2former  # noqa: F401
+
+# isort: split
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -34,12 +38,14 @@ from mask2former.data.build import (
     trivial_batch_collator,
     worker_init_fn,
 )
+from mask2former.data.cache import subset
 from mask2former.engine import launch
 from mask2former.utils import comm
 from mask2former.utils.memory import process_memory
 
 NAMES = {"panoptic": "scale_instaorder_panoptic", "instances": "scale_instaorder"}
 EPOCH_BATCH = 64  # records per worker task in the epoch (a small result per record)
+CONTROL_ITEMS = 100 * EPOCH_BATCH  # items of the control epoch over one record
 MAPPER_BATCH = 2  # images per rank and iteration (16 over 8 GPUs)
 _baseline: int | None = None  # this worker's USS before it held the dataset
 
@@ -144,27 +150,17 @@ def _loader(dataset: Any, batches: list[list[int]], workers: int, persistent: bo
     )
 
 
-def _throughput(records: Sequence[dict], order: Sequence[int], request: dict, lsj: bool) -> float:
-    augmentation = (
-        build_lsj_augmentation(
-            image_size=1024, min_scale=0.1, max_scale=2.0, random_flip="horizontal"
-        )
-        if lsj
-        else None
-    )
-    mapper = InstaOrderPanopticMapper(is_train=True, augmentation=augmentation, task="od")
-    picks = list(order[: request["mapper_images"] + MAPPER_BATCH * request["workers"]])
-    loader = _loader(
-        MapDataset(records, mapper), _batches(picks, MAPPER_BATCH), request["workers"], False
-    )
+def _epoch_growth(records: Sequence[dict], order: list[int], workers: int) -> list[int]:
+    """Each worker's USS growth (bytes) while it reads ``records[order]`` (module ``Probe``),
+    measured when every rank's epoch is over, before the workers end."""
+    loader = _loader(Probe(records), _batches(order, EPOCH_BATCH), workers, True)
+    baseline: dict[int, int] = {}
+    for batch in loader:
+        baseline.update(batch)
     comm.synchronize()
-    images, start = 0, 0.0
-    for n, batch in enumerate(loader):
-        if n < request["workers"]:  # batch n comes from worker n: start-up excluded
-            start = time.perf_counter()
-        else:
-            images += len(batch)
-    return images / (time.perf_counter() - start)
+    growth = [process_memory(pid)["uss"] - uss for pid, uss in baseline.items()]
+    comm.synchronize()
+    return growth
 
 
 def _rank(request: dict[str, Any]) -> None:
@@ -173,57 +169,100 @@ def _rank(request: dict[str, Any]) -> None:
     rank, world = comm.get_rank(), comm.get_world_size()
     before = process_memory()
     records, startup = _start(request)
+    comm.synchronize()  # every rank has mapped the records: pages they share count as shared
     loaded = process_memory()
-    comm.synchronize()
     order = np.random.default_rng(0).permutation(len(records))[rank::world].tolist()
-    loader = _loader(Probe(records), _batches(order, EPOCH_BATCH), request["workers"], True)
-    baseline: dict[int, int] = {}
-    for batch in loader:
-        baseline.update(batch)
-    comm.synchronize()  # every rank's epoch is over; the workers wait for the next one
-    growth = [process_memory(pid)["uss"] - uss for pid, uss in baseline.items()]
-    comm.synchronize()
-    del loader
+    growth = _epoch_growth(records, order, request["workers"])
+    # The loader's own growth: the same machinery over one record, read CONTROL_ITEMS times.
+    control = _epoch_growth([records[0]], [0] * CONTROL_ITEMS, request["workers"])
     result = {
         "startup_s": startup,
         "rank_uss": loaded["uss"] - before["uss"],
         "rank_pss": loaded["pss"] - before["pss"],
         "worker_growth": growth,
+        "control_growth": control,
     }
-    if request["set"] == "panoptic" and request["mapper_images"]:
-        result["rate_480x640"] = _throughput(records, order, request, lsj=False)
-        result["rate_lsj1024"] = _throughput(records, order, request, lsj=True)
     with open(os.path.join(request["out"], f"rank{rank}.json"), "w") as f:
         json.dump(result, f)
 
 
-def run(request: dict[str, Any]) -> dict[str, Any]:
-    ranks = request["ranks"]
+def _gather(request: dict[str, Any], rank_main: Any) -> list[dict[str, Any]]:
+    """Run ``rank_main(request)`` in ``request["ranks"]`` processes; their JSON results."""
     with tempfile.TemporaryDirectory() as out:
-        launch(_rank, ranks, backend="gloo", args=({**request, "out": out},))
-        per_rank = []
-        for r in range(ranks):
+        launch(rank_main, request["ranks"], backend="gloo", args=({**request, "out": out},))
+        results = []
+        for r in range(request["ranks"]):
             with open(os.path.join(out, f"rank{r}.json")) as f:
-                per_rank.append(json.load(f))
-    held = sum(r["rank_pss"] + sum(r["worker_growth"]) for r in per_rank)
-    merged: dict[str, Any] = {
-        "ranks": ranks,
+                results.append(json.load(f))
+    return results
+
+
+def run(request: dict[str, Any]) -> dict[str, Any]:
+    per_rank = _gather(request, _rank)
+    control = float(np.mean([g for r in per_rank for g in r["control_growth"]]))
+    growth = [g for r in per_rank for g in r["worker_growth"]]
+    return {
+        "ranks": request["ranks"],
         "workers": request["workers"],
-        "workers_total": ranks * request["workers"],
         "startup_s": [r["startup_s"] for r in per_rank],
         "rank_uss": [r["rank_uss"] for r in per_rank],
-        "worker_growth": [g for r in per_rank for g in r["worker_growth"]],
-        "held": held,
+        "worker_growth": growth,
+        "control_growth": control,
+        "held": sum(r["rank_pss"] for r in per_rank) + sum(max(0.0, g - control) for g in growth),
     }
-    for key in ("rate_480x640", "rate_lsj1024"):
-        if key in per_rank[0]:
-            merged[key] = sum(r[key] for r in per_rank)
-    return merged
+
+
+def _rate(dataset: Sequence[dict], picks: list[int], workers: int, lsj: bool) -> float:
+    """Images per second of the ``instaorder_panoptic`` training mapper over ``picks``, once
+    every worker has delivered its first batch."""
+    augmentation = (
+        build_lsj_augmentation(
+            image_size=1024, min_scale=0.1, max_scale=2.0, random_flip="horizontal"
+        )
+        if lsj
+        else None
+    )
+    mapper = InstaOrderPanopticMapper(is_train=True, augmentation=augmentation, task="od")
+    loader = _loader(MapDataset(dataset, mapper), _batches(picks, MAPPER_BATCH), workers, False)
+    comm.synchronize()
+    images, start = 0, 0.0
+    for n, batch in enumerate(loader):
+        if n < workers:  # batch n comes from worker n: their start-up is not timed
+            start = time.perf_counter()
+        else:
+            images += len(batch)
+    return images / (time.perf_counter() - start)
+
+
+def _mapper_rank(request: dict[str, Any]) -> None:
+    """Today's path (``MapDataset`` over a list: a deep copy per item) against the cache's (a
+    record decoded per item), alternating, ``rounds`` times, on the same images."""
+    torch.set_num_threads(1)
+    _register(request["root"])
+    rank, world = comm.get_rank(), comm.get_world_size()
+    records = get_detection_dataset_dicts(NAMES["panoptic"])
+    count = (request["mapper_images"] + MAPPER_BATCH * request["workers"]) * world
+    paths = {"off": records[:count], "on": subset(records, range(count))}
+    picks = list(range(rank, count, world))
+    rates: dict[str, list[float]] = {}
+    for _ in range(request["rounds"]):
+        for recipe in ("480x640", "lsj1024"):
+            for path, dataset in paths.items():
+                rate = _rate(dataset, picks, request["workers"], lsj=recipe == "lsj1024")
+                rates.setdefault(f"{path} {recipe}", []).append(rate)
+    with open(os.path.join(request["out"], f"rank{rank}.json"), "w") as f:
+        json.dump(rates, f)
+
+
+def mapper(request: dict[str, Any]) -> dict[str, Any]:
+    per_rank = _gather(request, _mapper_rank)
+    totals = {key: np.sum([r[key] for r in per_rank], axis=0).tolist() for key in per_rank[0]}
+    return {"ranks": request["ranks"], "workers": request["workers"], "rates": totals}
 
 
 def main() -> None:
     request = json.loads(sys.argv[1])
-    result = load(request) if request["task"] == "load" else run(request)
+    result = {"load": load, "run": run, "mapper": mapper}[request["task"]](request)
     print(json.dumps(result))
 
 

@@ -21,11 +21,16 @@ loaders as they were before the cache) and on, one after the other:
   share of one epoch of records through ``MapDataset``. Each worker's USS growth over the epoch
   from before it held the dataset: a forked worker (one rank) from its first item; a spawned one
   (the ranks' workers, as ``launch`` starts them) from before the dataset was unpickled in it.
-  The memory held for annotations: the ranks' PSS growth while loading plus the workers' USS
-  growth, compared with one copy: the dataset's PSS in one process alone (``load``). Then the
-  ``instaorder_panoptic`` mapper's throughput at 480 x 640 (no augmentation) and with the
-  released LSJ recipe (1024, scale 0.1-2, flip), over ``--mapper-images`` images per rank,
-  timed once every worker has delivered its first batch.
+  The same loader over a one-record list gives the loader's own growth (the control). The
+  memory held for annotations: the ranks' PSS growth while loading plus the workers' growth
+  beyond the control, compared with one copy: the dataset's PSS in one process alone
+  (``load``).
+* ``mapper`` (panoptic; R ranks x W workers): the ``instaorder_panoptic`` training mapper's
+  images/s at 480 x 640 (no augmentation) and with the released LSJ recipe (1024, scale 0.1-2,
+  flip) over ``--mapper-images`` images per rank, timed once every worker has delivered its
+  first batch; today's path (``MapDataset`` over a list: a deep copy per item) and the cache's
+  (one record decoded per item) alternate in one process, ``--rounds`` times, on the same
+  images (the list holds just those records: the mapper's cost does not depend on the rest).
 
 Time figures are only comparable within one run (the cores are shared): state the load
 (``uptime``), which is printed with the tables.
@@ -70,8 +75,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="RANKSxWORKERS runs of the instances set (its JSON path needs several GB a rank)",
     )
     parser.add_argument(
-        "--mapper-images", type=int, default=64, help="images per rank and recipe (0: skip)"
+        "--mapper-images", type=int, default=48, help="images per rank and recipe (0: skip)"
     )
+    parser.add_argument("--rounds", type=int, default=3, help="alternations of the two paths")
     parser.add_argument(
         "--old-max-ranks",
         type=int,
@@ -275,24 +281,36 @@ def _load_table(rows: list[tuple[str, dict]]) -> list[str]:
 def _run_table(rows: list[tuple[str, dict]]) -> list[str]:
     lines = [
         "| ranks x workers | path | start-up s (per rank) | rank dataset USS MiB | worker USS"
-        " growth MiB (max) | held for annotations MiB | x one copy | 480x640 img/s (per worker)"
-        " | LSJ 1024 img/s (per worker) | load avg |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        " growth MiB (max) | control MiB | held for annotations MiB | x one copy | load avg |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for label, r in rows:
-        rates = []
-        for key in ("rate_480x640", "rate_lsj1024"):
-            total = r.get(key)
-            rates.append(
-                "-" if total is None else f"{total:.1f} ({total / r['workers_total']:.1f})"
-            )
         lines.append(
             f"| {r['ranks']} x {r['workers']} | {label} | "
             f"{', '.join(f'{s:.2f}' for s in r['startup_s'])} | "
             f"{', '.join(_mib(u) for u in r['rank_uss'])} | {_mib(max(r['worker_growth']))} | "
-            f"{_mib(r['held'])} | {r['held'] / r['one_copy']:.2f} | {rates[0]} | {rates[1]} | "
-            f"{r['load'][0]:.1f}-{r['load'][3]:.1f} |"
+            f"{_mib(r['control_growth'])} | {_mib(r['held'])} | "
+            f"{r['held'] / r['one_copy']:.2f} | {r['load'][0]:.1f}-{r['load'][3]:.1f} |"
         )
+    return lines
+
+
+def _mapper_table(rows: list[dict]) -> list[str]:
+    lines = [
+        "| ranks x workers | recipe | today img/s (per worker) | cache img/s (per worker) | "
+        "cache / today | load avg |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        workers = r["ranks"] * r["workers"]
+        for recipe in ("480x640", "lsj1024"):
+            off = float(np.median(r["rates"][f"off {recipe}"]))
+            on = float(np.median(r["rates"][f"on {recipe}"]))
+            lines.append(
+                f"| {r['ranks']} x {r['workers']} | {recipe} | {off:.1f} ({off / workers:.2f}) | "
+                f"{on:.1f} ({on / workers:.2f}) | {on / off:.2f} | "
+                f"{r['load'][0]:.1f}-{r['load'][3]:.1f} |"
+            )
     return lines
 
 
@@ -337,6 +355,14 @@ def run(args: argparse.Namespace) -> None:
             runs.append(("cache on" + (", cold" if cold else ""), new))
         report += ["", f"### {which}: ranks x workers", "", *_run_table(runs)]
         results[which] = {"load": loads, "runs": runs}
+        if which == "panoptic" and args.mapper_images:
+            request = {**base, "task": "mapper", "cache": True, "rounds": args.rounds}
+            mappers = [
+                _measure({**request, "ranks": r, "workers": w})
+                for r, w in itertools.product(args.ranks, args.workers)
+            ]
+            report += ["", "### panoptic: mapper throughput (medians)", "", *_mapper_table(mappers)]
+            results["mapper"] = mappers
     text = json.dumps(results, indent=1).encode()
     atomic_write(os.path.join(work, "results.json"), lambda f: f.write(text))
     print("\n".join(report))
