@@ -53,21 +53,29 @@ import numpy as np
 
 from instaformer.data import make_synthetic_dataset
 from mask2former.structures import decode_segmentation
+from mask2former.utils.argtypes import int_range
 from mask2former.utils.atomic import atomic_write
 
 MEASURE = Path(__file__).resolve().parent / "_data_measure.py"
 POOL_SIZE = (480, 640)
 POOL_MAX_OBJECTS = 14
+SCALE_LAYOUT = 2  # version of write_scale_sets' output, in its folder's name
 INSTANCES_PER_IMAGE = 8.5  # COCO train2017: 860K instances; InstaOrder: 101K images
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--work-dir", default="output/benchmark_data", help="output folder")
-    parser.add_argument("--records", type=int, default=101_000, help="images of the scale sets")
-    parser.add_argument("--pool-images", type=int, default=64, help="rendered images reused")
+    parser.add_argument(
+        "--records", type=int_range(1), default=101_000, help="images of the scale sets"
+    )
+    parser.add_argument(
+        "--pool-images", type=int_range(1), default=64, help="rendered images reused"
+    )
     parser.add_argument("--sets", nargs="+", default=["panoptic", "instances"])
-    parser.add_argument("--ranks", type=int, nargs="+", default=[1, 2], help="processes (gloo)")
-    parser.add_argument("--workers", type=int, nargs="+", default=[2, 4], help="per rank")
+    parser.add_argument(
+        "--ranks", type=int_range(1), nargs="+", default=[1, 2], help="processes (gloo)"
+    )
+    parser.add_argument("--workers", type=int_range(0), nargs="+", default=[2, 4], help="per rank")
     parser.add_argument(
         "--instances-grid",
         nargs="*",
@@ -75,12 +83,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="RANKSxWORKERS runs of the instances set (its JSON path needs several GB a rank)",
     )
     parser.add_argument(
-        "--mapper-images", type=int, default=48, help="images per rank and recipe (0: skip)"
+        "--mapper-images",
+        type=int_range(0),
+        default=48,
+        help="images per rank and recipe (0: skip)",
     )
-    parser.add_argument("--rounds", type=int, default=3, help="alternations of the two paths")
+    parser.add_argument(
+        "--rounds", type=int_range(1), default=3, help="alternations of the two paths"
+    )
     parser.add_argument(
         "--old-max-ranks",
-        type=int,
+        type=int_range(1),
         default=None,
         help="run the cache-off path up to this many ranks only (its spawned workers each "
         "unpickle a whole copy of the records: at 101K, 2 GB a worker)",
@@ -143,7 +156,9 @@ def write_scale_sets(pool: str, out: str, records: int) -> dict[str, Any]:
     ``InstaOrderPanoptic_train2017.json``, ``InstaOrder_train2017.json`` and
     ``instances_train2017.json`` (polygons; extra copies of an image's things, named by no
     InstaOrder record, bring the instances to about :data:`INSTANCES_PER_IMAGE` per image).
-    ``out/coco/{train2017,panoptic_train2017}`` link to the pool's folders.
+    Every image has names of its own (``<id>.jpg``, ``<id>.png``, as the loaders refuse names
+    shared by two images): ``out/coco/{train2017,panoptic_train2017}`` hold one link per image to
+    the pool's file.
 
     Returns:
         counts: records, segments, order entries, instances, and the files' sizes in bytes.
@@ -151,10 +166,6 @@ def write_scale_sets(pool: str, out: str, records: int) -> dict[str, Any]:
     src = os.path.join(pool, "coco")
     ann_dir = os.path.join(out, "coco", "annotations")
     os.makedirs(ann_dir, exist_ok=True)
-    for folder in ("train2017", "panoptic_train2017"):
-        link = os.path.join(out, "coco", folder)
-        if not os.path.islink(link):
-            os.symlink(os.path.relpath(os.path.join(src, folder), os.path.dirname(link)), link)
     with open(os.path.join(src, "annotations", "InstaOrderPanoptic_train2017.json")) as f:
         panoptic = json.load(f)
     with open(os.path.join(src, "annotations", "instances_train2017.json")) as f:
@@ -172,13 +183,27 @@ def write_scale_sets(pool: str, out: str, records: int) -> dict[str, Any]:
         instances_of[ann["image_id"]].append({**ann, "segmentation": seg})
     p = len(pool_images)
 
+    def name(i: int, pool_name: str) -> str:
+        return f"{i + 1:012d}{os.path.splitext(pool_name)[1]}"
+
+    for folder, entries in (("train2017", pool_images), ("panoptic_train2017", pool_anns)):
+        links = os.path.join(out, "coco", folder)
+        os.makedirs(links, exist_ok=True)
+        target = os.path.relpath(os.path.join(src, folder), links)
+        for i in range(records):
+            link = os.path.join(links, name(i, entries[i % p]["file_name"]))
+            if not os.path.islink(link):
+                os.symlink(os.path.join(target, entries[i % p]["file_name"]), link)
+
     def images() -> Iterator[dict]:
         for i in range(records):
-            yield {**pool_images[i % p], "id": i + 1}
+            image = pool_images[i % p]
+            yield {**image, "id": i + 1, "file_name": name(i, image["file_name"])}
 
     def panoptic_anns() -> Iterator[dict]:
         for i in range(records):
-            yield {**pool_anns[i % p], "image_id": i + 1}
+            ann = pool_anns[i % p]
+            yield {**ann, "image_id": i + 1, "file_name": name(i, ann["file_name"])}
 
     _json_file(
         os.path.join(ann_dir, "InstaOrderPanoptic_train2017.json"),
@@ -234,7 +259,7 @@ def write_scale_sets(pool: str, out: str, records: int) -> dict[str, Any]:
 def _scale_sets(work: str, records: int, pool_images: int) -> tuple[str, dict[str, Any]]:
     pool = os.path.join(work, f"pool-{pool_images}")
     write_pool(pool, pool_images)
-    out = os.path.join(work, f"scale-{records}-{pool_images}")
+    out = os.path.join(work, f"scale{SCALE_LAYOUT}-{records}-{pool_images}")
     manifest = os.path.join(out, "manifest.json")
     if os.path.exists(manifest):
         return out, json.loads(Path(manifest).read_text())

@@ -14,14 +14,19 @@ import numpy as np
 import torch
 
 from instaformer.evaluation import DepthEvaluator, OcclusionEvaluator
+from mask2former.utils.argtypes import int_range
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--images", type=int, default=5000, help="number of synthetic images")
-    parser.add_argument("--max-instances", type=int, default=20, help="largest n per image")
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument(
+        "--images", type=int_range(1), default=5000, help="number of synthetic images"
+    )
+    parser.add_argument(
+        "--max-instances", type=int_range(1), default=20, help="largest n per image"
+    )
+    parser.add_argument("--threads", type=int_range(1), default=1, help="torch intra-op threads")
     parser.add_argument("--multi-scale", action="store_true", help="per-n breakdown as well")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int_range(0), default=0)
 
 
 def _symmetric(rng: np.random.Generator, n: int, low: int, high: int) -> np.ndarray:
