@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -312,17 +312,25 @@ def result_faults(cfg: CfgNode, names: Sequence[str]) -> list[str]:
     return faults
 
 
-def ground_truth_faults(cfg: CfgNode, names: Sequence[str]) -> list[str]:
-    """The panoptic ground-truth file (metadata ``panoptic_json``) of each test dataset in
-    ``names`` exists, when PQ or AP is evaluated."""
+def _panoptic_ground_truths(cfg: CfgNode, names: Sequence[str]) -> Iterator[tuple[str, str]]:
+    """``(name, metadata panoptic_json)`` of each dataset in ``names`` that has one, when PQ or
+    AP is evaluated (``MODEL.MASK_FORMER.TEST.PANOPTIC_ON`` / ``INSTANCE_ON``)."""
     test = cfg.MODEL.MASK_FORMER.TEST
     if not (test.PANOPTIC_ON or test.INSTANCE_ON):
-        return []
-    faults = []
+        return
     for name in names:
         meta = _meta(name)
         path = meta.get("panoptic_json") if meta is not None else None
-        if isinstance(path, str) and not os.path.isfile(path):
+        if isinstance(path, str):
+            yield name, path
+
+
+def ground_truth_faults(cfg: CfgNode, names: Sequence[str]) -> list[str]:
+    """The panoptic ground-truth file (metadata ``panoptic_json``) of each test dataset in
+    ``names`` exists, when PQ or AP is evaluated."""
+    faults = []
+    for name, path in _panoptic_ground_truths(cfg, names):
+        if not os.path.isfile(path):
             faults.append(
                 f"MODEL.MASK_FORMER.TEST.PANOPTIC_ON / INSTANCE_ON: the panoptic ground truth of "
                 f"dataset {name!r} (metadata panoptic_json) is missing: {path}"
@@ -337,14 +345,9 @@ def panoptic_name_faults(cfg: CfgNode, names: Sequence[str]) -> list[str]:
     ``OUTPUT_DIR``, and refuses them when it is built. One fault per dataset: its first such
     name and how many more. Reads each ground-truth JSON (the evaluation sets, not the training
     sets); a missing one is :func:`ground_truth_faults`' fault."""
-    test = cfg.MODEL.MASK_FORMER.TEST
-    if not (test.PANOPTIC_ON or test.INSTANCE_ON):
-        return []
     faults = []
-    for name in names:
-        meta = _meta(name)
-        path = meta.get("panoptic_json") if meta is not None else None
-        if not isinstance(path, str) or not os.path.isfile(path):
+    for name, path in _panoptic_ground_truths(cfg, names):
+        if not os.path.isfile(path):
             continue
         try:
             with open(path, "rb") as f:
