@@ -288,55 +288,80 @@ def _mib(n: float) -> str:
     return f"{n / 2**20:.1f}"
 
 
+def _table(columns: list[str], rows: Iterable[list[str]]) -> list[str]:
+    """A Markdown table's lines."""
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    return lines + ["| " + " | ".join(row) + " |" for row in rows]
+
+
+def _loads(r: dict) -> str:
+    return f"{r['load'][0]:.1f}-{r['load'][3]:.1f}"
+
+
 def _load_table(rows: list[tuple[str, dict]]) -> list[str]:
-    lines = [
-        "| path | start-up s | peak RSS MiB | dataset USS MiB | dataset PSS MiB | record file MiB"
-        " | one item µs | load avg |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for label, r in rows:
-        lines.append(
-            f"| {label} | {r['startup_s']:.2f} | {_mib(r['peak_rss'])} | {_mib(r['uss'])} | "
-            f"{_mib(r['pss'])} | {_mib(r['file_bytes']) if r['file_bytes'] else '-'} | "
-            f"{r['item_us']:.0f} | {r['load'][0]:.1f}-{r['load'][3]:.1f} |"
-        )
-    return lines
+    columns = ["path", "start-up s", "peak RSS MiB", "dataset USS MiB", "dataset PSS MiB"]
+    columns += ["record file MiB", "one item µs", "load avg"]
+    return _table(
+        columns,
+        (
+            [
+                label,
+                f"{r['startup_s']:.2f}",
+                _mib(r["peak_rss"]),
+                _mib(r["uss"]),
+                _mib(r["pss"]),
+                _mib(r["file_bytes"]) if r["file_bytes"] else "-",
+                f"{r['item_us']:.0f}",
+                _loads(r),
+            ]
+            for label, r in rows
+        ),
+    )
 
 
 def _run_table(rows: list[tuple[str, dict]]) -> list[str]:
-    lines = [
-        "| ranks x workers | path | start-up s (per rank) | rank dataset USS MiB | worker USS"
-        " growth MiB (max) | control MiB | held for annotations MiB | x one copy | load avg |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for label, r in rows:
-        lines.append(
-            f"| {r['ranks']} x {r['workers']} | {label} | "
-            f"{', '.join(f'{s:.2f}' for s in r['startup_s'])} | "
-            f"{', '.join(_mib(u) for u in r['rank_uss'])} | {_mib(max(r['worker_growth']))} | "
-            f"{_mib(r['control_growth'])} | {_mib(r['held'])} | "
-            f"{r['held'] / r['one_copy']:.2f} | {r['load'][0]:.1f}-{r['load'][3]:.1f} |"
-        )
-    return lines
+    columns = ["ranks x workers", "path", "start-up s (per rank)", "rank dataset USS MiB"]
+    columns += ["worker USS growth MiB (max)", "control MiB", "held for annotations MiB"]
+    columns += ["x one copy", "load avg"]
+    return _table(
+        columns,
+        (
+            [
+                f"{r['ranks']} x {r['workers']}",
+                label,
+                ", ".join(f"{s:.2f}" for s in r["startup_s"]),
+                ", ".join(_mib(u) for u in r["rank_uss"]),
+                _mib(max(r["worker_growth"])),
+                _mib(r["control_growth"]),
+                _mib(r["held"]),
+                f"{r['held'] / r['one_copy']:.2f}",
+                _loads(r),
+            ]
+            for label, r in rows
+        ),
+    )
 
 
 def _mapper_table(rows: list[dict]) -> list[str]:
-    lines = [
-        "| ranks x workers | recipe | today img/s (per worker) | cache img/s (per worker) | "
-        "cache / today | load avg |",
-        "|---|---|---|---|---|---|",
-    ]
+    columns = ["ranks x workers", "recipe", "today img/s (per worker)"]
+    columns += ["cache img/s (per worker)", "cache / today", "load avg"]
+    cells = []
     for r in rows:
         workers = r["ranks"] * r["workers"]
         for recipe in ("480x640", "lsj1024"):
             off = float(np.median(r["rates"][f"off {recipe}"]))
             on = float(np.median(r["rates"][f"on {recipe}"]))
-            lines.append(
-                f"| {r['ranks']} x {r['workers']} | {recipe} | {off:.1f} ({off / workers:.2f}) | "
-                f"{on:.1f} ({on / workers:.2f}) | {on / off:.2f} | "
-                f"{r['load'][0]:.1f}-{r['load'][3]:.1f} |"
+            cells.append(
+                [
+                    f"{r['ranks']} x {r['workers']}",
+                    recipe,
+                    f"{off:.1f} ({off / workers:.2f})",
+                    f"{on:.1f} ({on / workers:.2f})",
+                    f"{on / off:.2f}",
+                    _loads(r),
+                ]
             )
-    return lines
+    return _table(columns, cells)
 
 
 def run(args: argparse.Namespace) -> None:
