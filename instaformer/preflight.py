@@ -23,13 +23,18 @@ nothing. What it checks, in order:
    compared, nothing copied), or ``--allow-random-init``;
 5. data: every dataset loads (annotation files, duplicates; see :mod:`instaformer.data`),
    holds the kind of records the model reads, and matches ``MODEL.SEM_SEG_HEAD.NUM_CLASSES``;
-   every image and panoptic PNG exists (one ``stat`` each); no image has more non-crowd
+   every image and panoptic PNG exists (one ``stat`` each); the panoptic ground-truth PNG names
+   of the evaluated datasets are relative, without ``..``; no image has more non-crowd
    segments than ``MODEL.MASK_FORMER.NUM_OBJECT_QUERIES`` when an order head needs every
    annotated instance matched to a query.
 
 Datasets read: training checks ``DATASETS.TRAIN`` and ``DATASETS.TEST`` (the final
-evaluation), ``--eval-only`` only ``DATASETS.TEST``. Its cost is one load of those annotation
-files plus a ``stat`` per file (docs/training.md gives measured figures).
+evaluation), ``--eval-only`` only ``DATASETS.TEST``. With ``DATALOADER.RECORD_CACHE`` (the
+default) they are read through their record files (:mod:`mask2former.data.cache`): the check
+builds a missing one (parsing the JSON and refusing duplicates) and the run's processes then map
+it, so pre-flight and training parse each annotation file at most once per node. Its cost is
+that build (or a map), one decode of each record, and a ``stat`` per file (docs/training.md
+gives measured figures).
 """
 
 from __future__ import annotations
@@ -55,7 +60,8 @@ from instaformer.modeling.registry import ORDER_HEAD_REGISTRY
 from instaformer.vocabulary import TASK_CODES
 from mask2former.checkpoint import CheckpointError, M2FCheckpointer, unloaded_modules
 from mask2former.config import CfgNode, ConfigError
-from mask2former.data.build import has_no_instance
+from mask2former.data.build import NO_INSTANCE
+from mask2former.data.cache import record_column
 from mask2former.engine.checkpoint import last_checkpoint_path
 from mask2former.engine.processes import backend_for, process_count, process_faults
 from mask2former.modeling.criterion import SetCriterion
@@ -65,13 +71,14 @@ from mask2former.preflight import (
     batch_faults,
     dataset_name_faults,
     ground_truth_faults,
-    largest_target_count,
     load_datasets,
     mask2former_registry_faults,
     metadata_faults,
     missing_file_faults,
+    panoptic_name_faults,
     registry_faults,
     result_faults,
+    scan_records,
     weights_faults,
 )
 
@@ -310,7 +317,7 @@ def _coverage_faults(cfg: CfgNode, model: nn.Module) -> list[str]:
     return [random_init_message(cfg.MODEL.WEIGHTS, parts)] if parts else []
 
 
-def _record_faults(cfg: CfgNode, name: str, records: list[dict]) -> list[str]:
+def _record_faults(cfg: CfgNode, name: str, records: Sequence[dict]) -> list[str]:
     """The first record holds what the family's mapper reads."""
     family_keys = _INSTANCE_KEYS if _is_instaordernet(cfg) else _PANOPTIC_KEYS
     absent = [k for k in family_keys if k not in records[0]]
@@ -324,10 +331,10 @@ def _record_faults(cfg: CfgNode, name: str, records: list[dict]) -> list[str]:
     ]
 
 
-def _query_faults(cfg: CfgNode, name: str, records: list[dict]) -> list[str]:
-    """Every non-crowd segment is matched to a query; an order head needs every annotated one."""
+def _query_faults(cfg: CfgNode, name: str, most: int, record: dict | None) -> list[str]:
+    """Every non-crowd segment is matched to a query; an order head needs every annotated one.
+    ``most``: the largest count of one image, ``record``, that image's dict."""
     queries = cfg.MODEL.MASK_FORMER.NUM_OBJECT_QUERIES
-    most, record = largest_target_count(records)
     if most <= queries or record is None:
         return []
     where = f"image_id {record.get('image_id')!r} ({record.get('file_name')})"
@@ -351,9 +358,11 @@ def _query_faults(cfg: CfgNode, name: str, records: list[dict]) -> list[str]:
 def _data_faults(
     cfg: CfgNode, train: Sequence[str], test: Sequence[str]
 ) -> tuple[list[str], int, int, int]:
-    """Load ``train`` and ``test``; check their records, classes, files and instance counts.
+    """Load ``train`` and ``test`` (through their record files with ``DATALOADER.RECORD_CACHE``,
+    so the run maps them without parsing the JSON again); check their records, classes, files,
+    instance counts in one pass over each dataset, and the ground-truth PNG names.
     Returns ``(faults, datasets loaded, images, files checked)``."""
-    records, faults = load_datasets([*train, *test])
+    records, faults = load_datasets([*train, *test], cache=cfg.DATALOADER.RECORD_CACHE)
     if not _is_instaordernet(cfg):
         try:
             check_num_classes(cfg)
@@ -365,16 +374,18 @@ def _data_faults(
     for name, dicts in records.items():
         kind = _record_faults(cfg, name, dicts)
         faults += kind
-        missing, checked = missing_file_faults(name, dicts)
+        scan = scan_records(dicts)
+        missing, checked = missing_file_faults(name, scan.paths)
         faults += missing
         images, files = images + len(dicts), files + checked
         if kind or _is_instaordernet(cfg):
             continue
-        faults += _query_faults(cfg, name, dicts)
+        faults += _query_faults(cfg, name, scan.most_targets, scan.most_record)
     if not _is_instaordernet(cfg):
-        faults += ground_truth_faults(cfg, [n for n in test if n in records])
+        evaluated = [n for n in test if n in records]
+        faults += ground_truth_faults(cfg, evaluated) + panoptic_name_faults(cfg, evaluated)
     training = [records[n] for n in train if n in records]
-    if training and all(has_no_instance(d) for part in training for d in part):
+    if training and all(record_column(part, NO_INSTANCE).all() for part in training):
         faults.append(
             f"DATASETS.TRAIN {tuple(train)}: no image has an annotated (non-crowd) segment, so "
             "every loss would be 0"

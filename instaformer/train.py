@@ -42,7 +42,7 @@ from mask2former.data.build import (
     build_detection_test_loader,
     build_detection_train_loader,
     get_detection_dataset_dicts,
-    has_no_instance,
+    without_empty,
 )
 from mask2former.engine import (
     Trainer,
@@ -95,8 +95,10 @@ class ModelFamily:
 def _panoptic_train_loader(cfg: CfgNode, start_iter: int) -> Iterable[list[dict]]:
     mapper = build_dataset_mapper(cfg, is_train=True)
     names = list(cfg.DATASETS.TRAIN)
-    everything = get_detection_dataset_dicts(names, filter_empty=False)
-    empty = sum(has_no_instance(d) for d in everything)
+    everything = get_detection_dataset_dicts(
+        names, filter_empty=False, cache=cfg.DATALOADER.RECORD_CACHE
+    )
+    kept, empty = without_empty(everything)
     if empty == len(everything):
         raise DataError(
             f"training set {names}: none of its {len(everything)} images has an annotated "
@@ -105,7 +107,7 @@ def _panoptic_train_loader(cfg: CfgNode, start_iter: int) -> Iterable[list[dict]
         )
     dataset = everything
     if cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS:
-        dataset = [d for d in everything if not has_no_instance(d)]
+        dataset = kept
         if empty:
             logger.info(
                 "Training skips %d of %d images without annotations", empty, len(everything)

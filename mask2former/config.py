@@ -387,6 +387,9 @@ def get_base_cfg() -> CfgNode:
     # Training skips images without a non-crowd instance (panoptic: segment); a set with none
     # at all is refused.
     _C.DATALOADER.FILTER_EMPTY_ANNOTATIONS = True
+    # Serve dataset dicts from a record file parsed once per node and memory-mapped by every
+    # process (docs/training.md); False parses the annotation JSON in every process.
+    _C.DATALOADER.RECORD_CACHE = True
 
     _C.SOLVER = CfgNode()
     _C.SOLVER.LR_SCHEDULER_NAME = "WarmupMultiStepLR"  # or "WarmupCosineLR", "WarmupPolyLR"

@@ -9,44 +9,51 @@ checks here know Mask2Former only:
 * :func:`registry_faults`: every ``MODEL.*NAME`` in its registry (the known names listed);
 * :func:`dataset_name_faults`, :func:`load_datasets`: the datasets registered, non-empty and
   loadable (their loader's error becomes a fault);
+* :func:`scan_records`: one pass over a dataset's records (a cached dataset decodes each
+  record once) for the file paths and the most non-crowd segments (or instances) of one image,
+  for ``MODEL.MASK_FORMER.NUM_OBJECT_QUERIES``;
 * :func:`missing_file_faults`: every image / panoptic PNG / semantic PNG of every record
   present, one ``stat`` each, spread over threads (network file systems answer in parallel);
-* :func:`largest_target_count`: the most non-crowd segments (or instances) of one image, for
-  ``MODEL.MASK_FORMER.NUM_OBJECT_QUERIES``;
 * :func:`batch_faults`: ``SOLVER.IMS_PER_BATCH`` against the number of processes;
 * :func:`metadata_faults`, :func:`result_faults`, :func:`ground_truth_faults`: the datasets'
   metadata readable; ``MODEL.MASK_FORMER.TEST.*_ON`` against what the evaluators of a dataset
-  need, and their ground-truth file present;
+  need, and their ground-truth file present; :func:`panoptic_name_faults`: its PNG names
+  relative and without ``..`` (the panoptic evaluator names its prediction PNGs after them);
 * :func:`weights_faults`: a local ``MODEL.WEIGHTS`` that does not exist.
 """
 
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any
 
 from fvcore.common.registry import Registry
 
 from mask2former.config import CfgNode, ConfigError
 from mask2former.data.catalog import DatasetCatalog, MetadataCatalog
+from mask2former.utils.outputs import OutputError, safe_relative
 
 __all__ = [
     "FILE_KEYS",
     "STAT_THREADS",
     "PreflightError",
+    "RecordScan",
     "batch_faults",
     "dataset_name_faults",
     "ground_truth_faults",
-    "largest_target_count",
     "load_datasets",
     "mask2former_registry_faults",
     "metadata_faults",
     "missing_file_faults",
     "missing_files",
+    "panoptic_name_faults",
     "registry_faults",
     "result_faults",
+    "scan_records",
     "weights_faults",
 ]
 
@@ -140,17 +147,24 @@ def dataset_name_faults(key: str, names: Sequence[str], *, required: str = "") -
     ]
 
 
-def load_datasets(names: Iterable[str]) -> tuple[dict[str, list[dict]], list[str]]:
+def load_datasets(
+    names: Iterable[str], *, cache: bool = True
+) -> tuple[dict[str, Sequence[dict]], list[str]]:
     """The dataset dicts of each registered name, and a fault per dataset that cannot be loaded
     (its loader's error: a missing or malformed annotation file, duplicates, ...) or is empty.
-    Unregistered names are skipped (see :func:`dataset_name_faults`)."""
-    records: dict[str, list[dict]] = {}
+    Unregistered names are skipped (see :func:`dataset_name_faults`).
+
+    Args:
+        cache: ``DATALOADER.RECORD_CACHE``: cached loaders serve (and, the first time, build)
+            their record files, which the run then maps without parsing the JSON again.
+    """
+    records: dict[str, Sequence[dict]] = {}
     faults: list[str] = []
     for name in dict.fromkeys(names):
         if name not in DatasetCatalog:
             continue
         try:
-            dicts = DatasetCatalog.get(name)
+            dicts = DatasetCatalog.get(name, cache=cache)
         except KeyError as err:
             faults.append(f"dataset {name!r}: {err.args[0] if err.args else err}")
             continue
@@ -178,21 +192,21 @@ def missing_files(paths: Sequence[str], *, threads: int = STAT_THREADS) -> list[
         return [p for part in pool.map(_missing, chunks) for p in part]
 
 
-def missing_file_faults(name: str, records: Sequence[dict]) -> tuple[list[str], int]:
+def missing_file_faults(name: str, paths: Mapping[str, Sequence[str]]) -> tuple[list[str], int]:
     """A fault for each kind of file (:data:`FILE_KEYS`) of dataset ``name`` with missing files:
-    how many of how many, and the first few paths. Returns ``(faults, files checked)``."""
+    how many of how many, and the first few paths. ``paths``: key -> the records' paths
+    (:attr:`RecordScan.paths`). Returns ``(faults, files checked)``."""
     faults, checked = [], 0
     for key, what in FILE_KEYS.items():
-        paths = [r[key] for r in records if isinstance(r.get(key), str)]
-        if not paths:
+        if not paths.get(key):
             continue
-        checked += len(paths)
-        missing = missing_files(paths)
+        checked += len(paths[key])
+        missing = missing_files(paths[key])
         if missing:
             shown = ", ".join(missing[:_SHOWN]) + (", ..." if len(missing) > _SHOWN else "")
+            total = len(paths[key])
             faults.append(
-                f"dataset {name!r}: {len(missing)} of {len(paths)} {what} ({key}) missing, e.g. "
-                f"{shown}"
+                f"dataset {name!r}: {len(missing)} of {total} {what} ({key}) missing, e.g. {shown}"
             )
     return faults, checked
 
@@ -203,15 +217,35 @@ def _targets(record: dict) -> int:
     return sum(1 for s in items if isinstance(s, dict) and not s.get("iscrowd", 0))
 
 
-def largest_target_count(records: Sequence[dict]) -> tuple[int, dict | None]:
-    """The largest number of non-crowd segments (or instances) of one image, which Mask2Former's
-    matcher pairs one-to-one with the queries, and that image's dict (None for no records)."""
-    best, where = 0, None
+@dataclass
+class RecordScan:
+    """What the pre-flight reads of one dataset's records (:func:`scan_records`).
+
+    Attributes:
+        paths: :data:`FILE_KEYS` key -> the records' paths under that key, in order.
+        most_targets: the largest number of non-crowd segments (or instances) of one image,
+            which Mask2Former's matcher pairs one-to-one with the queries.
+        most_record: that image's dict (None when no image has one).
+    """
+
+    paths: dict[str, list[str]] = field(default_factory=dict)
+    most_targets: int = 0
+    most_record: dict | None = None
+
+
+def scan_records(records: Iterable[dict]) -> RecordScan:
+    """Read what the pre-flight checks of every record in one pass (a cached dataset decodes
+    each record once)."""
+    scan = RecordScan(paths={key: [] for key in FILE_KEYS})
     for record in records:
+        for key, paths in scan.paths.items():
+            path = record.get(key)
+            if isinstance(path, str):
+                paths.append(path)
         count = _targets(record)
-        if count > best:
-            best, where = count, record
-    return best, where
+        if count > scan.most_targets:
+            scan.most_targets, scan.most_record = count, record
+    return scan
 
 
 def batch_faults(cfg: CfgNode, processes: int) -> list[str]:
@@ -278,21 +312,58 @@ def result_faults(cfg: CfgNode, names: Sequence[str]) -> list[str]:
     return faults
 
 
-def ground_truth_faults(cfg: CfgNode, names: Sequence[str]) -> list[str]:
-    """The panoptic ground-truth file (metadata ``panoptic_json``) of each test dataset in
-    ``names`` exists, when PQ or AP is evaluated."""
+def _panoptic_ground_truths(cfg: CfgNode, names: Sequence[str]) -> Iterator[tuple[str, str]]:
+    """``(name, metadata panoptic_json)`` of each dataset in ``names`` that has one, when PQ or
+    AP is evaluated (``MODEL.MASK_FORMER.TEST.PANOPTIC_ON`` / ``INSTANCE_ON``)."""
     test = cfg.MODEL.MASK_FORMER.TEST
     if not (test.PANOPTIC_ON or test.INSTANCE_ON):
-        return []
-    faults = []
+        return
     for name in names:
         meta = _meta(name)
         path = meta.get("panoptic_json") if meta is not None else None
-        if isinstance(path, str) and not os.path.isfile(path):
+        if isinstance(path, str):
+            yield name, path
+
+
+def ground_truth_faults(cfg: CfgNode, names: Sequence[str]) -> list[str]:
+    """The panoptic ground-truth file (metadata ``panoptic_json``) of each test dataset in
+    ``names`` exists, when PQ or AP is evaluated."""
+    faults = []
+    for name, path in _panoptic_ground_truths(cfg, names):
+        if not os.path.isfile(path):
             faults.append(
                 f"MODEL.MASK_FORMER.TEST.PANOPTIC_ON / INSTANCE_ON: the panoptic ground truth of "
                 f"dataset {name!r} (metadata panoptic_json) is missing: {path}"
             )
+    return faults
+
+
+def panoptic_name_faults(cfg: CfgNode, names: Sequence[str]) -> list[str]:
+    """The PNG names (``file_name`` of the annotations) of the panoptic ground truth (metadata
+    ``panoptic_json``) of each test dataset in ``names`` are relative and hold no ``..``, when
+    PQ or AP is evaluated: the panoptic evaluator names a prediction PNG after each, inside
+    ``OUTPUT_DIR``, and refuses them when it is built. One fault per dataset: its first such
+    name and how many more. Reads each ground-truth JSON (the evaluation sets, not the training
+    sets); a missing one is :func:`ground_truth_faults`' fault."""
+    faults = []
+    for name, path in _panoptic_ground_truths(cfg, names):
+        if not os.path.isfile(path):
+            continue
+        try:
+            with open(path, "rb") as f:
+                annotations = json.load(f)["annotations"]
+            unsafe = []
+            for ann in annotations:
+                try:
+                    safe_relative(ann["file_name"], f"{path}, image_id {ann.get('image_id')!r}")
+                except OutputError as err:
+                    unsafe.append(str(err))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+            faults.append(f"dataset {name!r}: panoptic ground truth {path} is unreadable: {err!r}")
+            continue
+        if unsafe:
+            more = f" ({len(unsafe) - 1} more such names)" if len(unsafe) > 1 else ""
+            faults.append(f"dataset {name!r}: {unsafe[0]}{more}")
     return faults
 
 

@@ -26,10 +26,15 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from instaformer.data.datasets import _replace, datasets_root, load_json_object
-from instaformer.data.datasets import load_instaorder_panoptic_json as _load
+from instaformer.data.datasets import (
+    _replace,
+    datasets_root,
+    instaorder_panoptic_source,
+    load_json_object,
+)
 from instaformer.data.io import DataError
 from mask2former.config import CfgNode, ConfigError
+from mask2former.data.cache import CachedLoader
 from mask2former.data.catalog import DatasetCatalog, Deferred, MetadataCatalog
 from mask2former.data.coco_categories import panoptic_metadata
 
@@ -116,7 +121,8 @@ def register_panoptic_order_dataset(
 ) -> None:
     """Register an InstaOrder Panoptic dataset with any layout and any categories.
 
-    Nothing is read here: the JSON is read when the metadata or the data is first used.
+    Nothing is read here: the JSON is read when the metadata or the data is first used; the
+    data through a record file beside it, built once per node (:mod:`mask2former.data.cache`).
 
     Args:
         name: dataset name for ``DATASETS.TRAIN`` / ``DATASETS.TEST``.
@@ -142,7 +148,16 @@ def register_panoptic_order_dataset(
         return categories_metadata(_json_categories(json_file), json_file)
 
     DatasetCatalog.register(
-        name, lambda: _load(json_file, image_root, panoptic_root, metadata=metadata())
+        name,
+        CachedLoader(
+            lambda: instaorder_panoptic_source(
+                json_file,
+                image_root,
+                panoptic_root,
+                categories="json" if categories is None else list(categories),
+                metadata=metadata,
+            )
+        ),
     )
 
     def field(key: str) -> Any:

@@ -10,25 +10,34 @@ Layout under the dataset root (``$DETECTRON2_DATASETS``, default ``datasets``; s
     coco/annotations/instances_{train,val}2017.json
 
 The root of the built-in datasets is read when a dataset is loaded (or a metadata path is read),
-not at import, so setting ``DETECTRON2_DATASETS`` after importing works.
+not at import, so setting ``DETECTRON2_DATASETS`` after importing works. The registered loaders
+are cached (:mod:`mask2former.data.cache`): the JSON is parsed once per node into a record file
+beside it, which every process maps; ``DATALOADER.RECORD_CACHE False`` parses it every time.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from instaformer.data.duplicates import check_instaorder_duplicates, check_panoptic_duplicates
 from instaformer.data.io import DataError
-from instaformer.data.relations import check_record_types
+from instaformer.data.relations import build_order_matrices, check_record_types
+from mask2former.data.build import DATASET_COLUMNS
+from mask2former.data.cache import CachedLoader, Column, RecordSource
 from mask2former.data.catalog import DatasetCatalog, Deferred, MetadataCatalog
 from mask2former.data.coco_categories import coco_panoptic_metadata
 
 __all__ = [
+    "DEPTH_ENTRIES",
+    "INSTAORDER_COLUMNS",
+    "OCCLUSION",
     "check_instaorder_panoptic_record",
     "datasets_root",
+    "instaorder_panoptic_source",
+    "instaorder_source",
     "load_instaorder_json",
     "load_instaorder_panoptic_json",
     "register_instaorder",
@@ -123,10 +132,15 @@ def load_instaorder_panoptic_json(
             raise
         except (KeyError, TypeError, AttributeError, ValueError) as e:
             raise _malformed(where, e) from e
-    if dicts:
-        _require(dicts[0]["file_name"], "image")
-        _require(dicts[0]["pan_seg_file_name"], "panoptic PNG")
+    _check_panoptic_files(dicts)
     return dicts
+
+
+def _check_panoptic_files(dicts: Sequence[dict[str, Any]]) -> None:
+    if dicts:
+        first = dicts[0]
+        _require(first["file_name"], "image")
+        _require(first["pan_seg_file_name"], "panoptic PNG")
 
 
 def _panoptic_item(
@@ -240,9 +254,13 @@ def load_instaorder_json(
             raise
         except (KeyError, TypeError, AttributeError, ValueError) as e:
             raise _malformed(where, e) from e
+    _check_image_file(dicts)
+    return dicts
+
+
+def _check_image_file(dicts: Sequence[dict[str, Any]]) -> None:
     if dicts:
         _require(dicts[0]["file_name"], "image")
-    return dicts
 
 
 def _instaorder_item(
@@ -285,6 +303,61 @@ def _instaorder_item(
     }
 
 
+def _occlusion_kind(record: dict) -> int:
+    """2: some pair occludes one way only; 1: occlusions, all mutual (bidirectional); 0: no
+    occlusion; -1: a malformed record (whose error the user sees when it is used)."""
+    try:
+        occlusion = build_order_matrices(record["instaorder"], rm_bidirec=True)["occlusion"]
+    except DataError:
+        return -1
+    return 2 if (occlusion == 1).any() else int((occlusion == -1).any())
+
+
+DEPTH_ENTRIES = Column("depth_entries", lambda d: len(d["instaorder"]["depth"]))
+OCCLUSION = Column("occlusion_kind", _occlusion_kind)
+INSTAORDER_COLUMNS = (DEPTH_ENTRIES, OCCLUSION)
+"""What InstaOrderNet's training items are drawn from, per image, stored in the cache."""
+
+
+def instaorder_panoptic_source(
+    json_file: str,
+    image_dir: str,
+    panoptic_dir: str,
+    *,
+    categories: str | list[dict[str, Any]] = "coco",
+    metadata: Callable[[], dict[str, Any]] | None = None,
+) -> RecordSource:
+    """The cached form of ``load_instaorder_panoptic_json(json_file, image_dir, panoptic_dir,
+    metadata())``.
+
+    Args:
+        categories: what ``metadata`` is made from, for the cache key: ``"coco"`` (``metadata``
+            None: COCO panoptic's categories), ``"json"`` (the file's own list) or the list.
+    """
+    return RecordSource(
+        loader="instaorder_panoptic/2",
+        files=(json_file,),
+        args={"image_dir": image_dir, "panoptic_dir": panoptic_dir, "categories": categories},
+        parse=lambda: load_instaorder_panoptic_json(
+            json_file, image_dir, panoptic_dir, None if metadata is None else metadata()
+        ),
+        columns=DATASET_COLUMNS,
+        check=_check_panoptic_files,
+    )
+
+
+def instaorder_source(instaorder_json: str, instances_json: str, image_dir: str) -> RecordSource:
+    """The cached form of ``load_instaorder_json(instaorder_json, instances_json, image_dir)``."""
+    return RecordSource(
+        loader="instaorder/2",
+        files=(instaorder_json, instances_json),
+        args={"image_dir": image_dir},
+        parse=lambda: load_instaorder_json(instaorder_json, instances_json, image_dir),
+        columns=DATASET_COLUMNS + INSTAORDER_COLUMNS,
+        check=_check_image_file,
+    )
+
+
 SYNTHETIC_SUBDIR = "synthetic_instaorder"
 """Where the synthetic twin lives under the dataset root (``tools/make_synthetic_dataset.py``)."""
 
@@ -321,7 +394,8 @@ def register_instaorder_panoptic(
     panoptic_dir = _under(root, "coco", f"panoptic_{split}2017")
     json_file = _under(root, "coco", "annotations", f"InstaOrderPanoptic_{split}2017.json")
     DatasetCatalog.register(
-        name, lambda: load_instaorder_panoptic_json(json_file(), image_dir(), panoptic_dir())
+        name,
+        CachedLoader(lambda: instaorder_panoptic_source(json_file(), image_dir(), panoptic_dir())),
     )
     MetadataCatalog.get(name).set(
         **coco_panoptic_metadata(),
@@ -344,7 +418,7 @@ def register_instaorder(
     order_json = _under(root, "coco", "annotations", f"InstaOrder_{split}2017.json")
     instances_json = _under(root, "coco", "annotations", f"instances_{split}2017.json")
     DatasetCatalog.register(
-        name, lambda: load_instaorder_json(order_json(), instances_json(), image_dir())
+        name, CachedLoader(lambda: instaorder_source(order_json(), instances_json(), image_dir()))
     )
     meta = coco_panoptic_metadata()
     MetadataCatalog.get(name).set(

@@ -41,7 +41,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from instaformer.data.datasets import register_all_instaorder
+from instaformer.data.datasets import (
+    DEPTH_ENTRIES,
+    OCCLUSION,
+    register_all_instaorder,
+)
 from instaformer.data.io import DataError, read_image
 from instaformer.data.relations import build_order_matrices, parse_order
 from instaformer.evaluation import DepthEvaluator, OcclusionEvaluator
@@ -54,6 +58,7 @@ from mask2former.data.build import (
     build_detection_train_loader,
     get_detection_dataset_dicts,
 )
+from mask2former.data.cache import record_column, subset
 from mask2former.structures import Instances
 
 __all__ = [
@@ -100,7 +105,7 @@ class DepthPairItems(Sequence):
     """One item per depth entry of ``records``: ``{**record, "depth_entry": k}`` (lazy)."""
 
     def __init__(self, records: Sequence[dict]) -> None:
-        counts = np.array([len(r["instaorder"]["depth"]) for r in records], dtype=np.int64)
+        counts = record_column(records, DEPTH_ENTRIES)
         self._records = records
         self._record_index = np.repeat(np.arange(len(records)), counts)
         starts = np.cumsum(counts) - counts
@@ -127,7 +132,10 @@ def training_items(
     if by_depth_pair:
         items: Sequence[dict] = DepthPairItems(records)
     else:
-        items = [r for r in records if (_matrices(r, rm_bidirec, False)["occlusion"] == 1).any()]
+        kind = record_column(records, OCCLUSION)  # 2: one-way occlusions, 1: only mutual ones
+        for bad in np.flatnonzero(kind < 0):  # a malformed record: raise its error
+            _matrices(records[int(bad)], rm_bidirec, False)
+        items = subset(records, np.flatnonzero(kind >= (2 if rm_bidirec else 1)).tolist())
     if len(items) == 0:
         what = "depth-labelled pair" if by_depth_pair else "image with an occlusion label"
         raise ValueError(f"InstaOrderNet task {task!r}: the training data has no {what}")
@@ -353,7 +361,9 @@ def build_train_loader(cfg: CfgNode, start_iter: int = 0) -> Iterable[list[dict]
     """Infinite training batches of ``SOLVER.IMS_PER_BATCH`` pair items (over all processes)
     drawn from ``DATASETS.TRAIN`` (InstaOrder splits, e.g. ``instaorder_2017_train``)."""
     register_all_instaorder()
-    records = get_detection_dataset_dicts(cfg.DATASETS.TRAIN, filter_empty=False)
+    records = get_detection_dataset_dicts(
+        cfg.DATASETS.TRAIN, filter_empty=False, cache=cfg.DATALOADER.RECORD_CACHE
+    )
     items = training_items(
         records, cfg.MODEL.INSTAORDERNET.TASK, rm_bidirec=bool(cfg.INPUT.RM_BIDIREC)
     )

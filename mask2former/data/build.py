@@ -2,6 +2,10 @@
 
 A loader maps registered dataset dicts through a dataset mapper (``mapper(dict) -> dict``) and
 collates a batch as a plain ``list[dict]``; images of different sizes are padded by the model.
+The dataset dicts are a ``list``, or, from a cached loader, a sequence that decodes one record
+per access from a memory-mapped record file (:mod:`mask2former.data.cache`): what the loaders
+need over the whole dataset (sizes, empty images) is read from the file's stored columns, so no
+process holds the records as Python objects.
 """
 
 from __future__ import annotations
@@ -22,6 +26,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from mask2former.data.cache import (
+    Column,
+    RecordSequence,
+    concat_records,
+    record_column,
+    subset,
+)
 from mask2former.data.catalog import DatasetCatalog
 from mask2former.data.samplers import (
     AspectRatioGroupedBatchSampler,
@@ -32,6 +43,10 @@ from mask2former.utils import comm
 from mask2former.utils.threads import available_cpus
 
 __all__ = [
+    "DATASET_COLUMNS",
+    "HEIGHT",
+    "NO_INSTANCE",
+    "WIDTH",
     "MapDataset",
     "build_batch_data_loader",
     "build_detection_test_loader",
@@ -41,6 +56,7 @@ __all__ = [
     "has_no_instance",
     "shared_seed",
     "trivial_batch_collator",
+    "without_empty",
     "worker_count",
     "worker_init_fn",
 ]
@@ -49,29 +65,33 @@ logger = logging.getLogger(__name__)
 
 
 def get_detection_dataset_dicts(
-    names: str | Sequence[str], *, filter_empty: bool = False
-) -> list[dict]:
-    """Concatenate the dataset dicts of the registered datasets ``names``.
+    names: str | Sequence[str], *, filter_empty: bool = False, cache: bool = True
+) -> Sequence[dict]:
+    """The dataset dicts of the registered datasets ``names``, one dataset after the other.
 
     With ``filter_empty``, dicts without a non-crowd instance are dropped: an ``annotations``
     list (COCO instances) or, for panoptic dicts without one, a ``segments_info`` list with no
     non-crowd segment. Dicts with neither key are kept.
+
+    Args:
+        cache: cached loaders serve their record files (``DATALOADER.RECORD_CACHE``); False
+            parses the annotation files into lists.
     """
     if isinstance(names, str):
         names = [names]
     if not names:
         raise ValueError("no dataset names given (DATASETS.TRAIN / DATASETS.TEST is empty)")
-    dicts: list[dict] = []
+    parts = []
     for name in names:
-        part = DatasetCatalog.get(name)
+        part = DatasetCatalog.get(name, cache=cache)
         if not part:
             raise ValueError(f"dataset '{name}' is empty")
-        dicts.extend(part)
+        parts.append(part)
+    dicts = concat_records(parts)
     if filter_empty:
-        before = len(dicts)
-        dicts = [d for d in dicts if not has_no_instance(d)]
-        if len(dicts) < before:
-            logger.info("Removed %d images without non-crowd annotations", before - len(dicts))
+        dicts, dropped = without_empty(dicts)
+        if dropped:
+            logger.info("Removed %d images without non-crowd annotations", dropped)
     return dicts
 
 
@@ -82,18 +102,38 @@ def has_no_instance(record: dict) -> bool:
     return anns is not None and not any(a.get("iscrowd", 0) == 0 for a in anns)
 
 
+HEIGHT = Column("height", lambda d: d.get("height", -1))  # image height, -1 when absent
+WIDTH = Column("width", lambda d: d.get("width", -1))  # image width, -1 when absent
+NO_INSTANCE = Column("no_instance", lambda d: int(has_no_instance(d)))  # 1: has_no_instance
+DATASET_COLUMNS = (HEIGHT, WIDTH, NO_INSTANCE)
+"""The columns these loaders read over a whole dataset; cached loaders store them."""
+
+
+def without_empty(dicts: Sequence[dict]) -> tuple[Sequence[dict], int]:
+    """``dicts`` without those that :func:`has_no_instance` (same order), and how many those
+    were."""
+    empty = record_column(dicts, NO_INSTANCE).astype(bool)
+    if not empty.any():
+        return dicts, 0
+    return subset(dicts, np.flatnonzero(~empty).tolist()), int(empty.sum())
+
+
 class MapDataset(Dataset):
-    """``dataset[i] = mapper(deep copy of dicts[i])``."""
+    """``dataset[i] = mapper(dicts[i])``, on a deep copy unless ``dicts`` decodes a new dict at
+    every access (a :class:`~mask2former.data.cache.RecordSequence`), so the mapper may change
+    what it is given."""
 
     def __init__(self, dicts: Sequence[dict], mapper: Callable[[dict], Any]) -> None:
         self._dicts = dicts
         self._mapper = mapper
+        self._copy = not isinstance(dicts, RecordSequence)
 
     def __len__(self) -> int:
         return len(self._dicts)
 
     def __getitem__(self, index: int) -> Any:
-        return self._mapper(copy.deepcopy(self._dicts[index]))
+        record = self._dicts[index]
+        return self._mapper(copy.deepcopy(record) if self._copy else record)
 
 
 def trivial_batch_collator(batch: list[Any]) -> list[Any]:
@@ -148,18 +188,19 @@ def shared_seed(seed: int) -> int:
     return comm.all_gather(drawn)[0]
 
 
-def _group_ids(dicts: Sequence[dict]) -> list[int]:
-    """0 for landscape (width >= height), 1 for portrait; needs ``height``/``width`` in dicts."""
-    ids = []
-    for d in dicts:
-        if "height" not in d or "width" not in d:
-            raise KeyError(
-                f"aspect-ratio grouping needs 'height' and 'width' in every dataset dict; "
-                f"{d.get('file_name', d.get('image_id'))} has neither. "
-                "Set DATALOADER.ASPECT_RATIO_GROUPING False or add them in the loader."
-            )
-        ids.append(0 if d["width"] >= d["height"] else 1)
-    return ids
+def _group_ids(dicts: Sequence[dict]) -> np.ndarray:
+    """int8[N]: 0 for landscape (width >= height), 1 for portrait; needs ``height``/``width``
+    in dicts."""
+    heights, widths = record_column(dicts, HEIGHT), record_column(dicts, WIDTH)
+    missing = np.flatnonzero((heights < 0) | (widths < 0))
+    if len(missing):
+        d = dicts[int(missing[0])]
+        raise KeyError(
+            f"aspect-ratio grouping needs 'height' and 'width' in every dataset dict; "
+            f"{d.get('file_name', d.get('image_id'))} has neither. "
+            "Set DATALOADER.ASPECT_RATIO_GROUPING False or add them in the loader."
+        )
+    return (widths < heights).astype(np.int8)
 
 
 def worker_count(requested: int) -> int:
@@ -178,7 +219,7 @@ def build_batch_data_loader(
     sampler: TrainingSampler,
     *,
     batch_size: int,
-    group_ids: Sequence[int] | None,
+    group_ids: Sequence[int] | np.ndarray | None,
     num_workers: int,
     seed: int,
     start_iter: int = 0,
@@ -236,7 +277,8 @@ def build_detection_train_loader(
     """Infinite training batches for this rank.
 
     Reads ``DATASETS.TRAIN``, ``DATALOADER.{NUM_WORKERS, ASPECT_RATIO_GROUPING,
-    FILTER_EMPTY_ANNOTATIONS}``, ``SOLVER.IMS_PER_BATCH`` (total over ranks) and ``SEED``.
+    FILTER_EMPTY_ANNOTATIONS, RECORD_CACHE}``, ``SOLVER.IMS_PER_BATCH`` (total over ranks) and
+    ``SEED``.
 
     Args:
         mapper: dataset dict -> model input dict (e.g. the ``instaorder_panoptic`` mapper).
@@ -256,7 +298,9 @@ def build_detection_train_loader(
         )
     if dataset is None:
         dataset = get_detection_dataset_dicts(
-            cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS
+            cfg.DATASETS.TRAIN,
+            filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
+            cache=cfg.DATALOADER.RECORD_CACHE,
         )
     seed = shared_seed(cfg.SEED)
     batch_size = total // world_size
@@ -291,7 +335,9 @@ def build_detection_test_loader(
         the dataset (see :class:`InferenceSampler`), all ranks together see each image once.
     """
     if dataset is None:
-        dataset = get_detection_dataset_dicts(dataset_name, filter_empty=False)
+        dataset = get_detection_dataset_dicts(
+            dataset_name, filter_empty=False, cache=cfg.DATALOADER.RECORD_CACHE
+        )
     return DataLoader(
         MapDataset(dataset, mapper),
         batch_size=1,

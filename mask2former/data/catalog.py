@@ -2,13 +2,17 @@
 
 A dataset is registered once under a name with a function that returns its list of dataset
 dicts; the list is only built when :meth:`DatasetCatalog.get` is called, so registering costs
-nothing and file locations may be resolved lazily (e.g. from ``DETECTRON2_DATASETS``).
+nothing and file locations may be resolved lazily (e.g. from ``DETECTRON2_DATASETS``). A
+:class:`~mask2former.data.cache.CachedLoader` instead returns its records from a record file
+built once per node (a sequence of dicts decoded on access).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
+
+from mask2former.data.cache import CachedLoader, RecordSequence
 
 __all__ = ["DatasetCatalog", "MetadataCatalog", "Metadata", "Deferred"]
 
@@ -24,12 +28,12 @@ class Deferred:
 
 
 class _DatasetCatalog:
-    """Global name -> ``fn() -> list[dict]`` mapping."""
+    """Global name -> ``fn() -> list[dict]`` (or :class:`CachedLoader`) mapping."""
 
     def __init__(self) -> None:
-        self._loaders: dict[str, Callable[[], list[dict]]] = {}
+        self._loaders: dict[str, Callable[[], Sequence[dict]]] = {}
 
-    def register(self, name: str, fn: Callable[[], list[dict]]) -> None:
+    def register(self, name: str, fn: Callable[[], Sequence[dict]]) -> None:
         """Register ``fn`` under ``name``; a name cannot be registered twice."""
         if not callable(fn):
             raise TypeError(f"dataset '{name}': the loader must be callable, got {type(fn)}")
@@ -37,16 +41,19 @@ class _DatasetCatalog:
             raise KeyError(f"dataset '{name}' is already registered")
         self._loaders[name] = fn
 
-    def get(self, name: str) -> list[dict]:
-        """Call the loader of ``name`` and return its dataset dicts."""
+    def get(self, name: str, *, cache: bool = True) -> Sequence[dict]:
+        """Call the loader of ``name`` and return its dataset dicts: a ``list``, or with
+        ``cache`` the records of a :class:`CachedLoader`'s record file (False: parsed into a
+        list)."""
         if name not in self._loaders:
             known = ", ".join(sorted(self._loaders)) or "(none)"
             raise KeyError(
                 f"dataset '{name}' is not registered. Registered datasets: {known}. "
                 "Import instaformer.data to register the InstaOrder datasets."
             )
-        dicts = self._loaders[name]()
-        if not isinstance(dicts, list):
+        loader = self._loaders[name]
+        dicts = loader.load(cache=cache) if isinstance(loader, CachedLoader) else loader()
+        if not isinstance(dicts, list | RecordSequence):
             raise TypeError(f"dataset '{name}': the loader returned {type(dicts)}, not a list")
         return dicts
 

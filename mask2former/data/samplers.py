@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
+import numpy as np
 import torch
 from torch.utils.data import Sampler
 
@@ -101,13 +102,13 @@ class AspectRatioGroupedBatchSampler(Sampler[list[int]]):
         if batch_size <= 0:
             raise ValueError(f"batch size must be positive, got {batch_size}")
         self._sampler = sampler
-        self._group_ids = list(group_ids)
+        self._group_ids = np.asarray(group_ids, dtype=np.int8)  # 1 byte per image, not 8
         self._batch_size = batch_size
 
     def __iter__(self) -> Iterator[list[int]]:
         buckets: dict[int, list[int]] = {}
         for index in self._sampler:
-            bucket = buckets.setdefault(self._group_ids[index], [])
+            bucket = buckets.setdefault(int(self._group_ids[index]), [])
             bucket.append(index)
             if len(bucket) == self._batch_size:
                 yield bucket[:]

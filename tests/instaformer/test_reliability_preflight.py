@@ -379,3 +379,69 @@ def test_out_of_range_numbers_are_refused_by_the_command_line(
     assert info.value.code == 2
     assert capsys.readouterr().err.splitlines()[-1].endswith(f"error: {message}")
     assert list(tmp_path.iterdir()) == []
+
+
+def _annotations(coco: Path, split: str) -> tuple[Path, dict]:
+    path = coco / "annotations" / f"InstaOrderPanoptic_{split}2017.json"
+    return path, json.loads(path.read_text())
+
+
+def test_panoptic_png_names_outside_their_folder_are_refused_before_training(
+    capsys, tmp_path, datasets_copy
+):
+    path, data = _annotations(datasets_copy, "val")
+    pngs = datasets_copy / "panoptic_val2017"
+    first, second = data["annotations"][:2]
+    shutil.copy(pngs / first["file_name"], datasets_copy / first["file_name"])  # the file exists
+    first["file_name"] = f"../{first['file_name']}"
+    second["file_name"] = str(pngs / second["file_name"])  # absolute, present
+    path.write_text(json.dumps(data))
+    faults = _refused(capsys, tmp_path)
+    assert faults == [
+        f"dataset 'synthetic_instaorder_val': {path}, image_id {first['image_id']!r}: file name "
+        f"{first['file_name']!r} contains '..'; an output named after it would be written "
+        "outside the output folder (1 more such names)"
+    ]
+    path.write_text(json.dumps({**data, "annotations": [second]}))
+    faults = _refused(capsys, tmp_path)
+    assert faults[-1] == (
+        f"dataset 'synthetic_instaorder_val': {path}, image_id {second['image_id']!r}: file name "
+        f"{second['file_name']!r} is absolute; names in data files must be relative to their "
+        "folder, or an output named after them would be written outside the output folder"
+    )
+
+
+def test_the_check_builds_the_record_files_the_run_maps(datasets_copy, monkeypatch):
+    from instaformer.data import datasets
+    from instaformer.preflight import check_run
+    from mask2former.data.build import get_detection_dataset_dicts
+    from mask2former.data.cache import RecordSequence
+
+    annotations = datasets_copy / "annotations"
+    for old in annotations.glob("*.records"):
+        old.unlink()
+    summary = check_run(setup_cfg(OD), parse_args(["--config-file", OD]))
+    assert summary.images == 16
+    built = sorted(p.name.split(".")[0] for p in annotations.glob("*.records"))
+    assert built == ["InstaOrderPanoptic_train2017", "InstaOrderPanoptic_val2017"]
+
+    def parse_again(*args, **kwargs):
+        raise AssertionError("the annotation JSON was parsed after the pre-flight check")
+
+    monkeypatch.setattr(datasets, "load_json_object", parse_again)
+    dicts = get_detection_dataset_dicts(["synthetic_instaorder_train"])
+    assert isinstance(dicts, RecordSequence) and len(dicts) == 12
+
+
+def test_duplicates_are_refused_when_the_record_file_is_built(capsys, tmp_path, datasets_copy):
+    path, data = _annotations(datasets_copy, "train")
+    data["images"][1]["id"] = data["images"][0]["id"]
+    path.write_text(json.dumps(data))
+    for old in path.parent.glob("*.records"):
+        old.unlink()
+    faults = _refused(capsys, tmp_path)
+    assert len(faults) == 1 and faults[0].startswith(
+        f"dataset 'synthetic_instaorder_train': {path}: duplicates would be counted twice"
+    )
+    assert faults[0].endswith("image ids used by more than one entry of 'images': 1")
+    assert not list(path.parent.glob("InstaOrderPanoptic_train2017.*.records"))

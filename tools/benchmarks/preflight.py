@@ -4,10 +4,12 @@ the size of InstaOrder Panoptic train).
 Writes a small synthetic twin to a temporary folder, then repeats its training records up to
 ``--records`` (new image ids and file names; the images and PNGs are hard links, so every
 ``stat`` finds a real file) and times, side by side in this one process: parsing the JSON
-alone, the dataset loader (which the training processes run anyway; it includes the duplicate
-check), the duplicate check alone, the ``stat`` of every image and PNG (one thread and the
-check's pool) and the whole pre-flight check (:func:`instaformer.preflight.check_run`) of the
-synthetic InstaFormer config. Peak resident memory is printed at the end.
+alone, the dataset loader with ``DATALOADER.RECORD_CACHE False`` (the JSON parsed; it includes
+the duplicate check), the record file built (cold) and mapped (warm), the duplicate check
+alone, the ``stat`` of every image and PNG (one thread and the check's pool) and the whole
+pre-flight check (:func:`instaformer.preflight.check_run`) of the synthetic InstaFormer config
+with the record cache off and on (warm: the file the first build left, as a run then maps it).
+Peak resident memory is printed at the end.
 """
 
 from __future__ import annotations
@@ -76,6 +78,8 @@ def run(args: argparse.Namespace) -> None:
     from instaformer.train import parse_args
     from mask2former.data.catalog import DatasetCatalog
 
+    name = "synthetic_instaorder_train"
+
     with tempfile.TemporaryDirectory() as root:
         coco = Path(root) / SYNTHETIC_SUBDIR / "coco"
         make_synthetic_dataset(str(coco.parent), num_train=50, num_val=4, image_size=64, seed=0)
@@ -83,29 +87,37 @@ def run(args: argparse.Namespace) -> None:
         os.environ["DETECTRON2_DATASETS"] = root
         json_file = coco / "annotations" / "InstaOrderPanoptic_train2017.json"
         parsed = json.loads(json_file.read_text())
-        records = DatasetCatalog.get("synthetic_instaorder_train")
+        records = DatasetCatalog.get(name, cache=False)
         paths = [r["file_name"] for r in records] + [r["pan_seg_file_name"] for r in records]
         cfg = setup_cfg(CONFIG)
+        cfg_off = setup_cfg(CONFIG, ["DATALOADER.RECORD_CACHE", "False"])
         command = parse_args(["--config-file", CONFIG])
+
+        def cold() -> object:
+            for old in json_file.parent.glob("*.records"):
+                old.unlink()
+            return DatasetCatalog.get(name)
+
         rows = {
             "parse the JSON (json.loads)": lambda: json.loads(json_file.read_text()),
-            "dataset loader (incl. duplicate check)": lambda: DatasetCatalog.get(
-                "synthetic_instaorder_train"
-            ),
+            "dataset loader (incl. duplicate check)": lambda: DatasetCatalog.get(name, cache=False),
+            "record file built (cold; parse + check + write)": cold,
+            "record file mapped (warm)": lambda: DatasetCatalog.get(name),
             "duplicate check alone": lambda: check_panoptic_duplicates(parsed, str(json_file)),
             f"stat {len(paths)} files, 1 thread": lambda: missing_files(paths, threads=1),
             f"stat {len(paths)} files, pool": lambda: missing_files(paths),
-            "whole pre-flight check (train + val)": lambda: check_run(cfg, command),
+            "whole pre-flight check, cache off": lambda: check_run(cfg_off, command),
+            "whole pre-flight check, cache on (warm)": lambda: check_run(cfg, command),
         }
         print(
             f"pre-flight on {args.records} training records ({size / 1e6:.0f} MB JSON), "
             f"median of {args.repeats}, load average {os.getloadavg()[0]:.1f}:"
         )
         loader = None
-        for name, fn in rows.items():
+        for row, fn in rows.items():
             seconds = _median(fn, args.repeats)
-            loader = seconds if name.startswith("dataset loader") else loader
+            loader = seconds if row.startswith("dataset loader") else loader
             ratio = f" ({seconds / loader:.2f}x the loader)" if loader else ""
-            print(f"  {name:42s} {seconds:7.3f} s{ratio}")
+            print(f"  {row:48s} {seconds:7.3f} s{ratio}")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"  peak RSS of this process: {peak:.0f} MiB")
