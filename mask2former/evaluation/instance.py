@@ -13,7 +13,6 @@ no separate instances JSON is needed. Predictions: the model's ``instances`` wit
 from __future__ import annotations
 
 import contextlib
-import copy
 import io
 import json
 import logging
@@ -32,9 +31,11 @@ from mask2former.evaluation.panoptic import (
     load_panoptic_json,
     read_panoptic_png,
     resolve_panoptic_gt,
+    segment_index,
 )
 from mask2former.structures import encode_rle
 from mask2former.utils import comm
+from mask2former.utils.atomic import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -55,16 +56,19 @@ def panoptic_gt_instances(
         gt_ids: int [H, W] segment ids of its PNG.
         thing_categories: dataset category ids that are things.
     """
+    things = [s for s in ann["segments_info"] if int(s["category_id"]) in thing_categories]
+    keys, index = segment_index(gt_ids, [int(s["id"]) for s in things])
+    if len(keys) < 2**15:  # a narrower copy: one comparison per thing below
+        index = index.astype(np.int16)
+    areas = np.bincount(index.ravel() + 1, minlength=len(keys) + 1)[1:]  # index -1: elsewhere
     annotations = []
-    for segment in ann["segments_info"]:
+    for segment in things:
         category = int(segment["category_id"])
-        if category not in thing_categories:
-            continue
-        mask = gt_ids == int(segment["id"])
-        area = int(mask.sum())
+        k = int(np.searchsorted(keys, int(segment["id"])))
+        area = int(areas[k])
         if area == 0:
             continue
-        rle = encode_rle(mask)
+        rle = encode_rle(index == k)
         annotations.append(
             {
                 "image_id": ann["image_id"],
@@ -97,7 +101,8 @@ def coco_segm_ap(
     Returns:
         ``{"AP", "AP50", "AP75", "APs", "APm", "APl"}`` (+ per class); -1 from COCOeval (no GT in
         a size range) is passed through as NaN. Without any prediction every metric is NaN and
-        no per-class entry is given (detectron2's ``COCOEvaluator`` rule).
+        no per-class entry is given (detectron2's ``COCOEvaluator`` rule). The dicts given are
+        left as they were (COCO adds keys to copies of them).
     """
     gt = {
         "images": [dict(i) for i in images],
@@ -113,7 +118,8 @@ def coco_segm_ap(
         return dict.fromkeys(AP_METRICS, float("nan"))
     buffer = io.StringIO()
     with contextlib.redirect_stdout(buffer):
-        coco_dt = coco_gt.loadRes(copy.deepcopy(predictions))
+        # loadRes adds area, bbox, id and iscrowd to each dict; the segmentation stays unchanged.
+        coco_dt = coco_gt.loadRes([dict(p) for p in predictions])
         coco_eval = COCOeval(coco_gt, coco_dt, "segm")
         coco_eval.params.imgIds = [i["id"] for i in images]
         coco_eval.evaluate()
@@ -175,9 +181,13 @@ class COCOInstanceEvaluator(DatasetEvaluator):
         self.reset()
 
     def reset(self) -> None:
-        self._images: list[dict[str, Any]] = []
-        self._gt: list[dict[str, Any]] = []
-        self._predictions: list[dict[str, Any]] = []
+        # Per image, compact (no dict per instance; the dicts COCOeval reads are built on the
+        # main process at the end): ``(image_id, height, width)``; the GT instances
+        # ``(category ids, RLE counts, areas, float64 [n, 4] boxes, iscrowd)``; the predictions
+        # ``(dataset category ids, RLE counts, float64 scores)``.
+        self._images: list[tuple[Any, int, int]] = []
+        self._gt: list[tuple[list[int], list[str], list[int], np.ndarray, list[int]]] = []
+        self._predictions: list[tuple[np.ndarray, list[str], np.ndarray]] = []
 
     def process(self, inputs: Sequence[dict[str, Any]], outputs: Sequence[dict[str, Any]]) -> None:
         for inp, out in zip(inputs, outputs, strict=True):
@@ -189,29 +199,49 @@ class COCOInstanceEvaluator(DatasetEvaluator):
             ann = self._gt_by_image[image_id]
             gt_ids = read_panoptic_png(os.path.join(self._gt_folder, ann["file_name"]))
             height, width = gt_ids.shape
-            self._images.append({"id": image_id, "height": height, "width": width})
-            self._gt.extend(panoptic_gt_instances(ann, gt_ids, self._thing_categories))
+            gt = panoptic_gt_instances(ann, gt_ids, self._thing_categories)
 
             instances = out["instances"]
-            masks = _to_numpy(instances.pred_masks)
-            masks = masks > 0.5 if masks.dtype != bool else masks
+            masks = instances.pred_masks
+            if isinstance(masks, torch.Tensor) and masks.device.type != "cpu":
+                masks = masks > 0.5 if masks.dtype != torch.bool else masks  # fewer bytes to copy
+            masks = _to_numpy(masks)
             if masks.shape[1:] != gt_ids.shape:
                 raise ValueError(
                     f"image_id {image_id!r}: pred_masks are {masks.shape[1:]}, GT is {gt_ids.shape}"
                 )
-            scores = _to_numpy(instances.scores).tolist()
+            scores = _to_numpy(instances.scores).astype(np.float64)
             classes = _to_numpy(instances.pred_classes).tolist()
-            for mask, score, cls in zip(masks, scores, classes, strict=True):
+            for cls in classes:
                 if int(cls) not in self._to_dataset_id:
                     raise KeyError(f"image_id {image_id!r}: pred_class {cls} is not a thing class")
-                self._predictions.append(
-                    {
-                        "image_id": image_id,
-                        "category_id": int(self._to_dataset_id[int(cls)]),
-                        "segmentation": encode_rle(mask),
-                        "score": float(score),
-                    }
+            if len(scores) != len(masks) or len(classes) != len(masks):
+                raise ValueError(
+                    f"image_id {image_id!r}: {len(masks)} pred_masks, {len(scores)} scores, "
+                    f"{len(classes)} pred_classes"
                 )
+            # One mask at a time: a thresholded copy of the whole float stack would cost more
+            # than the encoding.
+            binary = masks.dtype == bool
+            counts = [encode_rle(m if binary else m > 0.5)["counts"] for m in masks]
+
+            self._images.append((image_id, height, width))
+            self._gt.append(
+                (
+                    [a["category_id"] for a in gt],
+                    [a["segmentation"]["counts"] for a in gt],
+                    [a["area"] for a in gt],
+                    np.array([a["bbox"] for a in gt], dtype=np.float64).reshape(-1, 4),
+                    [a["iscrowd"] for a in gt],
+                )
+            )
+            self._predictions.append(
+                (
+                    np.array([self._to_dataset_id[int(c)] for c in classes], dtype=np.int64),
+                    counts,
+                    scores,
+                )
+            )
 
     def evaluate(self) -> Results:
         images, gt, predictions = self._images, self._gt, self._predictions
@@ -220,10 +250,41 @@ class COCOInstanceEvaluator(DatasetEvaluator):
             if gathered is None:
                 return {}
             images, gt, predictions = gathered
+        gt_annotations = [
+            {
+                "image_id": image_id,
+                "category_id": category,
+                "segmentation": {"size": [height, width], "counts": counts},
+                "area": area,
+                "bbox": bbox,
+                "iscrowd": crowd,
+            }
+            for (image_id, height, width), (categories, rles, areas, boxes, iscrowd) in zip(
+                images, gt, strict=True
+            )
+            for category, counts, area, bbox, crowd in zip(
+                categories, rles, areas, boxes.tolist(), iscrowd, strict=True
+            )
+        ]
+        prediction_dicts = [
+            {
+                "image_id": image_id,
+                "category_id": category,
+                "segmentation": {"size": [height, width], "counts": counts},
+                "score": score,
+            }
+            for (image_id, height, width), (categories, rles, scores) in zip(
+                images, predictions, strict=True
+            )
+            for category, counts, score in zip(
+                categories.tolist(), rles, scores.tolist(), strict=True
+            )
+        ]
         if self._output_dir:
-            os.makedirs(self._output_dir, exist_ok=True)
             path = os.path.join(self._output_dir, "instances_predictions.json")
-            with open(path, "w") as f:
-                json.dump(predictions, f)
-        results = coco_segm_ap(gt, predictions, images, self._categories, self._per_class)
+            atomic_write_bytes(path, json.dumps(prediction_dicts).encode("utf-8"))
+        image_dicts = [{"id": i, "height": h, "width": w} for i, h, w in images]
+        results = coco_segm_ap(
+            gt_annotations, prediction_dicts, image_dicts, self._categories, self._per_class
+        )
         return {"segm": results}

@@ -22,12 +22,16 @@ segment without ``isthing`` carries a dataset category id, as in detectron2's ev
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 from PIL import Image
@@ -35,21 +39,93 @@ from PIL import Image
 from mask2former.evaluation.evaluator import DatasetEvaluator, Results
 from mask2former.structures import id2rgb, rgb2id
 from mask2former.utils import comm
+from mask2former.utils.atomic import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 
 VOID = 0
-_OFFSET = 256**3  # segment ids are below 256^3 (three 8-bit channels)
 # Per-category statistics: [sum of IoU over TP, TP, FP, FN].
 _IOU, _TP, _FP, _FN = range(4)
 PQStats = dict[int, np.ndarray]
 
 
+# Decoded PNGs kept by read_panoptic_png: the panoptic, instance and semantic evaluators read
+# the GT PNG of an image one after the other.
+_PNG_CACHE_SIZE = 4
+_png_cache: OrderedDict[bytes, np.ndarray] = OrderedDict()
+# Segment ids below this are indexed with a lookup table (a model's segment numbers), larger
+# ones (PNG colours) by binary search.
+_LOOKUP_IDS = 1 << 16
+
+
+def _decode_rgb(data: bytes) -> np.ndarray:
+    """uint8 [H, W, 3] RGB pixels of an encoded image (OpenCV for 8-bit colour, else Pillow)."""
+    pixels = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    if pixels is not None and pixels.dtype == np.uint8 and pixels.ndim == 3:
+        if pixels.shape[2] == 3:
+            return cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB)
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
 def read_panoptic_png(path: str) -> np.ndarray:
-    """int64 [H, W] segment ids of a COCO panoptic PNG."""
+    """int64 [H, W] segment ids of a COCO panoptic PNG, read-only.
+
+    The maps of the last few files read are kept by the hash of their bytes: the evaluators of
+    one image share one decoding (reading the file again costs far less).
+    """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"panoptic PNG not found: {path}")
-    return rgb2id(np.asarray(Image.open(path).convert("RGB")))
+    with open(path, "rb") as f:
+        data = f.read()
+    key = hashlib.blake2b(data, digest_size=16).digest()
+    ids = _png_cache.get(key)
+    if ids is None:
+        ids = rgb2id(_decode_rgb(data))
+        ids.flags.writeable = False
+        _png_cache[key] = ids
+        if len(_png_cache) > _PNG_CACHE_SIZE:
+            _png_cache.popitem(last=False)
+    else:
+        _png_cache.move_to_end(key)
+    return ids
+
+
+def segment_index(ids: np.ndarray, listed: Iterable[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Positions of the pixels' segment ids among the listed ids and VOID.
+
+    Args:
+        ids: int [H, W] segment ids.
+        listed: segment ids (of ``segments_info``); VOID (0) is added.
+
+    Returns:
+        ``(keys, index)``: int64 [S] the sorted listed ids and VOID; int64 [H, W] with
+        ``keys[index] == ids``, and -1 where the id is neither listed nor VOID.
+    """
+    if ids.dtype.kind not in "iu":
+        ids = ids.astype(np.int64)
+    keys = np.union1d(np.fromiter(listed, dtype=np.int64), [VOID])
+    low, high = (int(ids.min()), int(ids.max())) if ids.size else (0, 0)
+    if low >= 0 and high < _LOOKUP_IDS:
+        table = np.full(high + 1, -1, dtype=np.int64)
+        present = np.flatnonzero((keys >= 0) & (keys <= high))
+        table[keys[present]] = present
+        return keys, table[ids]
+    index = np.searchsorted(keys, ids)
+    np.minimum(index, len(keys) - 1, out=index)
+    index[keys[index] != ids] = -1
+    return keys, index
+
+
+def _listed_index(
+    ids: np.ndarray, segments: Mapping[int, Any], what: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """``segment_index`` of a map whose every id must be listed (or VOID); the KeyError names
+    the smallest unlisted one (``what``: "GT segment id {} is in the PNG")."""
+    keys, index = segment_index(ids, segments)
+    unknown = index < 0
+    if unknown.any():
+        raise KeyError(f"{what.format(int(ids[unknown].min()))} but not in segments_info")
+    return keys, index
 
 
 def pq_stats_single_image(
@@ -73,21 +149,22 @@ def pq_stats_single_image(
     """
     if gt_ids.shape != pred_ids.shape:
         raise ValueError(f"GT panoptic map has shape {gt_ids.shape}, prediction {pred_ids.shape}")
-    joint = gt_ids.astype(np.int64) * _OFFSET + pred_ids.astype(np.int64)
-    pairs, intersections = np.unique(joint, return_counts=True)
-    gt_of, pred_of = pairs // _OFFSET, pairs % _OFFSET
-
-    gt_area: dict[int, int] = {}
-    pred_area: dict[int, int] = {}
-    for g, p, inter in zip(gt_of.tolist(), pred_of.tolist(), intersections.tolist(), strict=True):
-        gt_area[g] = gt_area.get(g, 0) + inter
-        pred_area[p] = pred_area.get(p, 0) + inter
-    for g in gt_area:
-        if g != VOID and g not in gt_segments:
-            raise KeyError(f"GT segment id {g} is in the PNG but not in segments_info")
-    for p in pred_area:
-        if p != VOID and p not in pred_segments:
-            raise KeyError(f"predicted segment id {p} is in the map but not in segments_info")
+    gt_keys, gt_index = _listed_index(gt_ids, gt_segments, "GT segment id {} is in the PNG")
+    pred_keys, pred_index = _listed_index(
+        pred_ids, pred_segments, "predicted segment id {} is in the map"
+    )
+    # Pixel counts of every (GT segment, predicted segment) pair: int64 [S_gt, S_pred].
+    num_pred = len(pred_keys)
+    joint = gt_index * num_pred + pred_index
+    counts = np.bincount(joint.ravel(), minlength=len(gt_keys) * num_pred).reshape(-1, num_pred)
+    rows, cols = np.nonzero(counts)  # the pairs that meet, by GT id then predicted id
+    gt_of, pred_of, intersections = gt_keys[rows], pred_keys[cols], counts[rows, cols]
+    gt_area = dict(zip(gt_keys.tolist(), counts.sum(axis=1).tolist(), strict=True))
+    pred_area = {
+        p: area
+        for p, area in zip(pred_keys.tolist(), counts.sum(axis=0).tolist(), strict=True)
+        if area > 0
+    }
 
     stats: PQStats = {}
 
@@ -330,7 +407,10 @@ class COCOPanopticEvaluator(DatasetEvaluator):
         self.reset()
 
     def reset(self) -> None:
-        self._stats: PQStats = {}
+        # Per image, float64 [n, 5]: (category id, sum of IoU, TP, FP, FN) of its n categories;
+        # summed on the main process in dataset order, so any number of processes gives the
+        # same sums.
+        self._stats: list[np.ndarray] = []
         self._predictions: list[dict[str, Any]] = []
 
     def _dataset_category(self, segment: Mapping[str, Any]) -> int:
@@ -369,7 +449,9 @@ class COCOPanopticEvaluator(DatasetEvaluator):
                 )
             except (KeyError, ValueError) as err:
                 raise type(err)(f"image_id {image_id!r}: {err}") from err
-            accumulate(self._stats, stats)
+            self._stats.append(
+                np.array([[category, *values] for category, values in stats.items()]).reshape(-1, 5)
+            )
             if self._output_dir:
                 self._save_prediction(ann, pred_ids, pred_segments, segments_info)
 
@@ -380,10 +462,13 @@ class COCOPanopticEvaluator(DatasetEvaluator):
         pred_segments: Mapping[int, Mapping[str, Any]],
         segments_info: Sequence[Mapping[str, Any]],
     ) -> None:
-        folder = os.path.join(self._output_dir, "panoptic_predictions")
-        os.makedirs(folder, exist_ok=True)
         file_name = os.path.splitext(ann["file_name"])[0] + ".png"
-        Image.fromarray(id2rgb(pred_ids)).save(os.path.join(folder, file_name))
+        ok, png = cv2.imencode(".png", cv2.cvtColor(id2rgb(pred_ids), cv2.COLOR_RGB2BGR))
+        if not ok:
+            raise RuntimeError(f"image_id {ann['image_id']!r}: could not encode the panoptic PNG")
+        # Without fsync: one per image would cost more than the rest of the evaluation.
+        path = os.path.join(self._output_dir, "panoptic_predictions", file_name)
+        atomic_write_bytes(path, png.tobytes(), fsync=False)
         segments = []
         for s in segments_info:
             entry = {k: v for k, v in s.items() if k not in ("category_id", "isthing")}
@@ -395,18 +480,17 @@ class COCOPanopticEvaluator(DatasetEvaluator):
         )
 
     def evaluate(self) -> Results:
-        stats, predictions = self._stats, self._predictions
+        per_image, predictions = self._stats, self._predictions
         if self._distributed:
-            gathered = comm.gather_lists([stats], predictions)
+            gathered = comm.gather_lists(per_image, predictions)
             if gathered is None:
                 return {}
-            stats = {}
-            for part_stats in gathered[0]:
-                accumulate(stats, part_stats)
-            predictions = gathered[1]
+            per_image, predictions = gathered
+        stats: PQStats = {}
+        for rows in per_image:
+            accumulate(stats, {int(row[0]): row[1:] for row in rows})
         if self._output_dir:
             path = os.path.join(self._output_dir, "panoptic_predictions.json")
-            with open(path, "w") as f:
-                json.dump({"annotations": predictions}, f)
+            atomic_write_bytes(path, json.dumps({"annotations": predictions}).encode("utf-8"))
             logger.info("Panoptic predictions written to %s", path)
         return {"panoptic_seg": pq_results(stats, self._categories, self._per_class)}
