@@ -178,15 +178,16 @@ def encode_rle(mask: np.ndarray) -> dict[str, Any]:
     if w == 0:  # nothing but zeros: one run
         counts = [height * width]
     else:
-        # Columns x .. x + w - 1 in column-major order between two zeros, uint8 [w * H + 2]:
-        # the pixels around the strip are zeros.
-        strip = np.zeros(w * height + 2, dtype=np.uint8)
-        strip[1:-1] = cv2.transpose(pixels[:, x : x + w]).reshape(-1)
-        # Value changes, at strip positions 0 .. w * H, as positions in the image.
-        changes = np.flatnonzero(strip[1:] != strip[:-1]) + x * height
-        if changes[-1] == height * width:  # a run of ones ends the image: no change after it
-            changes = changes[:-1]
-        counts = np.diff(changes, prepend=0, append=height * width).tolist()
+        # Columns x .. x + w - 1 in column-major order, uint8 [w * H]; zeros around them.
+        strip = cv2.transpose(pixels[:, x : x + w]).reshape(-1)
+        inner = np.flatnonzero(strip[1:] != strip[:-1]) + 1
+        # Run boundaries in the image: 0, the value changes, H * W. A change at the strip's
+        # start or end if a nonzero value meets the zeros there (not at the image's end).
+        starts = [0, x * height] if strip[0] else [0]
+        end = (x + w) * height
+        ends = [end, height * width] if strip[-1] and end < height * width else [height * width]
+        bounds = np.concatenate([starts, inner + x * height, ends])
+        counts = (bounds[1:] - bounds[:-1]).tolist()
     rle = mask_util.frPyObjects({"size": [height, width], "counts": counts}, height, width)
     return {"size": [int(height), int(width)], "counts": rle["counts"].decode("ascii")}
 
