@@ -14,6 +14,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -546,3 +548,24 @@ def test_panoptic_evaluator_matches_the_reference_sums(
     assert sorted(os.listdir(tmp_path / "panoptic_predictions")) == sorted(
         e["file_name"] for e in written
     )  # no temporary file left
+
+
+@pytest.mark.slow
+def test_eval_benchmark_compares_with_a_git_revision(tmp_path: Path) -> None:
+    """``tools/benchmark.py eval --before HEAD`` on one small image: both versions run and their
+    outputs are checked identical (docs/benchmarks.md, "Evaluators", runs it at full size)."""
+    repo = Path(__file__).resolve().parents[1]
+    if not (repo / ".git").exists():
+        pytest.skip("not a git checkout: --before extracts a revision with git archive")
+    args = ["--images", "1", "--warmup", "1", "--size", "48", "64", "--masks", "3"]
+    proc = subprocess.run(
+        [sys.executable, "tools/benchmark.py", "eval", *args, "--rounds", "1", "--before", "HEAD"]
+        + ["--work-dir", str(tmp_path)],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "outputs identical: 5 JSON files" in proc.stdout
+    assert "COCOInstanceEvaluator" in proc.stdout and "before/after" in proc.stdout
