@@ -25,11 +25,13 @@ import pytest
 import torch
 from PIL import Image
 from pycocotools import mask as mask_util
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
 
 import mask2former.evaluation.panoptic as panoptic
 import mask2former.structures as structures
 from mask2former.evaluation import COCOInstanceEvaluator, COCOPanopticEvaluator, SemSegEvaluator
-from mask2former.evaluation.instance import coco_segm_ap, panoptic_gt_instances
+from mask2former.evaluation.instance import AP_METRICS, coco_segm_ap, panoptic_gt_instances
 from mask2former.evaluation.panoptic import (
     accumulate,
     pq_results,
@@ -503,6 +505,78 @@ def test_instance_evaluator_matches_the_dict_reference(
     assert json.dumps(results) == json.dumps(expected)
     written = (tmp_path / "instances_predictions.json").read_text()
     assert written == json.dumps(predictions)
+
+
+def _reference_coco_ap(gt, predictions, images, categories) -> dict[str, float]:
+    """AP of one COCOeval over every category at once, per class included."""
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_gt = COCO()
+        coco_gt.dataset = {
+            "images": images,
+            "annotations": [dict(a, id=k + 1) for k, a in enumerate(gt)],
+            "categories": categories,
+        }
+        coco_gt.createIndex()
+        coco_eval = COCOeval(coco_gt, coco_gt.loadRes([dict(p) for p in predictions]), "segm")
+        coco_eval.params.imgIds = [i["id"] for i in images]
+        coco_eval.evaluate()
+        coco_eval.accumulate()
+        coco_eval.summarize()
+    results = {
+        name: float(coco_eval.stats[i] * 100) if coco_eval.stats[i] >= 0 else float("nan")
+        for i, name in enumerate(AP_METRICS)
+    }
+    precision = coco_eval.eval["precision"]
+    for k, category in enumerate(coco_eval.params.catIds):
+        values = precision[:, :, k, 0, -1]
+        values = values[values > -1]
+        results[f"AP-{category}"] = float(values.mean() * 100) if values.size else float("nan")
+    return results
+
+
+def test_coco_ap_by_category_equals_one_evaluation_of_all() -> None:
+    # Categories with GT and predictions, GT only, predictions only, neither; crowd GT; several
+    # predictions of a category per image; sizes across the small / medium / large ranges.
+    rng = np.random.default_rng(9)
+    images = [{"id": i, "height": 64, "width": 96} for i in range(12)]
+    categories = [{"id": c, "name": str(c)} for c in (1, 2, 3, 5, 8)]
+
+    def rle() -> dict[str, Any]:
+        mask = np.zeros((64, 96), dtype=bool)
+        y, x = rng.integers(0, 48), rng.integers(0, 80)
+        mask[y : y + rng.integers(2, 40), x : x + rng.integers(2, 60)] = True
+        return encode_rle(mask)
+
+    gt, predictions = [], []
+    for image in images:
+        for _ in range(int(rng.integers(0, 5))):
+            segmentation = rle()
+            gt.append(
+                {
+                    "image_id": image["id"],
+                    "category_id": int(rng.choice([1, 2, 3])),
+                    "segmentation": segmentation,
+                    "area": int(mask_util.area(segmentation)),
+                    "bbox": mask_util.toBbox(segmentation).tolist(),
+                    "iscrowd": int(rng.random() < 0.15),
+                }
+            )
+        for _ in range(int(rng.integers(0, 8))):
+            predictions.append(
+                {
+                    "image_id": image["id"],
+                    "category_id": int(rng.choice([1, 2, 5])),
+                    "segmentation": rle(),
+                    "score": float(rng.choice([0.3, 0.5, rng.random()])),  # ties too
+                }
+            )
+    results = coco_segm_ap(gt, predictions, images, categories, per_class=True)
+    expected = _reference_coco_ap(gt, predictions, images, categories)
+    assert json.dumps(results) == json.dumps(expected)
+    assert not any(np.isnan(results[k]) for k in ("AP", "AP-1", "AP-2"))
 
 
 def test_panoptic_evaluator_matches_the_reference_sums(

@@ -82,6 +82,40 @@ def panoptic_gt_instances(
     return annotations
 
 
+def _evaluate_by_category(coco_gt: COCO, coco_dt: COCO, image_ids: list[Any]) -> COCOeval:
+    """``COCOeval(coco_gt, coco_dt, "segm")`` over ``image_ids``, evaluated and accumulated one
+    category at a time, ready for ``summarize``.
+
+    COCOeval keeps the matches of every (image, category, area range) until it accumulates them:
+    about 300 MiB per 1,000 images of a hundred predictions. Categories are evaluated and
+    accumulated independently, so one at a time gives the same precision, recall and scores
+    arrays with the matches of one category held at a time.
+    """
+    summary = COCOeval(coco_gt, coco_dt, "segm")
+    summary.params.imgIds = image_ids
+    if not summary.params.catIds:  # nothing to split
+        summary.evaluate()
+        summary.accumulate()
+        return summary
+    parts = []
+    for category in summary.params.catIds:
+        part = COCOeval(coco_gt, coco_dt, "segm")
+        part.params.imgIds = image_ids
+        part.params.catIds = [category]
+        part.evaluate()
+        part.accumulate()
+        parts.append(part.eval)
+    precision = np.concatenate([e["precision"] for e in parts], axis=2)  # [T, R, K, A, M]
+    summary.eval = {
+        "params": summary.params,
+        "counts": list(precision.shape),
+        "precision": precision,
+        "recall": np.concatenate([e["recall"] for e in parts], axis=1),  # [T, K, A, M]
+        "scores": np.concatenate([e["scores"] for e in parts], axis=2),
+    }
+    return summary
+
+
 def coco_segm_ap(
     gt_annotations: list[dict[str, Any]],
     predictions: list[dict[str, Any]],
@@ -116,14 +150,12 @@ def coco_segm_ap(
     if not predictions:  # as detectron2's COCOEvaluator: undefined, not 0
         logger.warning("No instance predictions: AP is NaN")
         return dict.fromkeys(AP_METRICS, float("nan"))
-    buffer = io.StringIO()
-    with contextlib.redirect_stdout(buffer):
+    with contextlib.redirect_stdout(io.StringIO()):
         # loadRes adds area, bbox, id and iscrowd to each dict; the segmentation stays unchanged.
         coco_dt = coco_gt.loadRes([dict(p) for p in predictions])
-        coco_eval = COCOeval(coco_gt, coco_dt, "segm")
-        coco_eval.params.imgIds = [i["id"] for i in images]
-        coco_eval.evaluate()
-        coco_eval.accumulate()
+        coco_eval = _evaluate_by_category(coco_gt, coco_dt, [i["id"] for i in images])
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
         coco_eval.summarize()
     logger.info("COCOeval segm:\n%s", buffer.getvalue())
     results = {
