@@ -36,6 +36,7 @@ from mask2former.evaluation.panoptic import (
     accumulate,
     pq_results,
     pq_stats_single_image,
+    read_panoptic_index,
     read_panoptic_png,
     segment_index,
 )
@@ -363,12 +364,14 @@ def test_confusion_matrix_matches_the_boolean_index_reference() -> None:
     assert uint8.tolist() == [[0, 1], [0, 0]]
 
 
-def test_semantic_gt_painted_from_panoptic_ids() -> None:
+def test_semantic_gt_painted_from_panoptic_ids(tmp_path: Path) -> None:
     evaluator = SemSegEvaluator(num_classes=5, ignore_label=255)
     rng = np.random.default_rng(6)
     for large in (False, True):
         pool = [0, 3, 9, 2**20 + 1, 2**23] if large else [0, 3, 9, 12]
         ids = rng.choice(pool, size=(6, 7))
+        path = tmp_path / f"{large}.png"
+        Image.fromarray(id2rgb(ids)).save(path)
         segments = [
             {"id": 3, "category_id": 1},
             {"id": 9, "category_id": 2},
@@ -377,9 +380,9 @@ def test_semantic_gt_painted_from_panoptic_ids() -> None:
         ]
         if large:
             segments.append({"id": 2**23, "category_id": 3})
-        expected = _reference_paint(ids, segments, 255)
-        assert np.array_equal(evaluator._paint(ids, segments), expected)
-        assert np.array_equal(evaluator._paint(ids, []), _reference_paint(ids, [], 255))
+        for listed in (segments, []):
+            gt = evaluator._ground_truth({"pan_seg_file_name": str(path), "segments_info": listed})
+            assert np.array_equal(gt, _reference_paint(ids, listed, 255)), (large, listed)
 
 
 # --------------------------------------------------------------------------------------------
@@ -412,6 +415,20 @@ def test_read_panoptic_png_decodes_like_pillow_and_rereads_changed_files(tmp_pat
         assert np.array_equal(read_panoptic_png(str(tmp_path / name)), expected), name
     with pytest.raises(FileNotFoundError, match="missing.png"):
         read_panoptic_png(str(tmp_path / "missing.png"))
+
+
+def test_read_panoptic_index_is_shared_by_the_same_listing(tmp_path: Path) -> None:
+    ids = np.array([[0, 5, 9], [70000, 5, 9]])
+    path = str(tmp_path / "map.png")
+    Image.fromarray(id2rgb(ids)).save(path)
+    first = read_panoptic_index(path, [9, 5, 70000])
+    again = read_panoptic_index(path, {70000: {}, 5: {}, 9: {}})  # the same ids, another order
+    assert all(a is b for a, b in zip(first, again, strict=True))
+    assert not first[2].flags.writeable
+    keys, index = segment_index(ids, [9, 5, 70000])
+    assert np.array_equal(first[1], keys) and np.array_equal(first[2], index)
+    fewer = read_panoptic_index(path, [5])
+    assert fewer[2] is not first[2] and fewer[2].tolist() == [[0, 1, -1], [-1, 1, -1]]
 
 
 # --------------------------------------------------------------------------------------------

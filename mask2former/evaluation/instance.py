@@ -29,7 +29,7 @@ from pycocotools.cocoeval import COCOeval
 from mask2former.evaluation.evaluator import DatasetEvaluator, Results
 from mask2former.evaluation.panoptic import (
     load_panoptic_json,
-    read_panoptic_png,
+    read_panoptic_index,
     resolve_panoptic_gt,
     segment_index,
 )
@@ -47,7 +47,10 @@ def _to_numpy(value: Any) -> np.ndarray:
 
 
 def panoptic_gt_instances(
-    ann: Mapping[str, Any], gt_ids: np.ndarray, thing_categories: set[int]
+    ann: Mapping[str, Any],
+    gt_ids: np.ndarray,
+    thing_categories: set[int],
+    index: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> list[dict[str, Any]]:
     """COCO instance annotations (without ``id``) of the thing segments of one image.
 
@@ -55,26 +58,31 @@ def panoptic_gt_instances(
         ann: the panoptic annotation (``image_id``, ``segments_info`` with dataset ids).
         gt_ids: int [H, W] segment ids of its PNG.
         thing_categories: dataset category ids that are things.
+        index: ``segment_index(gt_ids, ids of ann's segments)`` if already computed
+            (``read_panoptic_index``).
     """
-    things = [s for s in ann["segments_info"] if int(s["category_id"]) in thing_categories]
-    keys, index = segment_index(gt_ids, [int(s["id"]) for s in things])
+    if index is None:
+        index = segment_index(gt_ids, [int(s["id"]) for s in ann["segments_info"]])
+    keys, positions = index
     if len(keys) < 2**15:  # a narrower copy: one comparison per thing below
-        index = index.astype(np.int16)
-    areas = np.bincount(index.ravel() + 1, minlength=len(keys) + 1)[1:]  # index -1: elsewhere
+        positions = positions.astype(np.int16)
     annotations = []
-    for segment in things:
+    for segment in ann["segments_info"]:
         category = int(segment["category_id"])
+        if category not in thing_categories:
+            continue
         k = int(np.searchsorted(keys, int(segment["id"])))
-        area = int(areas[k])
+        mask = positions == k
+        area = np.count_nonzero(mask)
         if area == 0:
             continue
-        rle = encode_rle(index == k)
+        rle = encode_rle(mask)
         annotations.append(
             {
                 "image_id": ann["image_id"],
                 "category_id": category,
                 "segmentation": rle,
-                "area": area,
+                "area": int(area),
                 "bbox": mask_util.toBbox(rle).tolist(),
                 "iscrowd": int(segment.get("iscrowd", 0)),
             }
@@ -229,9 +237,12 @@ class COCOInstanceEvaluator(DatasetEvaluator):
             if "instances" not in out:
                 raise KeyError(f"image_id {image_id!r}: output has no 'instances'")
             ann = self._gt_by_image[image_id]
-            gt_ids = read_panoptic_png(os.path.join(self._gt_folder, ann["file_name"]))
+            gt_ids, keys, index = read_panoptic_index(
+                os.path.join(self._gt_folder, ann["file_name"]),
+                [int(s["id"]) for s in ann["segments_info"]],
+            )
             height, width = gt_ids.shape
-            gt = panoptic_gt_instances(ann, gt_ids, self._thing_categories)
+            gt = panoptic_gt_instances(ann, gt_ids, self._thing_categories, (keys, index))
 
             instances = out["instances"]
             masks = instances.pred_masks

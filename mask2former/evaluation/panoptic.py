@@ -29,6 +29,7 @@ import logging
 import os
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import cv2
@@ -49,13 +50,22 @@ _IOU, _TP, _FP, _FN = range(4)
 PQStats = dict[int, np.ndarray]
 
 
-# Decoded PNGs kept by read_panoptic_png: the panoptic, instance and semantic evaluators read
-# the GT PNG of an image one after the other.
+# Decoded PNGs (and their segment indices) kept by read_panoptic_png and read_panoptic_index:
+# the panoptic, instance and semantic evaluators read the GT PNG of an image one after the other.
 _PNG_CACHE_SIZE = 4
-_png_cache: OrderedDict[bytes, np.ndarray] = OrderedDict()
 # Segment ids below this are indexed with a lookup table (a model's segment numbers), larger
 # ones (PNG colours) by binary search.
 _LOOKUP_IDS = 1 << 16
+
+
+@dataclass
+class _DecodedPNG:
+    ids: np.ndarray  # int64 [H, W], read-only
+    # segment_index results by the bytes of their keys; arrays read-only
+    indices: dict[bytes, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+
+
+_png_cache: OrderedDict[bytes, _DecodedPNG] = OrderedDict()
 
 
 def _decode_rgb(data: bytes) -> np.ndarray:
@@ -67,27 +77,70 @@ def _decode_rgb(data: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
 
 
-def read_panoptic_png(path: str) -> np.ndarray:
-    """int64 [H, W] segment ids of a COCO panoptic PNG, read-only.
-
-    The maps of the last few files read are kept by the hash of their bytes: the evaluators of
-    one image share one decoding (reading the file again costs far less).
-    """
+def _read(path: str) -> _DecodedPNG:
+    """The decoded PNG at ``path``; the last few are kept by the hash of their bytes (reading
+    a file again costs far less than decoding it)."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"panoptic PNG not found: {path}")
     with open(path, "rb") as f:
         data = f.read()
     key = hashlib.blake2b(data, digest_size=16).digest()
-    ids = _png_cache.get(key)
-    if ids is None:
+    png = _png_cache.get(key)
+    if png is None:
         ids = rgb2id(_decode_rgb(data))
         ids.flags.writeable = False
-        _png_cache[key] = ids
+        png = _png_cache[key] = _DecodedPNG(ids)
         if len(_png_cache) > _PNG_CACHE_SIZE:
             _png_cache.popitem(last=False)
     else:
         _png_cache.move_to_end(key)
-    return ids
+    return png
+
+
+def read_panoptic_png(path: str) -> np.ndarray:
+    """int64 [H, W] segment ids of a COCO panoptic PNG, read-only (the evaluators of one image
+    share one decoding)."""
+    return _read(path).ids
+
+
+def read_panoptic_index(
+    path: str, listed: Iterable[int]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A COCO panoptic PNG's segment ids and their :func:`segment_index` over ``listed``.
+
+    Returns:
+        ``(ids, keys, index)`` as ``read_panoptic_png`` and ``segment_index`` give them,
+        read-only; the index is kept with the decoded map, so the evaluators of one image that
+        list the same segments share one.
+    """
+    png = _read(path)
+    keys = _segment_keys(listed)
+    found = png.indices.get(keys.tobytes())
+    if found is None:
+        index = _index_by_keys(png.ids, keys)
+        index.flags.writeable = False
+        found = png.indices[keys.tobytes()] = (keys, index)
+    return png.ids, found[0], found[1]
+
+
+def _segment_keys(listed: Iterable[int]) -> np.ndarray:
+    """int64 [S] the sorted distinct ``listed`` ids and VOID."""
+    return np.union1d(np.fromiter(listed, dtype=np.int64), [VOID])
+
+
+def _index_by_keys(ids: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    if ids.dtype.kind not in "iu":
+        ids = ids.astype(np.int64)
+    low, high = (int(ids.min()), int(ids.max())) if ids.size else (0, 0)
+    if low >= 0 and high < _LOOKUP_IDS:
+        table = np.full(high + 1, -1, dtype=np.int64)
+        present = np.flatnonzero((keys >= 0) & (keys <= high))
+        table[keys[present]] = present
+        return table[ids]
+    index = np.searchsorted(keys, ids)
+    np.minimum(index, len(keys) - 1, out=index)
+    index[keys[index] != ids] = -1
+    return index
 
 
 def segment_index(ids: np.ndarray, listed: Iterable[int]) -> tuple[np.ndarray, np.ndarray]:
@@ -101,31 +154,16 @@ def segment_index(ids: np.ndarray, listed: Iterable[int]) -> tuple[np.ndarray, n
         ``(keys, index)``: int64 [S] the sorted listed ids and VOID; int64 [H, W] with
         ``keys[index] == ids``, and -1 where the id is neither listed nor VOID.
     """
-    if ids.dtype.kind not in "iu":
-        ids = ids.astype(np.int64)
-    keys = np.union1d(np.fromiter(listed, dtype=np.int64), [VOID])
-    low, high = (int(ids.min()), int(ids.max())) if ids.size else (0, 0)
-    if low >= 0 and high < _LOOKUP_IDS:
-        table = np.full(high + 1, -1, dtype=np.int64)
-        present = np.flatnonzero((keys >= 0) & (keys <= high))
-        table[keys[present]] = present
-        return keys, table[ids]
-    index = np.searchsorted(keys, ids)
-    np.minimum(index, len(keys) - 1, out=index)
-    index[keys[index] != ids] = -1
-    return keys, index
+    keys = _segment_keys(listed)
+    return keys, _index_by_keys(ids, keys)
 
 
-def _listed_index(
-    ids: np.ndarray, segments: Mapping[int, Any], what: str
-) -> tuple[np.ndarray, np.ndarray]:
-    """``segment_index`` of a map whose every id must be listed (or VOID); the KeyError names
-    the smallest unlisted one (``what``: "GT segment id {} is in the PNG")."""
-    keys, index = segment_index(ids, segments)
+def _check_listed(ids: np.ndarray, index: np.ndarray, what: str) -> None:
+    """Every id of the map is listed (or VOID); else a KeyError names the smallest that is not
+    (``what``: "GT segment id {} is in the PNG")."""
     unknown = index < 0
     if unknown.any():
         raise KeyError(f"{what.format(int(ids[unknown].min()))} but not in segments_info")
-    return keys, index
 
 
 def pq_stats_single_image(
@@ -133,6 +171,7 @@ def pq_stats_single_image(
     gt_segments: Mapping[int, Mapping[str, Any]],
     pred_ids: np.ndarray,
     pred_segments: Mapping[int, Mapping[str, Any]],
+    gt_index: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> PQStats:
     """Per-category TP/FP/FN and summed IoU of one image.
 
@@ -143,19 +182,21 @@ def pq_stats_single_image(
             id 0: then, as in panopticapi, it is an ordinary segment (matched, TP or FP).
         pred_segments: predicted segment id -> ``{"category_id"}`` (dataset category ids).
             Segments without pixels are ignored.
+        gt_index: ``segment_index(gt_ids, gt_segments)`` if already computed
+            (``read_panoptic_index``).
 
     Returns:
         category id -> float64 [4] = (sum of IoU over TP, TP, FP, FN).
     """
     if gt_ids.shape != pred_ids.shape:
         raise ValueError(f"GT panoptic map has shape {gt_ids.shape}, prediction {pred_ids.shape}")
-    gt_keys, gt_index = _listed_index(gt_ids, gt_segments, "GT segment id {} is in the PNG")
-    pred_keys, pred_index = _listed_index(
-        pred_ids, pred_segments, "predicted segment id {} is in the map"
-    )
+    gt_keys, gt_pixels = segment_index(gt_ids, gt_segments) if gt_index is None else gt_index
+    _check_listed(gt_ids, gt_pixels, "GT segment id {} is in the PNG")
+    pred_keys, pred_pixels = segment_index(pred_ids, pred_segments)
+    _check_listed(pred_ids, pred_pixels, "predicted segment id {} is in the map")
     # Pixel counts of every (GT segment, predicted segment) pair: int64 [S_gt, S_pred].
     num_pred = len(pred_keys)
-    joint = gt_index * num_pred + pred_index
+    joint = gt_pixels * num_pred + pred_pixels
     counts = np.bincount(joint.ravel(), minlength=len(gt_keys) * num_pred).reshape(-1, num_pred)
     rows, cols = np.nonzero(counts)  # the pairs that meet, by GT id then predicted id
     gt_of, pred_of, intersections = gt_keys[rows], pred_keys[cols], counts[rows, cols]
@@ -442,10 +483,13 @@ class COCOPanopticEvaluator(DatasetEvaluator):
                 int(s["id"]): {"category_id": self._dataset_category(s)} for s in segments_info
             }
             ann = self._gt_by_image[image_id]
-            gt_ids = read_panoptic_png(os.path.join(self._gt_folder, ann["file_name"]))
+            gt_segments = _segments_by_id(ann["segments_info"])
+            gt_ids, gt_keys, gt_index = read_panoptic_index(
+                os.path.join(self._gt_folder, ann["file_name"]), gt_segments
+            )
             try:
                 stats = pq_stats_single_image(
-                    gt_ids, _segments_by_id(ann["segments_info"]), pred_ids, pred_segments
+                    gt_ids, gt_segments, pred_ids, pred_segments, (gt_keys, gt_index)
                 )
             except (KeyError, ValueError) as err:
                 raise type(err)(f"image_id {image_id!r}: {err}") from err

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 
 from mask2former.evaluation.evaluator import DatasetEvaluator, Results
-from mask2former.evaluation.panoptic import read_panoptic_png, segment_index
+from mask2former.evaluation.panoptic import read_panoptic_index
 from mask2former.utils import comm
 
 logger = logging.getLogger(__name__)
@@ -203,20 +203,15 @@ class SemSegEvaluator(DatasetEvaluator):
                 raise FileNotFoundError(f"semantic GT PNG not found: {path}")
             return np.asarray(Image.open(path), dtype=np.int64)
         if "pan_seg_file_name" in inp and "segments_info" in inp:
-            ids = read_panoptic_png(inp["pan_seg_file_name"])
-            return self._paint(ids, inp["segments_info"])
+            # The class of each pixel's segment (of the last one listed with its id), ignored
+            # where its id is not listed.
+            category_of = {int(s["id"]): int(s["category_id"]) for s in inp["segments_info"]}
+            _, keys, index = read_panoptic_index(inp["pan_seg_file_name"], category_of)
+            classes = [category_of.get(k, self._ignore_label) for k in keys.tolist()]
+            return np.array([*classes, self._ignore_label], dtype=np.int64)[index]  # -1: last
         raise KeyError(
             "input needs 'sem_seg', 'sem_seg_file_name' or 'pan_seg_file_name' + 'segments_info'"
         )
-
-    def _paint(self, ids: np.ndarray, segments: Sequence[Mapping[str, Any]]) -> np.ndarray:
-        """int64 [H, W] class of each pixel of the segment-id map ``ids``: the ``category_id``
-        of its segment (of the last one listed with its id), ``ignore_label`` if unlisted."""
-        category_of = {int(s["id"]): int(s["category_id"]) for s in segments}
-        keys, index = segment_index(ids, category_of)
-        # Class per key, then ignore_label for index -1 (unlisted ids).
-        classes = [category_of.get(k, self._ignore_label) for k in keys.tolist()]
-        return np.array([*classes, self._ignore_label], dtype=np.int64)[index]
 
     def process(self, inputs: Sequence[dict[str, Any]], outputs: Sequence[dict[str, Any]]) -> None:
         for inp, out in zip(inputs, outputs, strict=True):
