@@ -342,6 +342,42 @@ def test_class_map_matches_argmax_with_ties_and_nan(threads: int) -> None:
         torch.set_num_threads(before)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU: nothing on a device")
+def test_outputs_on_the_gpu_give_the_cpu_results(tmp_path: Path) -> None:
+    # The semantic argmax runs on the device; instance masks are thresholded there.
+    gen = torch.Generator().manual_seed(1)
+    scores = torch.rand((133, 48, 64), generator=gen)
+    scores.view(-1)[::41] = 1.0
+    assert np.array_equal(class_map(scores.cuda()), class_map(scores))
+    ids = np.zeros((48, 64), dtype=np.int64)
+    ids[5:20, 8:30] = 7
+    Image.fromarray(id2rgb(ids)).save(tmp_path / "a.png")
+    ann = {"image_id": 1, "file_name": "a.png", "segments_info": [{"id": 7, "category_id": 1}]}
+    gt_json = tmp_path / "gt.json"
+    categories = [{"id": 1, "name": "a", "isthing": 1}]
+    gt_json.write_text(json.dumps({"annotations": [ann], "categories": categories}))
+    masks = torch.rand((3, 48, 64), generator=gen)
+    instances = Instances(
+        (48, 64),
+        pred_masks=masks,
+        scores=torch.rand(3, generator=gen),
+        pred_classes=torch.ones(3, dtype=torch.int64),
+    )
+    results = []
+    for device in ("cpu", "cuda"):
+        evaluator = COCOInstanceEvaluator(
+            output_dir=str(tmp_path / device),
+            gt_json=str(gt_json),
+            gt_folder=str(tmp_path),
+            thing_dataset_id_to_contiguous_id={1: 1},
+        )
+        evaluator.process([{"image_id": 1}], [{"instances": instances.to(device)}])
+        results.append(evaluator.evaluate())
+    assert json.dumps(results[0]) == json.dumps(results[1])
+    written = [(tmp_path / d / "instances_predictions.json").read_bytes() for d in ("cpu", "cuda")]
+    assert written[0] == written[1]
+
+
 def test_confusion_matrix_matches_the_boolean_index_reference() -> None:
     rng = np.random.default_rng(5)
     for _ in range(300):
