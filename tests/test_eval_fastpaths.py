@@ -451,6 +451,9 @@ def test_read_panoptic_png_decodes_like_pillow_and_rereads_changed_files(tmp_pat
         assert np.array_equal(read_panoptic_png(str(tmp_path / name)), expected), name
     with pytest.raises(FileNotFoundError, match="missing.png"):
         read_panoptic_png(str(tmp_path / "missing.png"))
+    (tmp_path / "broken.png").write_bytes(b"not a PNG")
+    with pytest.raises(OSError, match="broken.png cannot be decoded"):
+        read_panoptic_png(str(tmp_path / "broken.png"))
 
 
 def test_read_panoptic_index_is_shared_by_the_same_listing(tmp_path: Path) -> None:

@@ -87,7 +87,10 @@ def _read(path: str) -> _DecodedPNG:
     key = hashlib.blake2b(data, digest_size=16).digest()
     png = _png_cache.get(key)
     if png is None:
-        ids = rgb2id(_decode_rgb(data))
+        try:
+            ids = rgb2id(_decode_rgb(data))
+        except OSError as err:  # Pillow's UnidentifiedImageError included
+            raise type(err)(f"panoptic PNG {path} cannot be decoded: {err}") from err
         ids.flags.writeable = False
         png = _png_cache[key] = _DecodedPNG(ids)
         if len(_png_cache) > _PNG_CACHE_SIZE:
