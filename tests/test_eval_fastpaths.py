@@ -28,14 +28,12 @@ from pycocotools import mask as mask_util
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-import mask2former.evaluation.panoptic as panoptic
+import mask2former.evaluation.segment_maps as segment_maps
 import mask2former.structures as structures
 from mask2former.evaluation import COCOInstanceEvaluator, COCOPanopticEvaluator, SemSegEvaluator
 from mask2former.evaluation.instance import AP_METRICS, coco_segm_ap, panoptic_gt_instances
-from mask2former.evaluation.panoptic import (
-    accumulate,
-    pq_results,
-    pq_stats_single_image,
+from mask2former.evaluation.panoptic import accumulate, pq_results, pq_stats_single_image
+from mask2former.evaluation.segment_maps import (
     read_panoptic_index,
     read_panoptic_png,
     segment_index,
@@ -268,7 +266,7 @@ def test_pq_stats_match_the_unique_based_reference(
     large_ids: bool, lookup: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     if not lookup:
-        monkeypatch.setattr(panoptic, "_LOOKUP_IDS", 0)  # binary search for every map
+        monkeypatch.setattr(segment_maps, "_LOOKUP_IDS", 0)  # binary search for every map
     rng = np.random.default_rng(4 + large_ids)
     errors = 0
     for _ in range(1500):
@@ -296,18 +294,18 @@ def test_pq_stats_of_empty_and_single_segment_maps() -> None:
         pq_stats_single_image(one, {7: {"category_id": 1}}, one[:, :4], {7: {"category_id": 1}})
 
 
-def test_segment_index_of_listed_unlisted_and_void_ids() -> None:
+@pytest.mark.parametrize("lookup", [True, False])
+def test_segment_index_of_listed_unlisted_and_void_ids(
+    lookup: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not lookup:
+        monkeypatch.setattr(segment_maps, "_LOOKUP_IDS", 0)
     ids = np.array([[0, 5, 9], [70000, 5, -3]])
-    for cap in (1 << 16, 0):
-        panoptic._LOOKUP_IDS = cap
-        try:
-            keys, index = segment_index(ids, [9, 5, 70000])
-            assert keys.tolist() == [0, 5, 9, 70000]
-            assert index.tolist() == [[0, 1, 2], [3, 1, -1]]
-            keys, index = segment_index(ids[:, :2] % 10, [])
-            assert keys.tolist() == [0] and index.tolist() == [[0, -1], [0, -1]]
-        finally:
-            panoptic._LOOKUP_IDS = 1 << 16
+    keys, index = segment_index(ids, [9, 5, 70000])
+    assert keys.tolist() == [0, 5, 9, 70000]
+    assert index.tolist() == [[0, 1, 2], [3, 1, -1]]
+    keys, index = segment_index(ids[:, :2] % 10, [])
+    assert keys.tolist() == [0] and index.tolist() == [[0, -1], [0, -1]]
 
 
 # --------------------------------------------------------------------------------------------

@@ -27,12 +27,8 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from mask2former.evaluation.evaluator import DatasetEvaluator, Results
-from mask2former.evaluation.panoptic import (
-    load_panoptic_json,
-    read_panoptic_index,
-    resolve_panoptic_gt,
-    segment_index,
-)
+from mask2former.evaluation.panoptic import load_panoptic_json, resolve_panoptic_gt
+from mask2former.evaluation.segment_maps import read_panoptic_index, segment_index
 from mask2former.structures import encode_rle
 from mask2former.utils import comm
 from mask2former.utils.atomic import atomic_write_bytes

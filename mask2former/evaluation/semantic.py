@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 
 from mask2former.evaluation.evaluator import DatasetEvaluator, Results
-from mask2former.evaluation.panoptic import read_panoptic_index
+from mask2former.evaluation.segment_maps import read_panoptic_index
 from mask2former.utils import comm
 
 logger = logging.getLogger(__name__)
