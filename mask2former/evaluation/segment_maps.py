@@ -46,10 +46,9 @@ _png_cache: OrderedDict[bytes, _DecodedPNG] = OrderedDict()
 def _decode_rgb(data: bytes) -> np.ndarray:
     """uint8 [H, W, 3] RGB pixels of an encoded image (OpenCV for 8-bit colour, else Pillow)."""
     pixels = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
-    if pixels is not None and pixels.dtype == np.uint8 and pixels.ndim == 3:
-        if pixels.shape[2] == 3:
-            return cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB)
-    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    if pixels is not None and pixels.dtype == np.uint8 and pixels.shape[2:] == (3,):
+        return cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB)
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))  # palette, alpha, 16-bit
 
 
 def _read(path: str) -> _DecodedPNG:
@@ -96,7 +95,7 @@ def read_panoptic_index(
     found = png.indices.get(keys.tobytes())
     if found is None:
         index = _index_by_keys(png.ids, keys)
-        index.flags.writeable = False
+        keys.flags.writeable = index.flags.writeable = False
         found = png.indices[keys.tobytes()] = (keys, index)
     return png.ids, found[0], found[1]
 
@@ -107,6 +106,7 @@ def _segment_keys(listed: Iterable[int]) -> np.ndarray:
 
 
 def _index_by_keys(ids: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """int64 [H, W] position of each pixel's id in ``keys`` (sorted), -1 if absent."""
     if ids.dtype.kind not in "iu":
         ids = ids.astype(np.int64)
     low, high = (int(ids.min()), int(ids.max())) if ids.size else (0, 0)
