@@ -259,8 +259,8 @@ class COCOInstanceEvaluator(DatasetEvaluator):
                     f"image_id {image_id!r}: {len(masks)} pred_masks, {len(scores)} scores, "
                     f"{len(classes)} pred_classes"
                 )
-            # One mask at a time: a thresholded copy of the whole float stack would cost more
-            # than the encoding.
+            # One mask at a time: thresholding the whole float stack at once writes a full
+            # boolean copy of it, slower than one mask's threshold while it is in the caches.
             binary = masks.dtype == bool
             counts = [encode_rle(m if binary else m > 0.5)["counts"] for m in masks]
 
