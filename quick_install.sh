@@ -6,7 +6,7 @@
 #
 # PyTorch is pinned here to the build the project is tested with; the package itself accepts any
 # torch >= 2.1. On a machine with CUDA (or with FORCE_CUDA=1) the deformable-attention CUDA
-# extension is compiled during the install; without it the pure-PyTorch path is used.
+# extension is compiled during the install; without it CUDA inputs take the Triton kernels.
 set -euo pipefail
 PYTHON="${PYTHON:-python}"
 cd "$(dirname "${BASH_SOURCE[0]}")"

@@ -11,9 +11,10 @@ All project metadata lives in pyproject.toml; this file adds two things.
   only when torch is importable at build time and a CUDA toolkit is usable
   (``torch.cuda.is_available()``), or ``FORCE_CUDA=1`` is set (building on a machine without a
   GPU, e.g. in a container; set ``TORCH_CUDA_ARCH_LIST`` too). With build isolation torch is
-  absent, so nothing is compiled and the kernels are built just in time with ninja on first CUDA
-  use (``mask2former/modeling/ops/build.py``), or the PyTorch path runs. To compile ahead of time,
-  install torch first and use ``pip install --no-build-isolation .``.
+  absent, so nothing is compiled: CUDA inputs then take the Triton kernels, or the CUDA kernels
+  built just in time with ninja when ``INSTAFORMER_MSDA_BACKEND=cuda`` asks
+  (``mask2former/modeling/ops/build.py``). To compile ahead of time, install torch first and use
+  ``pip install --no-build-isolation .``.
 """
 
 from __future__ import annotations

@@ -10,8 +10,10 @@ segments; images with at least two matched instances are written with the record
 writes ``coco/annotations/InstaOrderPanoptic_{train,val}2017.json`` (one file per split) and
 prints what was dropped and why. Every input of the requested splits is checked before anything
 is created; each output is written to a temporary file in ``--dest-dir`` and renamed into place,
-so an interrupted run or a full disk never leaves a truncated file where a good one was, and a
-symbolic link at the output name is replaced (its target is never written).
+so an interrupted run or a full disk never leaves a truncated file where a good one was. The
+outputs follow mask2former/utils/outputs.py: one run at a time per ``--dest-dir``; an output
+name held by an input, a symbolic link or a file this script did not write (recorded in
+``--dest-dir``) is refused before any split is written.
 
 Differences from the original script: the output is a file per split inside ``--dest-dir`` (the
 original wrote both splits to ``--dest_path`` verbatim, so the default folder failed and
@@ -23,6 +25,7 @@ segment from a thing); the split comes from the flag, not from the number of ann
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -34,10 +37,11 @@ import numpy as np
 from tqdm import tqdm
 
 from instaformer.data.datasets import load_json_object
+from instaformer.data.duplicates import check_instaorder_duplicates, check_panoptic_duplicates
 from instaformer.data.io import DataError, read_panoptic_ids
 from instaformer.data.relations import build_order_matrices, check_record_types
 from mask2former.structures import decode_segmentation
-from mask2former.utils.atomic import atomic_write_bytes
+from mask2former.utils.outputs import OutputFolder, require_dir
 
 logger = logging.getLogger("prepare_instaorder_panoptic")
 
@@ -96,6 +100,8 @@ def convert_split(
     *,
     progress: bool = True,
     source: str = "InstaOrder file",
+    instances_source: str = "COCO instances file",
+    panoptic_source: str = "COCO panoptic file",
 ) -> tuple[dict[str, Any], Counter]:
     """Build the InstaOrder Panoptic JSON object of one split.
 
@@ -103,14 +109,17 @@ def convert_split(
         instaorder, instances, panoptic: the parsed ``InstaOrder_``, ``instances_`` and
             ``panoptic_{split}2017.json``.
         panoptic_dir: folder of the panoptic PNGs.
-        source: the InstaOrder file's name, used in messages.
+        source, instances_source, panoptic_source: the three files' names, used in messages.
     Returns:
         ``(output, summary)``: the JSON object ([DS 5.3]) and counts of what was kept
         and dropped, keyed by a readable reason (``"images kept"``, ``"instances unmatched"``,
         ``"images dropped: fewer than two matched instances"``, ``"records skipped: ..."``).
     Raises:
         DataError: a missing key, a missing or corrupt PNG, a PNG whose size differs from its
-            image entry.
+            image entry; a repeated image id or file name, two order records or two panoptic
+            annotations for one image, a segment id repeated in one image, a repeated COCO
+            instance id (:mod:`instaformer.data.duplicates`; the message names the file and the
+            ids).
     """
     for name, data, keys in (
         ("InstaOrder", instaorder, ("annotations",)),
@@ -120,6 +129,8 @@ def convert_split(
         for key in keys:
             if key not in data:
                 raise DataError(f"{name} file has no top-level '{key}'")
+    check_instaorder_duplicates(instaorder, source, instances, instances_source)
+    check_panoptic_duplicates(panoptic, panoptic_source)
     isthing = {c["id"]: bool(c["isthing"]) for c in panoptic["categories"]}
     images = {img["id"]: img for img in panoptic["images"]}
     coco_anns = {a["id"]: a for a in instances["annotations"]}
@@ -236,14 +247,21 @@ def _check_inputs(inputs: dict[str, str]) -> None:
             raise FileNotFoundError(f"{path} not found; see datasets/README.md for the layout")
 
 
-def write_json_atomic(output: Any, dest: str) -> None:
-    """Write ``output`` as JSON to ``dest`` via a temporary file in the same folder.
+def _output_name(split: str) -> str:
+    return f"InstaOrderPanoptic_{split}2017.json"
 
-    A symbolic link at ``dest`` is replaced by the new file; its target is left untouched.
-    """
-    if os.path.islink(dest):
-        logger.warning("%s is a symbolic link (to %s): replacing the link", dest, os.readlink(dest))
-    atomic_write_bytes(dest, json.dumps(output, indent=4).encode("utf-8"))
+
+def _open_dest(
+    stack: contextlib.ExitStack, dest_dir: str, splits: list[str], inputs: dict[str, dict]
+) -> OutputFolder:
+    """Lock ``dest_dir`` (created) for the rest of the run and check every output name."""
+    out = stack.enter_context(OutputFolder(dest_dir, what="--dest-dir", tool="prepare"))
+    for split_inputs in inputs.values():
+        for key, path in split_inputs.items():
+            if key != "panoptic_dir":
+                out.protect([path], f"the {key} file")
+    out.check(_output_name(split) for split in splits)
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -269,25 +287,29 @@ def main(argv: Sequence[str] | None = None) -> None:
     inputs = {split: _split_inputs(args.root, split) for split in splits}
     for split_inputs in inputs.values():  # every input exists before anything is created
         _check_inputs(split_inputs)
-    dest_dir = args.dest_dir or os.path.join(args.root, "coco", "annotations")
-    if os.path.exists(dest_dir) and not os.path.isdir(dest_dir):
-        parser.error(f"--dest-dir {dest_dir} exists and is not a folder")
-    for split in splits:
-        paths = inputs[split]
-        output, summary = convert_split(
-            load_json_object(paths["instaorder"], "InstaOrder file", list_keys=()),
-            load_json_object(paths["instances"], "COCO instances file", list_keys=()),
-            load_json_object(paths["panoptic"], "COCO panoptic file", list_keys=()),
-            paths["panoptic_dir"],
-            progress=not args.no_progress,
-            source=paths["instaorder"],
-        )
-        os.makedirs(dest_dir, exist_ok=True)
-        dest = os.path.join(dest_dir, f"InstaOrderPanoptic_{split}2017.json")
-        write_json_atomic(output, dest)
-        logger.info("%s2017 -> %s", split, dest)
-        for key in sorted(summary):
-            logger.info("  %-50s %d", key, summary[key])
+    default_dest = os.path.join(args.root, "coco", "annotations")
+    dest_dir = require_dir(default_dest if args.dest_dir is None else args.dest_dir, "--dest-dir")
+    with contextlib.ExitStack() as stack:
+        # an existing folder is locked and checked at once; a new one once a split is converted
+        out = _open_dest(stack, dest_dir, splits, inputs) if os.path.isdir(dest_dir) else None
+        for split in splits:
+            paths = inputs[split]
+            output, summary = convert_split(
+                load_json_object(paths["instaorder"], "InstaOrder file", list_keys=()),
+                load_json_object(paths["instances"], "COCO instances file", list_keys=()),
+                load_json_object(paths["panoptic"], "COCO panoptic file", list_keys=()),
+                paths["panoptic_dir"],
+                progress=not args.no_progress,
+                source=paths["instaorder"],
+                instances_source=paths["instances"],
+                panoptic_source=paths["panoptic"],
+            )
+            if out is None:
+                out = _open_dest(stack, dest_dir, splits, inputs)
+            dest = out.write_bytes(_output_name(split), json.dumps(output, indent=4).encode())
+            logger.info("%s2017 -> %s", split, dest)
+            for key in sorted(summary):
+                logger.info("  %-50s %d", key, summary[key])
 
 
 if __name__ == "__main__":

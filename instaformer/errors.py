@@ -3,10 +3,10 @@
 ``instaformer-train`` (``train_net.py``) and ``instaformer-demo`` (``demo/demo.py``) run their
 ``main`` through :func:`run_cli`. The errors that name a user's input (:data:`USER_ERRORS`: a
 config file or value, a dataset file or record, a checkpoint file, a download, an output folder
-owned by another run) are printed as ``<program>: error: <message>`` on stderr with exit
-status 2 (as argparse does for a bad flag). ``--debug`` on the command line or
-``INSTAFORMER_DEBUG=1`` keeps the full traceback. Any other exception is a bug and propagates
-unchanged.
+owned by another run, an output that would replace an input or leave its folder) are printed
+as ``<program>: error: <message>`` on stderr with exit status 2 (as argparse does for a bad
+flag). ``--debug`` on the command line or ``INSTAFORMER_DEBUG=1`` keeps the full traceback.
+Any other exception is a bug and propagates unchanged.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from mask2former.checkpoint import CheckpointError
 from mask2former.config import ConfigError
 from mask2former.engine.lock import RunLockError
 from mask2former.utils.download import DownloadError
+from mask2former.utils.outputs import OutputError
 
 __all__ = ["USER_ERRORS", "EXIT_USER_ERROR", "debug_requested", "run_cli"]
 
@@ -28,6 +29,7 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     DataError,
     CheckpointError,
     RunLockError,
+    OutputError,
     DownloadError,
     FileNotFoundError,
 )

@@ -27,14 +27,16 @@ from torch import nn
 
 import instaformer.data  # noqa: F401  (registers the InstaOrder datasets)
 import instaformer.instaordernet as instaordernet
+from instaformer import model_zoo
 from instaformer.config import setup_cfg
 from instaformer.data import DataError, build_dataset_mapper
 from instaformer.data.custom import check_num_classes, register_custom_datasets
 from instaformer.errors import run_cli
 from instaformer.evaluation import build_evaluators, report_results
-from instaformer.model_zoo import model_args
+from instaformer.evaluation.results import RANDOM_INIT, describe_random_parts
 from instaformer.modeling import build_model
-from mask2former.checkpoint import M2FCheckpointer, format_report
+from instaformer.preflight import check_run, random_init_message, random_parts
+from mask2former.checkpoint import CheckpointError, M2FCheckpointer, format_report
 from mask2former.config import CfgNode, check_training_cfg
 from mask2former.data.build import (
     build_detection_test_loader,
@@ -49,12 +51,14 @@ from mask2former.engine import (
     launch,
     resolve_device,
 )
-from mask2former.engine.checkpoint import last_checkpoint_path
+from mask2former.engine.checkpoint import check_weights_kept, last_checkpoint_path
 from mask2former.engine.events import MetricSink
 from mask2former.engine.lock import hold_output_dir
+from mask2former.engine.processes import backend_for
 from mask2former.engine.trainer import BuildTrainLoader, LoadWeights
 from mask2former.evaluation import DatasetEvaluator, inference_on_dataset
-from mask2former.utils import comm, download
+from mask2former.utils import comm
+from mask2former.utils.outputs import require_dir
 
 __all__ = [
     "build_trainer",
@@ -127,7 +131,9 @@ def load_weights(cfg: CfgNode, model: nn.Module, path: str) -> dict[str, list]:
     Warns when a frozen part of the model receives no weight from the file, the usual mistake
     with the released configs (an ImageNet backbone instead of a Mask2Former checkpoint).
     """
-    report = M2FCheckpointer(model).load_weights(path, min_share=cfg.MODEL.WEIGHTS_MIN_SHARE)
+    report = M2FCheckpointer(model).load_weights(
+        model_zoo.fetch(path), min_share=cfg.MODEL.WEIGHTS_MIN_SHARE
+    )
     if any(report.values()):
         logger.warning(format_report(path, report))
     frozen = {
@@ -193,10 +199,14 @@ def model_family(cfg: CfgNode) -> ModelFamily:
     return FAMILIES.get(cfg.MODEL.META_ARCHITECTURE, INSTAFORMER)
 
 
-def evaluate(cfg: CfgNode, model: nn.Module) -> dict[str, dict[str, Any]]:
+def evaluate(
+    cfg: CfgNode, model: nn.Module, *, random_init: dict[str, int] | None = None
+) -> dict[str, dict[str, Any]]:
     """Evaluate ``model`` on every dataset of ``DATASETS.TEST``.
 
     Prints the results table and writes ``OUTPUT_DIR/eval_results.json`` (main process).
+    ``random_init`` (module -> weight tensors left random, allowed by ``--allow-random-init``) is
+    added to the results as ``"random_init"`` and printed under the table.
 
     Returns:
         ``{task: {metric: value}}`` (for several test datasets, task keys are prefixed with the
@@ -214,14 +224,40 @@ def evaluate(cfg: CfgNode, model: nn.Module) -> dict[str, dict[str, Any]]:
             results = dataset_results
         else:
             results.update({f"{name}/{task}": m for task, m in dataset_results.items()})
+    if random_init and results:
+        results[RANDOM_INIT] = dict(random_init)
     if comm.is_main_process() and results:
         report_results(results, cfg.OUTPUT_DIR)
     return results
 
 
+def _load_for_evaluation(cfg: CfgNode, model: nn.Module, allow_random: bool) -> dict[str, int]:
+    """Load ``MODEL.WEIGHTS`` for ``--eval-only``; returns the parts left random (allowed only
+    with ``allow_random``).
+
+    Raises:
+        CheckpointError: weights leave an evaluated part random and ``allow_random`` is False.
+    """
+    if not cfg.MODEL.WEIGHTS:  # refused before the start unless --allow-random-init
+        parts = {"": len(model.state_dict())}
+    else:
+        report = model_family(cfg).load_weights(cfg, model, cfg.MODEL.WEIGHTS)
+        parts = random_parts(model, report)
+    if parts and not allow_random:
+        raise CheckpointError(random_init_message(cfg.MODEL.WEIGHTS, parts))
+    if parts:
+        logger.warning(
+            "--allow-random-init: evaluating with random weights in %s",
+            describe_random_parts(parts),
+        )
+    return parts
+
+
 def metric_sinks(cfg: CfgNode) -> list[MetricSink]:
     """The further outputs of the training metrics: a Weights & Biases run with
-    ``WANDB.METRICS`` (project ``WANDB.PROJECT``, the config attached), else none.
+    ``WANDB.METRICS`` (project ``WANDB.PROJECT``, the config attached, its local files in
+    ``OUTPUT_DIR/wandb`` rather than the current folder unless ``WANDB_DIR`` names one), else
+    none.
 
     Raises:
         ImportError: ``WANDB.METRICS`` is True and ``wandb`` is not installed.
@@ -234,7 +270,8 @@ def metric_sinks(cfg: CfgNode) -> list[MetricSink]:
         raise ImportError(
             "WANDB.METRICS is True but `wandb` is not installed: pip install wandb"
         ) from err
-    return [wandb.init(project=cfg.WANDB.PROJECT, config={"yaml": cfg.dump()})]
+    local = os.environ.get("WANDB_DIR") or os.path.abspath(cfg.OUTPUT_DIR)
+    return [wandb.init(project=cfg.WANDB.PROJECT, config={"yaml": cfg.dump()}, dir=local)]
 
 
 def build_trainer(cfg: CfgNode) -> Trainer:
@@ -278,13 +315,9 @@ def main(cfg: CfgNode, args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     setup(cfg, args)
     if args.eval_only:
         model = build_model(cfg)
-        if cfg.MODEL.WEIGHTS:
-            model_family(cfg).load_weights(cfg, model, cfg.MODEL.WEIGHTS)
-        else:
-            logger.warning(
-                "--eval-only without MODEL.WEIGHTS evaluates a randomly initialised model"
-            )
-        return evaluate(cfg, model)
+        allow = bool(getattr(args, "allow_random_init", False))
+        parts = _load_for_evaluation(cfg, model, allow)
+        return evaluate(cfg, model, random_init=parts)
     if not cfg.MODEL.WEIGHTS and not (args.resume and last_checkpoint_path(cfg.OUTPUT_DIR)):
         warn_random_frozen_parts(cfg)  # a fresh start from random weights
     return build_trainer(cfg).train(resume=args.resume)
@@ -294,18 +327,22 @@ def run(args: argparse.Namespace) -> None:
     """Parse the config (:func:`load_config`) and launch :func:`main` with it in one process per
     device as ``--num-gpus`` etc. ask.
 
-    Checks the config and takes the lock of ``OUTPUT_DIR`` (machine 0) before starting any
-    process, so that a bad value or a folder in use is refused with one message; remote
+    Checks the config, the processes and the data (:func:`instaformer.preflight.check_run`,
+    every fault listed) and takes the lock of ``OUTPUT_DIR`` (machine 0) before starting any
+    process, so that a bad value or a folder in use is refused before anything runs; remote
     ``MODEL.WEIGHTS`` are downloaded here, once, before the processes start.
     """
     cfg = load_config(args)
+    require_dir(cfg.OUTPUT_DIR, "OUTPUT_DIR")
     if not args.eval_only:
         check_training_cfg(cfg)
-    if cfg.OUTPUT_DIR and args.machine_rank == 0 and os.environ.get("RANK", "0") == "0":
+        check_weights_kept(cfg.OUTPUT_DIR, cfg.MODEL.WEIGHTS)
+    print(f"instaformer-train: {check_run(cfg, args)}", flush=True)
+    if args.machine_rank == 0 and os.environ.get("RANK", "0") == "0":
         hold_output_dir(cfg.OUTPUT_DIR)  # the processes it starts share this lock
-    if download.is_remote(cfg.MODEL.WEIGHTS):
-        download.fetch(cfg.MODEL.WEIGHTS)
-    backend = "nccl" if str(cfg.MODEL.DEVICE).startswith("cuda") else "gloo"
+    if cfg.MODEL.WEIGHTS:
+        model_zoo.fetch(cfg.MODEL.WEIGHTS)  # remote weights downloaded once, here
+    backend = backend_for(cfg.MODEL.DEVICE)
     launch(
         main,
         args.num_gpus,
@@ -331,12 +368,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="released model by name (instaformer-zoo list): its config and weights; "
         "not with --config-file",
     )
+    parser.add_argument(
+        "--allow-random-init",
+        action="store_true",
+        help="--eval-only: evaluate even when MODEL.WEIGHTS is empty or leaves part of the "
+        "model random (refused otherwise); the results then list the random parts",
+    )
     args = parser.parse_args(argv)
     if args.model:
         if args.config_file:
             parser.error("--model and --config-file are mutually exclusive")
         try:
-            args.config_file, weights = model_args(args.model)
+            args.config_file, weights = model_zoo.model_args(args.model)
         except KeyError as err:
             parser.error(str(err.args[0]))
         args.opts = weights + list(args.opts or [])

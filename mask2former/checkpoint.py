@@ -1,9 +1,10 @@
 """Loading weights into a model: detectron2 ``.pkl``, ``.pth`` checkpoints and plain state dicts.
 
 Built on fvcore's ``Checkpointer`` (saving, resuming, other checkpointables unchanged). Paths
-may be local files, ``https://`` URLs, ``detectron2://<name>`` model-zoo names or ``zoo://<name>``
-released models; remote files are downloaded once by :mod:`mask2former.utils.download` into its
-cache (``$INSTAFORMER_CACHE``, default ``~/.cache/instaformer``).
+may be local files, ``https://`` URLs or ``detectron2://<name>`` model-zoo names (a package with
+names of its own, such as InstaFormer's ``zoo://<name>``, resolves them first); remote files are
+downloaded once by :mod:`mask2former.utils.download` into its cache (``$INSTAFORMER_CACHE``,
+default ``~/.cache/instaformer``).
 
 * ``.pkl`` (detectron2 model zoo, ``{"model": {name: numpy array}, "__author__": ...}``) is read
   with a restricted unpickler that only rebuilds numpy arrays/dtypes and plain containers; any
@@ -15,9 +16,13 @@ Missing keys, unexpected keys and shape mismatches are logged and returned
 (:meth:`M2FCheckpointer.load_weights`); ``strict=True`` turns any of them into an error.
 
 Refused with :class:`CheckpointError` naming the file: a missing, empty, truncated or
-unreadable file; a ``.pth`` that ``weights_only`` loading refuses (it holds Python objects, i.e.
-code, that a weights file never needs); a floating-point weight that is NaN or infinite (named);
-a file that fills less than ``min_share`` of the model (see :meth:`M2FCheckpointer.load_weights`).
+unreadable file, said to be what its first bytes show (an HTML page such as a captive portal, a
+text file, a cut zip or pickle, neither zip nor pickle); a ``.pth`` that ``weights_only`` loading
+refuses for the Python objects it holds (code, which a weights file never needs); a
+floating-point weight that is NaN or infinite (named); a file that fills less than ``min_share``
+of the model (see :meth:`M2FCheckpointer.load_weights`). A file of the download cache that cannot
+be read is moved aside (:func:`mask2former.utils.download.set_aside`) and the message says so:
+the next run downloads it again.
 """
 
 from __future__ import annotations
@@ -25,6 +30,10 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import re
+import zipfile
+from collections import Counter
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
@@ -44,6 +53,7 @@ __all__ = [
     "load_torch_file",
     "M2FCheckpointer",
     "path_manager",
+    "unloaded_modules",
 ]
 
 logger = logging.getLogger(__name__)
@@ -80,7 +90,7 @@ class _RemoteHandler(PathHandler):
     """Remote weights -> the local copy made by :func:`mask2former.utils.download.fetch`."""
 
     def _get_supported_prefixes(self) -> list[str]:
-        return ["https://", "http://", "detectron2://", "zoo://"]
+        return ["https://", "http://", download.DETECTRON2_SCHEME]
 
     def _get_local_path(self, path: str, **kwargs: Any) -> str:
         return download.fetch(path)
@@ -110,12 +120,18 @@ _ALLOWED_GLOBALS = {
 _ALLOWED_DTYPE_MODULES = {"numpy", "numpy.dtypes"}
 
 
+_DOTTED_NAME = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
+
+
 class _RestrictedUnpickler(pickle.Unpickler):
     def __init__(self, file, source: str) -> None:
         super().__init__(file, encoding="latin1")
         self._source = source
 
     def find_class(self, module: str, name: str) -> Any:
+        if not (_DOTTED_NAME.fullmatch(module) and _DOTTED_NAME.fullmatch(name)):
+            # text read as a pickle's GLOBAL opcode ('c'): no pickle names such a global
+            raise pickle.UnpicklingError(f"no Python global is called {module!r}.{name!r}")
         allowed = (module, name) in _ALLOWED_GLOBALS or (
             module in _ALLOWED_DTYPE_MODULES and name.endswith("DType")
         )
@@ -133,17 +149,103 @@ def _check_local_file(path: str) -> None:
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint file not found: {path}")
     if os.path.getsize(path) == 0:
-        raise CheckpointError(f"checkpoint file {path} is empty (0 bytes)")
+        raise CheckpointError(
+            _set_aside_if_cached(path, f"checkpoint file {path} is empty (0 bytes)")
+        )
+
+
+_HEAD_BYTES = 4096  # how much of a file that does not load is read to tell what it is
+_ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format (since PyTorch 1.6) is a zip archive
+_HTML_TITLE = re.compile(rb"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
+
+
+def _head(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(_HEAD_BYTES)
+
+
+def _starts_as_pickle(head: bytes) -> bool:
+    """The PROTO opcode of protocol 2 or later: how torch.save (before 1.6) and pickle.dump
+    begin."""
+    return len(head) >= 2 and head[:1] == pickle.PROTO and 2 <= head[1] <= pickle.HIGHEST_PROTOCOL
+
+
+def _is_weights_container(path: str) -> bool:
+    """An intact zip archive, or a file that starts as a pickle: what a checkpoint is."""
+    head = _head(path)
+    return (head.startswith(_ZIP_MAGIC) and zipfile.is_zipfile(path)) or _starts_as_pickle(head)
+
+
+def _as_text(head: bytes) -> str | None:
+    """``head`` decoded when it is UTF-8 text (no NUL byte, 95% printable), else ``None``."""
+    if b"\0" in head:
+        return None
+    for cut in range(4):  # the head may end inside a multi-byte character
+        try:
+            text = head[: len(head) - cut].decode("utf-8")
+        except UnicodeDecodeError:
+            continue
+        printable = sum(c.isprintable() or c in "\t\r\n\ufeff" for c in text)
+        return text if printable >= 0.95 * len(text) else None
+    return None
+
+
+def _reason(err: BaseException) -> str:
+    """`` (ErrorType: its message's telling line)`` for a message."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    if lines and lines[0].startswith("Weights only load failed"):  # torch's preamble
+        lines = [line for line in lines if not line.startswith(("Weights only", "Please file"))]
+    return f" ({type(err).__name__}: {lines[0]})" if lines else f" ({type(err).__name__})"
+
+
+def _what_it_is(path: str, err: BaseException) -> str:
+    """What a file that failed to load as weights is, from its first bytes."""
+    head = _head(path)
+    if head.startswith(_ZIP_MAGIC):
+        if not zipfile.is_zipfile(path):
+            return (
+                "it is a truncated or damaged zip (torch.save's format): its end (the zip "
+                "directory) is missing; download or copy it again"
+            )
+        return f"it is a zip archive but not a PyTorch checkpoint{_reason(err)}"
+    if _starts_as_pickle(head):
+        return f"it is a truncated or damaged pickle of protocol {head[1]}{_reason(err)}"
+    text = _as_text(head)
+    if text is None:
+        return (
+            "it is neither a PyTorch (zip) file nor a pickle (it begins with the bytes "
+            f"{head[:8].hex(' ')}): random or damaged data, not weights"
+        )
+    start = text.lstrip("\ufeff \t\r\n")
+    if start.lower().startswith(("<!doctype html", "<html")) or "<html" in start[:1024].lower():
+        title = _HTML_TITLE.search(head)
+        titled = ""
+        if title:
+            words = title.group(1).decode("utf-8", "replace").split()
+            titled = f" titled {' '.join(words)[:80]!r}"
+        return (
+            f"it is an HTML page{titled}, not weights: a captive portal, login or error page "
+            "saved in place of the file; download it from a network that reaches the host"
+        )
+    first = start.splitlines()[0][:60] if start else ""
+    return f"it is a text file, not weights (it begins {first!r})"
+
+
+def _set_aside_if_cached(path: str, message: str) -> str:
+    """``message``, plus where a file of the download cache went when it is moved aside."""
+    if not download.in_cache(path):
+        return message
+    moved = download.set_aside(path)
+    where = f"moved aside to {moved}" if moved else "another process moved it aside"
+    return (
+        f"{message}\nThis is a download cached at {path}; {where}: the next run downloads it again."
+    )
 
 
 def _unreadable(path: str, err: BaseException) -> CheckpointError:
-    size = os.path.getsize(path) if os.path.isfile(path) else None
-    return CheckpointError(
-        f"cannot read checkpoint file {path}"
-        + (f" ({size} bytes)" if size is not None else "")
-        + f": it is truncated, corrupt or not a checkpoint ({type(err).__name__}: "
-        + f"{str(err).splitlines()[0] if str(err) else ''})"
-    )
+    size = os.path.getsize(path)
+    message = f"cannot read checkpoint file {path} ({size} bytes): {_what_it_is(path, err)}"
+    return CheckpointError(_set_aside_if_cached(path, message))
 
 
 def load_pickle_restricted(path: str) -> Any:
@@ -153,14 +255,23 @@ def load_pickle_restricted(path: str) -> Any:
         UnsafeCheckpointError: the pickle references another global (named).
         CheckpointError: the file is missing, empty, truncated or not a pickle.
     """
-    _check_local_file(path)
-    with path_manager.open(path, "rb") as f:
+    local = path_manager.get_local_path(path)  # a remote file: downloaded once, cached
+    _check_local_file(local)
+    with open(local, "rb") as f:
         try:
-            return _RestrictedUnpickler(f, path).load()
-        except UnsafeCheckpointError:
-            raise
-        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as err:
-            raise _unreadable(path, err) from err
+            return _RestrictedUnpickler(f, local).load()
+        except UnsafeCheckpointError as err:
+            raise UnsafeCheckpointError(_set_aside_if_cached(local, str(err))) from None
+        except (
+            pickle.UnpicklingError,
+            EOFError,
+            ValueError,
+            TypeError,
+            AttributeError,
+            KeyError,  # and IndexError: unpickling bytes that are not a pickle
+            IndexError,
+        ) as err:
+            raise _unreadable(local, err) from err
 
 
 def load_torch_file(path: str) -> Any:
@@ -175,15 +286,21 @@ def load_torch_file(path: str) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        if "Weights only load failed" not in str(err):
+        message = str(err)
+        holds_objects = "GLOBAL" in message or "allowlisted" in message
+        if not (holds_objects and _is_weights_container(path)):
             raise _unreadable(path, err) from err
         raise UnsafeCheckpointError(
-            f"refusing unsafe checkpoint file {path}: it contains Python objects (code) besides "
-            "tensors, numbers and containers, which a weights file never needs; loading it "
-            "could run that code. Use a checkpoint that holds only weights (e.g. re-save "
-            "model.state_dict() from a source you trust)."
+            _set_aside_if_cached(
+                path,
+                f"refusing unsafe checkpoint file {path}: it contains Python objects (code) "
+                "besides tensors, numbers and containers, which a weights file never needs; "
+                "loading it could run that code. Use a checkpoint that holds only weights (e.g. "
+                "re-save model.state_dict() from a source you trust).",
+            )
         ) from None
-    except (RuntimeError, EOFError, ValueError, OSError) as err:
+    except (RuntimeError, EOFError, ValueError, OSError, KeyError, IndexError) as err:
+        # KeyError, IndexError: torch's weights-only unpickler reading bytes that are no pickle
         raise _unreadable(path, err) from err
 
 
@@ -312,6 +429,34 @@ def _check_finite(state: dict[str, Any], model_keys: set[str], path: str) -> Non
             "A model loaded from it would give empty or meaningless results; use a checkpoint "
             "saved before training diverged."
         )
+
+
+def unloaded_modules(keys: Sequence[str], unloaded: Iterable[str]) -> list[tuple[str, int]]:
+    """``unloaded`` keys of a state dict with ``keys``, summarised by module: each key is given
+    to the largest module (dotted prefix) all of whose keys are unloaded.
+
+    Returns:
+        ``[(module, number of its keys), ...]`` in state-dict order; the module is ``""`` when
+        no key was loaded at all, the key itself when its module holds loaded keys too.
+    """
+    missing = set(unloaded) & set(keys)
+    if missing and len(missing) == len(set(keys)):
+        return [("", len(missing))]
+    total: Counter = Counter()
+    absent: Counter = Counter()
+    for key in keys:
+        parts = key.split(".")
+        for depth in range(1, len(parts) + 1):
+            prefix = ".".join(parts[:depth])
+            total[prefix] += 1
+            absent[prefix] += key in missing
+    groups: Counter = Counter()
+    for key in keys:
+        if key in missing:
+            parts = key.split(".")
+            prefixes = (".".join(parts[:d]) for d in range(1, len(parts) + 1))
+            groups[next(p for p in prefixes if absent[p] == total[p])] += 1
+    return list(groups.items())
 
 
 def format_report(path: str, report: dict[str, list]) -> str:

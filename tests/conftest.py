@@ -3,14 +3,30 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
+# Without a GPU, Triton's interpreter runs the deformable-attention Triton kernels on CPU tensors
+# (tests/test_ops_triton.py). Triton reads this when it is first imported, so it is set here,
+# before any test imports it; nothing else in the suite runs Triton kernels on the CPU.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE = REPO / "tests" / "data" / "reference"
 PROJECT_LOGGERS = ("instaformer", "mask2former")  # the loggers setup_logger configures
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache(tmp_path_factory):
+    """The project's cache folder (downloads, exported ONNX graphs) is a temporary folder of the
+    session, never the user's ``~/.cache/instaformer``; a test may point it elsewhere."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("INSTAFORMER_CACHE", str(tmp_path_factory.mktemp("instaformer-cache")))
+        yield
 
 
 @pytest.fixture(autouse=True)

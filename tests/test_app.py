@@ -76,6 +76,52 @@ def test_predictor_cache_builds_once_and_names_bad_fields():
         cache.get(app.CUSTOM_LABEL, " ", "", 0.5)
 
 
+def test_model_choices_when_hosted_are_zoo_models_only(tmp_path):
+    final = tmp_path / "train" / "model_final.pth"
+    final.parent.mkdir(parents=True)
+    final.write_bytes(b"")
+    choices = app.model_choices(tmp_path, hosted=True)
+    assert choices == [e.name for e in app.model_zoo.ENTRIES if e.family == "instaformer"]
+
+
+def test_a_model_weights_override_is_applied_or_refused_never_dropped():
+    built = []
+    cache = app.PredictorCache("cpu", factory=lambda *args: built.append(args) or object())
+    config = "synthetic/instaformer_od_tiny.yaml"
+    cache.get(app.CUSTOM_LABEL, config, "", 0.5, "MODEL.WEIGHTS w.pth SEED 3")
+    assert built[0][1] == "w.pth" and "MODEL.WEIGHTS" not in built[0][2]
+    assert built[0][2][-2:] == ["SEED", "3"]
+    with pytest.raises(ValueError, match="MODEL.WEIGHTS is given twice: the checkpoint field "
+                                         "'a.pth' and the override 'b.pth'"):  # fmt: skip
+        cache.get(app.CUSTOM_LABEL, config, "a.pth", 0.5, "MODEL.WEIGHTS b.pth")
+    with pytest.raises(ValueError, match="instaformer_od_swin_t comes with its own weights"):
+        cache.get("instaformer_od_swin_t", config, "", 0.5, "MODEL.WEIGHTS b.pth")
+    assert len(built) == 1
+
+
+@pytest.mark.parametrize(
+    "choice, config, weights, overrides",
+    [
+        (app.CUSTOM_LABEL, "/etc/passwd", "/etc/shadow", ""),
+        (app.QUICKSTART_LABEL, "", "", ""),
+        ("instaformer_od_swin_t", "", "https://example.com/x.pth", ""),
+        ("instaformer_od_swin_t", "", "", "MODEL.WEIGHTS /etc/shadow"),
+        ("instaformer_od_swin_t", "/etc/passwd", "", ""),
+    ],
+)
+def test_hosted_cache_takes_zoo_names_only(choice, config, weights, overrides):
+    built = []
+    cache = app.PredictorCache("cpu", factory=lambda *a: built.append(a) or object(), hosted=True)
+    with pytest.raises(ValueError, match="this server is hosted: choose a model by its zoo name"):
+        cache.get(choice, config, weights, 0.5, overrides)
+    assert built == []
+    cache.get("instaformer_od_swin_t", "", "", 0.5)
+    assert built[0][:2] == (
+        app.model_zoo.get_entry("instaformer_od_swin_t").config,
+        "zoo://instaformer_od_swin_t",
+    )
+
+
 def test_default_factory_builds_a_random_init_model_from_a_config_name():
     predictor = app.build_predictor(str(OD_CONFIG), "", ["MODEL.DEVICE", "cpu"])
     assert predictor.tasks == ("occlusion", "depth")
@@ -154,6 +200,8 @@ def test_page_in_a_real_browser(tmp_path):
             return driver.find_element(By.CSS_SELECTOR, selector).get_attribute("src")
 
         wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#input-image input[type=file]"))
+        driver.find_element(By.CSS_SELECTOR, "#run").click()  # no image yet: said on the page
+        wait.until(lambda d: "Upload an image first." in text("#status"))
         driver.find_element(By.CSS_SELECTOR, "#input-image input[type=file]").send_keys(str(upload))
         wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#input-image img"))
         driver.find_element(By.CSS_SELECTOR, "#run").click()

@@ -1,4 +1,4 @@
-"""The interactive viewer's data and pictures (instaformer.interactive), without a browser.
+"""The interactive viewer's data and pictures (instaformer.apps.interactive), without a browser.
 
 The scene of ``scene_predictor``: things with ids 10, 11, 12, 13 painted back to front, so 13 is
 the closest, and each thing occludes the one painted just before it (11 occludes 10, ...).
@@ -10,10 +10,11 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from test_demo_predictor import scene_predictor
 
-from instaformer.demo_utils import save_result
-from instaformer.interactive import (
+from instaformer.apps.demo_utils import save_result
+from instaformer.apps.interactive import (
     View,
     instance_choices,
     parse_choice,
@@ -22,7 +23,7 @@ from instaformer.interactive import (
     relations_of,
     segment_at,
 )
-from instaformer.visualization import RELATION_COLORS
+from instaformer.apps.visualization import RELATION_COLORS
 
 
 @pytest.fixture(scope="module")
@@ -139,3 +140,30 @@ def test_small_images_are_drawn_enlarged_and_large_ones_as_they_are(view):
     predictor, image = scene_predictor(size=(400, 500))
     big = View.predict(predictor, image)
     assert big.factor == 1 and big.panoptic().shape[:2] == (400, 500)
+
+
+def test_results_of_random_weights_are_marked(tmp_path):
+    from test_demo_predictor import LOW_THRESHOLDS, OD_CONFIG
+
+    from instaformer.apps.interactive import weights_warning
+    from instaformer.predictor import Predictor
+
+    opts = [*LOW_THRESHOLDS, "MODEL.DEVICE", "cpu"]
+    random = Predictor.from_config_file(OD_CONFIG, weights="", opts=opts)
+    state = random.model.state_dict()
+    assert random.random_weights == [name for name, _ in random.model.named_parameters()]
+    assert weights_warning(random).startswith("**Random weights:** no checkpoint was loaded")
+    head = [name for name in random.random_weights if name.startswith("geometric_predictor.")]
+    assert head, "the tiny od model has an order head"
+    partial = tmp_path / "no_head.pth"
+    kept = {k: v for k, v in state.items() if not k.startswith("geometric_predictor.")}
+    torch.save({"model": kept}, partial)
+    loaded = Predictor.from_config_file(OD_CONFIG, weights=str(partial), opts=opts)
+    assert sorted(loaded.random_weights) == sorted(head)
+    warning = weights_warning(loaded)
+    assert warning.startswith(f"**Partly random weights:** {len(head)} of the model's weights")
+    assert f"are not in {partial} and stay random ({head[0]}" in warning
+    full = tmp_path / "full.pth"
+    torch.save({"model": state}, full)
+    assert weights_warning(Predictor.from_config_file(OD_CONFIG, str(full), opts)) == ""
+    assert weights_warning(scene_predictor()[0]) == ""  # a given model: nothing known

@@ -107,7 +107,7 @@ def test_docs_commands_run_from_images_to_evaluation_numbers(tmp_path):
         outputs.append(run.stdout)
     assert "shapes_train: OK" in outputs[2] and "shapes_val: OK" in outputs[2]
     pictures = sorted(
-        p.name for p in (tmp_path / "output" / "shapes_check" / "shapes_val").iterdir()
+        p.name for p in (tmp_path / "output" / "shapes_check" / "shapes_val").glob("*.png")
     )
     assert len(pictures) == 9 and pictures[0].endswith("_depth.png")
     results = json.loads((tmp_path / "output" / "shapes_tiny" / "eval_results.json").read_text())

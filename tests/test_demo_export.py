@@ -14,6 +14,7 @@ from instaformer.deploy import export as deploy
 from instaformer.modeling.meta_arch import order_results
 from instaformer.modeling.order import select_segment_queries
 from instaformer.predictor import Predictor
+from mask2former.utils.outputs import RECORD_NAME
 
 REPO = Path(__file__).resolve().parents[1]
 HEIGHT, WIDTH = 64, 96  # multiples of SIZE_DIVISIBILITY (32): no padding
@@ -42,7 +43,7 @@ def exported(tmp_path_factory):
 def test_exported_network_and_order_head_reproduce_the_model(exported):
     """Exported network + exported head + the Python post-processing = the eager model."""
     model, out = exported
-    assert sorted(p.name for p in out.iterdir()) == ["network.pt2", "order_head.pt2"]
+    assert sorted(p.name for p in out.iterdir()) == [RECORD_NAME, "network.pt2", "order_head.pt2"]
     network = torch.export.load(str(out / "network.pt2")).module()
     head = torch.export.load(str(out / "order_head.pt2")).module()
 
@@ -100,7 +101,7 @@ def test_exported_network_saves_and_reloads_for_plain_mask2former(tmp_path):
     out = tmp_path / "programs"
     argv = ["--config-file", str(config), "--output", str(out), "--height", "64", "--width", "64"]
     assert _export_module().main(argv) == 0
-    assert [p.name for p in out.iterdir()] == ["network.pt2"]
+    assert sorted(p.name for p in out.iterdir()) == [RECORD_NAME, "network.pt2"]
     image = torch.rand(1, 3, 64, 64) * 255
     outputs = torch.export.load(str(out / "network.pt2")).module()(image)
     assert outputs[0].shape[:2] == (1, 20) and outputs[1].shape == (1, 20, 16, 16)

@@ -15,8 +15,8 @@ import torch
 from PIL import Image
 from test_demo_predictor import OD_CONFIG, SceneModel, make_scene, tiny_cfg
 
-from instaformer import demo
-from instaformer.demo_utils import (
+from instaformer.apps import demo
+from instaformer.apps.demo_utils import (
     DemoInputError,
     expand_inputs,
     is_demo_output,
@@ -26,6 +26,7 @@ from instaformer.demo_utils import (
     video_output_path,
 )
 from instaformer.predictor import Predictor
+from mask2former.utils.outputs import RECORD_NAME
 
 PICTURES = ["panoptic", "occlusion", "depth"]
 
@@ -230,7 +231,7 @@ def test_video_sources_without_frames_are_refused(tmp_path, monkeypatch):
     assert not out.exists() or not list(out.iterdir())
 
     assert run_on_video(predictor, str(tmp_path / "clip.mp4"), out / "clip_orders.mp4") == 2
-    assert [p.name for p in out.iterdir()] == ["clip_orders.mp4"]
+    assert sorted(p.name for p in out.iterdir()) == [RECORD_NAME, "clip_orders.mp4"]
     capture = cv2.VideoCapture(str(out / "clip_orders.mp4"))
     assert capture.read()[0]
     capture.release()
@@ -263,7 +264,7 @@ def test_video_sources_without_frames_are_refused(tmp_path, monkeypatch):
         monkeypatch.setattr(cv2, "VideoCapture", Camera(opened))
         with pytest.raises(DemoInputError, match=message):
             run_on_video(predictor, 0, video_output_path(out, 0))
-    assert [p.name for p in out.iterdir()] == ["clip_orders.mp4"]
+    assert sorted(p.name for p in out.iterdir()) == [RECORD_NAME, "clip_orders.mp4"]
 
 
 def test_demo_video_input_that_is_not_a_video_fails(tmp_path):

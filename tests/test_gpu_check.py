@@ -1,5 +1,6 @@
 """``tools/gpu_check.sh --dry-run``: every step of the GPU check runs on the CPU with tiny shapes
-(the CUDA-only kernel step is recorded as skipped) and the JSON report holds each step's figures."""
+(the CUDA-only kernel steps are recorded as skipped; the Triton rows run in Triton's interpreter,
+``TRITON_INTERPRET=1`` from conftest.py) and the JSON report holds each step's figures."""
 
 from __future__ import annotations
 
@@ -28,18 +29,28 @@ def test_gpu_check_dry_run(tmp_path):
     report = json.loads((out / "gpu_check.json").read_text())
     assert report["environment"]["dry_run"] is True
     steps = report["steps"]
-    assert steps["ops_cuda"]["status"] == "skipped" and "CUDA" in steps["ops_cuda"]["reason"]
+    lines = [line.split() for line in result.stdout.splitlines()]
+    order = [words[1].rstrip(":") for words in lines if words and words[0] == "[gpu_check]"]
+    assert order[:2] == ["ops_triton", "ops_cuda"]  # the kernel tests run first
+    for name in ("ops_triton", "ops_cuda"):
+        assert steps[name]["status"] == "skipped" and "CUDA" in steps[name]["reason"]
     passed = {name for name, entry in steps.items() if entry["status"] == "passed"}
-    assert passed == set(steps) - {"ops_cuda"}, {n: e["status"] for n, e in steps.items()}
+    assert passed == set(steps) - {"ops_cuda", "ops_triton"}, {
+        n: e["status"] for n, e in steps.items()
+    }
 
     op = steps["op_bench"]["results"]["float32_32px"]
-    assert op["pytorch"]["forward_ms"] > 0 and op["pytorch"]["forward_backward_ms"] > 0
+    for impl in ("pytorch", "triton"):
+        assert op[impl]["forward_ms"] > 0 and op[impl]["forward_backward_ms"] > 0
+    assert op["speedup_triton_forward_backward_ms"] > 0
     for name in ("inference_swin_t", "inference_r50"):
         results = steps[name]["results"]
         assert results["compile"]["status"] == "skipped"
-        for mode in ("float32", "bfloat16"):
+        for mode in ("float32", "bfloat16", "float32_triton"):
             assert results[mode]["images_per_s"] > 0  # the head share is noise at this size
             assert results[mode]["order_head_s"] > 0
+        assert results["float32"]["msda_path"] == "pytorch"
+        assert results["float32_triton"]["msda_path"] == "triton"
     for recipe in ("frozen_mask2former", "fully_trainable"):
         assert steps["train_step"]["results"][recipe]["step_s"] > 0
     trainable = {r: steps["train_step"]["results"][r]["trainable_parameters"] for r in
@@ -49,5 +60,12 @@ def test_gpu_check_dry_run(tmp_path):
     assert steps["train_net"]["results"]["logged_total_loss"]
     assert (out / "work" / "train_net" / "train" / "model_final.pth").is_file()
     goals = report["goals"]
-    assert len(goals) == 5 and goals["instaordernet_batched_speedup"]["status"] in ("met", "missed")
-    assert goals["kernel_forward_backward_speedup_1024px"]["status"] == "not measured"
+    assert len(goals) == 8 and goals["instaordernet_batched_speedup"]["status"] in ("met", "missed")
+    for name in (
+        "kernel_forward_backward_speedup_1024px",
+        "triton_forward_backward_speedup_1024px",
+        "triton_vs_kernel_forward_backward_1024px",
+        "swin_t_triton_vs_kernel_inference_float32",
+    ):
+        assert goals[name]["status"] == "not measured"
+        assert f"goal {name}: - (goal " in result.stdout  # every goal printed with its bound

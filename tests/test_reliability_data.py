@@ -159,3 +159,92 @@ def test_training_set_without_annotations_is_refused_and_filter_drops_empty_imag
     kept = get_detection_dataset_dicts("one_empty", filter_empty=True)
     assert [d["image_id"] for d in kept] == [dicts[0]["image_id"]]
     assert len(get_detection_dataset_dicts("one_empty", filter_empty=False)) == 2
+
+
+def _second_image_shares_the_first_id(data):
+    data["images"][1]["id"] = data["images"][0]["id"]
+
+
+def _segment_listed_twice(data):
+    data["annotations"][1]["segments_info"].append(data["annotations"][1]["segments_info"][0])
+
+
+def _two_order_records_for_one_image(data):
+    data["annotations"].append(dict(data["annotations"][0], file_name="copy.png"))
+
+
+def _two_images_share_a_file(data):
+    data["images"][1]["file_name"] = data["images"][0]["file_name"]
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (_second_image_shares_the_first_id, "image ids used by more than one entry of 'images': "),
+        (
+            _segment_listed_twice,
+            r"segments listed twice in one segments_info: image_id 900002 \(segment ids ",
+        ),
+        (_two_order_records_for_one_image, "image ids with more than one annotation .*: 900001"),
+        (
+            _two_images_share_a_file,
+            "image file names used by more than one image: '000000900001.jpg'",
+        ),
+    ],
+)
+def test_duplicates_in_a_panoptic_file_are_refused_naming_file_and_ids(
+    root, tmp_path, edit, message
+):
+    path = _edited(root, tmp_path, "InstaOrderPanoptic_val2017.json", edit)
+    with pytest.raises(
+        DataError,
+        match=r"InstaOrderPanoptic_val2017\.json: duplicates would be counted twice or silently "
+        rf"replace each other: {message}",
+    ):
+        _panoptic(root, path)
+
+
+def test_duplicates_in_instaorder_and_instances_files_are_refused(root, tmp_path) -> None:
+    def two_records(data):
+        data["annotations"].append(data["annotations"][0])
+
+    orders = _edited(root, tmp_path, "InstaOrder_val2017.json", two_records)
+    with pytest.raises(
+        DataError,
+        match=r"InstaOrder_val2017\.json: duplicates .*: image ids with more than one order "
+        r"record: 900001$",
+    ):
+        _instaorder(root, orders)
+
+    def repeated_instance_id(data):
+        data["annotations"][1]["id"] = data["annotations"][0]["id"]
+
+    instances = _edited(root, tmp_path, "instances_val2017.json", repeated_instance_id)
+    with pytest.raises(
+        DataError,
+        match=r"instances_val2017\.json: duplicates .*: annotation ids used by more than one "
+        r"instance: 90000100$",
+    ):
+        _instaorder(root, root / "coco/annotations/InstaOrder_val2017.json", instances)
+
+
+def test_check_dataset_names_duplicate_ids(root, tmp_path) -> None:
+    from instaformer.data.check import check_dataset
+    from instaformer.data.custom import register_panoptic_order_dataset
+
+    path = _edited(root, tmp_path, "InstaOrderPanoptic_val2017.json", _segment_listed_twice)
+    coco = root / "coco"
+    register_panoptic_order_dataset(
+        "duplicates_check",
+        image_root=str(coco / "val2017"),
+        panoptic_root=str(coco / "panoptic_val2017"),
+        json_file=str(path),
+        replace=True,
+    )
+    report = check_dataset("duplicates_check")
+    assert not report.ok and len(report.faults) == 1
+    assert report.faults[0].startswith(
+        f"duplicates_check: cannot load the dataset: {path}: duplicates would be counted twice "
+        "or silently replace each other: segments listed twice in one segments_info: image_id "
+        "900002 (segment ids "
+    )

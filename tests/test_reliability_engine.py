@@ -60,7 +60,10 @@ def test_run_lock_refuses_a_live_owner_and_takes_over_a_dead_one(tmp_path, caplo
     assert sorted(p.name for p in (tmp_path / "busy").iterdir()) == []
 
 
-def test_train_command_refuses_a_folder_in_use_in_one_line(tmp_path, capsys) -> None:
+def test_train_command_refuses_a_folder_in_use_in_one_line(
+    tmp_path, capsys, monkeypatch, synthetic_datasets
+) -> None:
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(synthetic_datasets))  # passes the pre-flight
     live = _sleeper()
     try:
         _write_lock(tmp_path, live.pid)

@@ -13,6 +13,7 @@ from scripts import load_script
 
 from instaformer.data import DataError, make_synthetic_dataset
 from mask2former.utils import atomic
+from mask2former.utils.outputs import RECORD_NAME, OutputError
 
 prepare = load_script("datasets/prepare_instaorder_panoptic.py")
 
@@ -35,27 +36,25 @@ def _run(root: Path, dest: Path, *split: str) -> None:
     prepare.main([*split, "--root", str(root), "--dest-dir", str(dest), "--no-progress"])
 
 
-def test_output_never_written_through_a_symlink_and_inputs_untouched(root, tmp_path, caplog):
+def test_output_never_written_through_a_symlink_and_inputs_untouched(root, tmp_path):
     outside = tmp_path / "precious.json"
     outside.write_text('{"keep": true}')
     dest = tmp_path / "out"
     dest.mkdir()
-    (dest / "InstaOrderPanoptic_val2017.json").symlink_to(outside)
+    link = dest / "InstaOrderPanoptic_val2017.json"
+    link.symlink_to(outside)
     inputs = _digests(root)
-    with caplog.at_level(logging.WARNING):
+    with pytest.raises(OutputError, match=r"InstaOrderPanoptic_val2017\.json exists and is a "):
         _run(root, dest, "--val")
-    written = dest / "InstaOrderPanoptic_val2017.json"
-    assert not written.is_symlink() and json.loads(written.read_text())["annotations"]
-    assert outside.read_text() == '{"keep": true}' and "is a symbolic link" in caplog.text
+    assert link.is_symlink() and outside.read_text() == '{"keep": true}'
     assert sorted(p.name for p in dest.iterdir()) == ["InstaOrderPanoptic_val2017.json"]
     assert _digests(root) == inputs
 
 
 def test_failed_write_keeps_the_previous_file_and_leaves_no_temp(root, tmp_path, monkeypatch):
     dest = tmp_path / "out"
-    dest.mkdir()
-    previous = dest / "InstaOrderPanoptic_val2017.json"
-    previous.write_text('{"previous": 1}')
+    _run(root, dest, "--val")  # the script's own earlier output may be replaced
+    previous = (dest / "InstaOrderPanoptic_val2017.json").read_bytes()
 
     def disk_full(fd):  # the JSON is in the temporary file; the disk fills before it is synced
         raise OSError(28, "No space left on device")
@@ -63,8 +62,11 @@ def test_failed_write_keeps_the_previous_file_and_leaves_no_temp(root, tmp_path,
     monkeypatch.setattr(atomic.os, "fsync", disk_full)
     with pytest.raises(OSError, match="No space left"):
         _run(root, dest, "--val")
-    assert previous.read_text() == '{"previous": 1}'
-    assert sorted(p.name for p in dest.iterdir()) == ["InstaOrderPanoptic_val2017.json"]
+    assert (dest / "InstaOrderPanoptic_val2017.json").read_bytes() == previous
+    assert sorted(p.name for p in dest.iterdir()) == [
+        RECORD_NAME,
+        "InstaOrderPanoptic_val2017.json",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -108,3 +110,45 @@ def test_wrongly_typed_records_are_skipped_naming_file_and_record(root, tmp_path
     assert "'segmentation' of type str" in caplog.text
     out = json.loads((tmp_path / "out/InstaOrderPanoptic_val2017.json").read_text())
     assert out["annotations"] == []
+
+
+@pytest.mark.parametrize(
+    ("name", "edit", "message"),
+    [
+        (
+            "InstaOrder_val2017.json",
+            lambda d: d["annotations"].append(d["annotations"][0]),
+            r"InstaOrder_val2017\.json: duplicates .*: image ids with more than one order record: ",
+        ),
+        (
+            "panoptic_val2017.json",
+            lambda d: d["annotations"][0]["segments_info"].append(
+                d["annotations"][0]["segments_info"][0]
+            ),
+            r"panoptic_val2017\.json: duplicates .*: segments listed twice in one segments_info: "
+            r"image_id \d+ \(segment ids \d+\)$",
+        ),
+        (
+            "panoptic_val2017.json",
+            lambda d: d["images"][1].update(id=d["images"][0]["id"]),
+            r"panoptic_val2017\.json: duplicates .*: image ids used by more than one entry of "
+            r"'images': \d+$",
+        ),
+        (
+            "instances_val2017.json",
+            lambda d: d["annotations"][1].update(id=d["annotations"][0]["id"]),
+            r"instances_val2017\.json: duplicates .*: annotation ids used by more than one "
+            r"instance: \d+$",
+        ),
+    ],
+)
+def test_duplicates_are_refused_naming_file_and_ids(root, tmp_path, name, edit, message):
+    path = root / "coco" / "annotations" / name
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data))
+    inputs = _digests(root)
+    dest = tmp_path / "out"
+    with pytest.raises(DataError, match=message):
+        _run(root, dest, "--val")
+    assert not dest.exists() and _digests(root) == inputs

@@ -16,6 +16,10 @@ post-processing (panoptic merge, query selection, order labels) stays in Python,
 ``onnx.checker`` and must contain no control-flow or sequence op (``Loop``, ``If``,
 ``SequenceEmpty``, ...).
 
+The files follow mask2former/utils/outputs.py: one export at a time per ``--output``; a file
+there that the export did not write, the config or the weights are never replaced (refused
+with one message, exit status 2, before anything is written).
+
 Usage::
 
     python tools/export_model.py --config-file CFG --output export/ [--onnx] \
@@ -40,6 +44,10 @@ from instaformer.deploy.export import (
     onnx_export_order_head,
     onnx_op_counts,
 )
+from mask2former.config import CfgNode
+from mask2former.engine.lock import RunLockError
+from mask2former.utils.argtypes import int_range
+from mask2former.utils.outputs import OutputError, OutputFolder
 
 logger = logging.getLogger("instaformer.export")
 
@@ -58,15 +66,20 @@ def _check_onnx(path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     from instaformer.config import setup_cfg
-    from instaformer.predictor import Predictor
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config-file", required=True, metavar="FILE")
     parser.add_argument("--output", required=True, help="directory for the .pt2 (and .onnx) files")
-    parser.add_argument("--height", type=int, default=512, help="padded input height (pixels)")
-    parser.add_argument("--width", type=int, default=512, help="padded input width (pixels)")
-    parser.add_argument("--max-instances", type=int, default=256, help="largest n of the head")
+    parser.add_argument(
+        "--height", type=int_range(1), default=512, help="padded input height (pixels)"
+    )
+    parser.add_argument(
+        "--width", type=int_range(1), default=512, help="padded input width (pixels)"
+    )
+    parser.add_argument(
+        "--max-instances", type=int_range(2), default=256, help="largest n of the head"
+    )
     parser.add_argument("--onnx", action="store_true", help="also write ONNX files")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     args = parser.parse_args(argv)
@@ -83,11 +96,26 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(
                 f"--onnx needs the [export] extra ({err}): pip install 'instaformer[export]'"
             )
-    model = Predictor(cfg).model
-    out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        with OutputFolder(args.output, what="--output", tool="export") as out:
+            out.protect([args.config_file], "the config file")
+            out.protect([cfg.MODEL.WEIGHTS], "the weights (MODEL.WEIGHTS)")
+            export(cfg, args, out)
+    except (OutputError, RunLockError) as err:
+        parser.exit(2, f"{parser.prog}: error: {err}\n")
+    return 0
 
+
+def export(cfg: CfgNode, args: argparse.Namespace, out: OutputFolder) -> None:
+    """Write the files of the module docstring into ``out``; every name is checked before the
+    first is written."""
+    from instaformer.predictor import Predictor
+
+    model = Predictor(cfg).model
     head = find_order_head(model)
+    names = ["network"] + ([] if head is None else ["order_head"])
+    extensions = ["pt2", "onnx"] if args.onnx else ["pt2"]
+    out.check(f"{name}.{ext}" for name in names for ext in extensions)
     mask_dim = cfg.MODEL.SEM_SEG_HEAD.MASK_DIM
     mask_size = (args.height // 4, args.width // 4)
     programs = {"network": export_network(model, args.height, args.width)}
@@ -96,17 +124,18 @@ def main(argv: list[str] | None = None) -> int:
     else:
         programs["order_head"] = export_order_head(head, mask_dim, mask_size, args.max_instances)
     for name, program in programs.items():
-        path = out / f"{name}.pt2"
-        torch.export.save(program, str(path))
+        path = out.write(f"{name}.pt2", lambda tmp, p=program: torch.export.save(p, tmp))
         logger.info("wrote %s", path)
     if args.onnx:
-        _check_onnx(onnx_export_network(model, args.height, args.width, out / "network.onnx"))
+        onnx_export_network(model, args.height, args.width, out.target("network.onnx"))
+        out.record("network.onnx")
+        _check_onnx(out.root / "network.onnx")
         if head is not None:
             path = onnx_export_order_head(
-                head, mask_dim, mask_size, out / "order_head.onnx", args.max_instances
+                head, mask_dim, mask_size, out.target("order_head.onnx"), args.max_instances
             )
+            out.record("order_head.onnx")
             _check_onnx(path)
-    return 0
 
 
 if __name__ == "__main__":

@@ -7,19 +7,22 @@ machine); docs/benchmarks.md ("GPU") lists the wheels and the exact command. Ste
 own process with its own timeout, so that a failure, a hang or an out-of-memory error in one
 loses none of the others:
 
-1. ``ops_cuda``: build the deformable-attention CUDA kernels just in time (ninja) and run
+1. ``ops_triton``: ``pytest tests/test_ops_triton.py``, the Triton kernels of the
+   deformable attention against the PyTorch path on CUDA tensors;
+2. ``ops_cuda``: build the deformable-attention CUDA kernels just in time (ninja) and run
    ``pytest tests/test_ops_cuda.py``;
-2. ``op_bench``: the op at 1024^2 input, forward and forward+backward, kernel against the
-   PyTorch path (``tools/benchmarks/op.py``);
-3. ``inference_swin_t``, ``inference_r50``: InstaFormer^od at 800 x 1333 with ground-truth rows
+3. ``op_bench``: the op at 1024^2 input, forward and forward+backward, float32 and bfloat16,
+   Triton and compiled kernels against the PyTorch path (``tools/benchmarks/op.py``);
+4. ``inference_swin_t``, ``inference_r50``: InstaFormer^od at 800 x 1333 with ground-truth rows
    with n annotated instances (inputs of ``tools/benchmarks/instaformer.py``), float32,
-   bfloat16 autocast and ``torch.compile`` (backbone and pixel decoder / transformer decoder):
-   images/s, peak GPU memory, share of the order head;
-4. ``train_step``: Swin-T od, batch 2 at 1024^2, bfloat16 autocast, the released frozen recipe
+   bfloat16 autocast and ``torch.compile`` (backbone and pixel decoder / transformer decoder)
+   with the compiled kernels (when ``ops_cuda`` built them; else Triton), and float32 with the
+   Triton kernels: images/s, peak GPU memory, share of the order head, Triton / compiled time;
+5. ``train_step``: Swin-T od, batch 2 at 1024^2, bfloat16 autocast, the released frozen recipe
    (adapters and order head train) and everything trainable: step time and peak memory;
-5. ``instaordernet``: InstaOrderNet^od, N = 10 instances, all pairs batched against one input
+6. ``instaordernet``: InstaOrderNet^od, N = 10 instances, all pairs batched against one input
    per forward pass (``tools/benchmarks/instaordernet.py``);
-6. ``train_net``: ``train_net.py --num-gpus 1`` with AMP on the synthetic twin for
+7. ``train_net``: ``train_net.py --num-gpus 1`` with AMP on the synthetic twin for
    ``TRAIN_NET_ITERS`` iterations; passes when the logged loss falls (metrics are written every
    20 iterations, as medians over the last 20, so two windows are compared; a dry run trains
    two iterations and only checks that the loss is finite).
@@ -28,11 +31,17 @@ Outputs in ``--output-dir``: ``gpu_check.json`` (rewritten after every step: env
 step ``status`` passed / failed / timeout / skipped, ``seconds``, ``cpu_seconds``, ``reason``,
 ``results``; and the goals of :data:`GOALS`, met / missed / not measured),
 ``gpu_check.log`` (everything the steps print), ``steps/<name>.json`` (a step's own results,
-kept when it times out half-way) and ``work/`` (synthetic data, training output).
-Steps run in the order 1, 2, 4, 5, 6, 3 (the compile-heavy inference last) within
-``--budget-s``. ``--dry-run`` runs the same code on the CPU with tiny models and shapes (about
-half a minute of CPU time, one thread per step); the steps that need CUDA are recorded as
-skipped. Exit status: 0 when no step failed or timed out.
+kept when it times out half-way) and ``work/`` (synthetic data, training output). The folder
+follows mask2former/utils/outputs.py: it is locked for the run, and it is the check's own once
+it holds the ``gpu_check.json`` that a check wrote (its record says so): only then are those
+files replaced. A folder without that report that already holds one of those names, an empty
+``--output-dir``, or a folder another run holds, is refused with exit status 2, before any step.
+Steps run in the order 1, 2, 3, 5, 6, 7, 4 (the compile-heavy inference last) within
+``--budget-s``; each records the deformable-attention path it ran (``msda_path``). The goals
+(:data:`GOALS`) are printed at the end with their ratios. ``--dry-run`` runs the same code on the
+CPU with tiny models and shapes (about half a minute of CPU time, one thread per step; the
+Triton rows only with ``TRITON_INTERPRET=1``, in Triton's interpreter); the steps that need CUDA
+are recorded as skipped. Exit status: 0 when no step failed or timed out.
 """
 
 from __future__ import annotations
@@ -56,17 +65,26 @@ from pathlib import Path
 
 from benchmark import load_benchmark
 
+from mask2former.engine.lock import RunLockError
+from mask2former.utils.argtypes import float_range
 from mask2former.utils.atomic import atomic_write_bytes
+from mask2former.utils.outputs import OutputError, OutputFolder
 
 REPO = Path(__file__).resolve().parents[1]
 SWIN_T_OD = "configs/instaorder/occlusion_depth/all/swin/maskformer2_swin_tiny_bs16_50ep.yaml"
 R50_OD = "configs/instaorder/occlusion_depth/all/occlusion_depth_config.yaml"
 SYNTHETIC_OD = "configs/synthetic/instaformer_od_tiny.yaml"
 TRAIN_NET_ITERS = 40  # two metric windows of 20 iterations (trainer LOG_PERIOD)
+REPORT = "gpu_check.json"
+LOG = "gpu_check.log"
+
+
+def _report_bytes(obj: object) -> bytes:
+    return (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()
 
 
 def _atomic_write_json(path: Path, obj: object) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+    atomic_write_bytes(path, _report_bytes(obj))
 
 
 def _benchmark_output(name: str, argv: list[str]) -> str:
@@ -137,6 +155,36 @@ def _timed(fn: Callable[[], object], device: str, repeats: int) -> float:
 # Steps (each runs in its own process: ``--run-step NAME``)
 
 
+def _pytest(ctx: StepContext, test_file: str) -> None:
+    """``pytest test_file`` in a fresh process; records its summary; raises when it fails."""
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test_file],
+        cwd=REPO,
+        text=True,
+        capture_output=True,
+    )
+    print(result.stdout + result.stderr, end="")
+    summary = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
+    ctx.record("pytest_summary", summary)
+    ctx.record("pytest_exit_code", result.returncode)
+    if result.returncode != 0:
+        raise RuntimeError(f"pytest {test_file} exited with {result.returncode}")
+
+
+def _msda_path(device: str) -> str:
+    """The deformable-attention path ``ms_deform_attn`` takes for tensors on ``device`` now."""
+    import torch
+
+    from mask2former.modeling.ops.dispatch import select_path
+
+    return select_path(torch.empty(0, device=device))[0]
+
+
+def step_ops_triton(ctx: StepContext) -> None:
+    """The Triton kernels against the PyTorch path, on CUDA tensors."""
+    _pytest(ctx, "tests/test_ops_triton.py")
+
+
 def step_ops_cuda(ctx: StepContext) -> None:
     """Just-in-time build of the kernels, then the kernel-against-PyTorch tests."""
     from mask2former.modeling.ops.kernel import kernel_status
@@ -147,18 +195,7 @@ def step_ops_cuda(ctx: StepContext) -> None:
     ctx.record("kernel_available", available)
     if not available:
         raise RuntimeError(f"the CUDA kernels did not build or load: {reason}")
-    result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_ops_cuda.py"],
-        cwd=REPO,
-        text=True,
-        capture_output=True,
-    )
-    print(result.stdout + result.stderr, end="")
-    summary = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
-    ctx.record("pytest_summary", summary)
-    ctx.record("pytest_exit_code", result.returncode)
-    if result.returncode != 0:
-        raise RuntimeError(f"pytest tests/test_ops_cuda.py exited with {result.returncode}")
+    _pytest(ctx, "tests/test_ops_cuda.py")
 
 
 def step_op_bench(ctx: StepContext) -> None:
@@ -178,12 +215,20 @@ def step_op_bench(ctx: StepContext) -> None:
         }
         if not rows:
             raise RuntimeError("tools/benchmarks/op.py printed no timings")
-        if "kernel" in rows and "pytorch" in rows:
-            for key in ("forward_ms", "forward_backward_ms"):
+        for key in ("forward_ms", "forward_backward_ms"):
+            if "kernel" in rows:
                 rows[f"speedup_{key}"] = rows["pytorch"][key] / rows["kernel"][key]
+            if "triton" in rows:
+                rows[f"speedup_triton_{key}"] = rows["pytorch"][key] / rows["triton"][key]
+            if "triton" in rows and "kernel" in rows:
+                rows[f"triton_vs_kernel_{key}"] = rows["triton"][key] / rows["kernel"][key]
+        ratios = {k: round(v, 2) for k, v in rows.items() if not isinstance(v, dict)}
+        print(f"{dtype} ratios: {ratios}")
         ctx.record(f"{dtype}_{size}px", rows)
-    if not ctx.dry_run and "kernel" not in ctx.results[f"float32_{size}px"]:
-        raise RuntimeError("the kernel was not timed (not available)")
+    if not ctx.dry_run:
+        missing = {"kernel", "triton"} - set(ctx.results[f"float32_{size}px"])
+        if missing:
+            raise RuntimeError(f"not timed (not available): {sorted(missing)}")
 
 
 def _input_with_ground_truth(n: int, stuff: int, h: int, w: int, seed: int) -> dict:
@@ -206,7 +251,7 @@ DRY_RUN_OPTS = [
     "MODEL.SEM_SEG_HEAD.CONVS_DIM", "32",
     "MODEL.SEM_SEG_HEAD.MASK_DIM", "32",
     "MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS", "1",
-    "MODEL.GEOMETRIC_PREDICTOR.ADAPTER_DIM", "8",
+    "MODEL.MASK_FORMER.ADAPTER_DIM", "8",
     "MODEL.GEOMETRIC_PREDICTOR.D_MODEL", "32",
     "MODEL.GEOMETRIC_PREDICTOR.NUM_HEADS", "2",
     "MODEL.GEOMETRIC_PREDICTOR.NUM_LAYERS", "2",
@@ -243,10 +288,17 @@ def _build(ctx: StepContext, config: str, opts: list[str] | None = None):
     return cfg, build_model(cfg)
 
 
-def _inference_mode(ctx: StepContext, config: str, mode: str, x: dict, repeats: int) -> dict:
-    """One precision mode: images/s, order-head share and peak memory (ground-truth rows)."""
+def _inference_mode(
+    ctx: StepContext, config: str, mode: str, backend: str, x: dict, repeats: int
+) -> dict:
+    """One precision mode (``float32``, ``bfloat16`` autocast or ``compile``) with one
+    deformable-attention backend (``INSTAFORMER_MSDA_BACKEND``, "" = automatic): images/s,
+    order-head share and peak memory (ground-truth rows)."""
     import torch
 
+    from mask2former.modeling.ops.dispatch import BACKEND_ENV
+
+    os.environ[BACKEND_ENV] = backend  # this step's process only
     cfg, model = _build(ctx, config)
     model.eval()
     load_benchmark("instaformer").realistic_masks(model, x["instances"].gt_masks)
@@ -273,6 +325,7 @@ def _inference_mode(ctx: StepContext, config: str, mode: str, x: dict, repeats: 
         head_s = _timed(head, ctx.device, repeats)
     return {
         "status": "passed",
+        "msda_path": _msda_path(ctx.device),
         "images_per_s": 1.0 / whole_s,
         "seconds_per_image": whole_s,
         "order_head_s": head_s,
@@ -283,6 +336,8 @@ def _inference_mode(ctx: StepContext, config: str, mode: str, x: dict, repeats: 
 
 
 def _inference(ctx: StepContext, config: str) -> None:
+    import torch
+
     h, w, n = (64, 96, 3) if ctx.dry_run else (800, 1344, 10)  # 1333 padded to a multiple of 32
     repeats = 1 if ctx.dry_run else 10
     modes = ["float32", "bfloat16"] if ctx.dry_run else ["float32", "bfloat16", "compile"]
@@ -290,9 +345,30 @@ def _inference(ctx: StepContext, config: str) -> None:
         ctx.record("compile", {"status": "skipped", "reason": "dry run (CPU)"})
     x = _input_with_ground_truth(n, 2 if ctx.dry_run else 8, h, w, seed=0)  # n + stuff <= queries
     ctx.record("input", {"height": h, "width": w, "instances": n, "repeats": repeats})
+    # the compiled kernels when ops_cuda built them (loaded from its cache), else automatic
+    kernel = "cuda" if _kernel_built(ctx) else ""
     for mode in modes:
-        ctx.record(mode, _inference_mode(ctx, config, mode, x, repeats))
+        ctx.record(mode, _inference_mode(ctx, config, mode, kernel, x, repeats))
         _reset_peak(ctx.device)
+    from mask2former.modeling.ops.dispatch import triton_status
+
+    available, reason = triton_status(torch.device(ctx.device))
+    if not available:
+        ctx.record("float32_triton", {"status": "skipped", "reason": reason})
+        return
+    ctx.record("float32_triton", _inference_mode(ctx, config, "float32", "triton", x, repeats))
+    if ctx.results["float32"]["msda_path"] == "cuda":
+        ratio = ctx.results["float32_triton"]["seconds_per_image"]
+        ctx.record(
+            "triton_vs_kernel_seconds_per_image",
+            ratio / ctx.results["float32"]["seconds_per_image"],
+        )
+
+
+def _kernel_built(ctx: StepContext) -> bool:
+    """Whether the ``ops_cuda`` step of this run built and loaded the compiled kernels."""
+    path = ctx.output_dir / "steps" / "ops_cuda.json"
+    return path.is_file() and json.loads(path.read_text()).get("kernel_available") is True
 
 
 def step_inference_swin_t(ctx: StepContext) -> None:
@@ -423,12 +499,13 @@ def step_train_net(ctx: StepContext) -> None:
 # name -> (function, timeout in seconds on the GPU machine, needs CUDA), in the order they run:
 # the compile-heavy inference steps last, so that a spent time budget costs the fewest figures.
 STEPS: dict[str, tuple[Callable[[StepContext], None], int, bool]] = {
+    "ops_triton": (step_ops_triton, 90, True),
     "ops_cuda": (step_ops_cuda, 180, True),
-    "op_bench": (step_op_bench, 60, False),
+    "op_bench": (step_op_bench, 90, False),
     "train_step": (step_train_step, 60, False),
     "instaordernet": (step_instaordernet, 45, False),
     "train_net": (step_train_net, 90, False),
-    "inference_swin_t": (step_inference_swin_t, 150, False),
+    "inference_swin_t": (step_inference_swin_t, 180, False),
     "inference_r50": (step_inference_r50, 120, False),
 }
 CACHES = {
@@ -447,6 +524,27 @@ GOALS = [
         lambda r: r["float32_1024px"]["speedup_forward_backward_ms"],
         ">=",
         3.0,
+    ),
+    (
+        "triton_forward_backward_speedup_1024px",
+        "op_bench",
+        lambda r: r["float32_1024px"]["speedup_triton_forward_backward_ms"],
+        ">=",
+        3.0,
+    ),
+    (
+        "triton_vs_kernel_forward_backward_1024px",
+        "op_bench",
+        lambda r: r["float32_1024px"]["triton_vs_kernel_forward_backward_ms"],
+        "<=",
+        1.5,
+    ),
+    (
+        "swin_t_triton_vs_kernel_inference_float32",
+        "inference_swin_t",
+        lambda r: r["triton_vs_kernel_seconds_per_image"],
+        "<=",
+        1.05,
     ),
     (
         "swin_t_order_head_share_float32",
@@ -535,31 +633,62 @@ def _run_step_process(name: str, args: argparse.Namespace, timeout: float, log) 
     return "passed", ""
 
 
+def _check_folder(folder: OutputFolder) -> None:
+    """Refuse ``folder`` unless it is the check's own or holds none of its outputs (module
+    docstring); the first report written makes it the check's own.
+
+    Raises:
+        OutputError: ``gpu_check.json`` is not the check's (or was changed since), or the folder
+            has no report of the check and holds a file or folder of one of its output names.
+    """
+    if not folder.target(REPORT).exists():
+        for name in (LOG, "steps", "work"):
+            if os.path.lexists(folder.root / name):
+                raise OutputError(
+                    f"{folder.root / name} exists, and {folder.root} has no {REPORT} that "
+                    "gpu_check wrote: it was not written by gpu_check and is left as it is; "
+                    "move or delete it, or choose another --output-dir"
+                )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--output-dir", type=Path, required=True, help="results and log go here")
+    parser.add_argument("--output-dir", required=True, help="results and log go here")
     parser.add_argument("--dry-run", action="store_true", help="CPU, tiny shapes, CUDA skipped")
     parser.add_argument(
         "--steps", nargs="+", choices=sorted(STEPS), default=list(STEPS), help="steps to run"
     )
     parser.add_argument(
-        "--budget-s", type=float, default=450.0, help="total seconds; later steps are skipped"
+        "--budget-s",
+        type=float_range(0.0),
+        default=450.0,
+        help="total seconds; later steps are skipped",
     )
     parser.add_argument("--run-step", choices=sorted(STEPS), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    args.output_dir = args.output_dir.resolve()
 
-    if args.run_step:  # inside a step process
-        ctx = StepContext(args.run_step, args.output_dir, args.dry_run)
+    if args.run_step:  # inside a step process, started by main (which holds the folder)
+        ctx = StepContext(args.run_step, Path(args.output_dir), args.dry_run)
         ctx.work_dir.mkdir(parents=True, exist_ok=True)
         STEPS[args.run_step][0](ctx)
         return 0
+    try:
+        with OutputFolder(args.output_dir, what="--output-dir", tool="gpu_check") as folder:
+            _check_folder(folder)
+            args.output_dir = folder.root.resolve()
+            return _run_steps(args, folder)
+    except (OutputError, RunLockError) as err:
+        print(f"gpu_check: error: {err}", file=sys.stderr)
+        return 2
 
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    report_path = args.output_dir / "gpu_check.json"
-    report = {"environment": _environment(args.dry_run), "steps": {}}
+
+def _run_steps(args: argparse.Namespace, folder: OutputFolder) -> int:
+    """Run the chosen steps into ``folder`` (checked); the exit status of :func:`main`."""
+    report_path = args.output_dir / REPORT
+    report: dict = {"environment": _environment(args.dry_run), "steps": {}}
+    folder.write_bytes(REPORT, _report_bytes(report))  # the folder is the check's own from now
     start = time.perf_counter()
-    with open(args.output_dir / "gpu_check.log", "a", buffering=1) as log:
+    with open(args.output_dir / LOG, "a", buffering=1) as log:
         for name in args.steps:
             _, timeout, needs_cuda = STEPS[name]
             left = args.budget_s - (time.perf_counter() - start)
@@ -589,8 +718,11 @@ def main(argv: list[str] | None = None) -> int:
             report["steps"][name] = entry
             report["goals"] = _goals(report["steps"])
             report["total_s"] = round(time.perf_counter() - start, 1)
-            _atomic_write_json(report_path, report)
+            folder.write_bytes(REPORT, _report_bytes(report))
             print(f"[gpu_check] {name}: {entry['status']} {entry['reason']}".rstrip(), flush=True)
+    for name, goal in report["goals"].items():
+        value = "-" if goal["value"] is None else f"{goal['value']:.3g}"
+        print(f"[gpu_check] goal {name}: {value} (goal {goal['bound']}): {goal['status']}")
     bad = [n for n, e in report["steps"].items() if e["status"] in ("failed", "timeout")]
     print(f"[gpu_check] report: {report_path}; failed or timed out: {bad or 'none'}")
     return 1 if bad else 0

@@ -5,6 +5,8 @@
 1. writes the synthetic twin of InstaOrder Panoptic (tools/make_synthetic_dataset.py) to
    ``DIR/datasets/synthetic_instaorder``, or reuses the one a previous run wrote there when its
    marker file (``quickstart_dataset.json``: generator, parameters, file count and bytes) matches;
+   the marker is written before the first dataset file, so only a folder holding it is ever
+   replaced: a non-empty folder without it (not the quick start's) is refused;
 2. trains InstaFormer^od (configs/synthetic/instaformer_od_tiny.yaml) with the machinery of
    ``train_net.py`` (same trainer, data loader and evaluators) into ``DIR/train``, starting its
    log and metrics afresh; on a CPU whose cores other work shares, see ``--threads``;
@@ -13,6 +15,9 @@
 4. runs the demo on a few val images into ``DIR/demo/``;
 5. prints the results table, the goals (occlusion F1 >= 80, depth WHDR (all) <= 20) and where
    the pictures are. The exit code is 1 when a goal is missed.
+
+``DIR`` is locked for the run (one quick start per folder) and its files follow
+mask2former/utils/outputs.py; a refused folder or file exits with status 2 and one message.
 """
 
 from __future__ import annotations
@@ -33,7 +38,10 @@ from mask2former.utils.threads import ENV_THREADS
 # isort: split
 import torch
 
+from mask2former.engine.lock import RunLockError
+from mask2former.utils.argtypes import int_range
 from mask2former.utils.atomic import atomic_write_bytes
+from mask2former.utils.outputs import OutputError, OutputFolder
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "synthetic" / "instaformer_od_tiny.yaml"
@@ -43,14 +51,22 @@ GOALS = {("occlusion_order", "f1"): (">=", 80.0), ("depth_order", "ovlOX/WHDR_al
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--output-dir", default="output/quickstart", help="where everything goes")
-    parser.add_argument("--num-train", type=int, default=2000, help="synthetic training images")
-    parser.add_argument("--num-val", type=int, default=300, help="synthetic validation images")
-    parser.add_argument("--image-size", type=int, default=96, help="image side (pixels)")
-    parser.add_argument("--demo-images", type=int, default=4, help="val images shown by the demo")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the data and the training")
+    parser.add_argument(
+        "--num-train", type=int_range(1), default=2000, help="synthetic training images"
+    )
+    parser.add_argument(
+        "--num-val", type=int_range(1), default=300, help="synthetic validation images"
+    )
+    parser.add_argument("--image-size", type=int_range(32), default=96, help="image side (pixels)")
+    parser.add_argument(
+        "--demo-images", type=int_range(0), default=4, help="val images shown by the demo"
+    )
+    parser.add_argument(
+        "--seed", type=int_range(0), default=0, help="seed of the data and the training"
+    )
     parser.add_argument(
         "--threads",
-        type=int,
+        type=int_range(1),
         default=None,
         help=f"CPU threads (default: the cores available to this process; same as {ENV_THREADS})",
     )
@@ -92,7 +108,7 @@ def prepare_dataset(data_root: Path, args: argparse.Namespace) -> bool:
 
     params = _dataset_params(args)
     marker = data_root / MARKER
-    if marker.is_file():
+    if marker.is_file() and not marker.is_symlink():
         try:
             recorded = json.loads(marker.read_text())
         except json.JSONDecodeError:
@@ -100,8 +116,14 @@ def prepare_dataset(data_root: Path, args: argparse.Namespace) -> bool:
         files, size = _dataset_files(data_root)
         if recorded == {**params, "files": files, "bytes": size}:
             return True
-    if data_root.exists():
-        shutil.rmtree(data_root)  # a partial or different dataset: start clean
+        shutil.rmtree(data_root)  # the quick start's own, partial or different: start clean
+    elif data_root.is_symlink() or (data_root.exists() and any(data_root.iterdir())):
+        raise OutputError(
+            f"{data_root} exists and was not written by the quick start (it has no {MARKER}); "
+            "it is left as it is: move or delete it, or choose another --output-dir"
+        )
+    # the marker first, so that a run killed while writing leaves a folder known as ours
+    atomic_write_bytes(marker, json.dumps({**params, "complete": False}).encode())
     make_synthetic_dataset(
         str(data_root),
         num_train=args.num_train,
@@ -122,12 +144,22 @@ def main(argv: list[str] | None = None) -> int:
         if args.threads < 1:
             raise SystemExit(f"--threads must be at least 1; got {args.threads}")
         os.environ[ENV_THREADS] = str(args.threads)
-    out = Path(args.output_dir).resolve()
+    try:
+        with OutputFolder(args.output_dir, what="--output-dir", tool="quickstart") as folder:
+            return run(args, folder)
+    except (OutputError, RunLockError) as err:
+        print(f"quickstart: error: {err}", file=sys.stderr)
+        return 2
+
+
+def run(args: argparse.Namespace, folder: OutputFolder) -> int:
+    """Steps 1-5 of the module docstring into ``folder`` (locked)."""
+    out = folder.root.resolve()
     datasets_root = out / "datasets"
     os.environ["DETECTRON2_DATASETS"] = str(datasets_root)
     # Imported after DETECTRON2_DATASETS is set, so the registered datasets read it.
+    from instaformer.apps.demo_utils import run_on_paths
     from instaformer.data.datasets import SYNTHETIC_SUBDIR
-    from instaformer.demo_utils import run_on_paths
     from instaformer.evaluation import format_results_table
     from instaformer.predictor import Predictor
     from instaformer.train import load_config
@@ -151,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"[3/4] evaluation -> {out / 'eval_results.json'}")
     summary = {k: results[k] for k in ("occlusion_order", "depth_order", "panoptic_seg")}
-    (out / "eval_results.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
+    folder.write_bytes("eval_results.json", json.dumps(summary, indent=2, sort_keys=True).encode())
 
     demo_dir = out / "demo"
     print(f"[4/4] demo -> {demo_dir}")

@@ -34,6 +34,10 @@ of annotator votes, WHDR weight ``2 / count``.
 Output: the InstaOrder Panoptic JSON (docs/reference.md [DS 5.3]; segment ids are 1..m per
 image, the instance ids of the ``instaorder`` record are the segment ids) and one panoptic PNG
 per image (``file_name`` with extension ``.png``, sub-folders kept) under the panoptic folder.
+Outputs follow :mod:`mask2former.utils.outputs`: a ``file_name`` must be relative without
+``..``; the panoptic folder is neither the image folder nor a mask folder; no output replaces an
+input (the annotation file, an image, a mask) or a file the converter did not write; every name
+is checked before the first file is written.
 """
 
 from __future__ import annotations
@@ -50,7 +54,7 @@ from instaformer.data.custom import categories_metadata
 from instaformer.data.io import DataError
 from instaformer.data.relations import build_order_matrices
 from mask2former.structures import decode_segmentation, id2rgb, mask_bbox, rgb2id
-from mask2former.utils.atomic import atomic_write_path
+from mask2former.utils.outputs import OutputFolder, safe_relative
 
 __all__ = ["convert_to_instaorder_panoptic", "read_order_annotations"]
 
@@ -209,65 +213,102 @@ def convert_to_instaorder_panoptic(
     Raises:
         FileNotFoundError: ``source`` or an image is missing.
         DataError: an invalid entry; the message names the image and the instance or order.
+        OutputError: an output would replace an input or a file the converter did not write,
+            or leave its folder (an absolute or ``..`` ``file_name``); nothing is written.
+        RunLockError: another run writes into one of the output folders.
     """
     data, folder = read_order_annotations(source)
+    names, inputs = _plan(data["images"], source, image_root, folder)
+    json_name = os.path.basename(out_json)
+    with OutputFolder(os.path.dirname(out_json) or ".", what="--out-json", tool="convert") as jsons:
+        for label, paths in inputs.items():
+            jsons.protect(paths, label)
+        jsons.target(json_name)
+        with OutputFolder(out_panoptic, what="--out-panoptic", tool="convert") as pngs:
+            pngs.keep_apart(image_root, "the image folder (--image-root)")
+            for mask_folder in sorted({os.path.dirname(p) for p in inputs["the mask file"]}):
+                pngs.keep_apart(mask_folder, f"a folder of mask files ({mask_folder})")
+            for label, paths in inputs.items():
+                pngs.protect(paths, label)
+            pngs.check(names)
+            counts, output = _convert(data, source, folder, image_root, names, pngs)
+
+            def write_json(tmp: str) -> None:
+                with open(tmp, "w") as f:
+                    json.dump(output, f, indent=1)
+
+            jsons.write(json_name, write_json)
+    return counts
+
+
+def _where(source: str, n: int, image: Any) -> str:
+    name = image.get("file_name") if isinstance(image, dict) else None
+    return f"{source}, image {n} ({name!r})"
+
+
+def _plan(
+    images: list[Any], source: str, image_root: str, folder: str
+) -> tuple[list[str], dict[str, list[str]]]:
+    """The panoptic PNG name of every image (a safe relative name, used once) and the input
+    files by kind (``"the order annotation file"``, ``"the image"``, ``"the mask file"``).
+
+    Raises:
+        DataError: an entry without ``file_name``, two entries with one PNG name.
+        OutputError: a ``file_name`` that is absolute or has ``..``.
+    """
+    inputs: dict[str, list[str]] = {
+        "the order annotation file": (
+            sorted(glob.glob(os.path.join(source, "*.json"))) if os.path.isdir(source) else [source]
+        ),
+        "the image": [],
+        "the mask file": [],
+    }
+    names: list[str] = []
+    first: dict[str, int] = {}
+    for n, image in enumerate(images):
+        where = _where(source, n, image)
+        if not isinstance(image, dict) or "file_name" not in image:
+            raise DataError(f"{where}: needs a 'file_name'")
+        png = os.path.splitext(safe_relative(image["file_name"], where))[0] + ".png"
+        if png in first:
+            raise DataError(
+                f"{where}: its panoptic PNG {png} is also the one of image {first[png]}; file "
+                "names must differ by more than their extension"
+            )
+        first[png] = n
+        names.append(png)
+        inputs["the image"].append(os.path.join(image_root, image["file_name"]))
+        instances = image.get("instances")
+        masks = [image] + (instances if isinstance(instances, list) else [])
+        inputs["the mask file"] += [
+            os.path.join(folder, m["mask_file"])
+            for m in masks
+            if isinstance(m, dict) and isinstance(m.get("mask_file"), str)
+        ]
+    return names, inputs
+
+
+def _convert(
+    data: dict[str, Any],
+    source: str,
+    folder: str,
+    image_root: str,
+    names: list[str],
+    pngs: OutputFolder,
+) -> tuple[dict[str, int], dict[str, Any]]:
+    """Write the panoptic PNGs into ``pngs``, once :func:`_plan` and the output folders accepted
+    the names; returns the counts and the InstaOrder Panoptic JSON object."""
     meta = categories_metadata(data["categories"], source)
-    known = meta["stuff_dataset_id_to_contiguous_id"]
-    things = meta["thing_dataset_id_to_contiguous_id"]
     images, annotations = [], []
     counts = dict.fromkeys(
         ("images", "segments", "ordered_instances", "occlusion_pairs", "depth_pairs"), 0
     )
-    seen_ids, seen_pngs = set(), set()
-    for n, image in enumerate(data["images"]):
-        where = f"{source}, image {n} ({image.get('file_name')!r})"
-        if not isinstance(image, dict) or "file_name" not in image:
-            raise DataError(f"{where}: needs a 'file_name'")
-        if not isinstance(image.get("instances"), list):
-            raise DataError(f"{where}: needs an 'instances' list")
-        path = os.path.join(image_root, image["file_name"])
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"{where}: image not found: {path}")
-        if "height" in image and "width" in image:
-            size = (int(image["height"]), int(image["width"]))
-        else:
-            with Image.open(path) as pil:
-                size = (pil.height, pil.width)
-        image_id = image.get("image_id", n + 1)
-        png_name = os.path.splitext(image["file_name"])[0] + ".png"
-        if image_id in seen_ids or png_name in seen_pngs:
-            raise DataError(f"{where}: image_id {image_id} or file name used twice")
-        seen_ids.add(image_id)
-        seen_pngs.add(png_name)
-
+    seen_ids: set[Any] = set()
+    for n, (image, png_name) in enumerate(zip(data["images"], names, strict=True)):
+        where = _where(source, n, image)
+        size, image_id = _image_entry(image, n, image_root, seen_ids, where)
         masks = _decode_masks(image, folder, size, where)
-        ids = np.zeros(size, dtype=np.int64)
-        segments, ordered = [], []
-        for k, (inst, mask) in enumerate(zip(image["instances"], masks, strict=True)):
-            if inst.get("category_id") not in known:
-                raise DataError(
-                    f"{where}, instance {k}: category_id {inst.get('category_id')!r} is not in "
-                    f"the categories ({sorted(known)})"
-                )
-            clash = np.unique(ids[mask & (ids > 0)])
-            if clash.size:
-                raise DataError(
-                    f"{where}: instance {k} overlaps instance {int(clash[0]) - 1}; panoptic "
-                    "masks must not overlap"
-                )
-            ids[mask] = k + 1
-            crowd = int(bool(inst.get("iscrowd", 0)))
-            segments.append(
-                {
-                    "id": k + 1,
-                    "category_id": inst["category_id"],
-                    "iscrowd": crowd,
-                    "bbox": list(mask_bbox(mask)),
-                    "area": int(mask.sum()),
-                }
-            )
-            if inst["category_id"] in things and not crowd and inst.get("ordered", True):
-                ordered.append(k)
+        ids, segments, ordered = _panoptic_segments(image["instances"], masks, size, meta, where)
         record = _orders(image, ordered, where)
         segment_ids = [k + 1 for k in ordered]
         build_order_matrices({"instance_ids": segment_ids, **record}, where=where)
@@ -287,10 +328,7 @@ def convert_to_instaorder_panoptic(
             }
         )
         rgb = id2rgb(ids)
-        atomic_write_path(
-            os.path.join(out_panoptic, png_name),
-            lambda tmp, rgb=rgb: Image.fromarray(rgb).save(tmp, format="PNG"),
-        )
+        pngs.write(png_name, lambda tmp, rgb=rgb: Image.fromarray(rgb).save(tmp, format="PNG"))
         counts["images"] += 1
         counts["segments"] += len(segments)
         counts["ordered_instances"] += len(ordered)
@@ -303,10 +341,77 @@ def convert_to_instaorder_panoptic(
         "images": images,
         "annotations": annotations,
     }
+    return counts, output
 
-    def write_json(tmp: str) -> None:
-        with open(tmp, "w") as f:
-            json.dump(output, f, indent=1)
 
-    atomic_write_path(out_json, write_json)
-    return counts
+def _image_entry(
+    image: dict[str, Any], n: int, image_root: str, seen_ids: set[Any], where: str
+) -> tuple[tuple[int, int], Any]:
+    """The ``(H, W)`` size (given, else read from the image file) and the image id (given,
+    else ``n + 1``) of entry ``n``; the id is added to ``seen_ids``.
+
+    Raises:
+        DataError: no ``instances`` list, or an image id used twice.
+        FileNotFoundError: the image file is missing.
+    """
+    if not isinstance(image.get("instances"), list):
+        raise DataError(f"{where}: needs an 'instances' list")
+    path = os.path.join(image_root, image["file_name"])
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{where}: image not found: {path}")
+    if "height" in image and "width" in image:
+        size = (int(image["height"]), int(image["width"]))
+    else:
+        with Image.open(path) as pil:
+            size = (pil.height, pil.width)
+    image_id = image.get("image_id", n + 1)
+    if image_id in seen_ids:
+        raise DataError(f"{where}: image_id {image_id} used twice")
+    seen_ids.add(image_id)
+    return size, image_id
+
+
+def _panoptic_segments(
+    instances: list[dict[str, Any]],
+    masks: list[np.ndarray],
+    size: tuple[int, int],
+    meta: dict[str, Any],
+    where: str,
+) -> tuple[np.ndarray, list[dict[str, Any]], list[int]]:
+    """The panoptic id map (int64[H, W] of ``size``, instance k has id k + 1; 0 where none),
+    ``segments_info`` of the bool[H, W] ``masks``, and the
+    indices of the ordered instances (non-crowd things without ``"ordered": false``).
+
+    Raises:
+        DataError: an unknown category, or two instances whose masks overlap.
+    """
+    known = meta["stuff_dataset_id_to_contiguous_id"]
+    things = meta["thing_dataset_id_to_contiguous_id"]
+    ids = np.zeros(size, dtype=np.int64)
+    segments, ordered = [], []
+    for k, (inst, mask) in enumerate(zip(instances, masks, strict=True)):
+        if inst.get("category_id") not in known:
+            raise DataError(
+                f"{where}, instance {k}: category_id {inst.get('category_id')!r} is not in "
+                f"the categories ({sorted(known)})"
+            )
+        clash = np.unique(ids[mask & (ids > 0)])
+        if clash.size:
+            raise DataError(
+                f"{where}: instance {k} overlaps instance {int(clash[0]) - 1}; panoptic "
+                "masks must not overlap"
+            )
+        ids[mask] = k + 1
+        crowd = int(bool(inst.get("iscrowd", 0)))
+        segments.append(
+            {
+                "id": k + 1,
+                "category_id": inst["category_id"],
+                "iscrowd": crowd,
+                "bbox": list(mask_bbox(mask)),
+                "area": int(mask.sum()),
+            }
+        )
+        if inst["category_id"] in things and not crowd and inst.get("ordered", True):
+            ordered.append(k)
+    return ids, segments, ordered

@@ -20,6 +20,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from instaformer.data.duplicates import check_instaorder_duplicates, check_panoptic_duplicates
 from instaformer.data.io import DataError
 from instaformer.data.relations import check_record_types
 from mask2former.data.catalog import DatasetCatalog, Deferred, MetadataCatalog
@@ -100,10 +101,12 @@ def load_instaorder_panoptic_json(
     Raises:
         FileNotFoundError: the JSON, or the first image / PNG, is missing (message names the
             path and points to datasets/README.md).
-        DataError: an unknown category, or ``pan_instance_ids`` inconsistent with
-            ``instance_ids`` / ``segments_info``.
+        DataError: an unknown category, ``pan_instance_ids`` inconsistent with
+            ``instance_ids`` / ``segments_info``, or a repeated image id, order record, segment
+            id or file name (:func:`~instaformer.data.duplicates.check_panoptic_duplicates`).
     """
     data = load_json_object(json_file, "InstaOrder Panoptic annotation file")
+    check_panoptic_duplicates(data, json_file)
     meta = coco_panoptic_metadata() if metadata is None else metadata
     try:
         sizes = {img["id"]: (img["height"], img["width"]) for img in data.get("images", [])}
@@ -212,12 +215,14 @@ def load_instaorder_json(
         ``area``) and ``instaorder`` (the record without ``image_id``).
     Raises:
         FileNotFoundError: a JSON or the first image is missing.
-        DataError: a record names an image or instance id absent from the instances file.
+        DataError: a record names an image or instance id absent from the instances file, or
+            an id is repeated (:func:`~instaformer.data.duplicates.check_instaorder_duplicates`).
     """
     orders = load_json_object(instaorder_json, "InstaOrder annotation file")
     coco = load_json_object(
         instances_json, "COCO instances file", list_keys=("images", "annotations")
     )
+    check_instaorder_duplicates(orders, instaorder_json, coco, instances_json)
     try:
         images = {img["id"]: img for img in coco["images"]}
         anns = {a["id"]: a for a in coco["annotations"]}

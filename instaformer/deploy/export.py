@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,6 +35,8 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from mask2former.utils.atomic import atomic_write_path
 
 if TYPE_CHECKING:
     from instaformer.modeling.order.geometric_transformer import GeometricTransformer
@@ -215,7 +216,7 @@ def _onnx_export(
     dynamic_shapes: tuple | None = None,
 ) -> Path:
     """``torch.onnx.export`` (dynamo) of ``module`` to ``path``, weights inline, written
-    atomically (temporary file in the same folder, then ``os.replace``)."""
+    atomically (:func:`mask2former.utils.atomic.atomic_write_path`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with quiet_exporter_logs(), torch.no_grad():
@@ -228,14 +229,7 @@ def _onnx_export(
             dynamic_shapes=dynamic_shapes,
             verbose=False,
         )
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        try:
-            program.save(tmp, external_data=False)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write_path(path, lambda tmp: program.save(tmp, external_data=False))
     logger.info("wrote %s", path)
     return path
 

@@ -18,6 +18,9 @@ from mask2former.utils.atomic import atomic_write_bytes
 logger = logging.getLogger(__name__)
 
 NOT_AVAILABLE = "n/a"
+# Results key of the parts evaluated with random weights (``--allow-random-init``): module ->
+# number of state-dict entries ("" = the whole model).
+RANDOM_INIT = "random_init"
 
 # (task, metric, column header), in print order.
 COLUMNS: tuple[tuple[str, str, str], ...] = (
@@ -40,12 +43,24 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
 )
 
 
+def describe_random_parts(parts: dict[str, int]) -> str:
+    """``{module: tensors}`` left random (``""``: the whole model) as ``"m1 (8 tensors), ..."``."""
+    return ", ".join(f"{m or 'the whole model'} ({n} tensors)" for m, n in parts.items())
+
+
 def format_results_table(results: dict[str, dict[str, Any]]) -> str:
     """A two-line, pipe-separated table (header, values with 2 decimals) of the main metrics.
 
     An undefined metric (NaN: the evaluation set has no pair or segment it can score) is shown
-    as ``n/a``. Returns an empty string when none of the columns is present.
+    as ``n/a``. Results with :data:`RANDOM_INIT` get a last line naming the random parts.
+    Returns an empty string when there is nothing to show.
     """
+    warning = ""
+    if results.get(RANDOM_INIT):
+        parts = describe_random_parts(results[RANDOM_INIT])
+        warning = (
+            f"RANDOM WEIGHTS (--allow-random-init) in {parts}: not the metrics of a trained model"
+        )
     headers, values = [], []
     for task, metric, header in COLUMNS:
         if metric in results.get(task, {}):
@@ -53,11 +68,12 @@ def format_results_table(results: dict[str, dict[str, Any]]) -> str:
             value = float(results[task][metric])
             values.append(f"{value:.2f}" if math.isfinite(value) else NOT_AVAILABLE)
     if not headers:
-        return ""
+        return warning
     widths = [max(len(h), len(v)) for h, v in zip(headers, values, strict=True)]
     head = " | ".join(h.rjust(w) for h, w in zip(headers, widths, strict=True))
     row = " | ".join(v.rjust(w) for v, w in zip(values, widths, strict=True))
-    return f"| {head} |\n| {row} |"
+    table = f"| {head} |\n| {row} |"
+    return f"{table}\n{warning}" if warning else table
 
 
 def _json_safe(value: Any) -> Any:

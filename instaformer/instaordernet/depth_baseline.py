@@ -63,7 +63,7 @@ def instance_depths(
         if inside.numel() == 0:
             continue
         if clip_percentiles is not None:
-            low, high = torch.quantile(inside, torch.tensor(clip_percentiles) / 100.0)
+            low, high = torch.quantile(inside, inside.new_tensor(clip_percentiles) / 100.0)
             inside = inside.clamp(low, high)
         values[k] = torch.quantile(inside, 0.5) if statistic == "median" else inside.mean()
     return values

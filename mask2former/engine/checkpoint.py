@@ -17,8 +17,10 @@ from typing import Any
 import torch
 
 from mask2former.utils.atomic import atomic_write, atomic_write_bytes
+from mask2former.utils.outputs import OutputError
 
 __all__ = [
+    "check_weights_kept",
     "save_training_checkpoint",
     "last_checkpoint_path",
     "remove_stale_temp_files",
@@ -29,7 +31,29 @@ LAST_CHECKPOINT = "last_checkpoint"
 
 
 # ``.<name>.<random>.tmp``: the temporary names ``atomic_write`` gives in the output folder.
-_TEMP_NAME = re.compile(r"^\.(.+\.pth|last_checkpoint|config\.yaml)\.[A-Za-z0-9_]+\.tmp$")
+_TEMP_NAME = re.compile(r"^\.(.+\.pth|last_checkpoint|config(_eval)?\.yaml)\.[A-Za-z0-9_]+\.tmp$")
+# The checkpoints a training run writes into its output folder.
+_CHECKPOINT_NAME = re.compile(r"^model_(\d{7}|final)\.pth$")
+
+
+def check_weights_kept(output_dir: str, weights: str) -> None:
+    """Refuse initial weights that the run's own checkpoints would replace (``MODEL.WEIGHTS
+    out/model_final.pth`` with ``OUTPUT_DIR out``, directly or through a link).
+
+    Raises:
+        OutputError: naming both keys.
+    """
+    if not weights or not os.path.isfile(weights) or not os.path.isdir(output_dir):
+        return
+    path = os.path.realpath(weights)
+    if _CHECKPOINT_NAME.match(os.path.basename(path)) and os.path.samefile(
+        os.path.dirname(path), output_dir
+    ):
+        raise OutputError(
+            f"MODEL.WEIGHTS {weights} is a checkpoint in OUTPUT_DIR {output_dir} that this "
+            "training run would replace with its own: copy the weights elsewhere or choose "
+            "another OUTPUT_DIR"
+        )
 
 
 def remove_stale_temp_files(output_dir: str) -> list[str]:

@@ -16,8 +16,10 @@ import torch
 from mask2former.config import CfgNode
 from mask2former.engine.lock import hold_output_dir
 from mask2former.utils import comm
+from mask2former.utils.argtypes import int_range
 from mask2former.utils.atomic import atomic_write_bytes
 from mask2former.utils.logger import setup_logger
+from mask2former.utils.outputs import require_dir
 from mask2former.utils.threads import configure_threads
 
 __all__ = [
@@ -55,10 +57,15 @@ def default_argument_parser(description: str | None = None) -> argparse.Argument
         help="continue from OUTPUT_DIR/last_checkpoint (model, optimizer, schedule, iteration)",
     )
     parser.add_argument("--eval-only", action="store_true", help="evaluate MODEL.WEIGHTS and exit")
-    parser.add_argument("--num-gpus", type=int, default=1, help="processes per machine")
-    parser.add_argument("--num-machines", type=int, default=1, help="total number of machines")
+    parser.add_argument("--num-gpus", type=int_range(1), default=1, help="processes per machine")
     parser.add_argument(
-        "--machine-rank", type=int, default=0, help="rank of this machine (0 .. num-machines-1)"
+        "--num-machines", type=int_range(1), default=1, help="total number of machines"
+    )
+    parser.add_argument(
+        "--machine-rank",
+        type=int_range(0),
+        default=0,
+        help="rank of this machine (0 .. num-machines-1)",
     )
     parser.add_argument(
         "--dist-url",
@@ -129,15 +136,17 @@ def collect_env_info() -> str:
 
 def default_setup(cfg: CfgNode, args: argparse.Namespace) -> logging.Logger:
     """Per-process set-up: output folder and its lock, loggers, CPU threads, environment
-    summary, config dump, seed. A new training run (neither ``--resume`` nor ``--eval-only``)
-    starts ``log.txt`` afresh; the others append to it.
+    summary, config dump (``config.yaml``; ``config_eval.yaml`` with ``--eval-only``, which
+    leaves the training run's config as it is), seed. A new training run (neither ``--resume``
+    nor ``--eval-only``) starts ``log.txt`` afresh; the others append to it.
 
     Raises:
+        OutputError: ``OUTPUT_DIR`` is empty (it would mean the current folder).
         RunLockError: (main process) another live run owns ``OUTPUT_DIR``.
     """
-    output_dir = cfg.OUTPUT_DIR
+    output_dir = require_dir(cfg.OUTPUT_DIR, "OUTPUT_DIR")
     rank = comm.get_rank()
-    if comm.is_main_process() and output_dir:
+    if comm.is_main_process():
         os.makedirs(output_dir, exist_ok=True)
         hold_output_dir(output_dir)  # before anything is written: a second live run is refused
     new_run = not (getattr(args, "resume", False) or getattr(args, "eval_only", False))
@@ -154,8 +163,10 @@ def default_setup(cfg: CfgNode, args: argparse.Namespace) -> logging.Logger:
     logger.info("Command line arguments: %s", args)
     if args.config_file:
         logger.info("Config file %s", args.config_file)
-    if comm.is_main_process() and output_dir:
-        path = os.path.join(output_dir, "config.yaml")
+    if comm.is_main_process():
+        # --eval-only keeps the training run's config.yaml: its own config is config_eval.yaml
+        name = "config_eval.yaml" if getattr(args, "eval_only", False) else "config.yaml"
+        path = os.path.join(output_dir, name)
         atomic_write_bytes(path, cfg.dump().encode("utf-8"))
         logger.info("Full config saved to %s", path)
     seed = seed_all(cfg.SEED if cfg.SEED < 0 else cfg.SEED + rank)

@@ -1,11 +1,13 @@
-"""One run per output folder: a lock file in ``OUTPUT_DIR`` names the process that owns it.
+"""One run per output folder: a lock file in ``OUTPUT_DIR`` (or the output folder of any tool,
+through :class:`mask2former.utils.outputs.OutputFolder`) names the process that owns it.
 
 ``OUTPUT_DIR/.run.lock`` holds ``{"pid", "host", "start", "started"}`` of the owner (``start`` is
 the kernel's start time of the process where it can be read, which tells a reused pid from the
 owner). A second run into the same folder is refused while the owner lives. A lock whose owner
 ran on this host and is gone (killed, crashed) is taken over, with a log line; a lock of another
 host cannot be checked and is refused with the command that removes it. The lock file is written
-complete under a temporary name and hard-linked into place, so it is never seen half-written.
+complete under a temporary name and hard-linked into place, so it is never seen half-written;
+like every file, it gets the umask's permissions (others sharing the folder can read it).
 """
 
 from __future__ import annotations
@@ -15,9 +17,10 @@ import json
 import logging
 import os
 import socket
-import tempfile
 import time
 from typing import Any
+
+from mask2former.utils.atomic import create_temp_file
 
 __all__ = ["LOCK_NAME", "RunLock", "RunLockError", "hold_output_dir"]
 
@@ -55,8 +58,10 @@ def _alive(pid: int, start: str | None) -> bool:
 class RunLock:
     """The lock of one output folder. Use as a context manager or ``acquire`` / ``release``."""
 
-    def __init__(self, output_dir: str) -> None:
+    def __init__(self, output_dir: str, what: str = "OUTPUT_DIR") -> None:
+        """``what``: the config key or flag that names the folder, used in messages."""
         self.output_dir = output_dir
+        self.what = what
         self.path = os.path.join(output_dir, LOCK_NAME)
         self._held = False
 
@@ -82,9 +87,9 @@ class RunLock:
 
     def _link_new(self) -> bool:
         """Create the lock file holding our record; False if a lock file already exists."""
-        fd, tmp = tempfile.mkstemp(prefix=f"{LOCK_NAME}.", suffix=".tmp", dir=self.output_dir)
+        tmp = create_temp_file(self.output_dir, f"{LOCK_NAME}.", ".tmp")
         try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
+            with open(tmp, "w", encoding="utf-8") as f:
                 json.dump(self._owner_record(), f)
             os.link(tmp, self.path)
             return True
@@ -121,15 +126,15 @@ class RunLock:
                 raise RunLockError(
                     f"output folder {self.output_dir} belongs to the run of pid {pid} on host "
                     f"{host} (since {owner.get('started')}); its liveness cannot be checked "
-                    f"from here. Choose another OUTPUT_DIR, or if that run has ended, remove "
+                    f"from here. Choose another {self.what}, or if that run has ended, remove "
                     f"{self.path} and start again."
                 )
             if isinstance(pid, int) and _alive(pid, owner.get("start")):
                 raise RunLockError(
                     f"output folder {self.output_dir} is in use by a running process (pid {pid} "
                     f"on this host, since {owner.get('started')}; lock file {self.path}). Two "
-                    "runs in one folder would mix their checkpoints, config and logs: choose "
-                    "another OUTPUT_DIR or wait for that run to end."
+                    "runs in one folder would mix or overwrite each other's files: choose "
+                    f"another {self.what} or wait for that run to end."
                 )
             logger.warning(
                 "Taking over the lock of %s from pid %s (host %s), which is no longer running",

@@ -24,7 +24,14 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-__all__ = ["launch", "find_free_port", "local_rank"]
+__all__ = [
+    "backend_for",
+    "find_free_port",
+    "launch",
+    "local_rank",
+    "process_count",
+    "process_faults",
+]
 
 _LOCAL_RANK = 0
 logger = logging.getLogger(__name__)
@@ -46,6 +53,70 @@ def _torchrun_env() -> bool:
     return all(k in os.environ for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
 
 
+def backend_for(device: str) -> str:
+    """The ``torch.distributed`` backend of processes on ``MODEL.DEVICE``: "nccl" for CUDA
+    devices, "gloo" otherwise."""
+    return "nccl" if str(device).startswith("cuda") else "gloo"
+
+
+def process_count(num_gpus_per_machine: int, num_machines: int = 1) -> int:
+    """Processes of the job: ``WORLD_SIZE`` under torchrun, else machines x processes each."""
+    if _torchrun_env():
+        return int(os.environ["WORLD_SIZE"])
+    return num_machines * num_gpus_per_machine
+
+
+def process_faults(
+    num_gpus_per_machine: int,
+    num_machines: int = 1,
+    machine_rank: int = 0,
+    dist_url: str = "auto",
+    backend: str = "nccl",
+) -> list[str]:
+    """What stops the job of :func:`launch` from starting, one line each (empty: it can start).
+
+    A machine rank outside ``0 .. num_machines - 1`` would wait forever for peers that never
+    come; torchrun's variables must be integers with ``0 <= RANK < WORLD_SIZE``.
+    """
+    if _torchrun_env():
+        try:
+            rank, size, local = (int(os.environ[k]) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
+        except ValueError:
+            values = {k: os.environ[k] for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+            return [
+                f"torchrun environment {values}: RANK, WORLD_SIZE and LOCAL_RANK must be integers"
+            ]
+        if size < 1 or not 0 <= rank < size or local < 0:
+            return [
+                f"torchrun environment RANK={rank} WORLD_SIZE={size} LOCAL_RANK={local}: "
+                "needs WORLD_SIZE >= 1, 0 <= RANK < WORLD_SIZE and LOCAL_RANK >= 0"
+            ]
+        return []
+    faults = []
+    if num_gpus_per_machine < 1:
+        faults.append(f"--num-gpus {num_gpus_per_machine}: at least one process per machine")
+    if num_machines < 1:
+        faults.append(f"--num-machines {num_machines}: at least one machine")
+    elif not 0 <= machine_rank < num_machines:
+        faults.append(
+            f"--machine-rank {machine_rank} with --num-machines {num_machines}: the rank must be "
+            f"0 .. {num_machines - 1} (a rank outside would wait forever for the other machines)"
+        )
+    if num_machines > 1 and dist_url == "auto":
+        faults.append(
+            f"--num-machines {num_machines} with --dist-url auto: 'auto' only works on one "
+            "machine; give --dist-url tcp://HOST:PORT of machine 0"
+        )
+    if backend == "nccl" and num_machines * num_gpus_per_machine > 1:
+        visible = torch.cuda.device_count()
+        if num_gpus_per_machine > visible:
+            faults.append(
+                f"--num-gpus {num_gpus_per_machine} but only {visible} CUDA device(s) are "
+                "visible; use MODEL.DEVICE cpu for CPU processes"
+            )
+    return faults
+
+
 def launch(
     main_func: Callable[..., Any],
     num_gpus_per_machine: int,
@@ -63,7 +134,13 @@ def launch(
         num_machines, machine_rank: size of the job in machines and the index of this one.
         dist_url: ``tcp://HOST:PORT`` of machine 0, or "auto" (a free local port; one machine).
         backend: "nccl" (CUDA) or "gloo" (CPU).
+
+    Raises:
+        ValueError: the job cannot start (:func:`process_faults`, every fault on its own line).
     """
+    faults = process_faults(num_gpus_per_machine, num_machines, machine_rank, dist_url, backend)
+    if faults:
+        raise ValueError("\n".join(faults))
     if _torchrun_env():
         world_size = int(os.environ["WORLD_SIZE"])
         if world_size <= 1:
@@ -80,14 +157,7 @@ def launch(
         main_func(*args)
         return
     if dist_url == "auto":
-        if num_machines != 1:
-            raise ValueError("--dist-url auto only works on one machine; give tcp://HOST:PORT")
         dist_url = f"tcp://127.0.0.1:{find_free_port()}"
-    if backend == "nccl" and num_gpus_per_machine > torch.cuda.device_count():
-        raise ValueError(
-            f"--num-gpus {num_gpus_per_machine} but only {torch.cuda.device_count()} CUDA devices "
-            "are visible; use MODEL.DEVICE cpu for CPU processes"
-        )
     mp.start_processes(
         _distributed_worker,
         nprocs=num_gpus_per_machine,

@@ -44,6 +44,7 @@ from torch.nn.parallel import DistributedDataParallel
 from mask2former.checkpoint import load_torch_file
 from mask2former.config import CfgNode, check_training_cfg
 from mask2former.engine.checkpoint import (
+    check_weights_kept,
     last_checkpoint_path,
     remove_stale_temp_files,
     save_training_checkpoint,
@@ -53,6 +54,7 @@ from mask2former.engine.events import MetricSink, MetricsWriter
 from mask2former.engine.optimizer import build_lr_scheduler, build_optimizer, clip_gradients
 from mask2former.engine.processes import local_rank
 from mask2former.utils import comm
+from mask2former.utils.outputs import require_dir
 
 __all__ = ["BuildTrainLoader", "Evaluate", "LoadWeights", "Trainer"]
 
@@ -83,6 +85,8 @@ class Trainer:
     Raises:
         ValueError: ``MODEL.WEIGHTS`` without ``load_weights``, or ``DATASETS.TEST`` without
             ``evaluate``.
+        OutputError: an empty ``OUTPUT_DIR``, or ``MODEL.WEIGHTS`` a checkpoint of
+            ``OUTPUT_DIR`` that the run would replace.
     """
 
     def __init__(
@@ -96,6 +100,7 @@ class Trainer:
         metric_sinks: Sequence[MetricSink] = (),
     ) -> None:
         check_training_cfg(cfg)
+        check_weights_kept(require_dir(cfg.OUTPUT_DIR, "OUTPUT_DIR"), cfg.MODEL.WEIGHTS)
         if cfg.MODEL.WEIGHTS and load_weights is None:
             raise ValueError(
                 f"config key MODEL.WEIGHTS is {cfg.MODEL.WEIGHTS!r} but the Trainer was given no "

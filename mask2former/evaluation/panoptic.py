@@ -42,6 +42,7 @@ from mask2former.evaluation.segment_maps import (
 from mask2former.structures import id2rgb
 from mask2former.utils import comm
 from mask2former.utils.atomic import atomic_write_bytes
+from mask2former.utils.outputs import safe_relative
 
 logger = logging.getLogger(__name__)
 
@@ -335,6 +336,9 @@ class COCOPanopticEvaluator(DatasetEvaluator):
         self._thing_ids = {v: k for k, v in (thing_dataset_id_to_contiguous_id or {}).items()}
         self._stuff_ids = {v: k for k, v in (stuff_dataset_id_to_contiguous_id or {}).items()}
         self._output_dir = output_dir
+        if output_dir:  # prediction PNGs take the GT's names: each must stay inside output_dir
+            for a in gt["annotations"]:
+                safe_relative(a["file_name"], f"{gt_json}, image_id {a['image_id']!r}")
         self._per_class = per_class
         self._distributed = distributed
         self.reset()

@@ -4,17 +4,34 @@ a partial file. A symbolic link at the destination is replaced, its target left 
 
 The temporary name is ``.<name>.<random>.tmp`` (hidden, in the destination folder); for
 :func:`atomic_write_path`, whose writers choose the format by the file name, the destination's
-extension follows (``.<name>.<random>.tmp.png``).
+extension follows (``.<name>.<random>.tmp.png``). The temporary file is created with mode
+``0o666`` less the process's umask, as ``open`` creates files, so a replaced file gets the
+permissions any new file of the process gets (not ``tempfile.mkstemp``'s ``0o600``).
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 from collections.abc import Callable
 from typing import IO
 
-__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_path"]
+__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_path", "create_temp_file"]
+
+
+def create_temp_file(folder: str | os.PathLike, prefix: str, suffix: str) -> str:
+    """Create a new empty file ``<folder>/<prefix><random><suffix>`` (never an existing one) and
+    return its path. Its mode is ``0o666`` less the umask, as for ``open(path, "w")``.
+    """
+    for _ in range(100):
+        path = os.path.join(folder, f"{prefix}{secrets.token_hex(6)}{suffix}")
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return path
+    raise FileExistsError(f"no free temporary name {prefix}*{suffix} in {folder}")
 
 
 def _replace_with(path: str | os.PathLike, suffix: str, write: Callable[[str], None]) -> None:
@@ -22,8 +39,7 @@ def _replace_with(path: str | os.PathLike, suffix: str, write: Callable[[str], N
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=suffix, dir=folder)
-    os.close(fd)
+    tmp = create_temp_file(folder, f".{os.path.basename(path)}.", suffix)
     try:
         write(tmp)
         os.replace(tmp, path)

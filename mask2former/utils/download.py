@@ -1,9 +1,10 @@
 """The one downloader for remote weights: cache folder, safe names, timeouts, atomic files.
 
-Every remote ``MODEL.WEIGHTS`` goes through :func:`fetch`: ``https://`` URLs, ``detectron2://``
-model-zoo names and the schemes other packages register (``zoo://NAME``, added by
-``instaformer.model_zoo``). Google Drive files are fetched with ``gdown`` (which follows Drive's
-large-file confirmation page); any other URL with ``requests``.
+Every remote ``MODEL.WEIGHTS`` goes through :func:`fetch`: ``https://`` URLs and ``detectron2://``
+model-zoo names; a package with its own names resolves them to a :class:`RemoteFile` and calls
+:func:`download` (``zoo://NAME``: ``instaformer.model_zoo.fetch``). Google Drive files are fetched
+with ``gdown`` (which follows Drive's large-file confirmation page); any other URL with
+``requests``.
 
 * Cache: ``$INSTAFORMER_CACHE``, default ``$XDG_CACHE_HOME/instaformer`` (``~/.cache/instaformer``).
   A URL is stored as ``<cache>/<first 16 hex digits of sha256(url)>-<sanitised file name>``: the
@@ -16,6 +17,9 @@ large-file confirmation page); any other URL with ``requests``.
   leaves nothing under the final name. The sha256 of every download is logged.
 * A failure raises :class:`DownloadError` naming the URL and the path where the file can be put
   by hand (then nothing is downloaded).
+* A cached file that turns out bad (the wrong size here, or a file the checkpoint loader cannot
+  read) is moved aside by :func:`set_aside` to ``<name>.bad-<YYYYmmdd-HHMMSS>``, with a log
+  line, so that the next run downloads it again; the bad copy stays there to be inspected.
 """
 
 from __future__ import annotations
@@ -27,8 +31,8 @@ import os
 import re
 import shutil
 import tempfile
+import time
 import urllib.parse
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -45,8 +49,9 @@ __all__ = [
     "check_url",
     "download",
     "fetch",
+    "in_cache",
     "is_remote",
-    "register_scheme",
+    "set_aside",
 ]
 
 logger = logging.getLogger(__name__)
@@ -55,6 +60,7 @@ DEFAULT_TIMEOUT = (10.0, 60.0)
 """Seconds: (connect, read). The read timeout bounds every wait for the next bytes."""
 
 DETECTRON2_MODEL_ZOO = "https://dl.fbaipublicfiles.com/detectron2/"
+DETECTRON2_SCHEME = "detectron2://"
 DRIVE_HOSTS = ("drive.google.com", "docs.google.com", "drive.usercontent.google.com")
 _CHUNK = 1 << 20
 _MAX_REDIRECTS = 5
@@ -83,24 +89,9 @@ class RemoteFile:
     size: int | None = None
 
 
-# "scheme://" -> function mapping the whole path to a RemoteFile (see register_scheme).
-_SCHEMES: dict[str, Callable[[str], RemoteFile]] = {
-    "detectron2://": lambda path: RemoteFile(
-        DETECTRON2_MODEL_ZOO + path.removeprefix("detectron2://")
-    ),
-}
-
-
-def register_scheme(prefix: str, resolver: Callable[[str], RemoteFile]) -> None:
-    """Let ``prefix`` paths (e.g. ``"zoo://"``) name remote files: ``resolver(path)`` says which."""
-    if not prefix.endswith("://"):
-        raise ValueError(f"a scheme prefix ends with '://'; got {prefix!r}")
-    _SCHEMES[prefix] = resolver
-
-
 def is_remote(path: str) -> bool:
-    """True for ``http(s)://`` URLs and registered schemes (``detectron2://``, ``zoo://``)."""
-    return path.startswith(("https://", "http://", *_SCHEMES))
+    """True for ``http(s)://`` URLs and ``detectron2://`` names."""
+    return path.startswith(("https://", "http://", DETECTRON2_SCHEME))
 
 
 def cache_dir() -> Path:
@@ -125,6 +116,29 @@ def cache_path(url: str, file_name: str | None = None) -> Path:
         file_name = urllib.parse.unquote(segment)
     digest = hashlib.sha256(url.encode("utf-8")).hexdigest()[:16]
     return cache_dir() / f"{digest}-{_safe_name(os.path.basename(file_name))}"
+
+
+def in_cache(path: str | os.PathLike) -> bool:
+    """True when ``path`` is a file directly inside :func:`cache_dir` (a download)."""
+    return Path(path).resolve().parent == cache_dir().resolve()
+
+
+def set_aside(path: str | os.PathLike) -> Path | None:
+    """Rename the cached file ``path`` to ``<name>.bad-<YYYYmmdd-HHMMSS>`` (logged) so that the
+    next :func:`download` fetches it again; ``None`` when another process moved it first."""
+    source = Path(path)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    target = source.with_name(f"{source.name}.bad-{stamp}")
+    number = 1
+    while target.exists():
+        number += 1
+        target = source.with_name(f"{source.name}.bad-{stamp}-{number}")
+    try:
+        os.rename(source, target)
+    except FileNotFoundError:
+        return None
+    logger.warning("moved %s aside to %s: the next run downloads it again", source, target)
+    return target
 
 
 def _is_loopback(host: str | None) -> bool:
@@ -161,24 +175,23 @@ def fetch(
     """The local file for ``path``: a local path unchanged, a remote one downloaded once.
 
     Args:
-        path: local path, ``https://`` URL, ``detectron2://NAME`` or a registered scheme.
+        path: local path, ``https://`` URL or ``detectron2://NAME``.
         timeout: (connect, read) seconds.
         progress: show a progress bar while downloading.
 
     Raises:
         DownloadError: the download failed, a check failed, or an unknown scheme.
     """
-    for prefix, resolver in _SCHEMES.items():
-        if path.startswith(prefix):
-            return str(download(resolver(path), timeout=timeout, progress=progress))
+    if path.startswith(DETECTRON2_SCHEME):
+        remote = RemoteFile(DETECTRON2_MODEL_ZOO + path.removeprefix(DETECTRON2_SCHEME))
+        return str(download(remote, timeout=timeout, progress=progress))
     if path.startswith(("https://", "http://")):
         return str(download(RemoteFile(path), timeout=timeout, progress=progress))
     scheme = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://", path)
     if scheme:
         raise DownloadError(
-            f"{path}: unknown scheme {scheme.group(1)!r}; known: https://, "
-            + ", ".join(_SCHEMES)
-            + " (zoo:// names need `import instaformer.model_zoo`)"
+            f"{path}: unknown scheme {scheme.group(1)!r}; known: https://, {DETECTRON2_SCHEME} "
+            "(a package's own names, such as InstaFormer's zoo://, are resolved by that package)"
         )
     return path
 
@@ -192,7 +205,8 @@ def download(
     """Download ``remote`` into the cache unless it is already there; return its path.
 
     A file already at :func:`cache_path` is used without any request (its size is checked when
-    known). Otherwise the body goes to a temporary folder inside the cache, is checked against
+    known: a copy of the wrong size is moved aside by :func:`set_aside` and fetched again).
+    Otherwise the body goes to a temporary folder inside the cache, is checked against
     ``size``/``sha256`` and only then renamed into place.
 
     Raises:
@@ -204,12 +218,16 @@ def download(
     check_url(remote.url)
     target = cache_path(remote.url, remote.file_name)
     if target.is_file():
-        if remote.size is not None and target.stat().st_size != remote.size:
-            raise DownloadError(
-                f"{target} (cached copy of {remote.url}) has {target.stat().st_size} bytes, "
-                f"expected {remote.size}: delete it to download again"
-            )
-        return target
+        if remote.size is None or target.stat().st_size == remote.size:
+            return target
+        logger.warning(
+            "%s (cached copy of %s) has %d bytes, expected %d",
+            target,
+            remote.url,
+            target.stat().st_size,
+            remote.size,
+        )
+        set_aside(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix=".partial-", dir=target.parent))
     try:
@@ -229,6 +247,7 @@ def download(
                 _by_hand(remote.url, target, f"{type(err).__name__}: {reason}")
             ) from err
         _check(remote, partial, hasher.hexdigest(), target)
+        _sync(partial)
         os.replace(partial, target)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -247,6 +266,16 @@ def _failures() -> tuple[type[BaseException], ...]:
     from gdown.exceptions import DownloadError as GdownError
 
     return (OSError, GdownError)
+
+
+def _sync(path: Path) -> None:
+    """Flush ``path`` to disk before it is renamed into place: after a crash the cache holds
+    the whole file or none, never an empty or partial one under the final name."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _by_hand(url: str, target: Path, reason: str) -> str:

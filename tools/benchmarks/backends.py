@@ -41,6 +41,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mask2former.utils.argtypes import int_range
+
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = {
     "swin-t-od": "configs/instaorder/occlusion_depth/all/swin/maskformer2_swin_tiny_bs16_50ep.yaml",
@@ -66,8 +68,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--backends", nargs="+", default=["pytorch", "onnxruntime"], choices=BACKENDS
     )
-    parser.add_argument("--threads", type=int, default=2, help="intra-op threads (both runtimes)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs (median reported)")
+    parser.add_argument(
+        "--threads", type=int_range(1), default=2, help="intra-op threads (both runtimes)"
+    )
+    parser.add_argument(
+        "--repeats", type=int_range(1), default=3, help="timed runs (median reported)"
+    )
     parser.add_argument(
         "--profile",
         action="store_true",

@@ -16,15 +16,20 @@ from instaformer.data import make_synthetic_dataset, register_synthetic_instaord
 from instaformer.data.augment import build_lsj_augmentation
 from instaformer.data.mapper import InstaOrderPanopticMapper
 from mask2former.data.catalog import DatasetCatalog
+from mask2former.utils.argtypes import int_range
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--image-size", type=int, default=512, help="synthetic image side (px)")
-    parser.add_argument("--num-images", type=int, default=32, help="distinct images to cycle")
-    parser.add_argument("--iters", type=int, default=200, help="mapper calls timed")
+    parser.add_argument(
+        "--image-size", type=int_range(1), default=512, help="synthetic image side (px)"
+    )
+    parser.add_argument(
+        "--num-images", type=int_range(1), default=32, help="distinct images to cycle"
+    )
+    parser.add_argument("--iters", type=int_range(1), default=200, help="mapper calls timed")
     parser.add_argument("--augment", action="store_true", help="also run LSJ + flip")
-    parser.add_argument("--lsj-size", type=int, default=1024, help="LSJ crop side (px)")
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument("--lsj-size", type=int_range(1), default=1024, help="LSJ crop side (px)")
+    parser.add_argument("--threads", type=int_range(1), default=1, help="torch intra-op threads")
 
 
 def run(args: argparse.Namespace) -> None:

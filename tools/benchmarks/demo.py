@@ -18,10 +18,11 @@ import cv2
 import numpy as np
 import torch
 
+from instaformer.apps.demo_utils import save_result
 from instaformer.config import setup_cfg
-from instaformer.demo_utils import save_result
 from instaformer.predictor import Predictor
 from mask2former.config import CfgNode
+from mask2former.utils.argtypes import float_range, int_range
 
 FULL_CONFIG = "configs/instaorder/occlusion_depth/all/swin/maskformer2_swin_tiny_bs16_50ep.yaml"
 TINY_CONFIG = "configs/synthetic/instaformer_od_tiny.yaml"
@@ -31,11 +32,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config-file", default=FULL_CONFIG, help="the 'full' model config")
     parser.add_argument("--tiny-config-file", default=TINY_CONFIG, help="the 'tiny' model config")
     parser.add_argument("--which", choices=["tiny", "full", "both"], default="both")
-    parser.add_argument("--size", type=int, default=512, help="square image side (pixels)")
+    parser.add_argument("--size", type=int_range(1), default=512, help="square image side (pixels)")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
-    parser.add_argument("--repeats", type=int, default=5, help="timed images")
-    parser.add_argument("--threshold", type=float, default=0.0, help="OBJECT_MASK_THRESHOLD")
+    parser.add_argument("--threads", type=int_range(1), default=2, help="torch intra-op threads")
+    parser.add_argument("--repeats", type=int_range(1), default=5, help="timed images")
+    parser.add_argument(
+        "--threshold", type=float_range(0.0, 1.0), default=0.0, help="OBJECT_MASK_THRESHOLD"
+    )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides (both)")
 
 

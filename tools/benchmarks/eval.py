@@ -62,14 +62,25 @@ EVALUATORS = (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--images", type=int, default=20, help="timed images")
-    parser.add_argument("--warmup", type=int, default=2, help="images processed before timing")
-    parser.add_argument("--size", type=int, nargs=2, default=(480, 640), metavar=("H", "W"))
-    parser.add_argument("--masks", type=int, default=50, help="predicted instances per image")
-    parser.add_argument("--rounds", type=int, default=3, help="runs of each version (median)")
+    # Imported here: the worker processes of this script may run another version's packages.
+    from mask2former.utils.argtypes import int_range
+
+    parser.add_argument("--images", type=int_range(1), default=20, help="timed images")
+    parser.add_argument(
+        "--warmup", type=int_range(0), default=2, help="images processed before timing"
+    )
+    parser.add_argument(
+        "--size", type=int_range(16), nargs=2, default=(480, 640), metavar=("H", "W")
+    )
+    parser.add_argument(
+        "--masks", type=int_range(1), default=50, help="predicted instances per image"
+    )
+    parser.add_argument(
+        "--rounds", type=int_range(1), default=3, help="runs of each version (median)"
+    )
     parser.add_argument("--before", default=None, metavar="REV", help="git revision to compare")
-    parser.add_argument("--threads", type=int, default=1, help="torch and OpenCV threads")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int_range(1), default=1, help="torch and OpenCV threads")
+    parser.add_argument("--seed", type=int_range(0), default=0)
     parser.add_argument(
         "--work-dir", default=None, help="folder for the data and outputs (default: temporary)"
     )

@@ -30,15 +30,17 @@ import tempfile
 import time
 from pathlib import Path
 
+from mask2former.utils.argtypes import int_range
+
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = "configs/synthetic/instaformer_od_tiny.yaml"
 INFERENCE_DONE = "Total inference time"  # the log line at the end of inference
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--images", type=int, default=5000, help="validation images")
-    parser.add_argument("--size", type=int, default=96, help="image side (pixels)")
-    parser.add_argument("--processes", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--images", type=int_range(1), default=5000, help="validation images")
+    parser.add_argument("--size", type=int_range(16), default=96, help="image side (pixels)")
+    parser.add_argument("--processes", type=int_range(1), nargs="+", default=[1, 2])
     parser.add_argument("--before", default=None, metavar="REV", help="git revision to compare")
     parser.add_argument("--work-dir", default=None, help="data and runs (default: temporary)")
 

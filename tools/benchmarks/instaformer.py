@@ -24,16 +24,22 @@ import time
 
 import torch
 
+from mask2former.utils.argtypes import int_range
+
 CONFIG = "configs/instaorder/occlusion_depth/all/swin/maskformer2_swin_tiny_bs16_50ep.yaml"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default=CONFIG, help="InstaFormer config file")
-    parser.add_argument("--size", type=int, default=512, help="square input side (pixels)")
-    parser.add_argument("--instances", type=int, nargs="+", default=[10, 50], help="values of n")
-    parser.add_argument("--stuff", type=int, default=8, help="Voronoi cells left to stuff")
-    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs (median reported)")
+    parser.add_argument("--size", type=int_range(1), default=512, help="square input side (pixels)")
+    parser.add_argument(
+        "--instances", type=int_range(1), nargs="+", default=[10, 50], help="values of n"
+    )
+    parser.add_argument("--stuff", type=int_range(0), default=8, help="Voronoi cells left to stuff")
+    parser.add_argument("--threads", type=int_range(1), default=2, help="torch intra-op threads")
+    parser.add_argument(
+        "--repeats", type=int_range(1), default=3, help="timed runs (median reported)"
+    )
     parser.add_argument(
         "--clock",
         choices=["wall", "cpu"],

@@ -20,6 +20,7 @@ import torch
 from instaformer.instaordernet import network
 from instaformer.instaordernet.meta_arch import InstaOrderNet
 from mask2former.structures import masks_to_xywh
+from mask2former.utils.argtypes import int_range
 
 FLAVOURS = {
     "o": (network.instaordernet_o, "patch", 256),
@@ -30,14 +31,22 @@ FLAVOURS = {
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", choices=sorted(FLAVOURS), default="od", help="flavour")
-    parser.add_argument("--instances", type=int, default=10, help="instances N in the image")
-    parser.add_argument("--height", type=int, default=480, help="image height (pixels)")
-    parser.add_argument("--width", type=int, default=640, help="image width (pixels)")
-    parser.add_argument("--input-size", type=int, default=0, help="network input side; 0 = spec")
-    parser.add_argument("--batch", type=int, default=0, help="inputs per forward; 0 = all")
+    parser.add_argument(
+        "--instances", type=int_range(1), default=10, help="instances N in the image"
+    )
+    parser.add_argument("--height", type=int_range(1), default=480, help="image height (pixels)")
+    parser.add_argument("--width", type=int_range(1), default=640, help="image width (pixels)")
+    parser.add_argument(
+        "--input-size", type=int_range(0), default=0, help="network input side; 0 = spec"
+    )
+    parser.add_argument("--batch", type=int_range(0), default=0, help="inputs per forward; 0 = all")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (CPU)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per mode (median)")
+    parser.add_argument(
+        "--threads", type=int_range(1), default=2, help="torch intra-op threads (CPU)"
+    )
+    parser.add_argument(
+        "--repeats", type=int_range(1), default=3, help="timed runs per mode (median)"
+    )
     parser.add_argument("--channels-last", action="store_true", help="channels-last network")
 
 

@@ -1,9 +1,11 @@
 """Multi-scale deformable attention op: forward and forward+backward time per implementation.
 
 Implementations: ``per_level`` (the released per-level grid_sample formulation,
-``reference.ms_deform_attn_grid_sample``), ``pytorch`` (our PyTorch path) and, on CUDA when
-the kernels build, ``kernel``. Inputs are random and shaped like Mask2Former's pixel decoder:
-levels at 1/8, 1/16 and 1/32 of a square input, one query per value position (Lq = S).
+``reference.ms_deform_attn_grid_sample``), ``pytorch`` (our PyTorch path), ``triton`` (the Triton
+kernels: on CUDA, or on the CPU in Triton's interpreter with ``TRITON_INTERPRET=1``, which is for
+checking, not timing) and, on CUDA when the kernels build, ``kernel``. Inputs are random and
+shaped like Mask2Former's pixel decoder: levels at 1/8, 1/16 and 1/32 of a square input, one
+query per value position (Lq = S).
 """
 
 from __future__ import annotations
@@ -15,26 +17,34 @@ from collections.abc import Callable
 
 import torch
 
+from mask2former.modeling.ops.dispatch import triton_status
 from mask2former.modeling.ops.kernel import kernel_status, ms_deform_attn_kernel
 from mask2former.modeling.ops.pytorch_impl import ms_deform_attn_pytorch
 from mask2former.modeling.ops.reference import ms_deform_attn_grid_sample, random_inputs
+from mask2former.utils.argtypes import int_range
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--size", type=int, nargs="+", default=[1024], help="input sides (px)")
-    parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--heads", type=int, default=8)
-    parser.add_argument("--head-dim", type=int, default=32, help="channels per head")
-    parser.add_argument("--points", type=int, default=4, help="sampling points per level")
-    parser.add_argument("--strides", type=int, nargs="+", default=[8, 16, 32])
+    parser.add_argument(
+        "--size", type=int_range(1), nargs="+", default=[1024], help="input sides (px)"
+    )
+    parser.add_argument("--batch", type=int_range(1), default=2)
+    parser.add_argument("--heads", type=int_range(1), default=8)
+    parser.add_argument("--head-dim", type=int_range(1), default=32, help="channels per head")
+    parser.add_argument("--points", type=int_range(1), default=4, help="sampling points per level")
+    parser.add_argument("--strides", type=int_range(1), nargs="+", default=[8, 16, 32])
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
-    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (CPU)")
-    parser.add_argument("--repeats", type=int, default=5, help="timed runs (median reported)")
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--im2col-step", type=int, default=64)
+    parser.add_argument(
+        "--threads", type=int_range(1), default=2, help="torch intra-op threads (CPU)"
+    )
+    parser.add_argument(
+        "--repeats", type=int_range(1), default=5, help="timed runs (median reported)"
+    )
+    parser.add_argument("--warmup", type=int_range(0), default=2)
+    parser.add_argument("--im2col-step", type=int_range(1), default=64)
     parser.add_argument(
         "--clock",
         choices=["wall", "process"],
@@ -48,6 +58,13 @@ def _implementations(device: torch.device, im2col_step: int) -> dict[str, Callab
         "per_level": lambda v, s, i, loc, w: ms_deform_attn_grid_sample(v, s, loc, w),
         "pytorch": lambda v, s, i, loc, w: ms_deform_attn_pytorch(v, s, loc, w),
     }
+    available, reason = triton_status(device)
+    if available:
+        from mask2former.modeling.ops.triton_kernel import ms_deform_attn_triton
+
+        impls["triton"] = lambda v, s, i, loc, w: ms_deform_attn_triton(v, s, i, loc, w)
+    else:
+        print(f"triton skipped: {reason}")
     if device.type == "cuda":
         available, reason = kernel_status()
         if available:

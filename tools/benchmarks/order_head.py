@@ -18,18 +18,23 @@ import torch
 
 from instaformer.modeling.order.geometric_transformer import GeometricTransformer
 from instaformer.vocabulary import TASK_CODES
+from mask2former.utils.argtypes import int_range
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--size", type=int, default=512, help="input image side in pixels")
-    parser.add_argument("--instances", type=int, nargs="+", default=[10, 50], help="values of n")
-    parser.add_argument("--stuff", type=int, default=8, help="Voronoi cells left to stuff")
+    parser.add_argument("--size", type=int_range(1), default=512, help="input image side in pixels")
+    parser.add_argument(
+        "--instances", type=int_range(1), nargs="+", default=[10, 50], help="values of n"
+    )
+    parser.add_argument("--stuff", type=int_range(0), default=8, help="Voronoi cells left to stuff")
     parser.add_argument("--task", choices=sorted(TASK_CODES), default="od")
-    parser.add_argument("--d-model", type=int, default=512)
-    parser.add_argument("--num-layers", type=int, default=8)
-    parser.add_argument("--mask-dim", type=int, default=256)
-    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
-    parser.add_argument("--repeats", type=int, default=3, help="timed forwards (median reported)")
+    parser.add_argument("--d-model", type=int_range(1), default=512)
+    parser.add_argument("--num-layers", type=int_range(1), default=8)
+    parser.add_argument("--mask-dim", type=int_range(1), default=256)
+    parser.add_argument("--threads", type=int_range(1), default=2, help="torch intra-op threads")
+    parser.add_argument(
+        "--repeats", type=int_range(1), default=3, help="timed forwards (median reported)"
+    )
     parser.add_argument(
         "--dense",
         choices=["yes", "no", "only"],

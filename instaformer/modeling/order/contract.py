@@ -78,6 +78,10 @@ class OrderHead(nn.Module):
         raise NotImplementedError(f"{type(self).__name__} does not implement scores()")
 
     def log_probs(self, inputs: OrderInputs) -> dict[str, list[Tensor]]:
-        """``{task: [Tensor[n, n, K] per layer]}`` log-probabilities (``log_softmax`` of
-        :meth:`scores`; a head whose scores are normalised overrides this to skip it)."""
-        return {t: [s.log_softmax(-1) for s in layers] for t, layers in self.scores(inputs).items()}
+        """``{task: [Tensor[n, n, K] per layer]}`` float32 log-probabilities (``log_softmax`` of
+        :meth:`scores` in float32, also under autocast; a head whose scores are normalised
+        overrides this to skip it)."""
+        return {
+            t: [s.float().log_softmax(-1) for s in layers]
+            for t, layers in self.scores(inputs).items()
+        }

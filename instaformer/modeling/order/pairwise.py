@@ -105,8 +105,9 @@ class PairwiseResNet(OrderHead):
         return self(inputs.masks, image.to(inputs.mask_features), inputs.valid_size)
 
     def log_probs(self, inputs: OrderInputs) -> dict[str, list[Tensor]]:
-        """:meth:`scores` as they are: normalised already, no second softmax."""
-        return self.scores(inputs)
+        """:meth:`scores` in float32 (also under autocast): normalised already, no second
+        softmax."""
+        return {t: [s.float() for s in layers] for t, layers in self.scores(inputs).items()}
 
     def forward(
         self, masks: Tensor, image: Tensor, valid_size: tuple[int, int] | None = None

@@ -6,9 +6,11 @@ Two ways to get the kernels:
   compiles :func:`cuda_extension` into ``mask2former/modeling/ops/_C*.so`` when CUDA is
   available or ``FORCE_CUDA=1``. A build without torch (the default ``pip install .``, ``pip
   wheel .`` and ``python -m build`` run in an isolated environment) skips this step;
-* just in time: on the first use with CUDA tensors, :func:`load_library` compiles the same
-  sources with ninja through ``torch.utils.cpp_extension.load`` (needs ``ninja`` and a CUDA
-  toolkit, ``CUDA_HOME`` / ``nvcc``); the build is cached in ``TORCH_EXTENSIONS_DIR`` (default
+* just in time: on the first use with CUDA tensors under ``INSTAFORMER_MSDA_BACKEND=cuda``
+  (without it, CUDA tensors take the Triton kernels when no ahead-of-time build exists; see
+  ``dispatch.py``), :func:`load_library` compiles the same sources with ninja through
+  ``torch.utils.cpp_extension.load`` (needs ``ninja`` and a CUDA toolkit, ``CUDA_HOME`` /
+  ``nvcc``); the build is cached in ``TORCH_EXTENSIONS_DIR`` (default
   ``~/.cache/torch_extensions``), so later processes only load it. The sources ship with the
   package (package data), so this works from an installed wheel too.
 

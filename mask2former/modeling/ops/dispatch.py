@@ -3,69 +3,140 @@
 Shape shorthand: B batch, S total flattened value length (sum of h*w over levels),
 M heads, Dh channels per head, L levels, P sampling points, Lq queries.
 
-Dispatch (decided per call, logged once per distinct decision):
+Three implementations compute the same function: the compiled CUDA kernels (``csrc/``, built
+ahead of time by ``setup.py`` or just in time, see ``build.py``), the Triton kernels
+(``triton_kernel.py``; Triton ships with PyTorch's CUDA wheels, no build step) and the PyTorch
+path (``pytorch_impl.py``, any device). Dispatch, decided per call and logged once per distinct
+decision:
 
 * traced by ``torch.export`` (``torch.compiler.is_exporting()``; ``torch.onnx.export(...,
   dynamo=True)`` and ``tools/export_model.py`` go through it): the loop-free PyTorch formulation,
-  one ``grid_sample`` per level, on any device. The compiled kernel has no export support and
-  the ``embedding_bag`` gather becomes ``Loop`` / ``SequenceEmpty`` / ``ConcatFromSequence``
-  nodes in ONNX, about 100x slower in ONNX Runtime;
-* ``INSTAFORMER_MSDA_FORCE_PYTORCH=1`` in the environment: the PyTorch path, always;
-* tensors not on a CUDA device: the PyTorch path (the ``embedding_bag`` gather without
-  autograd, ``grid_sample`` per level with it);
-* CUDA tensors: the compiled kernels, loaded from the ahead-of-time build or built just in
-  time on first use (see ``build.py``); if neither works, a warning and the PyTorch path.
+  one ``grid_sample`` per level, on any device, whatever the environment says. The kernels have
+  no export support and the ``embedding_bag`` gather becomes ``Loop`` / ``SequenceEmpty`` /
+  ``ConcatFromSequence`` nodes in ONNX, about 100x slower in ONNX Runtime;
+* ``INSTAFORMER_MSDA_BACKEND=cuda|triton|pytorch`` in the environment forces that
+  implementation; when it cannot run (no compiled build and no CUDA toolkit to build one, Triton
+  not importable, inputs on a device it does not support) the call raises an error that names
+  the reason, instead of quietly running another path;
+* otherwise, automatically: tensors not on a CUDA device take the PyTorch path; CUDA tensors
+  take the compiled kernels when they are loaded or built ahead of time (no just-in-time build
+  is started unasked: that takes minutes), else the Triton kernels when Triton imports, else the
+  PyTorch path.
 
-A missing build never breaks import, and errors raised while running a kernel propagate.
+Triton also runs on CPU tensors in its interpreter (``TRITON_INTERPRET=1``, slow: for tests),
+when forced with ``INSTAFORMER_MSDA_BACKEND=triton``. A missing build never breaks import, and
+errors raised while running a kernel propagate.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 from collections.abc import Sequence
+from types import ModuleType
 
 import torch
 from torch import Tensor
 
-from mask2former.modeling.ops.kernel import kernel_status, ms_deform_attn_kernel
+from mask2former.modeling.ops.kernel import kernel_prebuilt, kernel_status, ms_deform_attn_kernel
 from mask2former.modeling.ops.pytorch_impl import grid_sample_path, ms_deform_attn_pytorch
 
 logger = logging.getLogger(__name__)
 
-FORCE_PYTORCH_ENV = "INSTAFORMER_MSDA_FORCE_PYTORCH"
-_TRUE = ("1", "true", "yes", "on")
-_FALSE = ("", "0", "false", "no", "off")
+BACKEND_ENV = "INSTAFORMER_MSDA_BACKEND"
+BACKENDS = ("cuda", "triton", "pytorch")
+TRITON_MODULE = "mask2former.modeling.ops.triton_kernel"
 
 _logged: set[tuple[str, str]] = set()
+_triton_import_error: str | None = None
 
 
-def _force_pytorch() -> bool:
-    raw = os.environ.get(FORCE_PYTORCH_ENV, "")
-    if raw.strip().lower() in _TRUE:
-        return True
-    if raw.strip().lower() in _FALSE:
-        return False
-    raise ValueError(
-        f"environment variable {FORCE_PYTORCH_ENV}={raw!r} is not a boolean; use 1 or 0"
-    )
+def _forced_backend() -> str | None:
+    """The backend named by ``INSTAFORMER_MSDA_BACKEND``, or None when it is unset or empty."""
+    raw = os.environ.get(BACKEND_ENV, "").strip().lower()
+    if not raw:
+        return None
+    if raw not in BACKENDS:
+        raise ValueError(
+            f"environment variable {BACKEND_ENV}={os.environ[BACKEND_ENV]!r} is not one of "
+            f"{', '.join(BACKENDS)} (or empty for the automatic choice)"
+        )
+    return raw
+
+
+def _triton_module() -> ModuleType | None:
+    """``triton_kernel`` imported on first use (it imports Triton), or None with the reason
+    kept in ``_triton_import_error`` when Triton does not import."""
+    global _triton_import_error
+    if _triton_import_error is not None:
+        return None
+    try:
+        return importlib.import_module(TRITON_MODULE)
+    except ImportError as exc:
+        _triton_import_error = f"triton is not importable ({exc})"
+        return None
+
+
+def triton_status(device: torch.device) -> tuple[bool, str]:
+    """Whether the Triton kernels can run on ``device``, and why (not).
+
+    Returns:
+        ``(available, reason)``: CUDA tensors need Triton to import; CPU tensors need Triton's
+        interpreter as well (``TRITON_INTERPRET=1`` in the environment when Triton is imported).
+    """
+    module = _triton_module()
+    if module is None:
+        return False, str(_triton_import_error)
+    return module.device_status(device)
+
+
+def _forced(backend: str, device: torch.device) -> tuple[str, str]:
+    why = f"{BACKEND_ENV}={backend}"
+    if backend == "pytorch":
+        return "pytorch", f"forced by {why}"
+    if backend == "triton":
+        available, reason = triton_status(device)
+        if not available:
+            raise RuntimeError(f"{why} cannot run: {reason}")
+        return "triton", f"forced by {why}: {reason}"
+    if device.type != "cuda":
+        raise RuntimeError(
+            f"{why} cannot run: the compiled kernels run on CUDA tensors only, the inputs are "
+            f"on {device.type}"
+        )
+    available, reason = kernel_status()
+    if not available:
+        raise RuntimeError(f"{why} cannot run: {reason}")
+    return "cuda", f"forced by {why}: {reason}"
 
 
 def select_path(value: Tensor) -> tuple[str, str]:
-    """Choose the implementation for ``value``'s device.
+    """Choose the implementation for ``value``'s device (see the module docstring).
 
     Returns:
-        ``(path, reason)`` with ``path`` one of ``"cuda_kernel"``, ``"pytorch"`` and
-        ``"pytorch_loop_free"`` (under ``torch.export``, see the module docstring).
+        ``(path, reason)`` with ``path`` one of ``"cuda"`` (compiled kernels), ``"triton"``,
+        ``"pytorch"`` and ``"pytorch_loop_free"`` (under ``torch.export``).
+
+    Raises:
+        ValueError: ``INSTAFORMER_MSDA_BACKEND`` names no backend.
+        RuntimeError: the backend it names cannot run here; the message says why.
     """
     if torch.compiler.is_exporting():
         return "pytorch_loop_free", "traced by torch.export"
-    if _force_pytorch():
-        return "pytorch", f"forced by {FORCE_PYTORCH_ENV}"
+    backend = _forced_backend()
+    if backend is not None:
+        return _forced(backend, value.device)
     if value.device.type != "cuda":
         return "pytorch", f"inputs on {value.device.type}"
-    available, reason = kernel_status()
-    return ("cuda_kernel" if available else "pytorch"), reason
+    if kernel_prebuilt():
+        available, reason = kernel_status()
+        if available:
+            return "cuda", reason
+    available, reason = triton_status(value.device)
+    if available:
+        return "triton", f"{reason}; no compiled build loaded"
+    return "pytorch", f"no compiled build loaded and {reason}"
 
 
 def _log_once(path: str, reason: str) -> None:
@@ -160,11 +231,12 @@ def ms_deform_attn(
         attention_weights: Tensor[B, Lq, M, L, P], weight of each sampled point (usually a
             softmax over ``L * P``).
         im2col_step: number of images per kernel launch of the compiled path (the batch is
-            processed in chunks of this size); the result does not depend on it.
+            processed in chunks of this size; the Triton path launches once); the result does
+            not depend on it.
 
     Returns:
         Tensor[B, Lq, M * Dh], heads concatenated, in the promoted dtype of the floating
-        inputs (float32 under CUDA autocast on the compiled path).
+        inputs (float32 under CUDA autocast on the compiled and Triton paths).
     """
     shapes = _level_shapes(spatial_shapes)
     _check_shapes(
@@ -178,9 +250,15 @@ def ms_deform_attn(
     attention_weights = attention_weights.to(dtype)
     path, reason = select_path(value)
     _log_once(path, reason)
-    if path == "cuda_kernel":
-        if not isinstance(spatial_shapes, Tensor):
-            spatial_shapes = torch.as_tensor(shapes, dtype=torch.long)
+    if path in ("cuda", "triton") and not isinstance(spatial_shapes, Tensor):
+        spatial_shapes = torch.as_tensor(shapes, dtype=torch.long)
+    if path == "triton":
+        module = _triton_module()
+        assert module is not None  # select_path chose it
+        return module.ms_deform_attn_triton(
+            value, spatial_shapes, level_start_index, sampling_locations, attention_weights
+        )
+    if path == "cuda":
         return ms_deform_attn_kernel(
             value,
             spatial_shapes.to(value.device),

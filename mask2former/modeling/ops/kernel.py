@@ -48,6 +48,14 @@ def kernel_status() -> tuple[bool, str]:
     return _status
 
 
+def kernel_prebuilt() -> bool:
+    """Whether the compiled kernels are usable without a just-in-time build: loaded in this
+    process already, or built ahead of time (``setup.py``) and not yet tried."""
+    if _status is not None:
+        return _status[0]
+    return build.aot_library_path() is not None
+
+
 def _fake_forward(
     value: Tensor,
     spatial_shapes: Tensor,

@@ -3,10 +3,10 @@
 ``demo/demo.py`` is a thin command line over :func:`expand_inputs`, :func:`run_on_paths` and
 :func:`run_on_video`. Per image ``<stem>`` the output directory receives
 
-* ``<stem>_panoptic.png``: :func:`~instaformer.visualization.draw_panoptic`;
-* ``<stem>_occlusion.png`` (occlusion task): :func:`~instaformer.visualization.draw_occlusion`;
-* ``<stem>_depth.png`` (depth task): :func:`~instaformer.visualization.draw_depth`;
-* ``<stem>.json``: :meth:`~instaformer.predictor.OrderResult.to_json` plus the input path.
+* ``<stem>_panoptic.png``: :func:`~instaformer.apps.visualization.draw_panoptic`;
+* ``<stem>_occlusion.png`` (occlusion task): :func:`~instaformer.apps.visualization.draw_occlusion`;
+* ``<stem>_depth.png`` (depth task): :func:`~instaformer.apps.visualization.draw_depth`;
+* ``<stem>.json``: :meth:`~instaformer.structures.OrderResult.to_json` plus the input path.
 
 Safety of the files (so that ``--input D --output D`` is safe):
 
@@ -14,7 +14,12 @@ Safety of the files (so that ``--input D --output D`` is safe):
 * an output never replaces an input of the run, another input's output, a symbolic link or a
   file the demo did not write: such a stem gets the first free suffix ``_1``, ``_2``, ...;
 * the demo's PNGs carry a ``instaformer-demo`` text chunk and its JSON a ``"producer"`` key,
-  so that directories and patterns given as inputs skip earlier outputs.
+  so that directories and patterns given as inputs skip earlier outputs;
+* one run at a time per output directory (:class:`mask2former.utils.outputs.OutputFolder`
+  holds its lock while the run writes): a second run into it is refused naming the first
+  one's pid and host, so two runs never both report success with one run's files lost. An
+  empty ``--output`` is refused; a video is written only over a video the demo wrote
+  (mask2former/utils/outputs.py).
 """
 
 from __future__ import annotations
@@ -36,15 +41,17 @@ import numpy as np
 from PIL import Image, PngImagePlugin, UnidentifiedImageError
 from tqdm import tqdm
 
-from instaformer.data.io import DataError
-from instaformer.predictor import OrderResult, Predictor, load_image
-from instaformer.visualization import (
+from instaformer.apps.visualization import (
     draw_depth,
     draw_occlusion,
     draw_panoptic,
     draw_video_frame,
 )
+from instaformer.data.io import DataError
+from instaformer.predictor import Predictor, load_image
+from instaformer.structures import OrderResult
 from mask2former.utils.atomic import atomic_write
+from mask2former.utils.outputs import OutputFolder
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -285,28 +292,32 @@ def run_on_paths(
     Output stems come from :func:`plan_stems`. An image that fails (missing, corrupt or refused
     input, an error or out-of-memory of the model, a failed write) is logged by name with the
     reason and recorded in the report; the others are still processed.
+
+    Raises:
+        OutputError: ``output_dir`` is empty or not a folder.
+        RunLockError: another run writes into ``output_dir``.
     """
     report = DemoReport()
     pictures = ["panoptic", *predictor.tasks]
-    Path(output_dir).mkdir(parents=True, exist_ok=True)
-    stems = plan_stems(paths, output_dir, pictures)
-    for path, stem in tqdm(
-        list(zip(paths, stems, strict=True)), desc="images", unit="img", disable=not progress
-    ):
-        written: list[Path] = []
-        try:
-            image = load_image(path)
-            result = predictor(image)
-            save_result(image, result, output_dir, stem, path, include_masks, written)
-        except _FAILURES as err:
-            reason = str(err)
-            if not isinstance(err, (OSError, ValueError)):  # the model's: name the error type
-                reason = f"{type(err).__name__}: {err}" if reason else type(err).__name__
-                gc.collect()  # free what the failed forward pass held before the next image
-            logger.error("failed input %s: %s", path, reason)
-            report.failed[path] = reason
-        if written:
-            report.written[path] = written
+    with OutputFolder(output_dir, what="--output", tool="demo"):
+        stems = plan_stems(paths, output_dir, pictures)
+        for path, stem in tqdm(
+            list(zip(paths, stems, strict=True)), desc="images", unit="img", disable=not progress
+        ):
+            written: list[Path] = []
+            try:
+                image = load_image(path)
+                result = predictor(image)
+                save_result(image, result, output_dir, stem, path, include_masks, written)
+            except _FAILURES as err:
+                reason = str(err)
+                if not isinstance(err, (OSError, ValueError)):  # the model's: name the error type
+                    reason = f"{type(err).__name__}: {err}" if reason else type(err).__name__
+                    gc.collect()  # free what the failed forward pass held before the next image
+                logger.error("failed input %s: %s", path, reason)
+                report.failed[path] = reason
+            if written:
+                report.written[path] = written
     return report
 
 
@@ -319,7 +330,8 @@ def _frames(capture: cv2.VideoCapture) -> Iterator[np.ndarray]:
 
 
 def annotate_frames(predictor: Predictor, frames: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
-    """RGB frames -> annotated RGB frames (:func:`~instaformer.visualization.draw_video_frame`)."""
+    """RGB frames -> annotated RGB frames
+    (:func:`~instaformer.apps.visualization.draw_video_frame`)."""
     for frame in frames:
         frame = np.ascontiguousarray(frame)
         yield draw_video_frame(frame, predictor(frame))
@@ -357,6 +369,62 @@ def run_on_video(
         FileNotFoundError: a video file that does not exist.
         DemoInputError: an image file, or a source that cannot be opened or gives no frame
             (not a video, a codec OpenCV cannot decode, no camera).
+        OutputError: ``output_path`` holds a file the demo did not write.
+        RunLockError: another run writes into the folder of ``output_path``.
+    """
+    if output_path is None:
+        return _annotate_video(predictor, source, None, max_frames, show)
+    output_path = Path(output_path)
+    with OutputFolder(output_path.parent, what="--output", tool="demo") as folder:
+        folder.target(output_path.name)
+        count = _annotate_video(predictor, source, output_path, max_frames, show)
+        folder.record(output_path.name)
+    return count
+
+
+def _annotate_video(
+    predictor: Predictor,
+    source: str | int,
+    output_path: Path | None,
+    max_frames: int | None,
+    show: bool,
+) -> int:
+    """:func:`run_on_video` once the output is accepted: frames in, annotated frames out to the
+    video file and/or the window, until the source ends, ``max_frames`` or Esc."""
+    capture = _open_video(source)
+    total = _expected_frames(capture, source, max_frames)
+    sink = _VideoFile(output_path, capture.get(cv2.CAP_PROP_FPS) or 0.0)
+    count = 0
+    try:
+        frames = annotate_frames(predictor, _frames(capture))
+        for annotated in tqdm(frames, total=total or None, unit="frame"):
+            bgr = np.ascontiguousarray(annotated[:, :, ::-1])
+            sink.write(bgr)
+            if show and _show(bgr):  # Esc: the frame is written but not counted
+                break
+            count += 1
+            if max_frames is not None and count >= max_frames:
+                break
+        if count == 0:
+            raise DemoInputError(
+                f"no frame could be read from {_describe(source)}: not a video, an empty or "
+                "truncated file, or a codec this OpenCV build cannot decode"
+            )
+        sink.finish()
+    finally:
+        capture.release()
+        sink.close()
+        if show:
+            cv2.destroyAllWindows()
+    return count
+
+
+def _open_video(source: str | int) -> cv2.VideoCapture:
+    """The opened capture of a video file or a camera index.
+
+    Raises:
+        FileNotFoundError: a video file that does not exist.
+        DemoInputError: an image file, or a source OpenCV cannot open.
     """
     if isinstance(source, str):
         if not os.path.isfile(source):
@@ -370,58 +438,66 @@ def run_on_video(
             f"cannot open {_describe(source)}: not a video, a format this OpenCV build cannot "
             "decode, or no such camera"
         )
-    fps = capture.get(cv2.CAP_PROP_FPS) or 0.0
+    return capture
+
+
+def _expected_frames(capture: cv2.VideoCapture, source: str | int, max_frames: int | None) -> int:
+    """Frames the progress bar expects: the file's count (a camera's is unknown: 0), at most
+    ``max_frames``."""
     total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) if isinstance(source, str) else 0
     if max_frames is not None:
         total = min(total, max_frames) if total > 0 else max_frames
-    writer, tmp = None, None
-    count = 0
-    try:
-        frames = _frames(capture)
-        bar = tqdm(annotate_frames(predictor, frames), total=total or None, unit="frame")
-        for annotated in bar:
-            bgr = np.ascontiguousarray(annotated[:, :, ::-1])
-            if output_path is not None:
-                if writer is None:
-                    Path(output_path).parent.mkdir(parents=True, exist_ok=True)
-                    # the container is chosen from the suffix: keep .mp4 last
-                    name = Path(output_path).name
-                    tmp = Path(output_path).with_name(f".{name}.{uuid.uuid4().hex[:12]}.mp4")
-                    writer = cv2.VideoWriter(
-                        str(tmp),
-                        cv2.VideoWriter_fourcc(*"mp4v"),
-                        fps if fps > 0 else 30.0,
-                        (bgr.shape[1], bgr.shape[0]),
-                    )
-                    if not writer.isOpened():
-                        raise OSError(f"cannot write video {output_path}")
-                writer.write(bgr)
-            if show:
-                cv2.imshow("InstaFormer", bgr)
-                if cv2.waitKey(1) == 27:
-                    break
-            count += 1
-            if max_frames is not None and count >= max_frames:
-                break
-        if count == 0:
-            raise DemoInputError(
-                f"no frame could be read from {_describe(source)}: not a video, an empty or "
-                "truncated file, or a codec this OpenCV build cannot decode"
+    return total
+
+
+def _show(bgr: np.ndarray) -> bool:
+    """Show one frame in the demo's window; True when Esc asks to stop."""
+    cv2.imshow("InstaFormer", bgr)
+    return cv2.waitKey(1) == 27
+
+
+class _VideoFile:
+    """An mp4 written to a temporary file beside ``path`` (opened at the first frame, whose size
+    it takes) and renamed to ``path`` by :meth:`finish`; ``path`` None writes nothing."""
+
+    def __init__(self, path: Path | None, fps: float) -> None:
+        self.path = path
+        self.fps = fps if fps > 0 else 30.0
+        self.writer: cv2.VideoWriter | None = None
+        self.tmp: Path | None = None
+
+    def write(self, bgr: np.ndarray) -> None:
+        """Append one BGR frame (uint8[H, W, 3])."""
+        if self.path is None:
+            return
+        if self.writer is None:
+            # the container is chosen from the suffix: keep .mp4 last
+            self.tmp = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex[:12]}.mp4")
+            size = (bgr.shape[1], bgr.shape[0])
+            self.writer = cv2.VideoWriter(
+                str(self.tmp), cv2.VideoWriter_fourcc(*"mp4v"), self.fps, size
             )
-        if writer is not None:
-            writer.release()
-            writer = None
-            os.replace(tmp, output_path)
-            tmp = None
-    finally:
-        capture.release()
-        if writer is not None:
-            writer.release()
-        if tmp is not None:
-            tmp.unlink(missing_ok=True)
-        if show:
-            cv2.destroyAllWindows()
-    return count
+            if not self.writer.isOpened():
+                raise OSError(f"cannot write video {self.path}")
+        self.writer.write(bgr)
+
+    def finish(self) -> None:
+        """Close the video and move it to its name."""
+        if self.writer is None or self.tmp is None or self.path is None:
+            return
+        self.writer.release()
+        self.writer = None
+        os.replace(self.tmp, self.path)
+        self.tmp = None
+
+    def close(self) -> None:
+        """Release the writer and remove an unfinished temporary file."""
+        if self.writer is not None:
+            self.writer.release()
+            self.writer = None
+        if self.tmp is not None:
+            self.tmp.unlink(missing_ok=True)
+            self.tmp = None
 
 
 def opencv_has_gui() -> bool:

@@ -10,18 +10,20 @@ every order matrix. Instances are named by their segment id (``#<id>``), as in t
 * :func:`instance_choices` / :func:`parse_choice`: the labels of an instance picker and back.
 * :class:`View`: one prediction with everything the page shows of it (pictures, tables, the
   JSON that ``demo/demo.py`` writes), the event handlers being its methods.
+* :func:`read_upload`: an uploaded file as an image, refused in words that name the upload.
+* :func:`weights_warning`: the line that marks a result of a model with random weights.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
-from instaformer.demo_utils import result_record
-from instaformer.predictor import OrderResult, Predictor
-from instaformer.visualization import (
+from instaformer.apps.demo_utils import result_record
+from instaformer.apps.visualization import (
     CLOSER,
     FARTHER,
     MUTUAL_OCCLUSION,
@@ -34,6 +36,9 @@ from instaformer.visualization import (
     draw_relations,
     drawing_factor,
 )
+from instaformer.data.io import DataError
+from instaformer.predictor import Predictor, load_image
+from instaformer.structures import OrderResult
 from instaformer.vocabulary import DEPTH_CLOSER, DEPTH_FARTHER, DEPTH_SAME, OCCLUDING
 
 __all__ = [
@@ -43,9 +48,11 @@ __all__ = [
     "instance_choices",
     "parse_choice",
     "ranking_rows",
+    "read_upload",
     "relation_rows",
     "relations_of",
     "segment_at",
+    "weights_warning",
 ]
 
 RELATION_KINDS = (OCCLUDES_SELECTED, OCCLUDED_BY_SELECTED, CLOSER, FARTHER, SAME_DEPTH)
@@ -151,6 +158,45 @@ def relation_rows(result: OrderResult, index: int) -> list[list]:
         seg = result.segments[rel.other]
         rows.append([f"#{seg.id}", seg.class_name, rel.kind, round(rel.probability, 3)])
     return rows
+
+
+def read_upload(path: str) -> tuple[np.ndarray, str]:
+    """An uploaded file (kept by the web framework under a name of its own choosing) as an RGB
+    ``uint8[H, W, 3]`` image, by the rules of every entry point (:func:`load_image`).
+
+    Returns:
+        The image and the upload's file name.
+
+    Raises:
+        ValueError: not an image, an unsupported pixel type or an image over the size limits;
+            the message names the upload by its file name, never by the server's path.
+    """
+    name = Path(path).name
+    try:
+        return load_image(path), name
+    except (DataError, FileNotFoundError) as err:
+        reason = str(err).replace(path, name)
+        raise ValueError(f"the uploaded file {name} cannot be used: {reason}") from None
+
+
+def weights_warning(predictor: Predictor) -> str:
+    """A line that marks what the predictor's model computes without trained weights: all of it
+    (no checkpoint), or the parameters its checkpoint did not fill; empty when the checkpoint
+    filled every parameter, or when the model was given ready-made."""
+    random = predictor.random_weights
+    if not random:
+        return ""
+    if not predictor.cfg.MODEL.WEIGHTS:
+        return (
+            "**Random weights:** no checkpoint was loaded, so the model is randomly "
+            "initialised: the segments and orders below are meaningless."
+        )
+    shown = ", ".join(random[:3]) + (f" and {len(random) - 3} more" if len(random) > 3 else "")
+    return (
+        f"**Partly random weights:** {len(random)} of the model's weights are not in "
+        f"{predictor.cfg.MODEL.WEIGHTS} and stay random ({shown}): what those parts compute "
+        "below is meaningless."
+    )
 
 
 DISPLAY_MIN_SIDE = 384  # pictures of smaller images are drawn enlarged (pixels)

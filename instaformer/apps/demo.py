@@ -33,19 +33,21 @@ import os
 import re
 import sys
 
-from instaformer.config import ConfigError, setup_cfg
-from instaformer.demo_utils import (
+from instaformer.apps.demo_utils import (
     expand_inputs,
     opencv_has_gui,
     run_on_paths,
     run_on_video,
     video_output_path,
 )
+from instaformer.config import ConfigError, setup_cfg
 from instaformer.errors import run_cli
 from instaformer.model_zoo import model_args
 from instaformer.predictor import BACKENDS, Predictor
+from mask2former.utils.argtypes import float_range, int_range
+from mask2former.utils.outputs import require_dir
 
-logger = logging.getLogger("instaformer.demo")
+logger = logging.getLogger("instaformer.apps.demo")
 
 _CONFIG_KEY = re.compile(r"^[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+$")  # e.g. MODEL.WEIGHTS
 
@@ -75,15 +77,18 @@ def get_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--confidence-threshold",
-        type=float,
+        type=float_range(0.0, 1.0),
         default=None,
-        help="minimum class score of a segment (MODEL.MASK_FORMER.TEST.OBJECT_MASK_THRESHOLD)",
+        help="minimum class score of a segment, 0-1 (MODEL.MASK_FORMER.TEST.OBJECT_MASK_THRESHOLD)",
     )
     parser.add_argument(
         "--masks", action="store_true", help="include COCO RLE masks of the segments in the JSON"
     )
     parser.add_argument(
-        "--max-frames", type=int, default=None, help="stop a video/webcam after this many frames"
+        "--max-frames",
+        type=int_range(1),
+        default=None,
+        help="stop a video/webcam after this many frames (at least 1)",
     )
     parser.add_argument(
         "--full-resolution",
@@ -128,9 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     opts = list(rest) + list(args.opts)
     if args.confidence_threshold is not None:
         opts += ["MODEL.MASK_FORMER.TEST.OBJECT_MASK_THRESHOLD", str(args.confidence_threshold)]
-    if args.max_frames is not None and args.max_frames < 1:
-        parser.error(f"--max-frames must be at least 1; got {args.max_frames}")
     show = args.output is None
+    if not show:
+        require_dir(args.output, "--output")
     if show and not opencv_has_gui():
         parser.error("--output is required: this OpenCV build cannot open windows")
     if args.input and show:
