@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 from pycocotools import mask as mask_util
@@ -154,10 +155,41 @@ def mask_bbox(mask: np.ndarray) -> tuple[int, int, int, int]:
     return int(cols[0]), int(rows[0]), int(cols[-1] - cols[0]) + 1, int(rows[-1] - rows[0]) + 1
 
 
+# Pixels from which encode_rle finds the runs in the mask's bounding columns itself instead of
+# running pycocotools' encoder over the whole mask (faster for smaller masks).
+_RLE_STRIP_MIN_PIXELS = 1 << 16
+
+
 def encode_rle(mask: np.ndarray) -> dict[str, Any]:
-    """bool array[H, W] -> COCO compressed RLE ``{"size": [H, W], "counts": str}`` (JSON-ready)."""
-    rle = mask_util.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
+    """bool array[H, W] -> COCO compressed RLE ``{"size": [H, W], "counts": str}`` (JSON-ready).
+
+    The RLE of ``pycocotools.mask.encode`` of ``mask.astype(np.uint8)`` (column-major order, a
+    new run at every change of value). From 2^16 pixels the runs are found in the mask's bounding
+    columns only: the columns left and right of them hold zeros and only lengthen the first and
+    last runs, so a small mask in a large image costs little.
+    """
+    pixels = mask.view(np.uint8) if mask.dtype == bool else mask.astype(np.uint8)
+    height, width = pixels.shape
+    if pixels.size < _RLE_STRIP_MIN_PIXELS:
+        rle = mask_util.encode(np.asfortranarray(pixels))
+        return {"size": [int(height), int(width)], "counts": rle["counts"].decode("ascii")}
+    pixels = np.ascontiguousarray(pixels)
+    x, _, w, _ = cv2.boundingRect(pixels)
+    if w == 0:  # nothing but zeros: one run
+        counts = [height * width]
+    else:
+        # Columns x .. x + w - 1 in column-major order, uint8 [w * H]; zeros around them.
+        strip = cv2.transpose(pixels[:, x : x + w]).reshape(-1)
+        inner = np.flatnonzero(strip[1:] != strip[:-1]) + 1
+        # Run boundaries in the image: 0, the value changes, H * W. A change at the strip's
+        # start or end if a nonzero value meets the zeros there (not at the image's end).
+        starts = [0, x * height] if strip[0] else [0]
+        end = (x + w) * height
+        ends = [end, height * width] if strip[-1] and end < height * width else [height * width]
+        bounds = np.concatenate([starts, inner + x * height, ends])
+        counts = (bounds[1:] - bounds[:-1]).tolist()
+    rle = mask_util.frPyObjects({"size": [height, width], "counts": counts}, height, width)
+    return {"size": [int(height), int(width)], "counts": rle["counts"].decode("ascii")}
 
 
 def decode_segmentation(segmentation: Any, height: int, width: int) -> np.ndarray:
@@ -193,11 +225,31 @@ def decode_segmentation(segmentation: Any, height: int, width: int) -> np.ndarra
 def rgb2id(color: np.ndarray, dtype: type = np.int64) -> np.ndarray:
     """uint8 array[H, W, 3] COCO panoptic PNG -> array[H, W] of ``dtype`` segment ids
     (``R + 256 G + 256^2 B``; int32 holds every id, int64 also their products with 256^3)."""
+    if (
+        color.dtype == np.uint8
+        and color.ndim == 3
+        and color.shape[2] == 3
+        and color.size
+        and np.dtype(dtype).itemsize >= 4
+    ):
+        # The three bytes plus a zero byte, read as one little-endian uint32 per pixel.
+        packed = cv2.cvtColor(np.ascontiguousarray(color), cv2.COLOR_RGB2RGBA)
+        packed[..., 3] = 0
+        return packed.view("<u4")[..., 0].astype(dtype)
     color = color.astype(dtype)
     return color[..., 0] + 256 * color[..., 1] + 256 * 256 * color[..., 2]
 
 
 def id2rgb(ids: np.ndarray) -> np.ndarray:
-    """int array[H, W] segment ids (below 256^3) -> uint8 array[H, W, 3] COCO panoptic PNG."""
-    ids = ids.astype(np.int64)
-    return np.stack([ids % 256, ids // 256 % 256, ids // 65536 % 256], axis=-1).astype(np.uint8)
+    """int array[H, W] segment ids (below 256^3) -> uint8 array[H, W, 3] COCO panoptic PNG.
+
+    The three low bytes of each id (``(id % 256, id // 256 % 256, id // 256^2 % 256)`` for any
+    integer id; other numbers are truncated to integers first)."""
+    ids = np.asarray(ids)
+    if ids.dtype.kind not in "iu":
+        ids = ids.astype(np.int64)
+    if not ids.size:
+        return np.zeros((*ids.shape, 3), dtype=np.uint8)
+    # The low four bytes of each id as one row of RGBA pixels; OpenCV drops the fourth.
+    rgba = ids.astype("<i4", copy=False).reshape(1, -1).view(np.uint8).reshape(1, -1, 4)
+    return cv2.cvtColor(rgba, cv2.COLOR_RGBA2RGB).reshape(*ids.shape, 3)

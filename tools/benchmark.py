@@ -37,13 +37,19 @@ def load_benchmark(name: str) -> ModuleType:
     return module
 
 
-def run_script_json(script: str | Path, request: dict, env: dict[str, str] | None = None) -> dict:
+def run_script_json(
+    script: str | Path,
+    request: dict,
+    env: dict[str, str] | None = None,
+    code_root: str | Path = REPO,
+) -> dict:
     """Run ``python -P script JSON(request)`` in a fresh interpreter from the repository root
-    (on ``PYTHONPATH``) and return the JSON object printed on its last stdout line; a failing
-    run raises with the script's stderr. A fresh process per measurement gives each its own
-    peak resident memory."""
+    with ``code_root`` first on ``PYTHONPATH`` (the packages it imports: this checkout, or
+    another version's ``mask2former`` and ``instaformer`` to compare with) and return the JSON
+    object printed on its last stdout line; a failing run raises with the script's stderr. A
+    fresh process per measurement gives each its own peak resident memory."""
     env = dict(os.environ if env is None else env)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(code_root), env.get("PYTHONPATH")) if p)
     proc = subprocess.run(
         # -P: the script folder (which has modules named like packages) stays off sys.path
         [sys.executable, "-P", str(script), json.dumps(request)],

@@ -13,7 +13,6 @@ no separate instances JSON is needed. Predictions: the model's ``instances`` wit
 from __future__ import annotations
 
 import contextlib
-import copy
 import io
 import json
 import logging
@@ -28,11 +27,8 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from mask2former.evaluation.evaluator import DatasetEvaluator, Results
-from mask2former.evaluation.panoptic import (
-    load_panoptic_json,
-    read_panoptic_png,
-    resolve_panoptic_gt,
-)
+from mask2former.evaluation.panoptic import load_panoptic_json, resolve_panoptic_gt
+from mask2former.evaluation.segment_maps import read_panoptic_index, segment_index
 from mask2former.structures import encode_rle
 from mask2former.utils import comm
 from mask2former.utils.atomic import atomic_write_bytes
@@ -47,7 +43,10 @@ def _to_numpy(value: Any) -> np.ndarray:
 
 
 def panoptic_gt_instances(
-    ann: Mapping[str, Any], gt_ids: np.ndarray, thing_categories: set[int]
+    ann: Mapping[str, Any],
+    gt_ids: np.ndarray,
+    thing_categories: set[int],
+    index: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> list[dict[str, Any]]:
     """COCO instance annotations (without ``id``) of the thing segments of one image.
 
@@ -55,14 +54,22 @@ def panoptic_gt_instances(
         ann: the panoptic annotation (``image_id``, ``segments_info`` with dataset ids).
         gt_ids: int [H, W] segment ids of its PNG.
         thing_categories: dataset category ids that are things.
+        index: ``segment_index(gt_ids, ids of ann's segments)`` if already computed
+            (``read_panoptic_index``).
     """
+    if index is None:
+        index = segment_index(gt_ids, [int(s["id"]) for s in ann["segments_info"]])
+    keys, positions = index
+    if len(keys) < 2**15:  # a narrower copy: one comparison per thing below
+        positions = positions.astype(np.int16)
     annotations = []
     for segment in ann["segments_info"]:
         category = int(segment["category_id"])
         if category not in thing_categories:
             continue
-        mask = gt_ids == int(segment["id"])
-        area = int(mask.sum())
+        k = int(np.searchsorted(keys, int(segment["id"])))
+        mask = positions == k
+        area = np.count_nonzero(mask)
         if area == 0:
             continue
         rle = encode_rle(mask)
@@ -71,12 +78,46 @@ def panoptic_gt_instances(
                 "image_id": ann["image_id"],
                 "category_id": category,
                 "segmentation": rle,
-                "area": area,
+                "area": int(area),
                 "bbox": mask_util.toBbox(rle).tolist(),
                 "iscrowd": int(segment.get("iscrowd", 0)),
             }
         )
     return annotations
+
+
+def _evaluate_by_category(coco_gt: COCO, coco_dt: COCO, image_ids: list[Any]) -> COCOeval:
+    """``COCOeval(coco_gt, coco_dt, "segm")`` over ``image_ids``, evaluated and accumulated one
+    category at a time, ready for ``summarize``.
+
+    COCOeval keeps the matches of every (image, category, area range) until it accumulates them:
+    about 300 MiB per 1,000 images of a hundred predictions. Categories are evaluated and
+    accumulated independently, so one at a time gives the same precision, recall and scores
+    arrays with the matches of one category held at a time.
+    """
+    summary = COCOeval(coco_gt, coco_dt, "segm")
+    summary.params.imgIds = image_ids
+    if not summary.params.catIds:  # nothing to split
+        summary.evaluate()
+        summary.accumulate()
+        return summary
+    parts = []
+    for category in summary.params.catIds:
+        part = COCOeval(coco_gt, coco_dt, "segm")
+        part.params.imgIds = image_ids
+        part.params.catIds = [category]
+        part.evaluate()
+        part.accumulate()
+        parts.append(part.eval)
+    precision = np.concatenate([e["precision"] for e in parts], axis=2)  # [T, R, K, A, M]
+    summary.eval = {
+        "params": summary.params,
+        "counts": list(precision.shape),
+        "precision": precision,
+        "recall": np.concatenate([e["recall"] for e in parts], axis=1),  # [T, K, A, M]
+        "scores": np.concatenate([e["scores"] for e in parts], axis=2),
+    }
+    return summary
 
 
 def coco_segm_ap(
@@ -98,7 +139,8 @@ def coco_segm_ap(
     Returns:
         ``{"AP", "AP50", "AP75", "APs", "APm", "APl"}`` (+ per class); -1 from COCOeval (no GT in
         a size range) is passed through as NaN. Without any prediction every metric is NaN and
-        no per-class entry is given (detectron2's ``COCOEvaluator`` rule).
+        no per-class entry is given (detectron2's ``COCOEvaluator`` rule). The dicts given are
+        left as they were (COCO adds keys to copies of them).
     """
     gt = {
         "images": [dict(i) for i in images],
@@ -112,13 +154,12 @@ def coco_segm_ap(
     if not predictions:  # as detectron2's COCOEvaluator: undefined, not 0
         logger.warning("No instance predictions: AP is NaN")
         return dict.fromkeys(AP_METRICS, float("nan"))
+    with contextlib.redirect_stdout(io.StringIO()):
+        # loadRes adds area, bbox, id and iscrowd to each dict; the segmentation stays unchanged.
+        coco_dt = coco_gt.loadRes([dict(p) for p in predictions])
+        coco_eval = _evaluate_by_category(coco_gt, coco_dt, [i["id"] for i in images])
     buffer = io.StringIO()
     with contextlib.redirect_stdout(buffer):
-        coco_dt = coco_gt.loadRes(copy.deepcopy(predictions))
-        coco_eval = COCOeval(coco_gt, coco_dt, "segm")
-        coco_eval.params.imgIds = [i["id"] for i in images]
-        coco_eval.evaluate()
-        coco_eval.accumulate()
         coco_eval.summarize()
     logger.info("COCOeval segm:\n%s", buffer.getvalue())
     results = {
@@ -176,9 +217,13 @@ class COCOInstanceEvaluator(DatasetEvaluator):
         self.reset()
 
     def reset(self) -> None:
-        self._images: list[dict[str, Any]] = []
-        self._gt: list[dict[str, Any]] = []
-        self._predictions: list[dict[str, Any]] = []
+        # Per image, compact (no dict per instance; the dicts COCOeval reads are built on the
+        # main process at the end): ``(image_id, height, width)``; the GT instances
+        # ``(category ids, RLE counts, areas, float64 [n, 4] boxes, iscrowd)``; the predictions
+        # ``(dataset category ids, RLE counts, float64 scores)``.
+        self._images: list[tuple[Any, int, int]] = []
+        self._gt: list[tuple[list[int], list[str], list[int], np.ndarray, list[int]]] = []
+        self._predictions: list[tuple[np.ndarray, list[str], np.ndarray]] = []
 
     def process(self, inputs: Sequence[dict[str, Any]], outputs: Sequence[dict[str, Any]]) -> None:
         for inp, out in zip(inputs, outputs, strict=True):
@@ -188,31 +233,54 @@ class COCOInstanceEvaluator(DatasetEvaluator):
             if "instances" not in out:
                 raise KeyError(f"image_id {image_id!r}: output has no 'instances'")
             ann = self._gt_by_image[image_id]
-            gt_ids = read_panoptic_png(os.path.join(self._gt_folder, ann["file_name"]))
+            gt_ids, keys, index = read_panoptic_index(
+                os.path.join(self._gt_folder, ann["file_name"]),
+                [int(s["id"]) for s in ann["segments_info"]],
+            )
             height, width = gt_ids.shape
-            self._images.append({"id": image_id, "height": height, "width": width})
-            self._gt.extend(panoptic_gt_instances(ann, gt_ids, self._thing_categories))
+            gt = panoptic_gt_instances(ann, gt_ids, self._thing_categories, (keys, index))
 
             instances = out["instances"]
-            masks = _to_numpy(instances.pred_masks)
-            masks = masks > 0.5 if masks.dtype != bool else masks
+            masks = instances.pred_masks
+            if isinstance(masks, torch.Tensor) and masks.device.type != "cpu":
+                masks = masks > 0.5 if masks.dtype != torch.bool else masks  # fewer bytes to copy
+            masks = _to_numpy(masks)
             if masks.shape[1:] != gt_ids.shape:
                 raise ValueError(
                     f"image_id {image_id!r}: pred_masks are {masks.shape[1:]}, GT is {gt_ids.shape}"
                 )
-            scores = _to_numpy(instances.scores).tolist()
+            scores = _to_numpy(instances.scores).astype(np.float64)
             classes = _to_numpy(instances.pred_classes).tolist()
-            for mask, score, cls in zip(masks, scores, classes, strict=True):
+            for cls in classes:
                 if int(cls) not in self._to_dataset_id:
                     raise KeyError(f"image_id {image_id!r}: pred_class {cls} is not a thing class")
-                self._predictions.append(
-                    {
-                        "image_id": image_id,
-                        "category_id": int(self._to_dataset_id[int(cls)]),
-                        "segmentation": encode_rle(mask),
-                        "score": float(score),
-                    }
+            if len(scores) != len(masks) or len(classes) != len(masks):
+                raise ValueError(
+                    f"image_id {image_id!r}: {len(masks)} pred_masks, {len(scores)} scores, "
+                    f"{len(classes)} pred_classes"
                 )
+            # One mask at a time: thresholding the whole float stack at once writes a full
+            # boolean copy of it, slower than one mask's threshold while it is in the caches.
+            binary = masks.dtype == bool
+            counts = [encode_rle(m if binary else m > 0.5)["counts"] for m in masks]
+
+            self._images.append((image_id, height, width))
+            self._gt.append(
+                (
+                    [a["category_id"] for a in gt],
+                    [a["segmentation"]["counts"] for a in gt],
+                    [a["area"] for a in gt],
+                    np.array([a["bbox"] for a in gt], dtype=np.float64).reshape(-1, 4),
+                    [a["iscrowd"] for a in gt],
+                )
+            )
+            self._predictions.append(
+                (
+                    np.array([self._to_dataset_id[int(c)] for c in classes], dtype=np.int64),
+                    counts,
+                    scores,
+                )
+            )
 
     def evaluate(self) -> Results:
         images, gt, predictions = self._images, self._gt, self._predictions
@@ -221,8 +289,41 @@ class COCOInstanceEvaluator(DatasetEvaluator):
             if gathered is None:
                 return {}
             images, gt, predictions = gathered
+        gt_annotations = [
+            {
+                "image_id": image_id,
+                "category_id": category,
+                "segmentation": {"size": [height, width], "counts": counts},
+                "area": area,
+                "bbox": bbox,
+                "iscrowd": crowd,
+            }
+            for (image_id, height, width), (categories, rles, areas, boxes, iscrowd) in zip(
+                images, gt, strict=True
+            )
+            for category, counts, area, bbox, crowd in zip(
+                categories, rles, areas, boxes.tolist(), iscrowd, strict=True
+            )
+        ]
+        prediction_dicts = [
+            {
+                "image_id": image_id,
+                "category_id": category,
+                "segmentation": {"size": [height, width], "counts": counts},
+                "score": score,
+            }
+            for (image_id, height, width), (categories, rles, scores) in zip(
+                images, predictions, strict=True
+            )
+            for category, counts, score in zip(
+                categories.tolist(), rles, scores.tolist(), strict=True
+            )
+        ]
         if self._output_dir:
             path = os.path.join(self._output_dir, "instances_predictions.json")
-            atomic_write_bytes(path, json.dumps(predictions).encode())
-        results = coco_segm_ap(gt, predictions, images, self._categories, self._per_class)
+            atomic_write_bytes(path, json.dumps(prediction_dicts).encode("utf-8"))
+        image_dicts = [{"id": i, "height": h, "width": w} for i, h, w in images]
+        results = coco_segm_ap(
+            gt_annotations, prediction_dicts, image_dicts, self._categories, self._per_class
+        )
         return {"segm": results}

@@ -28,30 +28,35 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
-from PIL import Image
 
 from mask2former.evaluation.evaluator import DatasetEvaluator, Results
-from mask2former.structures import id2rgb, rgb2id
+from mask2former.evaluation.segment_maps import (
+    VOID,
+    read_panoptic_index,
+    read_panoptic_png,
+    segment_index,
+)
+from mask2former.structures import id2rgb
 from mask2former.utils import comm
-from mask2former.utils.atomic import atomic_write_bytes, atomic_write_path
+from mask2former.utils.atomic import atomic_write_bytes
 from mask2former.utils.outputs import safe_relative
 
 logger = logging.getLogger(__name__)
 
-VOID = 0
-_OFFSET = 256**3  # segment ids are below 256^3 (three 8-bit channels)
 # Per-category statistics: [sum of IoU over TP, TP, FP, FN].
 _IOU, _TP, _FP, _FN = range(4)
 PQStats = dict[int, np.ndarray]
 
 
-def read_panoptic_png(path: str) -> np.ndarray:
-    """int64 [H, W] segment ids of a COCO panoptic PNG."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"panoptic PNG not found: {path}")
-    return rgb2id(np.asarray(Image.open(path).convert("RGB")))
+def _check_listed(ids: np.ndarray, index: np.ndarray, what: str) -> None:
+    """Every id of the map is listed (or VOID); else a KeyError names the smallest that is not
+    (``what``: "GT segment id {} is in the PNG")."""
+    unknown = index < 0
+    if unknown.any():
+        raise KeyError(f"{what.format(int(ids[unknown].min()))} but not in segments_info")
 
 
 def pq_stats_single_image(
@@ -59,6 +64,7 @@ def pq_stats_single_image(
     gt_segments: Mapping[int, Mapping[str, Any]],
     pred_ids: np.ndarray,
     pred_segments: Mapping[int, Mapping[str, Any]],
+    gt_index: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> PQStats:
     """Per-category TP/FP/FN and summed IoU of one image.
 
@@ -69,27 +75,30 @@ def pq_stats_single_image(
             id 0: then, as in panopticapi, it is an ordinary segment (matched, TP or FP).
         pred_segments: predicted segment id -> ``{"category_id"}`` (dataset category ids).
             Segments without pixels are ignored.
+        gt_index: ``segment_index(gt_ids, gt_segments)`` if already computed
+            (``read_panoptic_index``).
 
     Returns:
         category id -> float64 [4] = (sum of IoU over TP, TP, FP, FN).
     """
     if gt_ids.shape != pred_ids.shape:
         raise ValueError(f"GT panoptic map has shape {gt_ids.shape}, prediction {pred_ids.shape}")
-    joint = gt_ids.astype(np.int64) * _OFFSET + pred_ids.astype(np.int64)
-    pairs, intersections = np.unique(joint, return_counts=True)
-    gt_of, pred_of = pairs // _OFFSET, pairs % _OFFSET
-
-    gt_area: dict[int, int] = {}
-    pred_area: dict[int, int] = {}
-    for g, p, inter in zip(gt_of.tolist(), pred_of.tolist(), intersections.tolist(), strict=True):
-        gt_area[g] = gt_area.get(g, 0) + inter
-        pred_area[p] = pred_area.get(p, 0) + inter
-    for g in gt_area:
-        if g != VOID and g not in gt_segments:
-            raise KeyError(f"GT segment id {g} is in the PNG but not in segments_info")
-    for p in pred_area:
-        if p != VOID and p not in pred_segments:
-            raise KeyError(f"predicted segment id {p} is in the map but not in segments_info")
+    gt_keys, gt_pixels = segment_index(gt_ids, gt_segments) if gt_index is None else gt_index
+    _check_listed(gt_ids, gt_pixels, "GT segment id {} is in the PNG")
+    pred_keys, pred_pixels = segment_index(pred_ids, pred_segments)
+    _check_listed(pred_ids, pred_pixels, "predicted segment id {} is in the map")
+    # Pixel counts of every (GT segment, predicted segment) pair: int64 [S_gt, S_pred].
+    num_pred = len(pred_keys)
+    joint = gt_pixels * num_pred + pred_pixels
+    counts = np.bincount(joint.ravel(), minlength=len(gt_keys) * num_pred).reshape(-1, num_pred)
+    rows, cols = np.nonzero(counts)  # the pairs that meet, by GT id then predicted id
+    gt_of, pred_of, intersections = gt_keys[rows], pred_keys[cols], counts[rows, cols]
+    gt_area = dict(zip(gt_keys.tolist(), counts.sum(axis=1).tolist(), strict=True))
+    pred_area = {
+        p: area
+        for p, area in zip(pred_keys.tolist(), counts.sum(axis=0).tolist(), strict=True)
+        if area > 0
+    }
 
     stats: PQStats = {}
 
@@ -335,7 +344,10 @@ class COCOPanopticEvaluator(DatasetEvaluator):
         self.reset()
 
     def reset(self) -> None:
-        self._stats: PQStats = {}
+        # Per image, float64 [n, 5]: (category id, sum of IoU, TP, FP, FN) of its n categories;
+        # summed on the main process in dataset order, so any number of processes gives the
+        # same sums.
+        self._stats: list[np.ndarray] = []
         self._predictions: list[dict[str, Any]] = []
 
     def _dataset_category(self, segment: Mapping[str, Any]) -> int:
@@ -367,14 +379,19 @@ class COCOPanopticEvaluator(DatasetEvaluator):
                 int(s["id"]): {"category_id": self._dataset_category(s)} for s in segments_info
             }
             ann = self._gt_by_image[image_id]
-            gt_ids = read_panoptic_png(os.path.join(self._gt_folder, ann["file_name"]))
+            gt_segments = _segments_by_id(ann["segments_info"])
+            gt_ids, gt_keys, gt_index = read_panoptic_index(
+                os.path.join(self._gt_folder, ann["file_name"]), gt_segments
+            )
             try:
                 stats = pq_stats_single_image(
-                    gt_ids, _segments_by_id(ann["segments_info"]), pred_ids, pred_segments
+                    gt_ids, gt_segments, pred_ids, pred_segments, (gt_keys, gt_index)
                 )
             except (KeyError, ValueError) as err:
                 raise type(err)(f"image_id {image_id!r}: {err}") from err
-            accumulate(self._stats, stats)
+            self._stats.append(
+                np.array([[category, *values] for category, values in stats.items()]).reshape(-1, 5)
+            )
             if self._output_dir:
                 self._save_prediction(ann, pred_ids, pred_segments, segments_info)
 
@@ -385,10 +402,13 @@ class COCOPanopticEvaluator(DatasetEvaluator):
         pred_segments: Mapping[int, Mapping[str, Any]],
         segments_info: Sequence[Mapping[str, Any]],
     ) -> None:
-        folder = os.path.join(self._output_dir, "panoptic_predictions")
         file_name = os.path.splitext(ann["file_name"])[0] + ".png"
-        png = Image.fromarray(id2rgb(pred_ids))
-        atomic_write_path(os.path.join(folder, file_name), lambda tmp: png.save(tmp, format="PNG"))
+        ok, png = cv2.imencode(".png", cv2.cvtColor(id2rgb(pred_ids), cv2.COLOR_RGB2BGR))
+        if not ok:
+            raise RuntimeError(f"image_id {ann['image_id']!r}: could not encode the panoptic PNG")
+        # Without fsync: one per image would cost more than the rest of the evaluation.
+        path = os.path.join(self._output_dir, "panoptic_predictions", file_name)
+        atomic_write_bytes(path, png.tobytes(), fsync=False)
         segments = []
         for s in segments_info:
             entry = {k: v for k, v in s.items() if k not in ("category_id", "isthing")}
@@ -400,17 +420,17 @@ class COCOPanopticEvaluator(DatasetEvaluator):
         )
 
     def evaluate(self) -> Results:
-        stats, predictions = self._stats, self._predictions
+        per_image, predictions = self._stats, self._predictions
         if self._distributed:
-            gathered = comm.gather_lists([stats], predictions)
+            gathered = comm.gather_lists(per_image, predictions)
             if gathered is None:
                 return {}
-            stats = {}
-            for part_stats in gathered[0]:
-                accumulate(stats, part_stats)
-            predictions = gathered[1]
+            per_image, predictions = gathered
+        stats: PQStats = {}
+        for rows in per_image:
+            accumulate(stats, {int(row[0]): row[1:] for row in rows})
         if self._output_dir:
             path = os.path.join(self._output_dir, "panoptic_predictions.json")
-            atomic_write_bytes(path, json.dumps({"annotations": predictions}).encode())
+            atomic_write_bytes(path, json.dumps({"annotations": predictions}).encode("utf-8"))
             logger.info("Panoptic predictions written to %s", path)
         return {"panoptic_seg": pq_results(stats, self._categories, self._per_class)}
