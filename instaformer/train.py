@@ -3,8 +3,9 @@
 :func:`build_trainer` hands the project pieces to the generic loop of
 :class:`mask2former.engine.Trainer` (see its module for the shape): the model from
 ``MODEL.META_ARCHITECTURE``, the mapper from ``INPUT.DATASET_MAPPER_NAME``, the evaluators the
-config enables (docs/reference.md [IF 3.7]) and, with ``WANDB.METRICS``, a Weights & Biases run;
-standalone InstaOrderNet configs (``MODEL.META_ARCHITECTURE: InstaOrderNet``) bring their own
+config enables (panoptic PQ and the occlusion / depth order evaluators,
+:func:`instaformer.evaluation.build_evaluators`) and, with ``WANDB.METRICS``, a Weights & Biases
+run; standalone InstaOrderNet configs (``MODEL.META_ARCHITECTURE: InstaOrderNet``) bring their own
 pair loaders, evaluators and weight loading (:data:`FAMILIES`).
 
 The config is parsed once, by :func:`load_config` in :func:`run`; every process receives that

@@ -2,8 +2,7 @@
 
 Shape shorthand: K annotated instances of an image, H x W image, S network input side.
 
-docs/reference.md [ION 3] (inputs), [ION 4] (targets), [ION 6] (pair drawing); [DS 2-4]
-(records, COCO masks, matrices). Dataset dicts come from
+Dataset dicts come from
 :func:`instaformer.data.datasets.load_instaorder_json` (registered as
 ``instaorder_2017_{train,val}``): ``file_name``, ``image_id``, ``height``, ``width``,
 ``annotations`` (COCO instances of ``instance_ids``, in order) and ``instaorder`` (the record).
@@ -74,10 +73,11 @@ __all__ = [
 
 MAPPER_NAME = "instaordernet_pairs"  # INPUT.DATASET_MAPPER_NAME of the InstaOrderNet configs
 INPUT_MODES = ("patch", "resize")
-# Training jitter of the patch window ([ION 3.1] step 4).
+# Training jitter of the patch window: the centre moves by up to SHIFT_JITTER x side in x and y,
+# the side is divided by a factor drawn from SCALE_JITTER.
 SHIFT_JITTER = 0.2  # centre shift, fraction of the window side
 SCALE_JITTER = (0.8, 1.2)  # the side is divided by a factor drawn uniformly from this range
-SWAP_PROBABILITY = 0.5  # [ION 6]: A and B swapped with this probability
+SWAP_PROBABILITY = 0.5  # training: A and B swapped with this probability
 
 
 def decode_segmentation(
@@ -122,8 +122,8 @@ class DepthPairItems(Sequence):
 def training_items(
     records: Sequence[dict], task: str, *, rm_bidirec: bool = False
 ) -> Sequence[dict]:
-    """Training items of [ION 6] (module docstring): images with an occlusion for ``o``,
-    depth entries for ``d`` / ``od``.
+    """Training items (module docstring): images with at least one occlusion for ``o``, one
+    item per depth entry for ``d`` / ``od``.
 
     Raises:
         ValueError: unknown task, or no usable item.
@@ -143,7 +143,8 @@ def training_items(
 
 
 def _union_window(box_a: np.ndarray, box_b: np.ndarray) -> tuple[float, float, float]:
-    """Centre and side of the square around the union of two xywh boxes ([ION 3.1] steps 2-3)."""
+    """Centre and side of the square around the W x H union of two xywh boxes: side
+    ``max(sqrt(2 W H), 1.1 W, 1.1 H)``."""
     left, top = min(box_a[0], box_b[0]), min(box_a[1], box_b[1])
     right = max(box_a[0] + box_a[2], box_b[0] + box_b[2])
     bottom = max(box_a[1] + box_a[3], box_b[1] + box_b[3])
@@ -337,7 +338,8 @@ class InstaOrderNetMapper:
         }
 
     def _resize_input(self, rgb: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-        """Whole image and masks to S x S, aspect ratio not kept ([ION 3.2])."""
+        """Whole image and masks to S x S, aspect ratio not kept; RGB with
+        ``train_interpolation``, masks nearest."""
         size = (self.input_size, self.input_size)
         rgb = F.interpolate(
             rgb[None], size=size, mode=self.train_interpolation, align_corners=False
@@ -348,7 +350,8 @@ class InstaOrderNetMapper:
     def _patch_input(
         self, rgb: torch.Tensor, masks: torch.Tensor, box_a: np.ndarray, box_b: np.ndarray
     ) -> torch.Tensor:
-        """Jittered square window around the pair's union box ([ION 3.1] steps 1-6)."""
+        """Square window around the pair's union box, centre shifted and side scaled at random
+        (SHIFT_JITTER, SCALE_JITTER), cut and resized to S x S."""
         cx, cy, side = _union_window(box_a, box_b)
         cx += np.random.uniform(-SHIFT_JITTER, SHIFT_JITTER) * side
         cy += np.random.uniform(-SHIFT_JITTER, SHIFT_JITTER) * side
