@@ -63,6 +63,28 @@ def run_script_json(
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def extract_revision(revision: str, folder: Path, paths: tuple[str, ...] = ()) -> None:
+    """The files of git ``revision`` (only ``paths`` when given) under ``folder``, to run another
+    version side by side with this checkout."""
+    import tarfile
+
+    archive = folder.with_suffix(".tar")
+    with open(archive, "wb") as f:
+        proc = subprocess.run(
+            ["git", "-C", str(REPO), "archive", revision, *paths], stdout=f, stderr=subprocess.PIPE
+        )
+    if proc.returncode != 0:
+        raise SystemExit(f"git archive {revision} failed: {proc.stderr.decode().strip()}")
+    with tarfile.open(archive) as tar:
+        tar.extractall(folder, filter="data")
+    archive.unlink()
+
+
+def load_average() -> str:
+    """The three load averages, as the published figures state them."""
+    return " ".join(f"{v:.2f}" for v in os.getloadavg())
+
+
 def main(argv: list[str] | None = None) -> None:
     names = [p.stem for p in sorted(BENCHMARK_DIR.glob("*.py")) if not p.stem.startswith("_")]
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])

@@ -39,9 +39,7 @@ import json
 import resource
 import shutil
 import statistics
-import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -291,38 +289,20 @@ def _prepare_inputs(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     }
 
 
-def _extract_revision(revision: str, folder: Path) -> None:
-    """The ``mask2former`` and ``instaformer`` packages of git ``revision`` under ``folder``."""
-    archive = folder.with_suffix(".tar")
-    with open(archive, "wb") as f:
-        proc = subprocess.run(
-            ["git", "-C", str(REPO), "archive", revision, "mask2former", "instaformer"],
-            stdout=f,
-            stderr=subprocess.PIPE,
-            text=False,
-        )
-    if proc.returncode != 0:
-        raise SystemExit(f"git archive {revision} failed: {proc.stderr.decode().strip()}")
-    with tarfile.open(archive) as tar:
-        tar.extractall(folder, filter="data")
-    archive.unlink()
-
-
-def _load() -> str:
-    with open("/proc/loadavg") as f:
-        return " ".join(f.read().split()[:3])
-
-
 def run(args: argparse.Namespace) -> None:
-    from benchmark import run_script_json  # tools/benchmark.py, the entry point
+    from benchmark import (  # tools/benchmark.py, the entry point
+        extract_revision,
+        load_average,
+        run_script_json,
+    )
 
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="eval_benchmark_"))
     work.mkdir(parents=True, exist_ok=True)
-    load_start = _load()
+    load_start = load_average()
     request = _prepare_inputs(args, work)
     versions: dict[str, Path] = {"after": REPO}
     if args.before:
-        _extract_revision(args.before, work / "before")
+        extract_revision(args.before, work / "before", ("mask2former", "instaformer"))
         versions = {"before": work / "before", **versions}
     runs: dict[str, list[dict[str, Any]]] = {v: [] for v in versions}
     for r in range(args.rounds):
@@ -335,7 +315,7 @@ def run(args: argparse.Namespace) -> None:
                     __file__, {**request, "out_dir": str(out_dir)}, code_root=versions[version]
                 )
             )
-    load_end = _load()
+    load_end = load_average()
 
     def per_image_ms(version: str, key: str, name: str) -> float:
         return statistics.median(1000 * r[key][name] / r["images"] for r in runs[version])

@@ -25,7 +25,6 @@ import argparse
 import os
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -140,36 +139,19 @@ def _log_text(out: Path) -> str:
     return path.read_text(errors="replace") if path.is_file() else ""
 
 
-def _extract_revision(revision: str, folder: Path) -> None:
-    """The whole tree of git ``revision`` under ``folder``."""
-    archive = folder.with_suffix(".tar")
-    with open(archive, "wb") as f:
-        proc = subprocess.run(
-            ["git", "-C", str(REPO), "archive", revision], stdout=f, stderr=subprocess.PIPE
-        )
-    if proc.returncode != 0:
-        raise SystemExit(f"git archive {revision} failed: {proc.stderr.decode().strip()}")
-    with tarfile.open(archive) as tar:
-        tar.extractall(folder, filter="data")
-    archive.unlink()
-
-
-def _load() -> str:
-    with open("/proc/loadavg") as f:
-        return " ".join(f.read().split()[:3])
-
-
 def run(args: argparse.Namespace) -> None:
+    from benchmark import extract_revision, load_average  # tools/benchmark.py, the entry point
+
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="eval_scale_"))
     work.mkdir(parents=True, exist_ok=True)
     datasets, weights = _prepare(work, args)
     versions = {"after": REPO}
     if args.before:
-        _extract_revision(args.before, work / "before")
+        extract_revision(args.before, work / "before")
         versions = {"before": work / "before", **versions}
     print(
         f"{args.images} images of {args.size} px, tiny InstaFormer od (random weights), "
-        f"one thread per process; load average {_load()} (start)"
+        f"one thread per process; load average {load_average()} (start)"
     )
     print(
         f"{'run':16s}{'wall s':>9s}{'rank 0 peak MiB':>17s}{'at inference end':>18s}"
@@ -186,4 +168,4 @@ def run(args: argparse.Namespace) -> None:
                 f"{name:16s}{r['wall_s']:9.0f}{r['peak_mib']:17d}"
                 f"{r['at_inference_end_mib'] or 0:18d}{r['peak_after_mib']:12d}  {same}"
             )
-    print(f"load average {_load()} (end); runs and logs in {work}")
+    print(f"load average {load_average()} (end); runs and logs in {work}")
