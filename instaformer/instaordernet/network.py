@@ -42,7 +42,7 @@ from torchvision.models.resnet import Bottleneck
 from instaformer.vocabulary import IMAGENET_MEAN, IMAGENET_STD, TASK_CLASSES
 from mask2former.config import CfgNode, ConfigError
 from mask2former.modeling.backbone.timm_models import (
-    create_timm_model,
+    create_timm_trunk,
     freeze_leading_groups,
     patch_size,
     pretrained_mean_std,
@@ -209,14 +209,8 @@ def build_timm_order_net(cfg: CfgNode, tasks: Sequence[str]) -> TimmOrderNet:
         ConfigError: as :func:`~mask2former.modeling.backbone.timm_models.create_timm_model`;
             or INPUT_SIZE is not a multiple of a ViT's patch side.
     """
+    trunk = create_timm_trunk(cfg)
     t = cfg.MODEL.TIMM
-    trunk = create_timm_model(
-        t.NAME,
-        pretrained=t.PRETRAINED,
-        pretrained_file=t.PRETRAINED_FILE,
-        drop_path=t.DROP_PATH,
-        img_size=t.IMG_SIZE,
-    )
     side = cfg.MODEL.INSTAORDERNET.INPUT_SIZE
     p = patch_size(trunk)
     if p is not None and side % p:

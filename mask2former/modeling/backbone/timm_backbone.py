@@ -40,7 +40,7 @@ from mask2former.config import CfgNode, ConfigError
 from mask2former.modeling.backbone.base import Backbone, ShapeSpec
 from mask2former.modeling.backbone.resnet import c2_msra_fill
 from mask2former.modeling.backbone.timm_models import (
-    create_timm_model,
+    create_timm_trunk,
     freeze_leading_groups,
     pretrained_mean_std,
 )
@@ -202,13 +202,7 @@ class TimmBackbone(Backbone):
                 f"use -1 (the backbone's, {SIZE_DIVISIBILITY}) or a multiple of "
                 f"{SIZE_DIVISIBILITY}"
             )
-        trunk = create_timm_model(
-            t.NAME,
-            pretrained=t.PRETRAINED,
-            pretrained_file=t.PRETRAINED_FILE,
-            drop_path=t.DROP_PATH,
-            img_size=t.IMG_SIZE,
-        )
+        trunk = create_timm_trunk(cfg)
         if t.PRETRAINED:
             _warn_on_other_statistics(cfg, trunk)
         return {"trunk": trunk, "out_indices": list(t.OUT_INDICES), "freeze_at": t.FREEZE_AT}

@@ -24,11 +24,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from mask2former.config import ConfigError
+from mask2former.config import CfgNode, ConfigError
 from mask2former.utils import download
 
 __all__ = [
     "create_timm_model",
+    "create_timm_trunk",
     "freeze_leading_groups",
     "patch_size",
     "pretrained_mean_std",
@@ -89,6 +90,19 @@ def _hub_error(name: str, hub_id: str, key: str, err: BaseException) -> download
         f'pretrained=True)") and copy the Hugging Face cache folder ({constants.HF_HUB_CACHE}; '
         f"set HF_HUB_CACHE to use another) here, or set {key}.PRETRAINED_FILE to the weight file "
         f"(model.safetensors of {hub_id})."
+    )
+
+
+def create_timm_trunk(cfg: CfgNode) -> nn.Module:
+    """:func:`create_timm_model` with the settings of ``cfg.MODEL.TIMM`` (``NAME``,
+    ``PRETRAINED``, ``PRETRAINED_FILE``, ``DROP_PATH``, ``IMG_SIZE``)."""
+    t = cfg.MODEL.TIMM
+    return create_timm_model(
+        t.NAME,
+        pretrained=t.PRETRAINED,
+        pretrained_file=t.PRETRAINED_FILE,
+        drop_path=t.DROP_PATH,
+        img_size=t.IMG_SIZE,
     )
 
 
