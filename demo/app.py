@@ -27,8 +27,8 @@ visitor can make it open a server path or download a URL; uploads are limited to
 Requests wait in Gradio's queue (at most ``QUEUE_SIZE``; ``CONCURRENCY`` predictions run at
 once). The app keeps no temporary folder of its own: each run's JSON goes to Gradio's cache,
 whose files (uploads, pictures, JSON) Gradio deletes on the ``DELETE_CACHE`` schedule and at
-shutdown. Everything the page computes lives in :mod:`instaformer.interactive`; this file is the
-layout.
+shutdown. Everything the page computes lives in :mod:`instaformer.apps.interactive`; this file
+is the layout.
 """
 
 from __future__ import annotations
@@ -44,8 +44,7 @@ from typing import Any
 import gradio as gr
 
 from instaformer import model_zoo
-from instaformer.config import ConfigError, resolve_config_file
-from instaformer.interactive import (
+from instaformer.apps.interactive import (
     View,
     instance_choices,
     parse_choice,
@@ -54,6 +53,7 @@ from instaformer.interactive import (
     relation_rows,
     weights_warning,
 )
+from instaformer.config import ConfigError, resolve_config_file
 from instaformer.predictor import Predictor
 from mask2former.utils.download import DownloadError
 
@@ -216,7 +216,7 @@ def _picture(label: str, elem_id: str) -> gr.Image:
 
 
 def build_app(cache: PredictorCache) -> gr.Blocks:
-    """The page. Handlers call :class:`~instaformer.interactive.View`; errors go to the status
+    """The page. Handlers call :class:`~instaformer.apps.interactive.View`; errors go to the status
     line, never to a dead page. ``cache.hosted``: no config, checkpoint or override fields."""
     examples = _example_images()
     choices = model_choices(hosted=cache.hosted)

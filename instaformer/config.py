@@ -10,15 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from instaformer import model_zoo  # noqa: F401  (registers zoo://NAME weights)
-from mask2former.config import (
-    AdapterSettings,
-    CfgNode,
-    ConfigError,
-    add_maskformer2_config,
-    get_base_cfg,
-    register_adapter_settings,
-)
+from mask2former.config import CfgNode, ConfigError, add_maskformer2_config, get_base_cfg
 
 __all__ = [
     "CfgNode",
@@ -32,42 +24,6 @@ __all__ = [
 
 # Names accepted in MODEL.REMOVE_LOSSES: Mask2Former's class and mask losses, the order losses.
 REMOVABLE_LOSSES = ("labels", "masks", "occlusion", "depth")
-
-
-# Keys of the reference that never changed its behaviour (docs/reference.md [IF 7.14-15, 7.20]).
-# Files that set them to the released value still load; any other value is refused.
-CfgNode.REMOVED_KEYS.update(
-    {
-        "MODEL.GEOMETRIC_PREDICTOR.FILTER_TRIGGERED_QUERIES": (
-            True,
-            "queries are always filtered to the matched (or kept) ones.",
-        ),
-        "MODEL.GEOMETRIC_PREDICTOR.OPERATE_ON_MASK_EMBED": (
-            True,
-            "the reference never read it; the order head always reads the mask embeddings.",
-        ),
-        "MODEL.GEOMETRIC_PREDICTOR.POS_ENC": (
-            False,
-            "the reference replaced the features by a positional encoding, which breaks the head.",
-        ),
-        "MODEL.GEOMETRIC_PREDICTOR.LEARNABLE_PE": (
-            False,
-            "the reference's learned embedding only ran with D_MODEL 256 and no release used it.",
-        ),
-        "MODEL.GEOMETRIC_PREDICTOR.QUERIES_INPUTS": (
-            False,
-            "it only configured the symmetric SingleTransformer/CrossAttentionTransformer heads, "
-            "which cannot express direction and are not provided.",
-        ),
-        "MODEL.GEOMETRIC_PREDICTOR.USE_GT_MASKS": (
-            False,
-            "the debug path read a hard-coded COCO file; evaluate InstaOrderNet on GT masks with "
-            "the configs under configs/instaordernet/ instead.",
-        ),
-        "TEST.SAMPLE_VERBOSE": (False, "per-image metrics are written by the evaluators instead."),
-        "WANDB.VISUALIZATION": (False, "only scalar metrics are logged (WANDB.METRICS)."),
-    }
-)
 
 
 def add_instaformer_config(cfg: CfgNode) -> None:
@@ -85,6 +41,8 @@ def add_instaformer_config(cfg: CfgNode) -> None:
     cfg.INPUT.OCC_SAMPLES_PER_CLASS = [2353545, 388323]  # occlusion classes 0 (no), 1 (occludes)
     cfg.INPUT.DEPTH_SAMPLES_PER_CLASS = [1345145, 1345145, 49398]  # depth farther, closer, equal
 
+    # The decoder adapters (MODEL.MASK_FORMER.ADAPTER_DIM, ADAPTER_SCALE) InstaFormer trains.
+    cfg.MODEL.MASK_FORMER.USE_ADAPTERS = True
     cfg.MODEL.BACKBONE.FREEZE = False  # no gradient for any backbone parameter
     cfg.MODEL.SEM_SEG_HEAD.FREEZE = False  # no gradient for the decoders (adapters still train)
     cfg.MODEL.REMOVE_LOSSES = []  # losses not trained: any of labels, masks, occlusion, depth
@@ -92,7 +50,6 @@ def add_instaformer_config(cfg: CfgNode) -> None:
     gp = cfg.MODEL.GEOMETRIC_PREDICTOR = CfgNode()
     gp.NAME = ""  # order head in ORDER_HEAD_REGISTRY; "" = plain Mask2Former, no orders
     gp.TASK = ""  # "o" occlusion, "d" depth, "od" both; "" with NAME ""
-    gp.PAIRWISE = False  # legacy (NAME chooses the head): must be True iff NAME "PairwiseResNet"
     gp.INPUT_SIZE = 256  # side (pixels) of the square image/mask input of the pairwise head
     # Pairwise head: initialise InstaOrderNet from INSTAORDERNET_WEIGHTS_PATH when building.
     gp.USE_INSTAORDERNET_WEIGHTS = False
@@ -104,19 +61,13 @@ def add_instaformer_config(cfg: CfgNode) -> None:
     gp.OCCLUSION_WEIGHT = 5.0  # weight of the occlusion loss (every head layer)
     gp.DEPTH_WEIGHT = 5.0  # weight of the depth loss (every head layer)
     gp.DEPTH_LOSS = "balanced_softmax"  # "balanced_softmax" or "ce"
-    gp.USE_ADAPTERS = True  # adapters in the transformer decoder and pixel-decoder encoder layers
-    gp.ADAPTER_DIM = 64  # adapter bottleneck width
-    gp.ADAPTER_SCALE = 0.1  # factor on the adapter output
     gp.NUM_LAYERS = 8  # interaction-transformer layers (one order prediction per layer)
     gp.D_MODEL = 512  # interaction-transformer width
     gp.NUM_HEADS = 8  # attention heads of the order head's transformers
     gp.MLP_NUM_LAYERS = 2  # linear layers per MLP of the order head
     gp.MLP_EXPANSION = 4  # hidden width / D_MODEL of the order head's MLPs
-    gp.METHOD = "stack"  # token layout: "stack" (2n tokens), "cat" (n tokens of 2D), "sep"
-    gp.FUSE = False  # pair score from [e.e^T, f.f^T] instead of e.f^T (symmetric; not directional)
     gp.TRANSPOSE_QUERIES = False  # pair score f.e^T instead of e.f^T
     gp.ATTN_BEFORE_POOL = True  # instance-axis attention over the masked features before pooling
-    gp.MASK_NON_MASK_VALUES = True  # zero the attended features outside each instance mask
     gp.ADD_INPUT_REPRESENTATIONS = True  # add the projected inputs to the task-MLP outputs
     gp.CHAIN_TASK_MLPS = True  # od: depth MLPs read the occlusion MLPs' outputs (as released)
 
@@ -125,33 +76,100 @@ def add_instaformer_config(cfg: CfgNode) -> None:
     # docs/custom_data.md; empty = none.
     cfg.DATASETS.CUSTOM = CfgNode(new_allowed=True)
 
-    cfg.SOLVER.OCCLUSION_ZERO_DIV = 1  # per-image occlusion P/R/F1 when undefined (0/0): 0 or 1
-
     # Order metrics of the evaluation entry point (evaluators only; the model's order rows follow
     # each call's inputs: ground-truth instances when they carry tgt_pan_idx, docs/configs.md).
     cfg.TEST.OCCLUSION_EVALUATION = False  # evaluate occlusion order (OcclusionEvaluator)
     cfg.TEST.DEPTH_EVALUATION = False  # evaluate depth order (DepthEvaluator)
     cfg.TEST.MULTI_SCALE_EVALUATION = False  # also report order metrics per instance count
+    cfg.TEST.OCCLUSION_ZERO_DIV = 1  # per-image occlusion P/R/F1 when undefined (0/0): 0 or 1
 
     cfg.WANDB = CfgNode()
     cfg.WANDB.METRICS = False  # log training scalars to Weights & Biases (needs `wandb`)
     cfg.WANDB.PROJECT = "instaformer"  # Weights & Biases project name
+    _declare_legacy_keys(cfg)
 
 
-@register_adapter_settings
-def _adapter_settings(cfg: CfgNode) -> AdapterSettings | None:
-    """The decoder adapters of ``GEOMETRIC_PREDICTOR.{USE_ADAPTERS, ADAPTER_DIM, ADAPTER_SCALE}``
-    (None for a config without these keys: plain Mask2Former)."""
-    gp = cfg.MODEL.get("GEOMETRIC_PREDICTOR")
-    if gp is None:
-        return None
-    return AdapterSettings(dim=gp.ADAPTER_DIM if gp.USE_ADAPTERS else 0, scale=gp.ADAPTER_SCALE)
+def _pairwise_head(cfg: CfgNode) -> bool:
+    """Whether ``cfg`` names the pairwise order head (the value ``PAIRWISE`` repeated)."""
+    return cfg.MODEL.GEOMETRIC_PREDICTOR.NAME == "PairwiseResNet"
+
+
+def _declare_legacy_keys(cfg: CfgNode) -> None:
+    """Keys of the reference that never changed its behaviour, or that moved (docs/configs.md).
+
+    A file or override that sets a retired key to the released value still loads; any other
+    value is refused (:meth:`~mask2former.config.CfgNode.retire_key`).
+    """
+    gp = "MODEL.GEOMETRIC_PREDICTOR."
+    retired = {
+        # docs/reference.md [IF 7.14-15, 7.20]
+        "FILTER_TRIGGERED_QUERIES": (
+            True,
+            "queries are always filtered to the matched (or kept) ones.",
+        ),
+        "OPERATE_ON_MASK_EMBED": (
+            True,
+            "the reference never read it; the order head always reads the mask embeddings.",
+        ),
+        "POS_ENC": (
+            False,
+            "the reference replaced the features by a positional encoding, which breaks the head.",
+        ),
+        "LEARNABLE_PE": (
+            False,
+            "the reference's learned embedding only ran with D_MODEL 256 and no release used it.",
+        ),
+        "QUERIES_INPUTS": (
+            False,
+            "it only configured the symmetric SingleTransformer/CrossAttentionTransformer heads, "
+            "which cannot express direction and are not provided.",
+        ),
+        "USE_GT_MASKS": (
+            False,
+            "the debug path read a hard-coded COCO file; evaluate InstaOrderNet on GT masks with "
+            "the configs under configs/instaordernet/ instead.",
+        ),
+        # options of the holistic head with one released value
+        "METHOD": (
+            "stack",
+            "the holistic head stacks the 2n tokens [embeddings; pooled features]; the "
+            "reference's 'cat' and 'sep' layouts were never released nor validated.",
+        ),
+        "FUSE": (
+            False,
+            "the pair score is e @ f.T (MODEL.GEOMETRIC_PREDICTOR.TRANSPOSE_QUERIES: f @ e.T); "
+            "the Gram-matrix scores of FUSE are symmetric and cannot express direction.",
+        ),
+        "MASK_NON_MASK_VALUES": (
+            True,
+            "the holistic head always zeroes the attended features outside each instance mask "
+            "(MODEL.GEOMETRIC_PREDICTOR.ATTN_BEFORE_POOL switches that attention).",
+        ),
+        "PAIRWISE": (
+            _pairwise_head,
+            "MODEL.GEOMETRIC_PREDICTOR.NAME chooses the head; PAIRWISE repeated it (True "
+            "exactly for NAME 'PairwiseResNet').",
+        ),
+    }
+    for name, (accepted, reason) in retired.items():
+        cfg.retire_key(gp + name, accepted, reason)
+    cfg.retire_key(
+        "TEST.SAMPLE_VERBOSE", False, "per-image metrics are written by the evaluators instead."
+    )
+    cfg.retire_key("WANDB.VISUALIZATION", False, "only scalar metrics are logged (WANDB.METRICS).")
+    # Mask2Former's adapters are Mask2Former keys; occlusion zero division is an evaluation option.
+    for name in ("USE_ADAPTERS", "ADAPTER_DIM", "ADAPTER_SCALE"):
+        cfg.move_key(gp + name, "MODEL.MASK_FORMER." + name)
+    cfg.move_key("SOLVER.OCCLUSION_ZERO_DIV", "TEST.OCCLUSION_ZERO_DIV")
 
 
 def add_instaordernet_config(cfg: CfgNode) -> None:
     """Add the standalone InstaOrderNet keys (docs/reference.md [ION]; docs/instaordernet.md)."""
     net = cfg.MODEL.INSTAORDERNET = CfgNode()
     net.TASK = "od"  # "o" occlusion, "d" depth, "od" both heads on one trunk
+    # Pair-classifier trunk: "InstaOrderResNet" (the released 5-channel ResNet-50) or "timm" (the
+    # model of MODEL.TIMM, its first convolution widened to the two mask channels).
+    net.BACKBONE = "InstaOrderResNet"
     net.INPUT_MODE = "resize"  # "patch": square crop around the pair (o); "resize": whole image
     net.INPUT_SIZE = 384  # side (pixels) of the square network input (o: 256; d, od: 384)
     net.POSITIVE_RATIO = 0.7  # o training: probability of drawing an occluding cell ([ION 6])

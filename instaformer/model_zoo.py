@@ -7,7 +7,8 @@ Mask2Former). Names are used as
 * ``Predictor.from_pretrained(NAME)``, ``instaformer-demo --model NAME``,
   ``train_net.py --model NAME``: the entry's config **and** its weights;
 * ``MODEL.WEIGHTS zoo://NAME``: the weights only, with any config (e.g. an InstaFormer config
-  started from a Mask2Former checkpoint).
+  started from a Mask2Former checkpoint). Every InstaFormer loader of weights resolves the name
+  with :func:`fetch` (the Mask2Former package knows no zoo).
 
 Files are fetched by :mod:`mask2former.utils.download` (cache ``$INSTAFORMER_CACHE``). No entry
 records a sha256 or a size yet (``None``: the files could not be fetched to measure them); the
@@ -26,6 +27,7 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from instaformer.config import resolve_config_file
 from instaformer.vocabulary import TASK_DIRS
 from mask2former.utils import download
 
@@ -33,6 +35,7 @@ __all__ = [
     "ENTRIES",
     "ZOO_SCHEME",
     "ZooEntry",
+    "fetch",
     "get_entry",
     "model_args",
     "main",
@@ -254,8 +257,6 @@ def model_args(name: str, *, for_images: bool = False) -> tuple[str, list[str]]:
         KeyError: unknown name.
         ValueError: an InstaOrderNet entry with ``for_images``.
     """
-    from instaformer.config import resolve_config_file
-
     entry = get_entry(name)
     if for_images and entry.family == "instaordernet":
         raise ValueError(
@@ -265,11 +266,17 @@ def model_args(name: str, *, for_images: bool = False) -> tuple[str, list[str]]:
     return resolve_config_file(entry.config), ["MODEL.WEIGHTS", entry.weights]
 
 
-def _remote_of(path: str) -> download.RemoteFile:
-    return get_entry(path).remote()
+def fetch(path: str) -> str:
+    """The local file of a weights path: ``zoo://NAME`` downloaded once into the cache, any
+    other path as :func:`mask2former.utils.download.fetch` gives it (a local path unchanged).
 
-
-download.register_scheme(ZOO_SCHEME, _remote_of)
+    Raises:
+        KeyError: an unknown zoo name (the message lists the known ones).
+        DownloadError: the download failed or a check failed.
+    """
+    if path.startswith(ZOO_SCHEME):
+        return str(download.download(get_entry(path).remote()))
+    return download.fetch(path)
 
 
 def format_table(entries: tuple[ZooEntry, ...] = ENTRIES) -> str:

@@ -44,6 +44,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from instaformer import model_zoo
 from instaformer.config import REMOVABLE_LOSSES
 from instaformer.data import DATASET_MAPPERS, build_dataset_mapper
 from instaformer.data.custom import check_num_classes, register_custom_datasets
@@ -286,7 +287,7 @@ def _coverage_faults(cfg: CfgNode, model: nn.Module) -> list[str]:
         with warnings.catch_warnings():  # torch warns for every value not copied to meta
             warnings.filterwarnings("ignore", ".*copying from a non-meta parameter", UserWarning)
             report = M2FCheckpointer(model).load_weights(
-                cfg.MODEL.WEIGHTS, min_share=cfg.MODEL.WEIGHTS_MIN_SHARE
+                model_zoo.fetch(cfg.MODEL.WEIGHTS), min_share=cfg.MODEL.WEIGHTS_MIN_SHARE
             )
     except CheckpointError as err:
         return [str(err)]

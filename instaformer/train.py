@@ -27,13 +27,13 @@ from torch import nn
 
 import instaformer.data  # noqa: F401  (registers the InstaOrder datasets)
 import instaformer.instaordernet as instaordernet
+from instaformer import model_zoo
 from instaformer.config import setup_cfg
 from instaformer.data import DataError, build_dataset_mapper
 from instaformer.data.custom import check_num_classes, register_custom_datasets
 from instaformer.errors import run_cli
 from instaformer.evaluation import build_evaluators, report_results
 from instaformer.evaluation.results import RANDOM_INIT, describe_random_parts
-from instaformer.model_zoo import model_args
 from instaformer.modeling import build_model
 from instaformer.preflight import check_run, random_init_message, random_parts
 from mask2former.checkpoint import CheckpointError, M2FCheckpointer, format_report
@@ -57,7 +57,7 @@ from mask2former.engine.lock import hold_output_dir
 from mask2former.engine.processes import backend_for
 from mask2former.engine.trainer import BuildTrainLoader, LoadWeights
 from mask2former.evaluation import DatasetEvaluator, inference_on_dataset
-from mask2former.utils import comm, download
+from mask2former.utils import comm
 from mask2former.utils.outputs import require_dir
 
 __all__ = [
@@ -131,7 +131,9 @@ def load_weights(cfg: CfgNode, model: nn.Module, path: str) -> dict[str, list]:
     Warns when a frozen part of the model receives no weight from the file, the usual mistake
     with the released configs (an ImageNet backbone instead of a Mask2Former checkpoint).
     """
-    report = M2FCheckpointer(model).load_weights(path, min_share=cfg.MODEL.WEIGHTS_MIN_SHARE)
+    report = M2FCheckpointer(model).load_weights(
+        model_zoo.fetch(path), min_share=cfg.MODEL.WEIGHTS_MIN_SHARE
+    )
     if any(report.values()):
         logger.warning(format_report(path, report))
     frozen = {
@@ -253,7 +255,9 @@ def _load_for_evaluation(cfg: CfgNode, model: nn.Module, allow_random: bool) -> 
 
 def metric_sinks(cfg: CfgNode) -> list[MetricSink]:
     """The further outputs of the training metrics: a Weights & Biases run with
-    ``WANDB.METRICS`` (project ``WANDB.PROJECT``, the config attached), else none.
+    ``WANDB.METRICS`` (project ``WANDB.PROJECT``, the config attached, its local files in
+    ``OUTPUT_DIR/wandb`` rather than the current folder unless ``WANDB_DIR`` names one), else
+    none.
 
     Raises:
         ImportError: ``WANDB.METRICS`` is True and ``wandb`` is not installed.
@@ -266,7 +270,8 @@ def metric_sinks(cfg: CfgNode) -> list[MetricSink]:
         raise ImportError(
             "WANDB.METRICS is True but `wandb` is not installed: pip install wandb"
         ) from err
-    return [wandb.init(project=cfg.WANDB.PROJECT, config={"yaml": cfg.dump()})]
+    local = os.environ.get("WANDB_DIR") or os.path.abspath(cfg.OUTPUT_DIR)
+    return [wandb.init(project=cfg.WANDB.PROJECT, config={"yaml": cfg.dump()}, dir=local)]
 
 
 def build_trainer(cfg: CfgNode) -> Trainer:
@@ -335,8 +340,8 @@ def run(args: argparse.Namespace) -> None:
     print(f"instaformer-train: {check_run(cfg, args)}", flush=True)
     if args.machine_rank == 0 and os.environ.get("RANK", "0") == "0":
         hold_output_dir(cfg.OUTPUT_DIR)  # the processes it starts share this lock
-    if download.is_remote(cfg.MODEL.WEIGHTS):
-        download.fetch(cfg.MODEL.WEIGHTS)
+    if cfg.MODEL.WEIGHTS:
+        model_zoo.fetch(cfg.MODEL.WEIGHTS)  # remote weights downloaded once, here
     backend = backend_for(cfg.MODEL.DEVICE)
     launch(
         main,
@@ -374,7 +379,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if args.config_file:
             parser.error("--model and --config-file are mutually exclusive")
         try:
-            args.config_file, weights = model_args(args.model)
+            args.config_file, weights = model_zoo.model_args(args.model)
         except KeyError as err:
             parser.error(str(err.args[0]))
         args.opts = weights + list(args.opts or [])

@@ -1,9 +1,10 @@
 """Loading weights into a model: detectron2 ``.pkl``, ``.pth`` checkpoints and plain state dicts.
 
 Built on fvcore's ``Checkpointer`` (saving, resuming, other checkpointables unchanged). Paths
-may be local files, ``https://`` URLs, ``detectron2://<name>`` model-zoo names or ``zoo://<name>``
-released models; remote files are downloaded once by :mod:`mask2former.utils.download` into its
-cache (``$INSTAFORMER_CACHE``, default ``~/.cache/instaformer``).
+may be local files, ``https://`` URLs or ``detectron2://<name>`` model-zoo names (a package with
+names of its own, such as InstaFormer's ``zoo://<name>``, resolves them first); remote files are
+downloaded once by :mod:`mask2former.utils.download` into its cache (``$INSTAFORMER_CACHE``,
+default ``~/.cache/instaformer``).
 
 * ``.pkl`` (detectron2 model zoo, ``{"model": {name: numpy array}, "__author__": ...}``) is read
   with a restricted unpickler that only rebuilds numpy arrays/dtypes and plain containers; any
@@ -89,7 +90,7 @@ class _RemoteHandler(PathHandler):
     """Remote weights -> the local copy made by :func:`mask2former.utils.download.fetch`."""
 
     def _get_supported_prefixes(self) -> list[str]:
-        return ["https://", "http://", "detectron2://", "zoo://"]
+        return ["https://", "http://", download.DETECTRON2_SCHEME]
 
     def _get_local_path(self, path: str, **kwargs: Any) -> str:
         return download.fetch(path)

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 import yaml
 from fvcore.common.config import BASE_KEY
@@ -24,9 +23,6 @@ __all__ = [
     "check_training_cfg",
     "get_base_cfg",
     "add_maskformer2_config",
-    "AdapterSettings",
-    "adapter_settings",
-    "register_adapter_settings",
 ]
 
 
@@ -40,13 +36,39 @@ class ConfigError(KeyError):
 class CfgNode(_FvcoreCfgNode):
     """fvcore ``CfgNode`` whose merge errors name the offending key and file.
 
-    ``REMOVED_KEYS`` maps a full key that this project dropped to ``(accepted_value, reason)``:
-    a file or override that sets the key to ``accepted_value`` (the only behaviour the key ever
-    had in practice) is accepted with the key ignored; any other value is an error giving the
-    reason.
+    Two kinds of legacy keys are declared on the root config by the function that adds its
+    keys, so that each config carries its own (nothing is registered at import):
+
+    * :meth:`retire_key`: a key this project dropped. A file or override that sets it to its
+      one accepted value (the only behaviour the key ever had in practice) loads, with the key
+      ignored; any other value is an error giving the reason and the key that does the job.
+    * :meth:`move_key`: a key that now lives under another name; a file or override that sets
+      the old name sets the new one (in each file of a ``_BASE_`` chain before the chain is
+      merged, so a file's value wins over its bases' under either name).
     """
 
-    REMOVED_KEYS: dict[str, tuple[Any, str]] = {}
+    def retire_key(self, key: str, accepted: Any, reason: str) -> None:
+        """Declare the full key ``key`` retired (see the class docstring).
+
+        Args:
+            accepted: the one value still accepted, or a module-level function ``cfg -> value``
+                of the merged config when that value follows another key (a picklable function:
+                configs travel to worker processes).
+            reason: why the key is gone, naming what does its job now.
+        """
+        self.__dict__.setdefault("__retired_keys__", {})[key] = (accepted, reason)
+
+    def move_key(self, old: str, new: str) -> None:
+        """Declare that the full key ``old`` now lives at ``new`` (see the class docstring)."""
+        self.__dict__.setdefault("__moved_keys__", {})[old] = new
+
+    @property
+    def _retired(self) -> dict[str, tuple[Any, str]]:
+        return self.__dict__.get("__retired_keys__", {})
+
+    @property
+    def _moved(self) -> dict[str, str]:
+        return self.__dict__.get("__moved_keys__", {})
 
     @classmethod
     def load_yaml_with_base(cls, filename: str, allow_unsafe: bool = False) -> dict[str, Any]:
@@ -59,45 +81,113 @@ class CfgNode(_FvcoreCfgNode):
                 one mapping, a ``_BASE_`` that is not a path (or list of paths) or that names a
                 file already being loaded (a cycle); the message names the file and the key.
         """
-        return _load_with_base(filename, ())
+        return _load_with_base(filename, (), {})
 
     def merge_from_file(self, cfg_filename: str, allow_unsafe: bool = False) -> None:
         """Merge a yaml file (following ``_BASE_``) into this config."""
-        loaded = self.load_yaml_with_base(cfg_filename, allow_unsafe=allow_unsafe)
-        _drop_removed_keys(loaded, "", f"config file {cfg_filename}")
-        loaded = type(self)(loaded)
+        where = f"config file {cfg_filename}"
+        loaded = _load_with_base(cfg_filename, (), self._moved)  # moved keys: new names
+        retired = self._take_retired(loaded, "")
         try:
-            self.merge_from_other_cfg(loaded)
+            self.merge_from_other_cfg(type(self)(loaded))
         except (KeyError, ValueError, AssertionError) as err:
-            raise ConfigError(f"{_strip(err)} (in config file {cfg_filename})") from err
+            raise ConfigError(f"{_strip(err)} (in {where})") from err
+        self._check_retired(retired, where)
 
     def merge_from_list(self, cfg_list: list[str]) -> None:
         """Merge ``["KEY", "VALUE", ...]`` overrides (the trailing command-line arguments)."""
+        where = "command-line overrides"
         if len(cfg_list) % 2 != 0:
             raise ConfigError(
                 f"overrides must be KEY VALUE pairs; got an odd number of items: {cfg_list}"
             )
         kept: list[str] = []
-        for key, value in zip(cfg_list[0::2], cfg_list[1::2], strict=True):
-            if key in self.REMOVED_KEYS:
-                _check_removed(key, _decode(value), "command-line overrides")
+        retired: list[tuple[str, Any]] = []
+        keys = cfg_list[0::2]
+        for key, value in zip(keys, cfg_list[1::2], strict=True):
+            if key in self._moved:
+                key = _moved_to(key, self._moved, self._moved[key] in keys, where)
+            if key in self._retired:
+                retired.append((key, _decode(value)))
                 continue
             kept += [key, value]
-        cfg_list = kept
-        for index in range(0, len(cfg_list), 2):
-            key = cfg_list[index]
+        for index in range(0, len(kept), 2):
+            key = kept[index]
             node: Any = self
             for part in key.split("."):
                 if not isinstance(node, _FvcoreCfgNode) or part not in node:
-                    raise ConfigError(f"unknown config key in command-line overrides: {key}")
+                    raise ConfigError(f"unknown config key in {where}: {key}")
                 node = node[part]
-            value = _decode(cfg_list[index + 1])
+            value = _decode(kept[index + 1])
             if type(node) is float and type(value) is int:  # "0" for a float key means 0.0
-                cfg_list[index + 1] = repr(float(value))
+                kept[index + 1] = repr(float(value))
         try:
-            super().merge_from_list(cfg_list)
+            super().merge_from_list(kept)
         except (KeyError, ValueError, AssertionError) as err:
-            raise ConfigError(f"{_strip(err)} (in command-line overrides)") from err
+            raise ConfigError(f"{_strip(err)} (in {where})") from err
+        self._check_retired(retired, where)
+
+    def _take_retired(self, tree: dict[str, Any], prefix: str) -> list[tuple[str, Any]]:
+        """Remove the retired keys from a loaded yaml tree; returns them with their values."""
+        taken = []
+        for name in list(tree):
+            key = f"{prefix}{name}"
+            if key in self._retired:
+                taken.append((key, tree.pop(name)))
+            elif isinstance(tree[name], dict):
+                taken += self._take_retired(tree[name], f"{key}.")
+        return taken
+
+    def _check_retired(self, retired: list[tuple[str, Any]], where: str) -> None:
+        """Refuse a retired key set to another value than the one it accepts (in the merged
+        config, for a value that follows another key)."""
+        for key, value in retired:
+            accepted, reason = self._retired[key]
+            if callable(accepted):
+                accepted = accepted(self)
+            if value != accepted:
+                raise ConfigError(
+                    f"config key {key} is not supported (in {where}): {reason} Only "
+                    f"{accepted!r} is accepted here, and it is ignored; got {value!r}."
+                )
+
+
+def _moved_to(old: str, moved: dict[str, str], both: bool, where: str) -> str:
+    """The new name of the moved key ``old``; refused when ``where`` sets both names."""
+    new = moved[old]
+    if both:
+        raise ConfigError(
+            f"config keys {old} and {new} are both set (in {where}): {old} is the old name "
+            f"of {new}; set only {new}"
+        )
+    return new
+
+
+def _move_keys(tree: dict[str, Any], moved: dict[str, str], where: str) -> None:
+    """Put the values of moved keys (old name -> new name) of a yaml tree under their new names."""
+    for old, new in moved.items():
+        *parents, name = old.split(".")
+        node: Any = tree
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or name not in node:
+            continue
+        _moved_to(old, moved, _tree_has(tree, new), where)
+        value = node.pop(name)
+        *parents, name = new.split(".")
+        target = tree
+        for part in parents:
+            target = target.setdefault(part, {})
+        target[name] = value
+
+
+def _tree_has(tree: dict[str, Any], key: str) -> bool:
+    node: Any = tree
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -159,12 +249,16 @@ def _merge_into(a: dict[str, Any], b: dict[str, Any], filename: str) -> None:
             b[key] = value
 
 
-def _load_with_base(filename: str, chain: tuple[str, ...]) -> dict[str, Any]:
+def _load_with_base(filename: str, chain: tuple[str, ...], moved: dict[str, str]) -> dict[str, Any]:
+    """One yaml file merged over its ``_BASE_`` files; in each file, the keys of ``moved`` (old
+    name -> new name) take their new names before the merge, so a file's value wins over its
+    bases' under either name."""
     real = os.path.realpath(filename)
     if real in chain:
         cycle = " -> ".join([*chain[chain.index(real) :], real])
         raise ConfigError(f"circular _BASE_ in config files: {cycle}")
     data = _read_yaml(filename)
+    _move_keys(data, moved, f"config file {filename}")
     if BASE_KEY not in data:
         return data
     bases = data.pop(BASE_KEY)
@@ -181,7 +275,7 @@ def _load_with_base(filename: str, chain: tuple[str, ...]) -> dict[str, Any]:
         if not os.path.isabs(path):  # relative to the file that names it, as detectron2
             path = os.path.join(os.path.dirname(filename), path)
         try:
-            _merge_into(_load_with_base(path, (*chain, real)), merged, filename)
+            _merge_into(_load_with_base(path, (*chain, real), moved), merged, filename)
         except ConfigError as err:
             if "circular _BASE_" in str(err):
                 raise
@@ -192,24 +286,6 @@ def _load_with_base(filename: str, chain: tuple[str, ...]) -> dict[str, Any]:
 
 def _decode(value: Any) -> Any:
     return _FvcoreCfgNode._decode_cfg_value(value) if isinstance(value, str) else value
-
-
-def _check_removed(key: str, value: Any, where: str) -> None:
-    accepted, reason = CfgNode.REMOVED_KEYS[key]
-    if value != accepted:
-        raise ConfigError(
-            f"config key {key} is not supported (in {where}): {reason} Only {accepted!r} is "
-            f"accepted, and it is ignored; got {value!r}."
-        )
-
-
-def _drop_removed_keys(tree: dict[str, Any], prefix: str, where: str) -> None:
-    for name in list(tree):
-        key = f"{prefix}{name}"
-        if key in CfgNode.REMOVED_KEYS:
-            _check_removed(key, tree.pop(name), where)
-        elif isinstance(tree[name], dict):
-            _drop_removed_keys(tree[name], f"{key}.", where)
 
 
 def _strip(err: BaseException) -> str:
@@ -350,61 +426,6 @@ def get_base_cfg() -> CfgNode:
     return _C
 
 
-# Mask2Former keys that its pixel decoder never reads: the deformable encoder takes its heads from
-# MODEL.MASK_FORMER.NHEADS and always samples 4 points. Files that keep the default still load.
-CfgNode.REMOVED_KEYS.update(
-    {
-        "MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_N_HEADS": (
-            8,
-            "the pixel decoder's deformable attention heads are MODEL.MASK_FORMER.NHEADS, as in "
-            "Mask2Former, which never read this key.",
-        ),
-        "MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_N_POINTS": (
-            4,
-            "the pixel decoder's deformable attention samples 4 points per head and level, as in "
-            "Mask2Former, which never read this key.",
-        ),
-    }
-)
-
-
-class AdapterSettings(NamedTuple):
-    """Decoder adapters (:mod:`mask2former.modeling.adapters`) of both decoders of the head."""
-
-    dim: int  # bottleneck width; 0 = no adapters (plain Mask2Former)
-    scale: float  # factor on the adapter output
-
-
-NO_ADAPTERS = AdapterSettings(dim=0, scale=0.1)
-# Readers registered by packages that extend Mask2Former: cfg -> settings, or None when the
-# config does not hold the reader's keys. Mask2Former itself has no adapter keys.
-_ADAPTER_READERS: list[Callable[[CfgNode], AdapterSettings | None]] = []
-
-
-def register_adapter_settings(
-    reader: Callable[[CfgNode], AdapterSettings | None],
-) -> Callable[[CfgNode], AdapterSettings | None]:
-    """Let a package's own config keys switch the decoder adapters on (usable as a decorator).
-
-    ``reader(cfg)`` returns the :class:`AdapterSettings` of a config that holds the package's
-    keys, else None. The package registers it where it defines those keys, so any config that
-    has them comes with its reader; Mask2Former's modules never read another package's keys.
-    """
-    if reader not in _ADAPTER_READERS:
-        _ADAPTER_READERS.append(reader)
-    return reader
-
-
-def adapter_settings(cfg: CfgNode) -> AdapterSettings:
-    """The adapters the decoders of ``cfg`` get: from the first registered reader that answers
-    (:func:`register_adapter_settings`), else none (plain Mask2Former)."""
-    for reader in _ADAPTER_READERS:
-        settings = reader(cfg)
-        if settings is not None:
-            return settings
-    return NO_ADAPTERS
-
-
 def add_maskformer2_config(cfg: CfgNode) -> None:
     """Add Mask2Former's keys (and the DeepLab poly-LR keys it uses) to ``cfg`` in place."""
     cfg.INPUT.IMAGE_SIZE = 1024  # large-scale-jitter crop size (pixels) when the mapper jitters
@@ -426,7 +447,6 @@ def add_maskformer2_config(cfg: CfgNode) -> None:
     mf.NHEADS = 8  # attention heads of the transformer decoder
     mf.DROPOUT = 0.1  # dropout in the transformer decoder
     mf.DIM_FEEDFORWARD = 2048  # FFN width of the transformer decoder
-    mf.ENC_LAYERS = 0  # encoder layers in the decoder module; must be 0 (pixel decoder encodes)
     mf.DEC_LAYERS = 6  # predictions made: the learnable queries' + one per decoder layer
     mf.PRE_NORM = False  # pre-norm decoder layers
     mf.HIDDEN_DIM = 256  # query width
@@ -438,6 +458,11 @@ def add_maskformer2_config(cfg: CfgNode) -> None:
     mf.TRAIN_NUM_POINTS = 112 * 112  # points sampled per mask for matching and mask losses
     mf.OVERSAMPLE_RATIO = 3.0  # importance sampling: candidate points per sampled point
     mf.IMPORTANCE_SAMPLE_RATIO = 0.75  # importance sampling: fraction of uncertain points
+    # Bottleneck adapters (mask2former.modeling.adapters) after the FFN of every pixel-decoder
+    # encoder layer and transformer-decoder layer; off in plain Mask2Former.
+    mf.USE_ADAPTERS = False
+    mf.ADAPTER_DIM = 64  # adapter bottleneck width
+    mf.ADAPTER_SCALE = 0.1  # factor on the adapter output
     mf.TEST = CfgNode()
     mf.TEST.SEMANTIC_ON = True  # return "sem_seg" in evaluation mode
     mf.TEST.INSTANCE_ON = False  # return "instances" in evaluation mode
@@ -469,3 +494,38 @@ def add_maskformer2_config(cfg: CfgNode) -> None:
     swin.PATCH_NORM = True  # LayerNorm after the patch embedding
     swin.OUT_FEATURES = ["res2", "res3", "res4", "res5"]  # stages returned
     swin.USE_CHECKPOINT = False  # activation checkpointing in the blocks (saves memory)
+
+    # Any timm model as the backbone (MODEL.BACKBONE.NAME "TimmBackbone"; docs/backbones.md).
+    tm = cfg.MODEL.TIMM = CfgNode()
+    tm.NAME = "convnext_tiny"  # a timm.list_models() name, optionally ".tag" choosing its weights
+    tm.PRETRAINED = False  # load timm's pretrained weights (its Hugging Face hub download/cache)
+    tm.PRETRAINED_FILE = ""  # weight file (path or https:// URL) used instead of the hub; "" = hub
+    # feature_info indices: the levels at strides 4-32 (hierarchical) or the block the ViT pyramid
+    # reads (plain ViT); [] = the last level at each stride / the last block.
+    tm.OUT_INDICES = []
+    tm.IMG_SIZE = 0  # side (pixels) a ViT's position embeddings are built for; 0 = the model's
+    tm.DROP_PATH = 0.0  # stochastic-depth rate of the trunk (timm's drop_path_rate)
+    # Leading timm parameter groups frozen: 0 none, k the stem and k-1 stages (or ViT blocks),
+    # -1 the whole trunk (a ViT's feature pyramid still trains).
+    tm.FREEZE_AT = 0
+
+    # Keys of Mask2Former's config that its modules never read. Files that keep the value every
+    # model had still load.
+    cfg.retire_key(
+        "MODEL.MASK_FORMER.ENC_LAYERS",
+        0,
+        "the pixel decoder's deformable encoder does the encoding (its layers are "
+        "MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS), as in Mask2Former, which never read this key.",
+    )
+    cfg.retire_key(
+        "MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_N_HEADS",
+        8,
+        "the pixel decoder's deformable attention heads are MODEL.MASK_FORMER.NHEADS, as in "
+        "Mask2Former, which never read this key.",
+    )
+    cfg.retire_key(
+        "MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_N_POINTS",
+        4,
+        "the pixel decoder's deformable attention samples 4 points per head and level, as in "
+        "Mask2Former, which never read this key.",
+    )

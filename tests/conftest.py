@@ -20,6 +20,15 @@ REFERENCE = REPO / "tests" / "data" / "reference"
 PROJECT_LOGGERS = ("instaformer", "mask2former")  # the loggers setup_logger configures
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache(tmp_path_factory):
+    """The project's cache folder (downloads, exported ONNX graphs) is a temporary folder of the
+    session, never the user's ``~/.cache/instaformer``; a test may point it elsewhere."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("INSTAFORMER_CACHE", str(tmp_path_factory.mktemp("instaformer-cache")))
+        yield
+
+
 @pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(0)

@@ -1,4 +1,4 @@
-"""The interactive viewer's data and pictures (instaformer.interactive), without a browser.
+"""The interactive viewer's data and pictures (instaformer.apps.interactive), without a browser.
 
 The scene of ``scene_predictor``: things with ids 10, 11, 12, 13 painted back to front, so 13 is
 the closest, and each thing occludes the one painted just before it (11 occludes 10, ...).
@@ -13,8 +13,8 @@ import pytest
 import torch
 from test_demo_predictor import scene_predictor
 
-from instaformer.demo_utils import save_result
-from instaformer.interactive import (
+from instaformer.apps.demo_utils import save_result
+from instaformer.apps.interactive import (
     View,
     instance_choices,
     parse_choice,
@@ -23,7 +23,7 @@ from instaformer.interactive import (
     relations_of,
     segment_at,
 )
-from instaformer.visualization import RELATION_COLORS
+from instaformer.apps.visualization import RELATION_COLORS
 
 
 @pytest.fixture(scope="module")
@@ -145,7 +145,7 @@ def test_small_images_are_drawn_enlarged_and_large_ones_as_they_are(view):
 def test_results_of_random_weights_are_marked(tmp_path):
     from test_demo_predictor import LOW_THRESHOLDS, OD_CONFIG
 
-    from instaformer.interactive import weights_warning
+    from instaformer.apps.interactive import weights_warning
     from instaformer.predictor import Predictor
 
     opts = [*LOW_THRESHOLDS, "MODEL.DEVICE", "cpu"]

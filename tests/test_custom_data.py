@@ -19,6 +19,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from scripts import load_script
 
+from instaformer.apps.ground_truth import write_ground_truth_pictures
 from instaformer.config import ConfigError, setup_cfg
 from instaformer.data import make_synthetic_dataset, register_instaorder_panoptic
 from instaformer.data.check import check_dataset
@@ -216,8 +217,11 @@ def test_ground_truth_as_prediction_scores_100(datasets, monkeypatch):
 
 def test_check_dataset_passes_and_draws(datasets, tmp_path):
     _register("shapes_val_check", datasets / "shapes")
-    report = check_dataset("shapes_val_check", pictures=1, output_dir=str(tmp_path))
+    report = check_dataset("shapes_val_check", samples=1)
     assert report.ok, report.faults
+    assert len(report.samples) == 1 and not report.pictures
+    written = write_ground_truth_pictures(report, str(tmp_path))
+    assert report.pictures == written and all(Path(p).parent == tmp_path for p in written)
     assert report.images == SIZES["num_val"]
     assert report.classes == ["blob", "block", "backdrop"]
     assert min(report.instances_per_image) >= 2

@@ -183,7 +183,6 @@ def test_from_config_released_behaviour_and_augment(synthetic):
     assert torch.equal(first["image"], mapper(dict(record))["image"])
     cfg.INPUT.AUGMENT = True
     cfg.INPUT.IMAGE_SIZE = 64
-    cfg.MODEL.GEOMETRIC_PREDICTOR.PAIRWISE = True
     cfg.MODEL.GEOMETRIC_PREDICTOR.INPUT_SIZE = 64
     out = build_dataset_mapper(cfg, is_train=True)(dict(record))
     assert out["image"].shape == (3, 64, 64)

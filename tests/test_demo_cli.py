@@ -1,4 +1,5 @@
-"""The demo command (instaformer.demo, demo/demo.py) end to end on the tiny od model; inputs."""
+"""The demo command (instaformer.apps.demo, demo/demo.py) end to end on the tiny od model;
+inputs."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ import pytest
 from PIL import Image
 from test_demo_predictor import LOW_THRESHOLDS, OD_CONFIG, make_scene
 
-from instaformer import demo
-from instaformer.demo_utils import expand_inputs
+from instaformer.apps import demo
+from instaformer.apps.demo_utils import expand_inputs
 
 
 def test_demo_writes_pictures_and_json_and_reports_bad_input(tmp_path, caplog):

@@ -15,8 +15,8 @@ import torch
 from PIL import Image
 from test_demo_predictor import OD_CONFIG, SceneModel, make_scene, tiny_cfg
 
-from instaformer import demo
-from instaformer.demo_utils import (
+from instaformer.apps import demo
+from instaformer.apps.demo_utils import (
     DemoInputError,
     expand_inputs,
     is_demo_output,

@@ -12,11 +12,11 @@ from PIL import Image
 from test_demo_predictor import SceneModel, make_scene, tiny_cfg
 from torchvision import tv_tensors
 
+from instaformer.apps.demo_utils import expand_inputs
 from instaformer.data import InstaOrderPanopticMapper
 from instaformer.data import io as image_io
 from instaformer.data.augment import shortest_edge_size
 from instaformer.data.io import DataError, ImageError, read_image
-from instaformer.demo_utils import expand_inputs
 from instaformer.predictor import Predictor, load_image
 
 

@@ -16,16 +16,17 @@ import torch
 from PIL import Image
 from torch import nn
 
-from instaformer.config import setup_cfg
-from instaformer.modeling import build_model
-from instaformer.predictor import Predictor, depth_ranking, load_image, result_from_output
-from instaformer.visualization import (
+from instaformer.apps.visualization import (
     anchor_point,
     draw_depth,
     draw_occlusion,
     draw_panoptic,
     draw_video_frame,
 )
+from instaformer.config import setup_cfg
+from instaformer.modeling import build_model
+from instaformer.predictor import Predictor, load_image
+from instaformer.structures import depth_ranking, result_from_output
 
 REPO = Path(__file__).resolve().parents[1]
 OD_CONFIG = REPO / "configs" / "synthetic" / "instaformer_od_tiny.yaml"

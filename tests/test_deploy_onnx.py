@@ -25,6 +25,7 @@ from instaformer.deploy import export as deploy
 from instaformer.deploy import runtime
 from instaformer.deploy.export import NetworkWrapper, pad_like_model
 from instaformer.predictor import Predictor
+from mask2former.utils import download
 from mask2former.utils.outputs import RECORD_NAME
 
 onnx = pytest.importorskip("onnx", reason="the [export] extra is not installed")
@@ -165,14 +166,14 @@ def test_order_head_in_onnxruntime_takes_2_to_64_instances(exported):
 @pytest.fixture(scope="module")
 def backends(exported):
     """The model, and Predictors on the PyTorch and the onnxruntime backends (MODEL.WEIGHTS
-    names the model's weights file: the exported graphs are cached next to it). The cache is
+    names the model's weights file; the exported graphs go to the cache folder). The cache is
     seeded with the tool's 64 x 96 network graph (same export function); the backend exports
     the order head on first use."""
     model, weights, out, _, _ = exported
     cfg = setup_cfg(str(OD_CONFIG), [*LOW_THRESHOLDS, "MODEL.WEIGHTS", str(weights)])
     ort_predictor = Predictor(cfg, model=model, backend="onnxruntime")
     network, _ = ort_predictor._forward.paths(HEIGHT, WIDTH)
-    network.parent.mkdir()
+    network.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(out / "network.onnx", network)
     return model, Predictor(cfg, model=model), ort_predictor
 
@@ -219,13 +220,14 @@ def test_onnxruntime_backend_gives_the_pytorch_result(backends, size):
     assert result.depth_ranking == expected.depth_ranking
 
 
-def test_exported_graphs_are_cached_next_to_the_weights(backends, exported, monkeypatch):
+def test_exported_graphs_are_cached_in_the_cache_folder(backends, exported, monkeypatch):
     model, _, ort_predictor = backends
     _, weights, _, _, _ = exported
     image = make_scene(HEIGHT, WIDTH)[0]
     expected = ort_predictor(image)  # the order head is exported by the backend on first use
     network, head = ort_predictor._forward.paths(HEIGHT, WIDTH)
-    assert network.parent == weights.parent / "model_onnx"
+    assert network.parent == download.cache_dir() / "onnx"
+    assert sorted(p.name for p in weights.parent.iterdir()) == ["graphs", "model.pth"]
     assert network.is_file() and head.is_file()
     assert not [p for p in network.parent.iterdir() if p.suffix != ".onnx"]  # no temp files
 
@@ -235,27 +237,28 @@ def test_exported_graphs_are_cached_next_to_the_weights(backends, exported, monk
     monkeypatch.setattr(runtime, "onnx_export_network", no_export)
     monkeypatch.setattr(runtime, "onnx_export_order_head", no_export)
     config_text = ort_predictor.cfg.dump()
-    again = runtime.OnnxRuntimeModel(model, config_text=config_text, weights=str(weights))
+    again = runtime.OnnxRuntimeModel(model, config_text=config_text)
     assert again.paths(HEIGHT, WIDTH) == (network, head)
     cached = Predictor(ort_predictor.cfg, model=model, backend="onnxruntime")
     assert np.array_equal(cached(image).panoptic_seg, expected.panoptic_seg)
 
-    other_config = runtime.OnnxRuntimeModel(model, config_text=config_text + "#", weights="")
+    other_config = runtime.OnnxRuntimeModel(model, config_text=config_text + "#")
     assert other_config.key != again.key
     changed = copy.deepcopy(model)
     with torch.no_grad():
         next(changed.parameters()).add_(1.0)
-    other_weights = runtime.OnnxRuntimeModel(changed, config_text=config_text, weights="")
+    other_weights = runtime.OnnxRuntimeModel(changed, config_text=config_text)
     assert other_weights.key not in (again.key, other_config.key)
     assert again.paths(32, 64)[0].name != network.name  # keyed by input size
 
 
-def test_cache_folder_without_local_weights(backends, tmp_path, monkeypatch):
+def test_cache_folder_follows_the_environment(backends, tmp_path, monkeypatch):
     model = backends[0]
-    monkeypatch.setenv(runtime.CACHE_ENV, str(tmp_path))
-    for weights in ("", "https://example.org/model.pth", str(tmp_path / "missing.pth")):
-        runner = runtime.OnnxRuntimeModel(model, config_text="cfg", weights=weights)
-        assert runner.paths(HEIGHT, WIDTH)[0].parent == tmp_path / "onnx"
+    monkeypatch.setenv("INSTAFORMER_CACHE", str(tmp_path))
+    runner = runtime.OnnxRuntimeModel(model, config_text="cfg")
+    assert runner.paths(HEIGHT, WIDTH)[0].parent == tmp_path / "onnx"
+    chosen = runtime.OnnxRuntimeModel(model, config_text="cfg", cache_dir=tmp_path / "mine")
+    assert chosen.paths(HEIGHT, WIDTH)[0].parent == tmp_path / "mine"
 
 
 def test_predictor_rejects_unknown_backends():
@@ -265,7 +268,7 @@ def test_predictor_rejects_unknown_backends():
 
 def test_demo_runs_on_the_onnxruntime_backend(backends, exported, tmp_path, monkeypatch):
     """``demo --backend onnxruntime`` writes the PyTorch path's orders (graphs from the cache)."""
-    from instaformer import demo
+    from instaformer.apps import demo
 
     _, torch_predictor, ort_predictor = backends
     _, weights, _, _, _ = exported

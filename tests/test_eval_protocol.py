@@ -89,7 +89,7 @@ def test_build_evaluators_follows_config() -> None:
         build_evaluators(cfg, "any", None)
     cfg.TEST.OCCLUSION_EVALUATION = True
     cfg.TEST.DEPTH_EVALUATION = True
-    cfg.SOLVER.OCCLUSION_ZERO_DIV = 0
+    cfg.TEST.OCCLUSION_ZERO_DIV = 0
     evaluators = build_evaluators(cfg, "any", None).evaluators
     assert [type(e) for e in evaluators] == [OcclusionEvaluator, DepthEvaluator]
     # zero_division reaches the evaluator: all-zero GT and prediction give 0 instead of 100.

@@ -23,7 +23,9 @@ the CPU, by design); every step whose output shape depends on tensor values: the
 order-head attention (``nonzero``; the same function in its dense formulation runs here, and its
 per-pixel step on a fixed pixel count), the order losses' selection of labelled pairs, the
 normalisation of the mask losses (``num_masks``, read back as a float), panoptic and instance
-post-processing, InstaOrderNet's patch-mode crops (windows read back from the boxes).
+post-processing, InstaOrderNet's patch-mode crops (windows read back from the boxes) and the
+OpenCV resizes that make its inputs (CPU arrays by design; the test runs them on stand-in
+arrays of the same shapes and checks everything after them).
 """
 
 from __future__ import annotations
@@ -35,10 +37,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch._subclasses.fake_tensor import FakeTensorMode, unset_fake_temporarily
 
 from instaformer.config import setup_cfg
+from instaformer.instaordernet import meta_arch as instaordernet_meta_arch
+from instaformer.instaordernet.inputs import ResizeModeInputs
 from instaformer.modeling import build_model
 from mask2former.modeling.ops import dispatch
 from mask2former.structures import Instances
@@ -199,6 +203,7 @@ def test_loss_terms(
 ) -> None:
     """The matcher's cost on the device, the Mask2Former loss terms on the (CPU) indices an
     assignment gives, and the order loss term on the head's log-probabilities."""
+    from instaformer.modeling.meta_arch import NetworkOutputs
     from instaformer.modeling.order.losses import balanced_softmax_cross_entropy
     from mask2former.modeling import matcher as matcher_module
 
@@ -229,9 +234,8 @@ def test_loss_terms(
     assert {"loss_ce_0", "loss_mask_0", "loss_dice_0", "loss_ce_1"} <= set(losses)
     assert _assert_cuda(losses, "losses") == len(losses)
     queries = torch.arange(N)
-    log_probs = model._image_log_probs(
-        0, queries, outputs, embed, feats, x, sizes, (images.shape[-2], images.shape[-1])
-    )
+    net = NetworkOutputs(outputs, embed, feats, sizes, (images.shape[-2], images.shape[-1]))
+    log_probs = model._image_log_probs(net, 0, queries, x)
     gt_keys = {"occlusion": "occlusion_matrix", "depth": "depth_matrix"}
     for task, counts in model.order_criterion.class_counts.items():
         z = log_probs[task][-1].flatten(0, 1)  # every pair, diagonal included: shapes fixed
@@ -264,9 +268,29 @@ def test_predictor_tensor_steps(
     assert _assert_cuda((images, outputs, embed, feats), "predictor") > 3
 
 
-def test_instaordernet_batched_forward(instaordernet: nn.Module, fake_mode: FakeTensorMode) -> None:
-    """All ordered pairs of 12 instances (132 inputs, three forward passes of at most 64)."""
+class _StandInResizeInputs(ResizeModeInputs):
+    """Resize-mode inputs built by the real OpenCV code on stand-in CPU arrays of the inputs'
+    shapes (a fake tensor has no values to give OpenCV), then moved to the requested device:
+    what the network and the pair gathering see is what they see on a GPU."""
+
+    def __init__(self, image: Tensor, masks: Tensor, size: int, device: torch.device) -> None:
+        with unset_fake_temporarily():
+            stand_in_image = torch.zeros(tuple(image.shape), dtype=image.dtype)
+            stand_in_masks = torch.zeros(tuple(masks.shape), dtype=masks.dtype)
+            super().__init__(stand_in_image, stand_in_masks, size)
+        self.rgb = self.rgb.to(device)
+        self.masks = self.masks.to(device)
+
+
+def test_instaordernet_batched_forward(
+    instaordernet: nn.Module, fake_mode: FakeTensorMode, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """All ordered pairs of 12 instances (132 inputs, three forward passes of at most 64).
+
+    The inputs are made on the CPU by OpenCV (the original's values, by design) and handed to
+    the device once per image; from there on everything must stay on CUDA."""
     k = 12
+    monkeypatch.setattr(instaordernet_meta_arch, "ResizeModeInputs", _StandInResizeInputs)
     model = _on_fake_cuda(instaordernet).eval()
     assert model.pairs_per_forward < k * (k - 1)
     image = torch.empty(3, HEIGHT, WIDTH, dtype=torch.uint8, device="cuda")

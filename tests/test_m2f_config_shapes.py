@@ -38,7 +38,7 @@ HEAD = {
     "MODEL.SEM_SEG_HEAD.CONVS_DIM": 64,  # [256] (GroupNorm(32, .) needs a multiple of 32)
     "MODEL.SEM_SEG_HEAD.MASK_DIM": 24,  # [256]
     "MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS": 2,  # [6]
-    "MODEL.GEOMETRIC_PREDICTOR.ADAPTER_DIM": 8,  # [64]
+    "MODEL.MASK_FORMER.ADAPTER_DIM": 8,  # [64]
 }
 RESNEXT = {
     "MODEL.RESNETS.DEPTH": 50,
@@ -143,7 +143,7 @@ def _pixel_decoder(cfg, channels: dict[str, int]) -> Shapes:
     Reference from_config: heads = MASK_FORMER.NHEADS, FFN = 1024, points = 4 (both fixed).
     """
     head, mf = cfg.MODEL.SEM_SEG_HEAD, cfg.MODEL.MASK_FORMER
-    c, a = head.CONVS_DIM, cfg.MODEL.GEOMETRIC_PREDICTOR.ADAPTER_DIM
+    c, a = head.CONVS_DIM, mf.ADAPTER_DIM
     enc = [
         f
         for f in ("res2", "res3", "res4", "res5")
@@ -185,7 +185,7 @@ def _transformer_decoder(cfg) -> Shapes:
     """MultiScaleMaskedTransformerDecoder (+ InstaFormer decoder adapters): DEC_LAYERS - 1
     layers; 1x1 input projections when CONVS_DIM != HIDDEN_DIM or ENFORCE_INPUT_PROJ."""
     mf, head = cfg.MODEL.MASK_FORMER, cfg.MODEL.SEM_SEG_HEAD
-    d, f, a = mf.HIDDEN_DIM, mf.DIM_FEEDFORWARD, cfg.MODEL.GEOMETRIC_PREDICTOR.ADAPTER_DIM
+    d, f, a = mf.HIDDEN_DIM, mf.DIM_FEEDFORWARD, mf.ADAPTER_DIM
     p = "sem_seg_head.predictor"
     shapes: Shapes = {}
     for i in range(mf.DEC_LAYERS - 1):

@@ -32,7 +32,7 @@ def tiny_cfg(*opts: str, backbone: str = "swin"):
             "MODEL.SEM_SEG_HEAD.MASK_DIM", "32",
             "MODEL.SEM_SEG_HEAD.NUM_CLASSES", "5",
             "MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS", "1",
-            "MODEL.GEOMETRIC_PREDICTOR.ADAPTER_DIM", "8",
+            "MODEL.MASK_FORMER.ADAPTER_DIM", "8",
             "MODEL.BACKBONE.FREEZE", "False",
             "MODEL.SEM_SEG_HEAD.FREEZE", "False",
         ]
@@ -145,7 +145,7 @@ def test_adapters_output_zero_at_init() -> None:
     torch.manual_seed(0)
     with_adapters = build(tiny_cfg())
     torch.manual_seed(0)
-    without = build(tiny_cfg("MODEL.GEOMETRIC_PREDICTOR.USE_ADAPTERS", "False"))
+    without = build(tiny_cfg("MODEL.MASK_FORMER.USE_ADAPTERS", "False"))
     state = {
         k: v
         for k, v in with_adapters.state_dict().items()

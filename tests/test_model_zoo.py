@@ -13,7 +13,8 @@ from local_server import LocalServer, route_drive_to
 from PIL import Image
 from test_demo_predictor import LOW_THRESHOLDS, make_scene
 
-from instaformer import demo, model_zoo, train
+from instaformer import model_zoo, train
+from instaformer.apps import demo
 from instaformer.config import resolve_config_file, setup_cfg
 from instaformer.errors import run_cli
 from mask2former.utils import download
@@ -89,7 +90,7 @@ def test_every_config_resolves_and_loads(entry):
     elif entry.family == "instaformer":
         task = entry.name.split("_")[1]
         assert (gp.OCCLUSION_ON, gp.DEPTH_ON) == ("o" in task, "d" in task)
-        assert not gp.PAIRWISE
+        assert gp.NAME == "GeometricTransformer"
     if "l_in21k" in entry.name:
         assert cfg.MODEL.MASK_FORMER.NUM_OBJECT_QUERIES == 200
     if "swin" in entry.name:
@@ -129,15 +130,16 @@ def test_zoo_name_downloads_once_with_progress(monkeypatch, cache, capsys):
             "instaformer_o_swin_t",
             url="https://drive.google.com/uc?id=ABC&export=download",
         )
-        path = download.fetch("zoo://instaformer_o_swin_t")
+        path = model_zoo.fetch("zoo://instaformer_o_swin_t")
         assert "100%" in capsys.readouterr().err
-        assert download.fetch("zoo://instaformer_o_swin_t") == path
+        assert model_zoo.fetch("zoo://instaformer_o_swin_t") == path
         assert [r.split("?")[0] for r in server.requests] == ["/uc", "/download"]
     assert Path(path) == download.cache_path(entry.url, "instaformer_o_swin_t.pth")
 
 
 def test_predictor_from_pretrained_on_a_served_checkpoint(monkeypatch, cache, tiny_weights):
-    from instaformer.predictor import OrderResult, Predictor
+    from instaformer.predictor import Predictor
+    from instaformer.structures import OrderResult
 
     with LocalServer({"/tiny.pth": tiny_weights}) as server:
         served(
@@ -151,7 +153,7 @@ def test_predictor_from_pretrained_on_a_served_checkpoint(monkeypatch, cache, ti
             "instaformer_od_swin_t", device="cpu", opts=LOW_THRESHOLDS
         )
         assert server.requests == ["/tiny.pth"]
-    saved = torch.load(download.fetch("zoo://instaformer_od_swin_t"), weights_only=True)["model"]
+    saved = torch.load(model_zoo.fetch("zoo://instaformer_od_swin_t"), weights_only=True)["model"]
     for key, value in predictor.model.state_dict().items():
         assert torch.equal(value, saved[key]), key
     assert predictor.cfg.MODEL.WEIGHTS == "zoo://instaformer_od_swin_t"

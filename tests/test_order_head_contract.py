@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ import torch
 from test_instaformer_inference import _check_contract
 from test_instaformer_train import sample, tiny_cfg
 
+from instaformer.config import ConfigError
 from instaformer.modeling import build_model
 from instaformer.modeling.order import (
     GeometricTransformer,
@@ -34,12 +36,15 @@ def _doc_example() -> str:
 
 
 @pytest.fixture(scope="module")
-def area_head() -> type:
-    """The doc's head class, registered once per process."""
-    if "AreaOrderHead" not in ORDER_HEAD_REGISTRY:
-        namespace: dict = {}
-        exec(compile(_doc_example(), str(DOC), "exec"), namespace)  # the doc block itself
-    return ORDER_HEAD_REGISTRY.get("AreaOrderHead")
+def area_head() -> Iterator[type]:
+    """The doc's head class, registered for this module's tests and removed after them, so the
+    registry other test modules see (e.g. the names an error lists) is the shipped one."""
+    assert "AreaOrderHead" not in ORDER_HEAD_REGISTRY
+    namespace: dict = {}
+    exec(compile(_doc_example(), str(DOC), "exec"), namespace)  # the doc block itself
+    yield ORDER_HEAD_REGISTRY.get("AreaOrderHead")
+    # fvcore's Registry has no public removal; its name -> class map is `_obj_map`.
+    del ORDER_HEAD_REGISTRY._obj_map["AreaOrderHead"]
 
 
 def _cfg(*opts: str):
@@ -99,8 +104,10 @@ def test_registered_head_rule(area_head) -> None:
 
 
 def test_pairwise_legacy_key_must_agree_with_name(area_head) -> None:
-    with pytest.raises(ValueError, match="NAME"):
-        build_model(_cfg("MODEL.GEOMETRIC_PREDICTOR.PAIRWISE", "True"))
+    with pytest.raises(ConfigError, match="NAME chooses the head"):
+        _cfg("MODEL.GEOMETRIC_PREDICTOR.PAIRWISE", "True")
+    cfg = _cfg("MODEL.GEOMETRIC_PREDICTOR.PAIRWISE", "False")
+    assert "PAIRWISE" not in cfg.MODEL.GEOMETRIC_PREDICTOR
 
 
 def test_shipped_heads_declare_the_contract() -> None:

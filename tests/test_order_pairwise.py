@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from instaformer.config import get_cfg
-from instaformer.instaordernet.inputs import pair_windows, patch_mode_inputs, resize_mode_inputs
+from instaformer.instaordernet.inputs import PatchModeInputs, ResizeModeInputs, pair_windows
 from instaformer.instaordernet.network import (
     instaordernet_d,
     instaordernet_o,
@@ -71,7 +71,7 @@ def test_resize_and_patch_inputs():
     masks[1, 20:, 30:] = 1
     masks[2, 5:15, 40:50] = 1
     pairs = torch.tensor([[0, 1], [1, 0], [2, 0]])
-    x = resize_mode_inputs(image, masks, pairs, size=32)
+    x = ResizeModeInputs(image, masks, size=32)(pairs)
     assert x.shape == (3, 5, 32, 32)
     torch.testing.assert_close(x[0, 0], x[1, 1])
     assert set(x[:, :2].unique().tolist()) == {0.0, 1.0}
@@ -79,7 +79,7 @@ def test_resize_and_patch_inputs():
     # union of boxes 0 and 1: 60 x 40, side = max(sqrt(2*60*40), 66, 44) = 69.28 -> 69
     window = pair_windows(boxes, torch.tensor([[0, 1]]))[0].tolist()
     assert window == [-4, -14, 69]
-    p = patch_mode_inputs(image, masks, boxes, pairs, size=32, enlarge=None)
+    p = PatchModeInputs(image, masks, boxes, size=32, enlarge=None)(pairs)
     assert p.shape == (3, 5, 32, 32) and torch.isfinite(p).all()
 
 
@@ -158,7 +158,26 @@ def test_pairwise_state_dict_accepts_both_layouts_and_released_checkpoint(tmp_pa
     # the builder finds the released file name inside a folder
     cfg = get_cfg()
     gp = cfg.MODEL.GEOMETRIC_PREDICTOR
-    gp.NAME, gp.TASK, gp.PAIRWISE, gp.INPUT_SIZE = "PairwiseResNet", "d", True, 384
+    gp.NAME, gp.TASK, gp.INPUT_SIZE = "PairwiseResNet", "d", 384
     gp.USE_INSTAORDERNET_WEIGHTS, gp.INSTAORDERNET_WEIGHTS_PATH = True, str(tmp_path)
     built = build_order_head(cfg)
     torch.testing.assert_close(built.instaordernet.module.fc.bias, net.fc.bias)
+
+
+def test_instaordernet_weights_without_a_path_are_named(caplog):
+    """``USE_INSTAORDERNET_WEIGHTS`` with no ``INSTAORDERNET_WEIGHTS_PATH`` (the released pairwise
+    configs) loads nothing at build: a warning names both keys and where the weights come from."""
+    cfg = get_cfg()
+    gp = cfg.MODEL.GEOMETRIC_PREDICTOR
+    gp.NAME, gp.TASK, gp.USE_INSTAORDERNET_WEIGHTS = "PairwiseResNet", "o", True
+    with torch.device("meta"), caplog.at_level("WARNING", logger="instaformer"):
+        build_order_head(cfg)
+    (record,) = caplog.records
+    message = record.getMessage()
+    assert "USE_INSTAORDERNET_WEIGHTS is True" in message
+    assert "INSTAORDERNET_WEIGHTS_PATH is empty" in message and "MODEL.WEIGHTS" in message
+    caplog.clear()
+    gp.USE_INSTAORDERNET_WEIGHTS = False
+    with torch.device("meta"), caplog.at_level("WARNING", logger="instaformer"):
+        build_order_head(cfg)
+    assert not caplog.records

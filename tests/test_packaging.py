@@ -53,5 +53,5 @@ def test_wheel_ships_configs_and_console_scripts(tmp_path):
         assert f"instaformer/configs/{name}" in names
     assert "mask2former/modeling/ops/csrc/ms_deform_attn_cuda.cu" in names
     assert not any(n.startswith(("configs/", "tests/")) for n in names), "stray top-level files"
-    assert "instaformer-demo = instaformer.demo:cli" in scripts
+    assert "instaformer-demo = instaformer.apps.demo:cli" in scripts
     assert "instaformer-train = instaformer.train:cli" in scripts

@@ -88,7 +88,7 @@ def test_checkpoint_filling_too_little_is_refused_unless_asked(tmp_path: Path) -
 def test_demo_names_a_broken_checkpoint_in_one_line(tmp_path: Path, capsys, monkeypatch) -> None:
     from PIL import Image
 
-    from instaformer.demo import cli
+    from instaformer.apps.demo import cli
 
     (tmp_path / "empty.pth").write_bytes(b"")
     Image.new("RGB", (32, 32)).save(tmp_path / "photo.png")

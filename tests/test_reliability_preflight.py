@@ -205,7 +205,7 @@ def test_unknown_names_list_the_known_ones_all_at_once(capsys, tmp_path):
         "('synthetic_train',)",
     )
     assert faults[:2] == [
-        "MODEL.BACKBONE.NAME 'resnet50' is not registered; known: D2SwinTransformer, "
+        "MODEL.BACKBONE.NAME 'resnet50' is not registered; known: D2SwinTransformer, TimmBackbone, "
         "build_resnet_backbone",
         "MODEL.GEOMETRIC_PREDICTOR.NAME 'Holistic' is not registered; known: "
         "GeometricTransformer, PairwiseResNet",
@@ -221,9 +221,9 @@ def test_unknown_names_list_the_known_ones_all_at_once(capsys, tmp_path):
 
 
 def test_constructor_refusals_are_found_on_the_meta_device(capsys, tmp_path):
-    assert _refused(capsys, tmp_path, "MODEL.GEOMETRIC_PREDICTOR.METHOD", "cat") == [
-        "the model cannot be built from this config: MODEL.GEOMETRIC_PREDICTOR.METHOD = 'cat' is "
-        "not supported (only 'stack'): 'cat' and 'sep' were never released nor validated."
+    assert _refused(capsys, tmp_path, "MODEL.GEOMETRIC_PREDICTOR.DEPTH_LOSS", "l1") == [
+        "the model cannot be built from this config: MODEL.GEOMETRIC_PREDICTOR.DEPTH_LOSS must be "
+        "one of ('balanced_softmax', 'ce'), got 'l1'"
     ]
 
 
@@ -327,7 +327,7 @@ def test_released_configs_pass_the_config_checks(config: str) -> None:
 
 
 def _demo_main(argv: list[str]) -> None:
-    from instaformer.demo import main
+    from instaformer.apps.demo import main
 
     main(argv)
 

@@ -25,6 +25,7 @@ from scripts import load_script
 
 from instaformer.data.example import EXAMPLE_CATEGORIES
 from instaformer.errors import run_cli
+from mask2former.utils.outputs import RECORD_NAME
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = str(REPO / "configs" / "synthetic" / "maskformer2_R50_tiny.yaml")
@@ -220,7 +221,7 @@ class _NeverCalled:
 
 
 def test_two_demo_runs_into_one_folder_the_second_is_refused(tmp_path):
-    from instaformer.demo_utils import run_on_paths
+    from instaformer.apps.demo_utils import run_on_paths
     from mask2former.engine.lock import RunLockError
 
     out = tmp_path / "out"
@@ -251,7 +252,7 @@ def test_two_demo_runs_into_one_folder_the_second_is_refused(tmp_path):
 
 
 def test_demo_empty_output_is_refused(tmp_path, monkeypatch, capsys):
-    from instaformer.demo import main
+    from instaformer.apps.demo import main
 
     monkeypatch.chdir(tmp_path)
     Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "a.jpg")
@@ -349,6 +350,261 @@ def test_eval_only_keeps_the_training_config(trained, tmp_path):
     assert (run / "config.yaml").read_bytes() == config
     assert "SEED: 7" in (run / "config_eval.yaml").read_text()
     assert (run / "model_final.pth").read_bytes() == (trained / "model_final.pth").read_bytes()
+
+
+# --- the synthetic twin and the example ------------------------------------------------------
+
+
+def _make_synthetic(capsys, *argv: str) -> tuple[int, str]:
+    cli = load_script("tools/make_synthetic_dataset.py")
+    code = cli.main([*argv, "--num-train", "0", "--num-val", "2", "--image-size", "32"])
+    return code, capsys.readouterr().err
+
+
+def test_synthetic_dataset_keeps_a_file_it_did_not_write(tmp_path, capsys):
+    root = tmp_path / "data"
+    theirs = root / "coco" / "annotations" / "instances_val2017.json"
+    theirs.parent.mkdir(parents=True)
+    theirs.write_text('{"info": "the real COCO val2017 instances"}')
+    before = _digests(tmp_path)
+    code, err = _make_synthetic(capsys, "--root", str(root))
+    assert code == 2
+    assert (
+        f"make_synthetic_dataset: error: {theirs} exists and is a file that "
+        "make_synthetic_dataset did not write" in err
+    )
+    assert _digests(tmp_path) == before  # no image either: every name is checked first
+
+
+def test_synthetic_dataset_replaces_only_its_own_unchanged_files(tmp_path):
+    from instaformer.data import make_synthetic_dataset
+    from mask2former.utils.outputs import OutputError
+
+    root = tmp_path / "data"
+    make_synthetic_dataset(str(root), num_train=0, num_val=2, image_size=32, seed=1)
+    first = _digests(root)
+    make_synthetic_dataset(str(root), num_train=0, num_val=2, image_size=32, seed=1)  # its own
+    assert {k: v for k, v in _digests(root).items() if k != RECORD_NAME} == {
+        k: v for k, v in first.items() if k != RECORD_NAME
+    }
+    image = next((root / "coco" / "val2017").iterdir())
+    image.write_bytes(b"retouched by the user since")
+    before = _digests(tmp_path)
+    with pytest.raises(OutputError, match=f"{image} was changed since make_synthetic_dataset"):
+        make_synthetic_dataset(str(root), num_train=0, num_val=2, image_size=32, seed=1)
+    assert _digests(tmp_path) == before
+
+
+def test_synthetic_dataset_empty_root_is_refused(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes.txt").write_text("the current folder")
+    before = _digests(tmp_path)
+    code, err = _make_synthetic(capsys, "--root", "")
+    assert code == 2
+    assert "make_synthetic_dataset: error: --root is empty: name the output folder" in err
+    assert _digests(tmp_path) == before
+
+
+def test_example_keeps_a_file_it_did_not_write(tmp_path, capsys):
+    root = tmp_path / "shapes"
+    root.mkdir()
+    (root / "val.json").write_text('{"images": "annotated by hand, two weeks of work"}')
+    before = _digests(tmp_path)
+    tool = load_script("tools/convert_to_instaorder.py")
+    argv = ["example", str(root), "--num-train", "0", "--num-val", "2", "--image-size", "32"]
+    assert tool.main(argv) == 1
+    err = capsys.readouterr().err
+    assert f"error: {root / 'val.json'} exists and is a file that example did not write" in err
+    assert _digests(tmp_path) == before  # and no temporary twin left behind
+    assert sorted(p.name for p in root.iterdir()) == ["val.json"]
+
+
+# --- the GPU check ---------------------------------------------------------------------------
+
+
+def _gpu_check(capsys, monkeypatch, output_dir: str) -> tuple[int, str]:
+    monkeypatch.syspath_prepend(str(REPO / "tools"))  # it imports tools/benchmark.py
+    tool = load_script("tools/gpu_check.py")
+    code = tool.main(["--output-dir", output_dir, "--dry-run", "--steps", "ops_cuda"])
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("theirs", "message"),
+    [
+        ("gpu_check.json", "{path} exists and is a file that gpu_check did not write"),
+        ("work/train_net/train/model_final.pth", "{out}/work exists, and {out} has no "),
+    ],
+)
+def test_gpu_check_keeps_files_it_did_not_write(tmp_path, capsys, monkeypatch, theirs, message):
+    out = tmp_path / "out"
+    (out / theirs).parent.mkdir(parents=True, exist_ok=True)
+    (out / theirs).write_bytes(b"a file of the user's")
+    before = _digests(tmp_path)
+    code, err = _gpu_check(capsys, monkeypatch, str(out))
+    assert code == 2
+    assert "gpu_check: error: " + message.format(path=out / theirs, out=out) in err
+    assert _digests(tmp_path) == before
+
+
+def test_gpu_check_writes_again_into_its_own_folder(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "out"
+    assert _gpu_check(capsys, monkeypatch, str(out))[0] == 0
+    assert _gpu_check(capsys, monkeypatch, str(out))[0] == 0
+    report = json.loads((out / "gpu_check.json").read_text())
+    assert report["steps"]["ops_cuda"]["status"] == "skipped"
+
+
+def test_gpu_check_empty_output_dir_is_refused(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes.txt").write_text("the current folder")
+    before = _digests(tmp_path)
+    code, err = _gpu_check(capsys, monkeypatch, "")
+    assert code == 2 and "gpu_check: error: --output-dir is empty: name the output folder" in err
+    assert _digests(tmp_path) == before
+
+
+def test_gpu_check_script_keeps_an_install_log_it_did_not_write(tmp_path):
+    out, wheels = tmp_path / "out", tmp_path / "wheels"
+    out.mkdir()
+    wheels.mkdir()
+    (out / "install.log").write_text("my notes of the cluster's install")
+    before = _digests(tmp_path)
+    result = subprocess.run(
+        ["bash", str(REPO / "tools" / "gpu_check.sh"), str(out), "--wheels", str(wheels)],
+        env={**os.environ, "PYTHON": sys.executable},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2, result.stderr
+    assert f"gpu_check: error: {out}/install.log exists, and {out} has no gpu_check.json" in (
+        result.stderr
+    )
+    assert _digests(tmp_path) == before
+
+
+# --- evaluators (inside OUTPUT_DIR, which the run holds) ---------------------------------------
+
+
+def _panoptic_gt(tmp_path: Path, file_name: str, gt_folder: Path) -> Path:
+    """A panoptic ground truth of one 4x4 image (two segments) at ``tmp_path/gt/a.png`` whose
+    annotation names it ``file_name`` (relative to ``gt_folder``); returns the JSON."""
+    from mask2former.structures import id2rgb
+
+    (tmp_path / "gt").mkdir()
+    gt_folder.mkdir(parents=True, exist_ok=True)  # may be tmp_path/gt itself
+    ids = np.ones((4, 4), np.int64)
+    ids[:, 2:] = 2
+    Image.fromarray(id2rgb(ids)).save(tmp_path / "gt" / "a.png")
+    segments = [
+        {"id": i, "category_id": i, "iscrowd": 0, "area": 8, "bbox": [0, 0, 2, 4]} for i in (1, 2)
+    ]
+    gt = {
+        "categories": [
+            {"id": 1, "name": "blob", "isthing": 1},
+            {"id": 2, "name": "backdrop", "isthing": 0},
+        ],
+        "images": [{"id": 1, "file_name": "a.jpg", "height": 4, "width": 4}],
+        "annotations": [{"image_id": 1, "file_name": file_name, "segments_info": segments}],
+    }
+    path = tmp_path / "gt.json"
+    path.write_text(json.dumps(gt))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [("{gt}/a.png", "is absolute"), ("../../gt/a.png", "contains '..'")],
+)
+def test_panoptic_predictions_never_replace_the_ground_truth(tmp_path, name, message):
+    from mask2former.evaluation import COCOPanopticEvaluator
+    from mask2former.utils.outputs import OutputError
+
+    gt_folder = tmp_path / "panoptic" / "val"
+    file_name = name.format(gt=tmp_path / "gt")  # both read tmp_path/gt/a.png
+    gt_json = _panoptic_gt(tmp_path, file_name, gt_folder)
+    run = tmp_path / "run"  # its prediction PNG would be tmp_path/gt/a.png
+    run.mkdir()
+    before = _digests(tmp_path)
+    with pytest.raises(OutputError, match=rf"gt\.json, image_id 1: file name '.*' {message}"):
+        evaluator = COCOPanopticEvaluator(
+            output_dir=str(run), gt_json=str(gt_json), gt_folder=str(gt_folder), distributed=False
+        )
+        prediction = (torch.zeros(4, 4, dtype=torch.int32), [])
+        evaluator.process([{"image_id": 1}], [{"panoptic_seg": prediction}])
+    assert _digests(tmp_path) == before
+
+
+@pytest.mark.parametrize("kind", ["panoptic", "instance"])
+def test_evaluator_failing_while_writing_keeps_the_previous_predictions(
+    tmp_path, monkeypatch, kind
+):
+    from mask2former.evaluation import COCOInstanceEvaluator, COCOPanopticEvaluator
+
+    gt_json = _panoptic_gt(tmp_path, "a.png", tmp_path / "gt")
+    gt_folder = tmp_path / "gt"
+    run = tmp_path / "run"
+    run.mkdir()
+    name = {"panoptic": "panoptic_predictions.json", "instance": "instances_predictions.json"}
+    (run / name[kind]).write_text('{"annotations": ["the last evaluation"]}')
+    build = {"panoptic": COCOPanopticEvaluator, "instance": COCOInstanceEvaluator}[kind]
+    evaluator = build(
+        output_dir=str(run), gt_json=str(gt_json), gt_folder=str(gt_folder), distributed=False
+    )
+    before = _digests(tmp_path)
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(json, "dump", disk_full)
+    monkeypatch.setattr(json, "dumps", disk_full)
+    with pytest.raises(OSError, match="No space left on device"):
+        evaluator.evaluate()
+    monkeypatch.undo()
+    assert _digests(tmp_path) == before
+
+
+# --- training's further outputs, the download cache --------------------------------------------
+
+
+def test_wandb_files_go_into_the_output_folder(tmp_path, monkeypatch):
+    import types
+
+    from instaformer.train import load_config, metric_sinks
+    from mask2former.engine import default_argument_parser
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("WANDB_DIR", raising=False)
+    calls: list[dict] = []
+    monkeypatch.setitem(
+        sys.modules, "wandb", types.SimpleNamespace(init=lambda **kw: calls.append(kw) or "run")
+    )
+    argv = ["--config-file", TINY, "OUTPUT_DIR", "run", "WANDB.METRICS", "True"]
+    assert metric_sinks(load_config(default_argument_parser().parse_args(argv))) == ["run"]
+    assert calls[0].get("dir") == str(tmp_path / "run")  # not ./wandb in the current folder
+
+
+def test_download_is_on_disk_before_it_takes_its_final_name(tmp_path, monkeypatch):
+    from local_server import LocalServer
+
+    from mask2former.utils import download
+
+    monkeypatch.setenv("INSTAFORMER_CACHE", str(tmp_path / "cache"))
+    synced: list[tuple[str, bool]] = []
+    fsync = os.fsync
+
+    def spy(fd: int) -> None:
+        path = os.readlink(f"/proc/self/fd/{fd}")
+        synced.append((os.path.basename(path), os.path.exists(download.cache_path(url))))
+        fsync(fd)
+
+    with LocalServer({"/w/model.pth": b"weights" * 1000}) as server:
+        url = server.url("/w/model.pth")
+        monkeypatch.setattr(os, "fsync", spy)
+        path = download.download(url, progress=False)
+    assert path.read_bytes() == b"weights" * 1000
+    assert (path.name, False) in synced  # flushed under its temporary name, before the rename
 
 
 # --- permissions -----------------------------------------------------------------------------

@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from instaformer.predictor import OrderResult, result_from_output
-from instaformer.visualization import (
+from instaformer.apps.visualization import (
     MAX_ARROWS,
     Layout,
     draw_depth,
@@ -16,6 +15,7 @@ from instaformer.visualization import (
     draw_panoptic,
     draw_video_frame,
 )
+from instaformer.structures import OrderResult, result_from_output
 
 
 def grid_result(height: int, width: int, things: int, seed: int = 0) -> OrderResult:

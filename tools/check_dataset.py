@@ -10,8 +10,9 @@ after registering its ``DATASETS.CUSTOM`` entries, and ``MODEL.SEM_SEG_HEAD.NUM_
 against their categories. Every image, panoptic PNG, segment and order label is read; faults
 name the file and value at fault. ``--pictures N`` draws the ground truth of the first N
 images of each dataset (panoptic, occlusion arrows, depth ranks) with the demo's drawing code
-into ``--output-dir/<dataset>/``; a picture never replaces a file this tool did not write, and
-the folder takes one run at a time (mask2former/utils/outputs.py). Exit code 0 when every
+(:mod:`instaformer.apps.ground_truth`) into ``--output-dir/<dataset>/``; a picture never
+replaces a file this tool did not write, and the folder takes one run at a time
+(mask2former/utils/outputs.py). Exit code 0 when every
 dataset is clean, 1 otherwise, 2 when a picture folder or file is refused.
 """
 
@@ -22,6 +23,7 @@ import os
 import sys
 
 import instaformer.data  # noqa: F401  (registers the built-in datasets)
+from instaformer.apps.ground_truth import write_ground_truth_pictures
 from instaformer.config import ConfigError, setup_cfg
 from instaformer.data.check import check_dataset
 from instaformer.data.custom import check_num_classes, register_custom_datasets
@@ -59,17 +61,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"FAULT {err}")
             ok = False
     for name in names:
+        report = check_dataset(
+            name, samples=args.pictures, max_faults=args.max_faults, max_images=args.max_images
+        )
         try:
-            output_dir = None
             if args.pictures:
                 output_dir = os.path.join(args.output_dir, safe_relative(name, "dataset name"))
-            report = check_dataset(
-                name,
-                pictures=args.pictures,
-                output_dir=output_dir,
-                max_faults=args.max_faults,
-                max_images=args.max_images,
-            )
+                write_ground_truth_pictures(report, output_dir)
         except (OutputError, RunLockError) as err:
             print(f"check_dataset: error: {err}", file=sys.stderr)
             return 2

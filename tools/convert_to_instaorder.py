@@ -11,7 +11,9 @@ record of written files. Before writing anything it refuses an output that would
 input or a file it did not write, a ``file_name`` that is absolute or has ``..``, and an
 ``--out-panoptic`` that is the image folder or a mask folder (mask2former/utils/outputs.py).
 ``example`` writes a small dataset in the simple format (from the synthetic twin, three
-non-COCO categories) under ROOT: ``images/``, ``masks/`` and ``{train,val}.json``.
+non-COCO categories) under ROOT: ``images/``, ``masks/`` and ``{train,val}.json``; writing it
+again replaces only the files it wrote there before (a file of one of those names that it did not
+write is refused before anything is written).
 """
 
 from __future__ import annotations
@@ -45,9 +47,13 @@ def main(argv: list[str] | None = None) -> int:
     example.add_argument("--seed", type=int_range(0), default=0, help="random seed")
     args = parser.parse_args(argv)
     if args.command == "example":
-        counts = make_example_dataset(
-            args.root, args.num_train, args.num_val, args.image_size, args.seed
-        )
+        try:
+            counts = make_example_dataset(
+                args.root, args.num_train, args.num_val, args.image_size, args.seed
+            )
+        except (OutputError, RunLockError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
         for split, n in counts.items():
             print(f"{split}: {n} images, annotations in {args.root}/{split}.json")
         return 0

@@ -31,7 +31,11 @@ Outputs in ``--output-dir``: ``gpu_check.json`` (rewritten after every step: env
 step ``status`` passed / failed / timeout / skipped, ``seconds``, ``cpu_seconds``, ``reason``,
 ``results``; and the goals of :data:`GOALS`, met / missed / not measured),
 ``gpu_check.log`` (everything the steps print), ``steps/<name>.json`` (a step's own results,
-kept when it times out half-way) and ``work/`` (synthetic data, training output).
+kept when it times out half-way) and ``work/`` (synthetic data, training output). The folder
+follows mask2former/utils/outputs.py: it is locked for the run, and it is the check's own once
+it holds the ``gpu_check.json`` that a check wrote (its record says so): only then are those
+files replaced. A folder without that report that already holds one of those names, an empty
+``--output-dir``, or a folder another run holds, is refused with exit status 2, before any step.
 Steps run in the order 1, 2, 3, 5, 6, 7, 4 (the compile-heavy inference last) within
 ``--budget-s``; each records the deformable-attention path it ran (``msda_path``). The goals
 (:data:`GOALS`) are printed at the end with their ratios. ``--dry-run`` runs the same code on the
@@ -61,18 +65,26 @@ from pathlib import Path
 
 from benchmark import load_benchmark
 
+from mask2former.engine.lock import RunLockError
 from mask2former.utils.argtypes import float_range
 from mask2former.utils.atomic import atomic_write_bytes
+from mask2former.utils.outputs import OutputError, OutputFolder
 
 REPO = Path(__file__).resolve().parents[1]
 SWIN_T_OD = "configs/instaorder/occlusion_depth/all/swin/maskformer2_swin_tiny_bs16_50ep.yaml"
 R50_OD = "configs/instaorder/occlusion_depth/all/occlusion_depth_config.yaml"
 SYNTHETIC_OD = "configs/synthetic/instaformer_od_tiny.yaml"
 TRAIN_NET_ITERS = 40  # two metric windows of 20 iterations (trainer LOG_PERIOD)
+REPORT = "gpu_check.json"
+LOG = "gpu_check.log"
+
+
+def _report_bytes(obj: object) -> bytes:
+    return (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()
 
 
 def _atomic_write_json(path: Path, obj: object) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+    atomic_write_bytes(path, _report_bytes(obj))
 
 
 def _benchmark_output(name: str, argv: list[str]) -> str:
@@ -239,7 +251,7 @@ DRY_RUN_OPTS = [
     "MODEL.SEM_SEG_HEAD.CONVS_DIM", "32",
     "MODEL.SEM_SEG_HEAD.MASK_DIM", "32",
     "MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS", "1",
-    "MODEL.GEOMETRIC_PREDICTOR.ADAPTER_DIM", "8",
+    "MODEL.MASK_FORMER.ADAPTER_DIM", "8",
     "MODEL.GEOMETRIC_PREDICTOR.D_MODEL", "32",
     "MODEL.GEOMETRIC_PREDICTOR.NUM_HEADS", "2",
     "MODEL.GEOMETRIC_PREDICTOR.NUM_LAYERS", "2",
@@ -621,9 +633,27 @@ def _run_step_process(name: str, args: argparse.Namespace, timeout: float, log) 
     return "passed", ""
 
 
+def _check_folder(folder: OutputFolder) -> None:
+    """Refuse ``folder`` unless it is the check's own or holds none of its outputs (module
+    docstring); the first report written makes it the check's own.
+
+    Raises:
+        OutputError: ``gpu_check.json`` is not the check's (or was changed since), or the folder
+            has no report of the check and holds a file or folder of one of its output names.
+    """
+    if not folder.target(REPORT).exists():
+        for name in (LOG, "steps", "work"):
+            if os.path.lexists(folder.root / name):
+                raise OutputError(
+                    f"{folder.root / name} exists, and {folder.root} has no {REPORT} that "
+                    "gpu_check wrote: it was not written by gpu_check and is left as it is; "
+                    "move or delete it, or choose another --output-dir"
+                )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--output-dir", type=Path, required=True, help="results and log go here")
+    parser.add_argument("--output-dir", required=True, help="results and log go here")
     parser.add_argument("--dry-run", action="store_true", help="CPU, tiny shapes, CUDA skipped")
     parser.add_argument(
         "--steps", nargs="+", choices=sorted(STEPS), default=list(STEPS), help="steps to run"
@@ -636,19 +666,29 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--run-step", choices=sorted(STEPS), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    args.output_dir = args.output_dir.resolve()
 
-    if args.run_step:  # inside a step process
-        ctx = StepContext(args.run_step, args.output_dir, args.dry_run)
+    if args.run_step:  # inside a step process, started by main (which holds the folder)
+        ctx = StepContext(args.run_step, Path(args.output_dir), args.dry_run)
         ctx.work_dir.mkdir(parents=True, exist_ok=True)
         STEPS[args.run_step][0](ctx)
         return 0
+    try:
+        with OutputFolder(args.output_dir, what="--output-dir", tool="gpu_check") as folder:
+            _check_folder(folder)
+            args.output_dir = folder.root.resolve()
+            return _run_steps(args, folder)
+    except (OutputError, RunLockError) as err:
+        print(f"gpu_check: error: {err}", file=sys.stderr)
+        return 2
 
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    report_path = args.output_dir / "gpu_check.json"
-    report = {"environment": _environment(args.dry_run), "steps": {}}
+
+def _run_steps(args: argparse.Namespace, folder: OutputFolder) -> int:
+    """Run the chosen steps into ``folder`` (checked); the exit status of :func:`main`."""
+    report_path = args.output_dir / REPORT
+    report: dict = {"environment": _environment(args.dry_run), "steps": {}}
+    folder.write_bytes(REPORT, _report_bytes(report))  # the folder is the check's own from now
     start = time.perf_counter()
-    with open(args.output_dir / "gpu_check.log", "a", buffering=1) as log:
+    with open(args.output_dir / LOG, "a", buffering=1) as log:
         for name in args.steps:
             _, timeout, needs_cuda = STEPS[name]
             left = args.budget_s - (time.perf_counter() - start)
@@ -678,7 +718,7 @@ def main(argv: list[str] | None = None) -> int:
             report["steps"][name] = entry
             report["goals"] = _goals(report["steps"])
             report["total_s"] = round(time.perf_counter() - start, 1)
-            _atomic_write_json(report_path, report)
+            folder.write_bytes(REPORT, _report_bytes(report))
             print(f"[gpu_check] {name}: {entry['status']} {entry['reason']}".rstrip(), flush=True)
     for name, goal in report["goals"].items():
         value = "-" if goal["value"] is None else f"{goal['value']:.3g}"

@@ -5,7 +5,9 @@
 #   bash tools/gpu_check.sh OUT_DIR [--wheels DIR] [--site DIR] [tools/gpu_check.py options]
 #
 # OUT_DIR receives gpu_check.json, gpu_check.log, install.log and the steps' work files (also the
-# kernel build cache and compiler caches). The project runs from this checkout (PYTHONPATH); the
+# kernel build cache and compiler caches). An install.log or site/ in an OUT_DIR without
+# gpu_check.json (a folder the check did not write) is refused before anything is installed;
+# tools/gpu_check.py checks the rest. The project runs from this checkout (PYTHONPATH); the
 # Python is PYTHON (default python3). On a machine without internet, --wheels DIR installs every
 # wheel of DIR (pip --no-index --no-deps) into a folder put first on PYTHONPATH (--site, default
 # OUT_DIR/site): only what that Python lacks (a bare Python: everything, torch included).
@@ -35,6 +37,16 @@ export PYTHONUNBUFFERED=1
 python="${PYTHON:-python3}"
 
 if [ -n "$wheels" ]; then
+  ours=("install.log")
+  [ -n "$site" ] || ours+=("site")
+  for name in "${ours[@]}"; do
+    if { [ -e "$out/$name" ] || [ -L "$out/$name" ]; } && [ ! -e "$out/gpu_check.json" ]; then
+      echo "gpu_check: error: $out/$name exists, and $out has no gpu_check.json: it was not" \
+        "written by gpu_check and is left as it is; move or delete it, or choose another" \
+        "OUT_DIR" >&2
+      exit 2
+    fi
+  done
   site="${site:-$out/site}"
   echo "installing the wheels of $wheels into $site (log: $out/install.log)"
   "$python" -m pip install --no-index --no-deps --no-compile --upgrade --target "$site" \

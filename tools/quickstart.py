@@ -158,8 +158,8 @@ def run(args: argparse.Namespace, folder: OutputFolder) -> int:
     datasets_root = out / "datasets"
     os.environ["DETECTRON2_DATASETS"] = str(datasets_root)
     # Imported after DETECTRON2_DATASETS is set, so the registered datasets read it.
+    from instaformer.apps.demo_utils import run_on_paths
     from instaformer.data.datasets import SYNTHETIC_SUBDIR
-    from instaformer.demo_utils import run_on_paths
     from instaformer.evaluation import format_results_table
     from instaformer.predictor import Predictor
     from instaformer.train import load_config

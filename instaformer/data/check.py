@@ -8,30 +8,24 @@ loader refuses repeated image ids, order records, segment ids and file names, se
 segment (present in its PNG, no PNG id without a segment), the order labels (parsed, no
 contradiction, only segments that exist) and the ``instaorder_panoptic`` mapper. Faults name
 the file, image and value at fault; a report also counts images, instances per image, segments
-per category and labelled pairs per class.
-Pictures of the ground truth use the demo's drawing code (:func:`instaformer.demo_utils.render`);
-they follow mask2former/utils/outputs.py: they are written once the check is done, with the
-folder locked, and a picture never replaces a file this check did not write (two images of
-one file stem get ``<stem>_1``, ...).
+per category and labelled pairs per class. The mapper outputs of the first images can be kept
+in the report (``samples``) for pictures of the ground truth, which the apps layer draws
+(:mod:`instaformer.apps.ground_truth`, ``tools/check_dataset.py --pictures``).
 """
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-import cv2
 import numpy as np
 
 from instaformer.data.io import DataError, read_panoptic_ids
 from instaformer.data.mapper import InstaOrderPanopticMapper
 from mask2former.data.catalog import DatasetCatalog, MetadataCatalog
-from mask2former.structures import mask_bbox
-from mask2former.utils.outputs import OutputFolder
 
-__all__ = ["DatasetReport", "check_dataset", "ground_truth_result"]
+__all__ = ["DatasetReport", "check_dataset"]
 
 _ERRORS = (DataError, FileNotFoundError, KeyError, TypeError, ValueError)
 
@@ -43,7 +37,9 @@ class DatasetReport:
     ``occlusion`` counts ordered cells ``(i, j)``, i != j, of the n x n ground truth:
     ``occludes`` (1), ``not`` (0); ``mutual`` counts unordered pairs occluding both ways.
     ``depth`` counts unordered pairs: ``closer`` (a strict order), ``equal``, ``unlabelled``,
-    and among the labelled ones ``overlap`` / ``distinct`` depth extents.
+    and among the labelled ones ``overlap`` / ``distinct`` depth extents. ``samples`` holds
+    ``(dataset record, mapper output)`` of the first clean images when asked for; ``pictures``
+    the paths of the pictures drawn from them.
     """
 
     name: str
@@ -55,6 +51,7 @@ class DatasetReport:
     segments_per_class: Counter = field(default_factory=Counter)
     occlusion: Counter = field(default_factory=Counter)
     depth: Counter = field(default_factory=Counter)
+    samples: list[tuple[dict[str, Any], dict[str, Any]]] = field(default_factory=list)
     pictures: list[str] = field(default_factory=list)
 
     @property
@@ -124,94 +121,23 @@ def _count_orders(out: dict[str, Any], report: DatasetReport) -> None:
     report.depth["distinct"] += int((upper & (depth != -1) & (overlap == 0)).sum())
 
 
-def ground_truth_result(out: dict[str, Any], class_names: list[str], thing_ids: set[int]) -> Any:
-    """The ground truth of a mapper output as an :class:`~instaformer.predictor.OrderResult`
-    (score 1): rows are the n annotated things; other segments are drawn as background."""
-    from instaformer.predictor import OrderResult, Segment, depth_ranking
-
-    inst = out["instances"]
-    masks = inst.gt_masks.numpy()
-    classes = inst.gt_classes.tolist()
-    panoptic = np.zeros(masks.shape[1:], dtype=np.int32)
-    segments = []
-    for k, (mask, c) in enumerate(zip(masks, classes, strict=True)):
-        panoptic[mask] = k + 1
-        box = mask_bbox(mask)
-        segments.append(
-            Segment(k + 1, c, class_names[c], c in thing_ids, 1.0, int(mask.sum()), box, mask)
-        )
-    rows = out["tgt_pan_idx"].tolist()
-    occ = out["occlusion_matrix"].numpy().astype(np.int64)
-    depth = out["depth_matrix"].numpy().astype(np.int64)
-    np.fill_diagonal(occ, -1)
-    prob = np.zeros((*depth.shape, 3), dtype=np.float32)
-    for value in (0, 1, 2):
-        prob[..., value] = depth == value
-    return OrderResult(
-        image_size=tuple(panoptic.shape),
-        panoptic_seg=panoptic,
-        segments=[segments[r] for r in rows],
-        stuff_segments=[s for k, s in enumerate(segments) if k not in set(rows)],
-        occlusion=occ,
-        occlusion_prob=(occ == 1).astype(np.float32),
-        depth=depth,
-        depth_prob=prob,
-        depth_ranking=depth_ranking(prob),
-    )
-
-
-def _write_pictures(
-    item: dict[str, Any],
-    out: dict[str, Any],
-    report: DatasetReport,
-    meta: Any,
-    folder: OutputFolder,
-    stems: set[str],
-) -> None:
-    from instaformer.demo_utils import render
-
-    image = out["image"].permute(1, 2, 0).numpy()
-    thing_ids = set(meta.thing_dataset_id_to_contiguous_id.values())
-    result = ground_truth_result(out, report.classes, thing_ids)
-    base = stem = os.path.splitext(os.path.basename(item["file_name"]))[0]
-    n = 0
-    while stem in stems:  # images of one name in different folders
-        n += 1
-        stem = f"{base}_{n}"
-    stems.add(stem)
-    for kind, picture in render(image, result).items():
-        bgr = np.ascontiguousarray(picture[:, :, ::-1])
-
-        def write(tmp: str, bgr: np.ndarray = bgr) -> None:
-            if not cv2.imwrite(tmp, bgr):
-                raise OSError(f"cannot write {tmp}")
-
-        report.pictures.append(str(folder.write(f"{stem}_{kind}.png", write)))
-
-
 def check_dataset(
     name: str,
     *,
-    pictures: int = 0,
-    output_dir: str | None = None,
+    samples: int = 0,
     max_faults: int = 20,
     max_images: int | None = None,
 ) -> DatasetReport:
     """Check the registered dataset ``name`` (module docstring).
 
     Args:
-        max_images: check only the first ``max_images`` images (None: all).
-        pictures: draw the ground truth of the first ``pictures`` images into ``output_dir``
-            (``<stem>_{panoptic,occlusion,depth}.png``, see the module docstring).
+        samples: keep the record and mapper output of the first ``samples`` clean images in
+            ``report.samples`` (for pictures of the ground truth).
         max_faults: stop after this many faulty images.
+        max_images: check only the first ``max_images`` images (None: all).
     Returns:
         the :class:`DatasetReport`; ``report.ok`` is False when a fault was found.
-    Raises:
-        OutputError, RunLockError: (``pictures``) a picture would replace a file this check did
-            not write, or another run writes into ``output_dir``.
     """
-    if pictures and not output_dir:
-        raise ValueError("pictures need an output_dir")
     report = DatasetReport(name)
     if name not in DatasetCatalog:
         known = ", ".join(DatasetCatalog.list())
@@ -230,7 +156,6 @@ def check_dataset(
     if not items:
         report.faults.append(f"{name}: the dataset has no images")
     mapper = InstaOrderPanopticMapper(is_train=False, task="od")
-    drawn: list[tuple[dict[str, Any], dict[str, Any]]] = []
     for item in items[:max_images]:
         where = f"{item.get('file_name')} (image_id {item.get('image_id')})"
         report.images += 1
@@ -249,11 +174,6 @@ def check_dataset(
         for c in out["instances"].gt_classes.tolist():
             report.segments_per_class[report.classes[c]] += 1
         _count_orders(out, report)
-        if len(drawn) < pictures:
-            drawn.append((item, out))
-    if drawn:
-        with OutputFolder(output_dir, what="--output-dir", tool="check_dataset") as folder:
-            stems: set[str] = set()
-            for item, out in drawn:
-                _write_pictures(item, out, report, meta, folder, stems)
+        if len(report.samples) < samples:
+            report.samples.append((item, out))
     return report

@@ -299,58 +299,16 @@ def _convert(
     """Write the panoptic PNGs into ``pngs``, once :func:`_plan` and the output folders accepted
     the names; returns the counts and the InstaOrder Panoptic JSON object."""
     meta = categories_metadata(data["categories"], source)
-    known = meta["stuff_dataset_id_to_contiguous_id"]
-    things = meta["thing_dataset_id_to_contiguous_id"]
     images, annotations = [], []
     counts = dict.fromkeys(
         ("images", "segments", "ordered_instances", "occlusion_pairs", "depth_pairs"), 0
     )
-    seen_ids = set()
+    seen_ids: set[Any] = set()
     for n, (image, png_name) in enumerate(zip(data["images"], names, strict=True)):
         where = _where(source, n, image)
-        if not isinstance(image.get("instances"), list):
-            raise DataError(f"{where}: needs an 'instances' list")
-        path = os.path.join(image_root, image["file_name"])
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"{where}: image not found: {path}")
-        if "height" in image and "width" in image:
-            size = (int(image["height"]), int(image["width"]))
-        else:
-            with Image.open(path) as pil:
-                size = (pil.height, pil.width)
-        image_id = image.get("image_id", n + 1)
-        if image_id in seen_ids:
-            raise DataError(f"{where}: image_id {image_id} used twice")
-        seen_ids.add(image_id)
-
+        size, image_id = _image_entry(image, n, image_root, seen_ids, where)
         masks = _decode_masks(image, folder, size, where)
-        ids = np.zeros(size, dtype=np.int64)
-        segments, ordered = [], []
-        for k, (inst, mask) in enumerate(zip(image["instances"], masks, strict=True)):
-            if inst.get("category_id") not in known:
-                raise DataError(
-                    f"{where}, instance {k}: category_id {inst.get('category_id')!r} is not in "
-                    f"the categories ({sorted(known)})"
-                )
-            clash = np.unique(ids[mask & (ids > 0)])
-            if clash.size:
-                raise DataError(
-                    f"{where}: instance {k} overlaps instance {int(clash[0]) - 1}; panoptic "
-                    "masks must not overlap"
-                )
-            ids[mask] = k + 1
-            crowd = int(bool(inst.get("iscrowd", 0)))
-            segments.append(
-                {
-                    "id": k + 1,
-                    "category_id": inst["category_id"],
-                    "iscrowd": crowd,
-                    "bbox": list(mask_bbox(mask)),
-                    "area": int(mask.sum()),
-                }
-            )
-            if inst["category_id"] in things and not crowd and inst.get("ordered", True):
-                ordered.append(k)
+        ids, segments, ordered = _panoptic_segments(image["instances"], masks, size, meta, where)
         record = _orders(image, ordered, where)
         segment_ids = [k + 1 for k in ordered]
         build_order_matrices({"instance_ids": segment_ids, **record}, where=where)
@@ -384,3 +342,76 @@ def _convert(
         "annotations": annotations,
     }
     return counts, output
+
+
+def _image_entry(
+    image: dict[str, Any], n: int, image_root: str, seen_ids: set[Any], where: str
+) -> tuple[tuple[int, int], Any]:
+    """The ``(H, W)`` size (given, else read from the image file) and the image id (given,
+    else ``n + 1``) of entry ``n``; the id is added to ``seen_ids``.
+
+    Raises:
+        DataError: no ``instances`` list, or an image id used twice.
+        FileNotFoundError: the image file is missing.
+    """
+    if not isinstance(image.get("instances"), list):
+        raise DataError(f"{where}: needs an 'instances' list")
+    path = os.path.join(image_root, image["file_name"])
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{where}: image not found: {path}")
+    if "height" in image and "width" in image:
+        size = (int(image["height"]), int(image["width"]))
+    else:
+        with Image.open(path) as pil:
+            size = (pil.height, pil.width)
+    image_id = image.get("image_id", n + 1)
+    if image_id in seen_ids:
+        raise DataError(f"{where}: image_id {image_id} used twice")
+    seen_ids.add(image_id)
+    return size, image_id
+
+
+def _panoptic_segments(
+    instances: list[dict[str, Any]],
+    masks: list[np.ndarray],
+    size: tuple[int, int],
+    meta: dict[str, Any],
+    where: str,
+) -> tuple[np.ndarray, list[dict[str, Any]], list[int]]:
+    """The panoptic id map (int64[H, W] of ``size``, instance k has id k + 1; 0 where none),
+    ``segments_info`` of the bool[H, W] ``masks``, and the
+    indices of the ordered instances (non-crowd things without ``"ordered": false``).
+
+    Raises:
+        DataError: an unknown category, or two instances whose masks overlap.
+    """
+    known = meta["stuff_dataset_id_to_contiguous_id"]
+    things = meta["thing_dataset_id_to_contiguous_id"]
+    ids = np.zeros(size, dtype=np.int64)
+    segments, ordered = [], []
+    for k, (inst, mask) in enumerate(zip(instances, masks, strict=True)):
+        if inst.get("category_id") not in known:
+            raise DataError(
+                f"{where}, instance {k}: category_id {inst.get('category_id')!r} is not in "
+                f"the categories ({sorted(known)})"
+            )
+        clash = np.unique(ids[mask & (ids > 0)])
+        if clash.size:
+            raise DataError(
+                f"{where}: instance {k} overlaps instance {int(clash[0]) - 1}; panoptic "
+                "masks must not overlap"
+            )
+        ids[mask] = k + 1
+        crowd = int(bool(inst.get("iscrowd", 0)))
+        segments.append(
+            {
+                "id": k + 1,
+                "category_id": inst["category_id"],
+                "iscrowd": crowd,
+                "bbox": list(mask_bbox(mask)),
+                "area": int(mask.sum()),
+            }
+        )
+        if inst["category_id"] in things and not crowd and inst.get("ordered", True):
+            ordered.append(k)
+    return ids, segments, ordered

@@ -11,6 +11,10 @@ sky and grass, one region per image). The crowd band stays a crowd ``blob``. Wri
 
 :func:`instaformer.data.convert.convert_to_instaorder_panoptic` turns each split file into
 InstaOrder Panoptic (docs/custom_data.md walks through it).
+
+``root`` is an output folder of :mod:`mask2former.utils.outputs`: locked while it is written,
+every file recorded; a file at an output name that the example did not write is refused before
+anything (the twin included) is written.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from PIL import Image
 from instaformer.data.io import read_panoptic_ids
 from instaformer.data.relations import parse_order
 from instaformer.data.synthetic import make_synthetic_dataset
-from mask2former.utils.atomic import atomic_write_path
+from mask2former.utils.outputs import OutputFolder
 
 __all__ = ["EXAMPLE_CATEGORIES", "make_example_dataset"]
 
@@ -40,40 +44,48 @@ EXAMPLE_CATEGORIES = [
 
 # Twin COCO category -> example category.
 _CATEGORY = {1: 101, 37: 101, 3: 102, 38: 102, 187: 200, 193: 200}
+_TOOL = "example"  # the writer's name in the output folder's record
 
 
-def _split(twin: str, root: str, split: str) -> int:
+def _output_names(split: str, num_images: int) -> list[str]:
+    """Every file (relative to ``root``) that :func:`_split` writes for ``split``."""
+    stems = [f"scene_{n:04d}" for n in range(num_images)]
+    return (
+        [f"images/{split}/{stem}.jpg" for stem in stems]
+        + [f"masks/{split}/{stem}.png" for stem in stems]
+        + [f"{split}.json"]
+    )
+
+
+def _split(twin: str, out: OutputFolder, split: str) -> int:
     coco = os.path.join(twin, "coco")
     with open(os.path.join(coco, "annotations", f"InstaOrderPanoptic_{split}2017.json")) as f:
         data = json.load(f)
-    for sub in ("images", "masks"):
-        os.makedirs(os.path.join(root, sub, split), exist_ok=True)
     images = []
     for n, ann in enumerate(data["annotations"]):
         stem = f"scene_{n:04d}"
         source = os.path.join(coco, f"{split}2017", os.path.splitext(ann["file_name"])[0] + ".jpg")
-        atomic_write_path(
-            os.path.join(root, "images", split, stem + ".jpg"),
-            lambda tmp, source=source: shutil.copyfile(source, tmp),
+        out.write(
+            f"images/{split}/{stem}.jpg", lambda tmp, source=source: shutil.copyfile(source, tmp)
         )
         ids = read_panoptic_ids(os.path.join(coco, f"panoptic_{split}2017", ann["file_name"]))
-        out = np.zeros(ids.shape, dtype=np.uint8)
+        mask = np.zeros(ids.shape, dtype=np.uint8)
         instances: list[dict[str, Any]] = [{"category_id": 200, "mask_id": 1}]
         index_of_segment = {}
         for seg in ann["segments_info"]:
             category = _CATEGORY[seg["category_id"]]
             if category == 200:
-                out[ids == seg["id"]] = 1
+                mask[ids == seg["id"]] = 1
                 continue
             index_of_segment[seg["id"]] = len(instances)
-            out[ids == seg["id"]] = len(instances) + 1
+            mask[ids == seg["id"]] = len(instances) + 1
             entry = {"category_id": category, "mask_id": len(instances) + 1}
             if seg["iscrowd"]:
                 entry["iscrowd"] = 1
             instances.append(entry)
-        atomic_write_path(
-            os.path.join(root, "masks", split, stem + ".png"),
-            lambda tmp, out=out: Image.fromarray(out).save(tmp, format="PNG"),
+        out.write(
+            f"masks/{split}/{stem}.png",
+            lambda tmp, mask=mask: Image.fromarray(mask).save(tmp, format="PNG"),
         )
         record = ann["instaorder"]
         index = [index_of_segment[p] for p in record["pan_instance_ids"]]
@@ -107,7 +119,7 @@ def _split(twin: str, root: str, split: str) -> int:
         with open(tmp, "w") as f:
             json.dump(data, f, indent=1)
 
-    atomic_write_path(os.path.join(root, f"{split}.json"), write)
+    out.write(f"{split}.json", write)
     return len(images)
 
 
@@ -115,11 +127,18 @@ def make_example_dataset(
     root: str, num_train: int = 40, num_val: int = 10, image_size: int = 64, seed: int = 0
 ) -> dict[str, int]:
     """Write the example under ``root`` (module docstring); a deterministic function of the
-    arguments. Returns the number of images per split."""
-    os.makedirs(root, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=root, prefix=".twin_") as twin:
-        make_synthetic_dataset(
-            twin, num_train=num_train, num_val=num_val, image_size=image_size, seed=seed
-        )
-        splits = [s for s, n in (("train", num_train), ("val", num_val)) if n > 0]
-        return {split: _split(twin, root, split) for split in splits}
+    arguments. Returns the number of images per split.
+
+    Raises:
+        mask2former.utils.outputs.OutputError: ``root`` is empty, or an output name holds a
+            file (or link) the example did not write; nothing is written then.
+        mask2former.engine.lock.RunLockError: another run writes into ``root``.
+    """
+    counts = {split: n for split, n in (("train", num_train), ("val", num_val)) if n > 0}
+    with OutputFolder(root, what="ROOT", tool=_TOOL) as out:
+        out.check(name for split, n in counts.items() for name in _output_names(split, n))
+        with tempfile.TemporaryDirectory(dir=root, prefix=".twin_") as twin:
+            make_synthetic_dataset(
+                twin, num_train=num_train, num_val=num_val, image_size=image_size, seed=seed
+            )
+            return {split: _split(twin, out, split) for split in counts}

@@ -21,12 +21,16 @@ Under ``root`` the generator writes the layout of ``datasets/README.md``: ``coco
 JPEGs, ``coco/panoptic_{split}2017`` PNGs and in ``coco/annotations/`` the files
 ``panoptic_``, ``instances_``, ``InstaOrder_`` and ``InstaOrderPanoptic_{split}2017.json``.
 Everything is a deterministic function of the arguments.
+
+``root`` is an output folder of :mod:`mask2former.utils.outputs`: locked while it is written,
+every file recorded in its ``.instaformer-written.jsonl``; before the first file is written,
+every output name is checked, and a file there that the generator did not write (or that was
+changed since) is refused, so writing the twin again replaces only its own earlier files.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +41,7 @@ from PIL import Image
 from instaformer.data.datasets import register_instaorder, register_instaorder_panoptic
 from mask2former.data.coco_categories import COCO_CATEGORIES
 from mask2former.structures import encode_rle, id2rgb, mask_bbox
+from mask2former.utils.outputs import OutputFolder
 
 __all__ = ["SYNTHETIC_THING_CLASSES", "make_synthetic_dataset", "register_synthetic_instaorder"]
 
@@ -61,6 +66,9 @@ _MIN_CROWD_AREA = 0.002  # smallest visible area of the crowd, as a fraction of 
 _MIN_GAP = 0.03  # smallest gap between things that do not occlude each other (of the side)
 _PLACE_TRIES = 10
 _MAX_TRIES = 100
+_TOOL = "make_synthetic_dataset"  # the writer's name in the output folder's record
+_FIRST_IMAGE_ID = {"train": 1, "val": 900_001}
+_ANNOTATION_FILES = ("panoptic", "InstaOrderPanoptic", "instances", "InstaOrder")
 
 
 @dataclass
@@ -206,112 +214,68 @@ def _rle(mask: np.ndarray, compressed: bool) -> dict[str, Any]:
     return {"size": list(mask.shape), "counts": counts}
 
 
+def _output_names(split: str, num_images: int) -> list[str]:
+    """Every file (relative to ``root``) that :func:`_write_split` writes for ``split``."""
+    stems = [f"{_FIRST_IMAGE_ID[split] + n:012d}" for n in range(num_images)]
+    return (
+        [f"coco/{split}2017/{stem}.jpg" for stem in stems]
+        + [f"coco/panoptic_{split}2017/{stem}.png" for stem in stems]
+        + [f"coco/annotations/{kind}_{split}2017.json" for kind in _ANNOTATION_FILES]
+    )
+
+
+@dataclass
+class _SplitFiles:
+    """What the four annotation files of one split hold, gathered image by image."""
+
+    images: list[dict[str, Any]] = field(default_factory=list)  # COCO ``images``
+    panoptic: list[dict[str, Any]] = field(default_factory=list)  # with their ``instaorder``
+    instances: list[dict[str, Any]] = field(default_factory=list)  # COCO instance annotations
+    orders: list[dict[str, Any]] = field(default_factory=list)  # InstaOrder records
+    truth: list[dict[str, Any]] = field(default_factory=list)  # returned ground truth
+
+
 def _write_split(
-    root: str,
+    out: OutputFolder,
     split: str,
     num_images: int,
     size: tuple[int, int],
     rng: np.random.Generator,
-    first_image_id: int,
     max_objects: int,
 ) -> list[dict[str, Any]]:
-    coco = os.path.join(root, "coco")
-    image_dir = os.path.join(coco, f"{split}2017")
-    png_dir = os.path.join(coco, f"panoptic_{split}2017")
-    ann_dir = os.path.join(coco, "annotations")
-    for d in (image_dir, png_dir, ann_dir):
-        os.makedirs(d, exist_ok=True)
-    h, w = size
-    images, pan_anns, inst_anns, orders, truth = [], [], [], [], []
+    """Write the images, panoptic PNGs and annotation files of ``split``; returns its truth.
+
+    Every step draws from ``rng`` in a fixed order (scene, rendering, segment ids and order,
+    annotated things and their labels), so the output is a function of the arguments.
+    """
+    first_image_id = _FIRST_IMAGE_ID[split]
+    files = _SplitFiles()
     next_instance_id = first_image_id * 100
-    for n in range(num_images):
-        image_id = first_image_id + n
-        for _ in range(_MAX_TRIES):
-            scene = _scene(rng, h, w, max_objects)
-            if scene is not None:
-                break
-        else:
-            raise RuntimeError(f"could not place the objects of image {image_id} in {w}x{h}")
+    for image_id in range(first_image_id, first_image_id + num_images):
+        scene = _place_scene(rng, size, max_objects, image_id)
         labels, things = scene["labels"], scene["things"]
         stem = f"{image_id:012d}"
-        Image.fromarray(_render(rng, labels, things)).save(
-            os.path.join(image_dir, stem + ".jpg"), quality=95
+        picture = Image.fromarray(_render(rng, labels, things))
+        out.write(f"coco/{split}2017/{stem}.jpg", lambda tmp, p=picture: p.save(tmp, quality=95))
+        files.images.append(
+            {"id": image_id, "file_name": stem + ".jpg", "height": size[0], "width": size[1]}
         )
-        images.append({"id": image_id, "file_name": stem + ".jpg", "height": h, "width": w})
-
-        # Segments: (label in the map, category, iscrowd); ids random and distinct.
-        entries = [(0, _SKY, 0), (1, _GRASS, 0)]
-        if scene["crowd"]:
-            entries.append((2, _PERSON, 1))
-        entries += [(t.label, t.category_id, 0) for t in things]
-        # Drawn as indices into [1, 256**3) without building that 16.7M-entry array: the same
-        # ids and the same random stream as choosing from the array itself.
-        seg_ids = (rng.choice(256**3 - 1, size=len(entries), replace=False) + 1).tolist()
-        id_map = np.zeros((h, w), dtype=np.int64)
-        segment_of_label, segments = {}, []
-        for (label, cat, crowd), seg_id in zip(entries, seg_ids, strict=True):
-            mask = labels == label
-            id_map[mask] = seg_id
-            segment_of_label[label] = seg_id
-            segments.append(
-                {
-                    "id": int(seg_id),
-                    "category_id": cat,
-                    "iscrowd": crowd,
-                    "bbox": list(mask_bbox(mask)),
-                    "area": int(mask.sum()),
-                }
-            )
-        order = rng.permutation(len(segments)).tolist()
-        segments = [segments[i] for i in order]
-        Image.fromarray(id2rgb(id_map)).save(os.path.join(png_dir, stem + ".png"))
-
-        # COCO instances: every thing (modal masks) and the crowd.
-        instance_of_label = {}
-        for label, cat, crowd in entries[2:]:
-            mask = labels == label
-            inst_anns.append(
-                {
-                    "id": next_instance_id,
-                    "image_id": image_id,
-                    "category_id": cat,
-                    "segmentation": _rle(mask, compressed=not crowd),
-                    "area": int(mask.sum()),
-                    "bbox": [float(v) for v in mask_bbox(mask)],
-                    "iscrowd": crowd,
-                }
-            )
-            instance_of_label[label] = next_instance_id
-            next_instance_id += 1
-
-        # InstaOrder record over the things, in a random order.
-        perm = rng.permutation(len(things)).tolist()
-        annotated = [things[i] for i in perm]
-        occlusion, depth = [], []
-        for a in range(len(annotated)):
-            for b in range(a + 1, len(annotated)):
-                ta, tb = annotated[a], annotated[b]
-                if tb.label in ta.occludes:
-                    occlusion.append({"order": f"{a}<{b}", "count": int(rng.integers(2, 4))})
-                if ta.label in tb.occludes:
-                    occlusion.append({"order": f"{b}<{a}", "count": int(rng.integers(2, 4))})
-                if ta.z == tb.z:
-                    text = f"{a}={b}" if rng.random() < 0.5 else f"{b}={a}"
-                else:
-                    text = f"{a}<{b}" if ta.z < tb.z else f"{b}<{a}"
-                thick_a = SYNTHETIC_THING_CLASSES[ta.category_id][3]
-                thick_b = SYNTHETIC_THING_CLASSES[tb.category_id][3]
-                overlap = ta.z < tb.z + thick_b and tb.z < ta.z + thick_a
-                depth.append(
-                    {"order": text, "count": int(rng.integers(2, 4)), "overlap": bool(overlap)}
-                )
-        record = {
-            "instance_ids": [instance_of_label[t.label] for t in annotated],
-            "occlusion": occlusion,
-            "depth": depth,
+        entries = _segment_entries(scene)
+        id_map, segment_of_label, segments = _panoptic_segments(rng, labels, entries)
+        ids_png = Image.fromarray(id2rgb(id_map))
+        out.write(
+            f"coco/panoptic_{split}2017/{stem}.png",
+            lambda tmp, p=ids_png: p.save(tmp, format="PNG"),
+        )
+        instances = _instance_annotations(labels, entries[2:], image_id, next_instance_id)
+        files.instances += instances
+        next_instance_id += len(instances)
+        instance_of_label = {
+            label: ann["id"] for (label, _, _), ann in zip(entries[2:], instances, strict=True)
         }
-        orders.append({"image_id": image_id, **record})
-        pan_anns.append(
+        annotated, record = _order_record(rng, things, instance_of_label)
+        files.orders.append({"image_id": image_id, **record})
+        files.panoptic.append(
             {
                 "file_name": stem + ".png",
                 "image_id": image_id,
@@ -322,34 +286,163 @@ def _write_split(
                 },
             }
         )
-        by_label = {t.label: t for t in things}
-        truth.append(
+        files.truth.append(_image_truth(image_id, segments, things, segment_of_label))
+    _write_annotation_files(out, split, files)
+    return files.truth
+
+
+def _place_scene(
+    rng: np.random.Generator, size: tuple[int, int], max_objects: int, image_id: int
+) -> dict[str, Any]:
+    """A scene (:func:`_scene`) of ``size`` (height, width), drawn again until its things fit."""
+    h, w = size
+    for _ in range(_MAX_TRIES):
+        scene = _scene(rng, h, w, max_objects)
+        if scene is not None:
+            return scene
+    raise RuntimeError(f"could not place the objects of image {image_id} in {w}x{h}")
+
+
+def _segment_entries(scene: dict[str, Any]) -> list[tuple[int, int, int]]:
+    """``(label in the map, category, iscrowd)`` of every segment: sky, grass, the crowd when
+    the scene has one, then the things."""
+    entries = [(0, _SKY, 0), (1, _GRASS, 0)]
+    if scene["crowd"]:
+        entries.append((2, _PERSON, 1))
+    return entries + [(t.label, t.category_id, 0) for t in scene["things"]]
+
+
+def _panoptic_segments(
+    rng: np.random.Generator, labels: np.ndarray, entries: list[tuple[int, int, int]]
+) -> tuple[np.ndarray, dict[int, int], list[dict[str, Any]]]:
+    """Random distinct segment ids for ``entries`` over the label map ``labels`` (int[H, W]).
+
+    Returns:
+        the id map int64[H, W], the segment id of each label, and ``segments_info`` in a random
+        order.
+    """
+    # Drawn as indices into [1, 256**3) without building that 16.7M-entry array: the same ids
+    # and the same random stream as choosing from the array itself.
+    seg_ids = (rng.choice(256**3 - 1, size=len(entries), replace=False) + 1).tolist()
+    id_map = np.zeros(labels.shape, dtype=np.int64)
+    segment_of_label, segments = {}, []
+    for (label, cat, crowd), seg_id in zip(entries, seg_ids, strict=True):
+        mask = labels == label
+        id_map[mask] = seg_id
+        segment_of_label[label] = seg_id
+        segments.append(
             {
-                "image_id": image_id,
-                "segments": [
-                    {
-                        "id": s["id"],
-                        "iscrowd": s["iscrowd"],
-                        "category_id": s["category_id"],
-                        **_thing_truth(by_label, segment_of_label, s["id"]),
-                    }
-                    for s in segments
-                ],
+                "id": int(seg_id),
+                "category_id": cat,
+                "iscrowd": crowd,
+                "bbox": list(mask_bbox(mask)),
+                "area": int(mask.sum()),
             }
         )
+    order = rng.permutation(len(segments)).tolist()
+    return id_map, segment_of_label, [segments[i] for i in order]
+
+
+def _instance_annotations(
+    labels: np.ndarray, entries: list[tuple[int, int, int]], image_id: int, first_id: int
+) -> list[dict[str, Any]]:
+    """COCO instance annotations (modal masks) of ``entries`` (the things and the crowd), with
+    ids from ``first_id`` on."""
+    annotations = []
+    for instance_id, (label, cat, crowd) in enumerate(entries, start=first_id):
+        mask = labels == label
+        annotations.append(
+            {
+                "id": instance_id,
+                "image_id": image_id,
+                "category_id": cat,
+                "segmentation": _rle(mask, compressed=not crowd),
+                "area": int(mask.sum()),
+                "bbox": [float(v) for v in mask_bbox(mask)],
+                "iscrowd": crowd,
+            }
+        )
+    return annotations
+
+
+def _order_record(
+    rng: np.random.Generator, things: list[_Thing], instance_of_label: dict[int, int]
+) -> tuple[list[_Thing], dict[str, Any]]:
+    """The InstaOrder record over the things, annotated in a random order.
+
+    Returns:
+        the things in their annotated order, and ``{"instance_ids", "occlusion", "depth"}``
+        (labels with 2-3 votes; an "=" pair written either way round at random).
+    """
+    perm = rng.permutation(len(things)).tolist()
+    annotated = [things[i] for i in perm]
+    occlusion, depth = [], []
+    for a in range(len(annotated)):
+        for b in range(a + 1, len(annotated)):
+            ta, tb = annotated[a], annotated[b]
+            if tb.label in ta.occludes:
+                occlusion.append({"order": f"{a}<{b}", "count": int(rng.integers(2, 4))})
+            if ta.label in tb.occludes:
+                occlusion.append({"order": f"{b}<{a}", "count": int(rng.integers(2, 4))})
+            if ta.z == tb.z:
+                text = f"{a}={b}" if rng.random() < 0.5 else f"{b}={a}"
+            else:
+                text = f"{a}<{b}" if ta.z < tb.z else f"{b}<{a}"
+            thick_a = SYNTHETIC_THING_CLASSES[ta.category_id][3]
+            thick_b = SYNTHETIC_THING_CLASSES[tb.category_id][3]
+            overlap = ta.z < tb.z + thick_b and tb.z < ta.z + thick_a
+            depth.append(
+                {"order": text, "count": int(rng.integers(2, 4)), "overlap": bool(overlap)}
+            )
+    record = {
+        "instance_ids": [instance_of_label[t.label] for t in annotated],
+        "occlusion": occlusion,
+        "depth": depth,
+    }
+    return annotated, record
+
+
+def _image_truth(
+    image_id: int,
+    segments: list[dict[str, Any]],
+    things: list[_Thing],
+    segment_of_label: dict[int, int],
+) -> dict[str, Any]:
+    """The returned ground truth of one image (see :func:`make_synthetic_dataset`)."""
+    by_label = {t.label: t for t in things}
+    return {
+        "image_id": image_id,
+        "segments": [
+            {
+                "id": s["id"],
+                "iscrowd": s["iscrowd"],
+                "category_id": s["category_id"],
+                **_thing_truth(by_label, segment_of_label, s["id"]),
+            }
+            for s in segments
+        ],
+    }
+
+
+def _write_annotation_files(out: OutputFolder, split: str, files: _SplitFiles) -> None:
+    """The four annotation files of ``split``: ``coco/annotations/{panoptic, InstaOrderPanoptic,
+    instances, InstaOrder}_<split>2017.json``."""
+    ann_dir = "coco/annotations"
     panoptic = {
         "info": {"description": "synthetic twin of InstaOrder Panoptic"},
         "licenses": [],
         "categories": COCO_CATEGORIES,
-        "images": images,
+        "images": files.images,
     }
     _dump(
-        os.path.join(ann_dir, f"panoptic_{split}2017.json"),
-        {**panoptic, "annotations": [_without_instaorder(a) for a in pan_anns]},
+        out,
+        f"{ann_dir}/panoptic_{split}2017.json",
+        {**panoptic, "annotations": [_without_instaorder(a) for a in files.panoptic]},
     )
     _dump(
-        os.path.join(ann_dir, f"InstaOrderPanoptic_{split}2017.json"),
-        {**panoptic, "annotations": pan_anns},
+        out,
+        f"{ann_dir}/InstaOrderPanoptic_{split}2017.json",
+        {**panoptic, "annotations": files.panoptic},
         indent=4,
     )
     things_categories = [
@@ -358,17 +451,17 @@ def _write_split(
         if c["isthing"]
     ]
     _dump(
-        os.path.join(ann_dir, f"instances_{split}2017.json"),
+        out,
+        f"{ann_dir}/instances_{split}2017.json",
         {
             "info": panoptic["info"],
             "licenses": [],
-            "images": images,
-            "annotations": inst_anns,
+            "images": files.images,
+            "annotations": files.instances,
             "categories": things_categories,
         },
     )
-    _dump(os.path.join(ann_dir, f"InstaOrder_{split}2017.json"), {"annotations": orders})
-    return truth
+    _dump(out, f"{ann_dir}/InstaOrder_{split}2017.json", {"annotations": files.orders})
 
 
 def _thing_truth(
@@ -389,9 +482,12 @@ def _without_instaorder(ann: dict) -> dict:
     return {k: v for k, v in ann.items() if k != "instaorder"}
 
 
-def _dump(path: str, data: Any, indent: int | None = None) -> None:
-    with open(path, "w") as f:
-        json.dump(data, f, indent=indent)
+def _dump(out: OutputFolder, name: str, data: Any, indent: int | None = None) -> None:
+    def write(tmp: str) -> None:
+        with open(tmp, "w") as f:
+            json.dump(data, f, indent=indent)
+
+    out.write(name, write)
 
 
 def make_synthetic_dataset(
@@ -402,6 +498,7 @@ def make_synthetic_dataset(
     seed: int = 0,
     *,
     max_objects: int = 5,
+    what: str = "root",
 ) -> dict[str, list[dict[str, Any]]]:
     """Render and write the synthetic twin under ``root`` (see the module docstring).
 
@@ -410,6 +507,11 @@ def make_synthetic_dataset(
         image_size: side, or (height, width), in pixels.
         seed: the output is a deterministic function of all arguments.
         max_objects: at most this many things per image (at least 2).
+        what: the flag or argument that named ``root``, for messages (``"--root"``).
+    Raises:
+        mask2former.utils.outputs.OutputError: ``root`` is empty, or an output name holds a
+            file (or link) the generator did not write; nothing is written then.
+        mask2former.engine.lock.RunLockError: another run writes into ``root``.
     Returns:
         ``{"train": [...], "val": [...]}``, the ground truth per image: ``image_id`` and
         ``segments`` in ``segments_info`` order, each ``{id, iscrowd, category_id, z,
@@ -422,10 +524,12 @@ def make_synthetic_dataset(
     if min(size) < 32:
         raise ValueError(f"image_size must be at least 32 pixels, got {image_size}")
     rng = np.random.default_rng(seed)
+    counts = {split: n for split, n in (("train", num_train), ("val", num_val)) if n > 0}
     truth = {}
-    for split, count, first_id in (("train", num_train, 1), ("val", num_val, 900_001)):
-        if count > 0:
-            truth[split] = _write_split(root, split, count, size, rng, first_id, max_objects)
+    with OutputFolder(root, what=what, tool=_TOOL) as out:
+        out.check(name for split, n in counts.items() for name in _output_names(split, n))
+        for split, count in counts.items():
+            truth[split] = _write_split(out, split, count, size, rng, max_objects)
     return truth
 
 

@@ -11,11 +11,11 @@ head run in ONNX Runtime, then the model's own ``inference`` (panoptic merge), q
 ``SIZE_DIVISIBILITY`` (the PyTorch path pads a batch to its largest image).
 
 The ONNX graphs have a static input size: one pair is exported per padded size and cached on
-disk, next to ``MODEL.WEIGHTS`` when it is a local file (folder ``<weights stem>_onnx``), else
-in ``$INSTAFORMER_CACHE/onnx`` (default ``$XDG_CACHE_HOME/instaformer`` or
-``~/.cache/instaformer``). File names carry a key of the config, the weights (a hash of the
-model's state dict), the padded size and the torch version, so a changed config or checkpoint
-never reuses a stale graph.
+disk in the project's cache folder (``$INSTAFORMER_CACHE/onnx``, default
+``$XDG_CACHE_HOME/instaformer/onnx`` or ``~/.cache/instaformer/onnx``,
+:func:`mask2former.utils.download.cache_dir`), never beside the user's weights. File names
+carry a key of the config, the weights (a hash of the model's state dict), the padded size and
+the torch version, so a changed config or checkpoint never reuses a stale graph.
 """
 
 from __future__ import annotations
@@ -39,35 +39,23 @@ from instaformer.deploy.export import (
     pad_like_model,
 )
 from instaformer.vocabulary import TASK_CLASSES
+from mask2former.utils import download
 
 if TYPE_CHECKING:
     from instaformer.modeling.order.geometric_transformer import GeometricTransformer
     from mask2former.modeling.meta_arch import MaskFormer
 
 __all__ = [
-    "CACHE_ENV",
     "OnnxRuntimeModel",
     "cpu_session",
-    "default_cache_dir",
     "state_dict_digest",
 ]
 
 logger = logging.getLogger(__name__)
 
-CACHE_ENV = "INSTAFORMER_CACHE"
-"""Environment variable naming the cache folder (exported graphs of remote or absent weights)."""
 MAX_INSTANCES = 256
 """Largest instance count the exported order head is traced for (at least Q is used); ONNX
 Runtime itself sets no upper bound on the dynamic dimension."""
-
-
-def default_cache_dir() -> Path:
-    """``$INSTAFORMER_CACHE``, else ``$XDG_CACHE_HOME/instaformer``, else
-    ``~/.cache/instaformer``."""
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "instaformer"
 
 
 def state_dict_digest(model: nn.Module) -> str:
@@ -115,8 +103,8 @@ class OnnxRuntimeModel:
             post-processing. Its order rows are always the thing segments (as
             ``order_rows="segments"``); inputs' ground truth is ignored.
         config_text: the full config as text (``cfg.dump()``), part of the cache key.
-        weights: ``MODEL.WEIGHTS``; the cache sits next to it when it is a local file.
-        cache_dir: folder for the cache otherwise (default :func:`default_cache_dir`).
+        cache_dir: folder of the graph cache (default: ``onnx`` in
+            :func:`mask2former.utils.download.cache_dir`).
         threads: ONNX Runtime intra-op threads (default ``torch.get_num_threads()``).
 
     Raises:
@@ -129,7 +117,6 @@ class OnnxRuntimeModel:
         model: MaskFormer,
         *,
         config_text: str,
-        weights: str = "",
         cache_dir: str | os.PathLike | None = None,
         threads: int | None = None,
     ) -> None:
@@ -138,20 +125,13 @@ class OnnxRuntimeModel:
         self.head = find_order_head(model)
         self.tasks = tuple(getattr(model, "output_tasks", ()))
         self.threads = threads or torch.get_num_threads()
-        self.folder = self._cache_folder(weights, cache_dir)
+        self.folder = Path(cache_dir) if cache_dir is not None else download.cache_dir() / "onnx"
         key = hashlib.sha256()
         key.update(config_text.encode())
         key.update(state_dict_digest(model).encode())
         key.update(f"torch {torch.__version__}".encode())
         self.key = key.hexdigest()[:16]
         self._sessions: dict[tuple[str, int, int], Any] = {}
-
-    @staticmethod
-    def _cache_folder(weights: str, cache_dir: str | os.PathLike | None) -> Path:
-        if weights and "://" not in weights and os.path.isfile(weights):
-            path = Path(weights)
-            return path.parent / f"{path.stem}_onnx"
-        return Path(cache_dir) if cache_dir is not None else default_cache_dir() / "onnx"
 
     def paths(self, height: int, width: int) -> tuple[Path, Path | None]:
         """Cache files of the network and the order head (None without one) for a padded

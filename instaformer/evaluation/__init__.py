@@ -54,7 +54,7 @@ def build_evaluators(cfg: CfgNode, dataset_name: str, output_dir: str | None) ->
     if cfg.TEST.OCCLUSION_EVALUATION:
         evaluators.append(
             OcclusionEvaluator(
-                zero_division=cfg.SOLVER.OCCLUSION_ZERO_DIV,
+                zero_division=cfg.TEST.OCCLUSION_ZERO_DIV,
                 multi_scale_evaluation=multi_scale,
                 output_dir=output_dir,
             )

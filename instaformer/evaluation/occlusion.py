@@ -109,7 +109,7 @@ class OcclusionEvaluator(DatasetEvaluator):
         """
         Args:
             zero_division: value (0 or 1) of a per-image score whose denominator is 0
-                (``SOLVER.OCCLUSION_ZERO_DIV``); also used for the micro scores.
+                (``TEST.OCCLUSION_ZERO_DIV``); also used for the micro scores.
             multi_scale_evaluation: add the breakdown by instance count
                 (``TEST.MULTI_SCALE_EVALUATION``).
             output_dir: if set, per-image scores are written to

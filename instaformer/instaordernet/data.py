@@ -24,10 +24,11 @@ Tensor[] int64 (0 = A closer, 1 = A farther, 2 = same, -1 = no label), ``overlap
 
 Test mapper output: ``image`` Tensor[3, H, W] uint8 (``INPUT.FORMAT`` channel order),
 ``instances`` (``gt_masks`` Tensor[K, H, W] bool, ``gt_boxes`` Tensor[K, 4] float x0, y0, x1, y1
-from the COCO ``bbox``, ``gt_classes`` Tensor[K] COCO category ids), the ground truth in the project
-convention (``occlusion_matrix``, ``depth_matrix``, ``overlap_matrix``, ``count_matrix``, each
-Tensor[K, K] int64, -1 for unlabelled depth pairs), ``height``, ``width``, ``image_id``,
-``file_name``.
+from the COCO ``bbox``, ``gt_bbox_xywh`` Tensor[K, 4] float64, the COCO ``bbox`` itself, from
+which patch-mode windows are computed exactly, ``gt_classes`` Tensor[K] COCO category ids), the
+ground truth in the project convention (``occlusion_matrix``, ``depth_matrix``,
+``overlap_matrix``, ``count_matrix``, each Tensor[K, K] int64, -1 for unlabelled depth pairs),
+``height``, ``width``, ``image_id``, ``file_name``.
 """
 
 from __future__ import annotations
@@ -245,12 +246,14 @@ class InstaOrderNetMapper:
             if anns
             else np.zeros((0, height, width), dtype=np.uint8)
         )
-        boxes = torch.tensor([a["bbox"] for a in anns], dtype=torch.float32).reshape(-1, 4)
+        bbox = torch.tensor([a["bbox"] for a in anns], dtype=torch.float64).reshape(-1, 4)
+        boxes = bbox.float()
         boxes[:, 2:] += boxes[:, :2]  # xywh -> x0, y0, x1, y1
         instances = Instances(
             (height, width),
             gt_masks=torch.from_numpy(masks).bool(),
             gt_boxes=boxes,
+            gt_bbox_xywh=bbox,
             gt_classes=torch.tensor([a["category_id"] for a in anns], dtype=torch.int64),
         )
         mats = _matrices(record, self.rm_bidirec, self.rm_overlap)
@@ -381,7 +384,7 @@ def build_evaluators(cfg: CfgNode, dataset_name: str, output_dir: str | None = N
     if "occlusion" in tasks:
         evaluators.append(
             OcclusionEvaluator(
-                zero_division=cfg.SOLVER.OCCLUSION_ZERO_DIV,
+                zero_division=cfg.TEST.OCCLUSION_ZERO_DIV,
                 multi_scale_evaluation=cfg.TEST.MULTI_SCALE_EVALUATION,
                 output_dir=output_dir,
             )

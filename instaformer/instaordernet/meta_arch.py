@@ -6,8 +6,10 @@ P = K(K-1)/2 unordered pairs, S network input side, H x W image.
 docs/reference.md [ION 5] (losses, both input orders per step), [ION 8] (inference over every pair,
 both orders, symmetrised). Registered in ``META_ARCH_REGISTRY`` as "InstaOrderNet"
 (``MODEL.META_ARCHITECTURE``); the pair classifier itself is
-:class:`instaformer.instaordernet.network.InstaOrderResNet`, held as ``self.net`` (so released
-weights load into ``model.net``, see :func:`load_instaordernet_weights`).
+:class:`instaformer.instaordernet.network.InstaOrderResNet` (or, with
+``MODEL.INSTAORDERNET.BACKBONE`` "timm", :class:`~instaformer.instaordernet.network.TimmOrderNet`),
+held as ``self.net`` (so released weights load into ``model.net``, see
+:func:`load_instaordernet_weights`).
 
 Test outputs per image, in the project's matrix convention ([IF 0]), over the
 instances of ``input["instances"].gt_masks`` in their order:
@@ -28,9 +30,10 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import box_convert
 
+from instaformer import model_zoo
 from instaformer.instaordernet import network
 from instaformer.instaordernet.data import INPUT_MODES
-from instaformer.instaordernet.inputs import patch_mode_inputs, resize_mode_inputs
+from instaformer.instaordernet.inputs import PatchModeInputs, ResizeModeInputs
 from instaformer.instaordernet.losses import depth_loss, occlusion_loss, swap_targets
 from instaformer.instaordernet.symmetrisation import (
     all_pairs,
@@ -47,11 +50,10 @@ from instaformer.vocabulary import (
     transpose_depth_labels,
 )
 from mask2former.checkpoint import load_torch_file
-from mask2former.config import CfgNode
+from mask2former.config import CfgNode, ConfigError
 from mask2former.modeling.configurable import configurable
 from mask2former.modeling.registry import META_ARCH_REGISTRY
 from mask2former.structures import masks_to_xywh
-from mask2former.utils import download
 
 __all__ = ["InstaOrderNet", "load_instaordernet_weights"]
 
@@ -64,7 +66,7 @@ class InstaOrderNet(nn.Module):
     def __init__(
         self,
         *,
-        net: network.InstaOrderResNet,
+        net: nn.Module,
         input_mode: str,
         input_size: int,
         image_format: str = "RGB",
@@ -77,7 +79,8 @@ class InstaOrderNet(nn.Module):
     ) -> None:
         """
         Args:
-            net: the pair classifier (its ``tasks`` decide the outputs and losses).
+            net: the pair classifier, ``Tensor[B, 5, S, S] -> {task: logits}`` (its ``tasks``
+                decide the outputs and losses): InstaOrderResNet or TimmOrderNet.
             input_mode: "patch" (window around each pair, o) or "resize" (whole image, d/od).
             input_size: network input side S (pixels).
             image_format: channel order of ``input["image"]`` at test time, "RGB" or "BGR".
@@ -117,8 +120,17 @@ class InstaOrderNet(nn.Module):
             raise ValueError(
                 f"MODEL.INSTAORDERNET.TEST_BOX_ENLARGE must be >= 0, got {net_cfg.TEST_BOX_ENLARGE}"
             )
+        if net_cfg.BACKBONE == "InstaOrderResNet":
+            net: nn.Module = network.InstaOrderResNet(tasks=tasks)
+        elif net_cfg.BACKBONE == "timm":
+            net = network.build_timm_order_net(cfg, tasks)
+        else:
+            raise ConfigError(
+                f"MODEL.INSTAORDERNET.BACKBONE must be 'InstaOrderResNet' or 'timm', got "
+                f"{net_cfg.BACKBONE!r}"
+            )
         return {
-            "net": network.InstaOrderResNet(tasks=tasks),
+            "net": net,
             "input_mode": net_cfg.INPUT_MODE,
             "input_size": net_cfg.INPUT_SIZE,
             "image_format": cfg.INPUT.FORMAT,
@@ -136,7 +148,11 @@ class InstaOrderNet(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return self.net.conv1.weight.device
+        return next(self.net.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.net.parameters()).dtype
 
     def forward(self, batched_inputs: Sequence[dict[str, Any]]) -> Any:
         """Training: ``{"loss_occlusion", "loss_depth"}`` (the task's ones) from the mapper's
@@ -150,11 +166,10 @@ class InstaOrderNet(nn.Module):
                 image = image.flip(0)
             instances = inp["instances"]
             boxes = None
-            if self.input_mode == "patch":
-                if instances.has("gt_boxes"):
-                    boxes = box_convert(instances.gt_boxes.float(), "xyxy", "xywh")
-                else:
-                    boxes = masks_to_xywh(instances.gt_masks)
+            if self.input_mode == "patch" and instances.has("gt_bbox_xywh"):
+                boxes = instances.gt_bbox_xywh  # the annotation's boxes, exact (float64)
+            elif self.input_mode == "patch" and instances.has("gt_boxes"):
+                boxes = box_convert(instances.gt_boxes.double(), "xyxy", "xywh")
             outputs.append(self.predict(image, instances.gt_masks, boxes))
         return outputs
 
@@ -194,24 +209,30 @@ class InstaOrderNet(nn.Module):
     ) -> dict[str, Tensor]:
         """Network logits of ordered pairs, ``pairs_per_forward`` inputs per forward pass.
 
+        The inputs are the original's, value for value, however the pairs are batched
+        ([ION 3.4], :mod:`instaformer.instaordernet.inputs`).
+
         Args:
-            image: Tensor[3, H, W] RGB float in [0, 1], on the model's device.
+            image: Tensor[3, H, W] RGB, uint8 or float in [0, 1] (quantised to 8 bits).
             masks: Tensor[K, H, W] bool.
-            boxes: Tensor[K, 4] xywh (patch mode) or None.
+            boxes: Tensor[K, 4] xywh (patch mode; float64 keeps annotation boxes exact) or None.
             ordered: Tensor[M, 2] int64 (A, B) instance indices.
         Returns:
             ``{task: Tensor[M, C_task]}`` logits in the InstaOrderNet convention.
         """
+        inputs: PatchModeInputs | ResizeModeInputs
+        if self.input_mode == "patch":
+            if boxes is None:
+                raise ValueError("patch mode needs the instances' boxes")
+            inputs = PatchModeInputs(
+                image, masks, boxes, self.input_size, self.test_box_enlarge, device=self.device
+            )
+        else:
+            inputs = ResizeModeInputs(image, masks, self.input_size, device=self.device)
         chunks: dict[str, list[Tensor]] = {t: [] for t in self.tasks}
         for start in range(0, ordered.shape[0], self.pairs_per_forward):
-            part = ordered[start : start + self.pairs_per_forward]
-            if self.input_mode == "patch":
-                x = patch_mode_inputs(
-                    image, masks, boxes, part, size=self.input_size, enlarge=self.test_box_enlarge
-                )
-            else:
-                x = resize_mode_inputs(image, masks, part, size=self.input_size)
-            out = self.net(x.to(self.net.conv1.weight.dtype))
+            x = inputs(ordered[start : start + self.pairs_per_forward])
+            out = self.net(x.to(self.dtype))
             for task in self.tasks:
                 chunks[task].append(out[task])
         return {t: torch.cat(v) for t, v in chunks.items()}
@@ -223,9 +244,11 @@ class InstaOrderNet(nn.Module):
         """Orders between all instances of one image (module docstring for the outputs).
 
         Args:
-            image: Tensor[3, H, W] RGB, uint8 (0-255) or float in [0, 1].
+            image: Tensor[3, H, W] RGB, uint8 (0-255) or float in [0, 1] (quantised to 8 bits,
+                ``round(255 x)``, as the network inputs are built from 8-bit images).
             masks: Tensor[K, H, W] bool instance masks.
-            boxes: Tensor[K, 4] float xywh boxes (patch mode only; None = tight mask boxes).
+            boxes: Tensor[K, 4] xywh boxes (patch mode only; None = tight mask boxes; float64
+                keeps annotation boxes exact).
         """
         if image.dim() != 3 or image.shape[0] != 3:
             raise ValueError(f"image must be Tensor[3, H, W], got shape {tuple(image.shape)}")
@@ -235,14 +258,10 @@ class InstaOrderNet(nn.Module):
                 f"got shape {tuple(masks.shape)}"
             )
         device = self.device
-        image = image.to(device)
-        image = image.float() / 255.0 if not image.is_floating_point() else image.float()
-        masks = masks.to(device).bool()
+        masks = masks.bool()
         k = masks.shape[0]
         if self.input_mode == "patch" and boxes is None:
             boxes = masks_to_xywh(masks)
-        if boxes is not None:
-            boxes = boxes.to(device).float()
         pairs = all_pairs(k, device=device)  # P x 2, i < j
         # (i, j) and (j, i) of a pair are adjacent, so a forward pass of 2 inputs is one pair.
         ordered = torch.stack([pairs, pairs.flip(1)], dim=1).reshape(-1, 2)  # 2P x 2
@@ -289,7 +308,7 @@ def load_instaordernet_weights(cfg: CfgNode, model: nn.Module, path: str | os.Pa
     """
     if not isinstance(model, InstaOrderNet):
         raise TypeError(f"expected an InstaOrderNet meta-architecture, got {type(model).__name__}")
-    path = download.fetch(os.fspath(path))
+    path = model_zoo.fetch(os.fspath(path))
     if not os.path.isfile(path):
         raise FileNotFoundError(f"MODEL.WEIGHTS not found: {path}")
     checkpoint = load_torch_file(path)  # names an empty, truncated or unsafe file

@@ -34,7 +34,8 @@ def predict_orders(
         image: uint8 array[H, W, 3] (as read by OpenCV/PIL) or Tensor[3, H, W] (uint8 0-255 or
             float 0-1).
         masks: bool array/Tensor[K, H, W], one binary mask per instance.
-        boxes: optional float[K, 4] xywh boxes for patch mode (default: tight mask boxes).
+        boxes: optional float[K, 4] xywh boxes for patch mode (default: tight mask boxes);
+            kept in float64, so annotation boxes give the original's windows exactly.
         image_format: channel order of ``image``, "RGB" or "BGR".
     Returns:
         on the CPU: ``"occlusion"`` Tensor[K, K] int64 (1 = row occludes column),
@@ -55,7 +56,7 @@ def predict_orders(
     masks = torch.as_tensor(np.asarray(masks) if isinstance(masks, np.ndarray) else masks)
     if masks.dim() == 2:
         masks = masks[None]
-    box_tensor = None if boxes is None else torch.as_tensor(boxes, dtype=torch.float32)
+    box_tensor = None if boxes is None else torch.as_tensor(boxes, dtype=torch.float64)
     was_training = model.training
     model.eval()
     try:

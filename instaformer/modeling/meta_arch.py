@@ -61,6 +61,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -77,17 +78,44 @@ from instaformer.modeling.order import (
 )
 from instaformer.vocabulary import GT_MATRIX_KEYS, TASK_CLASSES
 from mask2former.config import CfgNode
+from mask2former.modeling.adapters import ADAPTER_TYPES
 from mask2former.modeling.configurable import configurable
 from mask2former.modeling.meta_arch import MASK_LOSSES, MaskFormer
 from mask2former.modeling.registry import META_ARCH_REGISTRY
 
-__all__ = ["ORDER_ROWS", "InstaFormer", "order_results"]
+__all__ = ["ORDER_ROWS", "InstaFormer", "NetworkOutputs", "order_results"]
 
 # Output flag of each order task.
 _ON_KEYS = {"occlusion": "OCCLUSION_ON", "depth": "DEPTH_ON"}
 _DEPTH_LOSSES = ("balanced_softmax", "ce")
 # Values of ``InstaFormer.forward``'s ``order_rows``: whose relations the order matrices hold.
 ORDER_ROWS = ("ground_truth", "segments")
+
+
+@dataclass(frozen=True)
+class NetworkOutputs:
+    """One batch's network outputs, as the order steps read them (one field per output).
+
+    Attributes:
+        outputs: the decoder's dict: ``pred_logits`` Tensor[B, Q, K+1], ``pred_masks``
+            Tensor[B, Q, h, w] (final layer), ``aux_outputs`` (earlier layers).
+        mask_embed: Tensor[B, Q, C] final-layer mask embeddings.
+        mask_features: Tensor[B, C, h, w] pixel-decoder mask features.
+        image_sizes: ``(H, W)`` of each unpadded image.
+        padded_size: ``(Hp, Wp)`` of the padded batch.
+    """
+
+    outputs: dict
+    mask_embed: Tensor
+    mask_features: Tensor
+    image_sizes: list[tuple[int, int]]
+    padded_size: tuple[int, int]
+
+    def valid_size(self, b: int) -> tuple[int, int]:
+        """Part ``(h', w')`` of image ``b``'s h x w maps that covers the unpadded image."""
+        (height, width), (hp, wp) = self.image_sizes[b], self.padded_size
+        h, w = self.mask_features.shape[-2:]
+        return math.ceil(height * h / hp), math.ceil(width * w / wp)
 
 
 def order_results(
@@ -133,6 +161,8 @@ class InstaFormer(MaskFormer):
         output_tasks: Sequence[str] = (),
         match_costs: tuple[float, float, float] = (2.0, 5.0, 5.0),
         input_format: str = "RGB",
+        freeze_backbone: bool = False,
+        freeze_sem_seg_head: bool = False,
         **maskformer_kwargs,
     ) -> None:
         """
@@ -144,6 +174,8 @@ class InstaFormer(MaskFormer):
             match_costs: (class, mask, dice) weights of the ground-truth rows' full-mask matching.
             input_format: "RGB" or "BGR", channel order of the inputs' ``image`` (told to the
                 head in :class:`OrderInputs`).
+            freeze_backbone, freeze_sem_seg_head: stop the gradients of the backbone / the
+                decoders, the adapters excepted (:meth:`freeze`).
             maskformer_kwargs: the arguments of :class:`MaskFormer`.
         """
         super().__init__(**maskformer_kwargs)
@@ -169,6 +201,7 @@ class InstaFormer(MaskFormer):
         self.output_tasks = tuple(output_tasks)
         self.match_costs = tuple(match_costs)
         self.input_format = input_format
+        self.freeze(backbone=freeze_backbone, sem_seg_head=freeze_sem_seg_head)
 
     @classmethod
     # The kept Mask2Former losses come from MODEL.REMOVE_LOSSES, not from a ``losses`` argument
@@ -196,6 +229,22 @@ class InstaFormer(MaskFormer):
         if trained:
             kwargs["order_criterion"] = _build_order_criterion(cfg, trained, head)
         return kwargs
+
+    def freeze(self, *, backbone: bool, sem_seg_head: bool) -> None:
+        """Stop gradients of the backbone / head; adapters stay trainable ([IF 1.2.3]).
+
+        Frozen modules keep their train/eval mode (drop-path stays active, as the reference).
+        """
+        parts = ((self.backbone, backbone), (self.sem_seg_head, sem_seg_head))
+        frozen = [module for module, freeze in parts if freeze]
+        for module in frozen:
+            for p in module.parameters():
+                p.requires_grad = False
+        for module in frozen:
+            for m in module.modules():
+                if isinstance(m, ADAPTER_TYPES):
+                    for p in m.parameters():
+                        p.requires_grad = True
 
     @property
     def _order_head(self) -> OrderHead:
@@ -236,18 +285,12 @@ class InstaFormer(MaskFormer):
             return super().forward(batched_inputs, results)
         images, image_sizes = self.preprocess_image(batched_inputs)
         outputs, mask_embed, mask_features = self.run_network(images)
-        padded_size = (images.shape[-2], images.shape[-1])
+        net = NetworkOutputs(
+            outputs, mask_embed, mask_features, image_sizes, (images.shape[-2], images.shape[-1])
+        )
         if self.training:
             targets = self.prepare_targets(batched_inputs, images)
-            return self.training_losses(
-                outputs,
-                mask_embed,
-                mask_features,
-                targets,
-                batched_inputs,
-                image_sizes,
-                padded_size,
-            )
+            return self.training_losses(net, targets, batched_inputs)
         wanted = self.check_results(results)
         rows = order_rows or _default_rows(batched_inputs)
         if self.output_tasks and rows == "segments" and "panoptic_seg" not in wanted:
@@ -256,31 +299,14 @@ class InstaFormer(MaskFormer):
                 "segments: set MODEL.MASK_FORMER.TEST.PANOPTIC_ON True or pass "
                 "results=('panoptic_seg', ...)"
             )
-        per_image = self.inference(outputs, batched_inputs, image_sizes, padded_size, wanted)
+        per_image = self.inference(outputs, batched_inputs, image_sizes, net.padded_size, wanted)
         if not self.output_tasks:
             return per_image
         if rows == "ground_truth":
             targets = self.prepare_targets(batched_inputs, images)
-            self.attach_gt_orders(
-                per_image,
-                outputs,
-                mask_embed,
-                mask_features,
-                targets,
-                batched_inputs,
-                image_sizes,
-                padded_size,
-            )
+            self.attach_gt_orders(per_image, net, targets, batched_inputs)
         else:
-            self.attach_blind_orders(
-                per_image,
-                outputs,
-                mask_embed,
-                mask_features,
-                batched_inputs,
-                image_sizes,
-                padded_size,
-            )
+            self.attach_blind_orders(per_image, net, batched_inputs)
         return per_image
 
     def order_inputs(
@@ -340,40 +366,24 @@ class InstaFormer(MaskFormer):
         return self._order_head.scores(bundle)
 
     def _image_log_probs(
-        self,
-        b: int,
-        queries: Tensor,
-        outputs: dict,
-        mask_embed: Tensor,
-        mask_features: Tensor,
-        batched_input: dict,
-        image_sizes: list[tuple[int, int]],
-        padded_size: tuple[int, int],
+        self, net: NetworkOutputs, b: int, queries: Tensor, batched_input: dict
     ) -> dict[str, list[Tensor]]:
-        """The head's log-probabilities for image ``b`` of the batch's decoder outputs."""
+        """The head's log-probabilities for the ``queries`` of image ``b`` of the batch."""
         bundle = self.order_inputs(
             queries,
-            mask_embed[b],
-            outputs["pred_masks"][b],
-            mask_features[b],
+            net.mask_embed[b],
+            net.outputs["pred_masks"][b],
+            net.mask_features[b],
             image=batched_input["image"],
-            valid_size=_valid_size(
-                image_sizes[b], padded_size, (mask_features.shape[-2], mask_features.shape[-1])
-            ),
+            valid_size=net.valid_size(b),
         )
         return self._order_head.log_probs(bundle)
 
     def training_losses(
-        self,
-        outputs: dict,
-        mask_embed: Tensor,
-        mask_features: Tensor,
-        targets: list[dict],
-        batched_inputs: list[dict],
-        image_sizes: list[tuple[int, int]],
-        padded_size: tuple[int, int],
+        self, net: NetworkOutputs, targets: list[dict], batched_inputs: list[dict]
     ) -> dict[str, Tensor]:
         """Weighted Mask2Former and order losses; one matching for both (module docstring)."""
+        outputs = net.outputs
         main = {k: v for k, v in outputs.items() if k != "aux_outputs"}
         indices = self.criterion.matcher(main, targets)
         losses = self.compute_losses(outputs, targets, indices) if self.criterion.losses else {}
@@ -388,14 +398,10 @@ class InstaFormer(MaskFormer):
             order_targets.append({t: _gt_matrix(x, t, n) for t in self.order_criterion.weights})
             query_idx, gt_idx = indices[b]
             queries = select_matched_queries(query_idx, gt_idx, tgt_pan_idx)
-            head_outputs.append(
-                self._image_log_probs(
-                    b, queries, outputs, mask_embed, mask_features, x, image_sizes, padded_size
-                )
-            )
+            head_outputs.append(self._image_log_probs(net, b, queries, x))
         weights = self.order_criterion.weight_dict(self.num_order_layers)
         if not head_outputs:
-            zero = mask_embed.new_zeros(())
+            zero = net.mask_embed.new_zeros(())
             losses.update(dict.fromkeys(weights, zero))
             return losses
         raw = self.order_criterion(head_outputs, order_targets)
@@ -405,16 +411,12 @@ class InstaFormer(MaskFormer):
     def attach_gt_orders(
         self,
         results: list[dict],
-        outputs: dict,
-        mask_embed: Tensor,
-        mask_features: Tensor,
+        net: NetworkOutputs,
         targets: list[dict],
         batched_inputs: list[dict],
-        image_sizes: list[tuple[int, int]],
-        padded_size: tuple[int, int],
     ) -> None:
         """Ground-truth rows: add the order matrices over each input's annotated instances."""
-        main = {k: v for k, v in outputs.items() if k != "aux_outputs"}
+        main = {k: v for k, v in net.outputs.items() if k != "aux_outputs"}
         cost_class, cost_mask, cost_dice = self.match_costs
         indices = full_mask_matching(
             main, targets, cost_class=cost_class, cost_mask=cost_mask, cost_dice=cost_dice
@@ -422,31 +424,20 @@ class InstaFormer(MaskFormer):
         for b, (x, result) in enumerate(zip(batched_inputs, results, strict=True)):
             tgt_pan_idx = _tgt_pan_idx(x, len(targets[b]["labels"]))
             queries = select_matched_queries(*indices[b], tgt_pan_idx)
-            log_probs = self._image_log_probs(
-                b, queries, outputs, mask_embed, mask_features, x, image_sizes, padded_size
-            )
+            log_probs = self._image_log_probs(net, b, queries, x)
             result.update(order_results(log_probs, self.output_tasks, normalised=True))
 
     def attach_blind_orders(
-        self,
-        results: list[dict],
-        outputs: dict,
-        mask_embed: Tensor,
-        mask_features: Tensor,
-        batched_inputs: list[dict],
-        image_sizes: list[tuple[int, int]],
-        padded_size: tuple[int, int],
+        self, results: list[dict], net: NetworkOutputs, batched_inputs: list[dict]
     ) -> None:
         """Segment rows: add the order matrices over the thing segments of each panoptic result
         (``results`` hold ``panoptic_seg``)."""
         for b, (x, result) in enumerate(zip(batched_inputs, results, strict=True)):
             queries, segment_ids = select_segment_queries(result["panoptic_seg"][1])
-            log_probs = self._image_log_probs(
-                b, queries, outputs, mask_embed, mask_features, x, image_sizes, padded_size
-            )
+            log_probs = self._image_log_probs(net, b, queries, x)
             result.update(order_results(log_probs, self.output_tasks, normalised=True))
             result["order_segment_ids"] = torch.tensor(
-                segment_ids, dtype=torch.int64, device=mask_embed.device
+                segment_ids, dtype=torch.int64, device=net.mask_embed.device
             )
 
 
@@ -460,16 +451,6 @@ def _default_rows(batched_inputs: list[dict]) -> str:
     raise ValueError(
         f"{sum(with_gt)} of {len(with_gt)} inputs carry 'tgt_pan_idx': pass order_rows="
         "'ground_truth' or 'segments' to say whose relations the order matrices hold"
-    )
-
-
-def _valid_size(
-    image_size: tuple[int, int], padded_size: tuple[int, int], map_size: tuple[int, int]
-) -> tuple[int, int]:
-    """Part ``(h', w')`` of an h x w map of the padded frame that covers the unpadded image."""
-    return (
-        math.ceil(image_size[0] * map_size[0] / padded_size[0]),
-        math.ceil(image_size[1] * map_size[1] / padded_size[1]),
     )
 
 

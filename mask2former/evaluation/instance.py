@@ -35,6 +35,7 @@ from mask2former.evaluation.panoptic import (
 )
 from mask2former.structures import encode_rle
 from mask2former.utils import comm
+from mask2former.utils.atomic import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -221,9 +222,7 @@ class COCOInstanceEvaluator(DatasetEvaluator):
                 return {}
             images, gt, predictions = gathered
         if self._output_dir:
-            os.makedirs(self._output_dir, exist_ok=True)
             path = os.path.join(self._output_dir, "instances_predictions.json")
-            with open(path, "w") as f:
-                json.dump(predictions, f)
+            atomic_write_bytes(path, json.dumps(predictions).encode())
         results = coco_segm_ap(gt, predictions, images, self._categories, self._per_class)
         return {"segm": results}

@@ -35,6 +35,8 @@ from PIL import Image
 from mask2former.evaluation.evaluator import DatasetEvaluator, Results
 from mask2former.structures import id2rgb, rgb2id
 from mask2former.utils import comm
+from mask2former.utils.atomic import atomic_write_bytes, atomic_write_path
+from mask2former.utils.outputs import safe_relative
 
 logger = logging.getLogger(__name__)
 
@@ -325,6 +327,9 @@ class COCOPanopticEvaluator(DatasetEvaluator):
         self._thing_ids = {v: k for k, v in (thing_dataset_id_to_contiguous_id or {}).items()}
         self._stuff_ids = {v: k for k, v in (stuff_dataset_id_to_contiguous_id or {}).items()}
         self._output_dir = output_dir
+        if output_dir:  # prediction PNGs take the GT's names: each must stay inside output_dir
+            for a in gt["annotations"]:
+                safe_relative(a["file_name"], f"{gt_json}, image_id {a['image_id']!r}")
         self._per_class = per_class
         self._distributed = distributed
         self.reset()
@@ -381,9 +386,9 @@ class COCOPanopticEvaluator(DatasetEvaluator):
         segments_info: Sequence[Mapping[str, Any]],
     ) -> None:
         folder = os.path.join(self._output_dir, "panoptic_predictions")
-        os.makedirs(folder, exist_ok=True)
         file_name = os.path.splitext(ann["file_name"])[0] + ".png"
-        Image.fromarray(id2rgb(pred_ids)).save(os.path.join(folder, file_name))
+        png = Image.fromarray(id2rgb(pred_ids))
+        atomic_write_path(os.path.join(folder, file_name), lambda tmp: png.save(tmp, format="PNG"))
         segments = []
         for s in segments_info:
             entry = {k: v for k, v in s.items() if k not in ("category_id", "isthing")}
@@ -406,7 +411,6 @@ class COCOPanopticEvaluator(DatasetEvaluator):
             predictions = gathered[1]
         if self._output_dir:
             path = os.path.join(self._output_dir, "panoptic_predictions.json")
-            with open(path, "w") as f:
-                json.dump({"annotations": predictions}, f)
+            atomic_write_bytes(path, json.dumps({"annotations": predictions}).encode())
             logger.info("Panoptic predictions written to %s", path)
         return {"panoptic_seg": pq_results(stats, self._categories, self._per_class)}

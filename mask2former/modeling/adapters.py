@@ -1,4 +1,5 @@
-"""Residual bottleneck adapters of InstaFormer (docs/reference.md [IF 1.2.2]).
+"""Residual bottleneck adapters of the decoders, as InstaFormer trains them (docs/reference.md
+[IF 1.2.2]); ``MODEL.MASK_FORMER.USE_ADAPTERS`` switches them on (:func:`adapter_args`).
 
 Shape shorthand: N tokens (any leading dims), C model width, A adapter width.
 An adapter is Linear(C -> A), ReLU, Linear(A -> C); its first weight is Kaiming-normal and
@@ -13,7 +14,9 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["EncoderAdapter", "DecoderAdapter", "ADAPTER_TYPES"]
+from mask2former.config import CfgNode
+
+__all__ = ["EncoderAdapter", "DecoderAdapter", "ADAPTER_TYPES", "adapter_args"]
 
 
 def _init_adapter(first: nn.Linear, second: nn.Linear) -> None:
@@ -51,3 +54,13 @@ class DecoderAdapter(nn.Module):
 
 
 ADAPTER_TYPES = (EncoderAdapter, DecoderAdapter)
+
+
+def adapter_args(cfg: CfgNode) -> dict[str, int | float]:
+    """``adapter_dim`` (0: none) and ``adapter_scale`` of both decoders, from
+    ``MODEL.MASK_FORMER.{USE_ADAPTERS, ADAPTER_DIM, ADAPTER_SCALE}``."""
+    mf = cfg.MODEL.MASK_FORMER
+    return {
+        "adapter_dim": mf.ADAPTER_DIM if mf.USE_ADAPTERS else 0,
+        "adapter_scale": mf.ADAPTER_SCALE,
+    }

@@ -42,9 +42,8 @@ def available_device(name: str) -> torch.device:
 def build_meta_arch(cfg: CfgNode) -> nn.Module:
     """Build ``META_ARCH_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE)(cfg)`` on ``MODEL.DEVICE``.
 
-    Weights are not loaded here (see :mod:`mask2former.checkpoint`).
+    Weights are not loaded here (see :mod:`mask2former.checkpoint`). The built-in modules are
+    registered: importing this module imports its package, :mod:`mask2former.modeling`.
     """
-    import mask2former.modeling  # noqa: F401  (registers every built-in module)
-
     model = META_ARCH_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE)(cfg)
     return model.to(available_device(cfg.MODEL.DEVICE))

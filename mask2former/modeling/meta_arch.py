@@ -29,7 +29,6 @@ from torch import Tensor, nn
 
 from mask2former.config import CfgNode
 from mask2former.data.catalog import MetadataCatalog
-from mask2former.modeling.adapters import ADAPTER_TYPES
 from mask2former.modeling.backbone.base import Backbone
 from mask2former.modeling.configurable import configurable
 from mask2former.modeling.criterion import SetCriterion
@@ -134,8 +133,6 @@ class MaskFormer(nn.Module):
         panoptic_on: bool,
         instance_on: bool,
         test_topk_per_image: int,
-        freeze_backbone: bool = False,
-        freeze_sem_seg_head: bool = False,
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -155,7 +152,6 @@ class MaskFormer(nn.Module):
         self.panoptic_on = panoptic_on
         self.instance_on = instance_on
         self.test_topk_per_image = test_topk_per_image
-        self.freeze(backbone=freeze_backbone, sem_seg_head=freeze_sem_seg_head)
 
     @classmethod
     def from_config(cls, cfg: CfgNode, *, losses: Sequence[str] = MASK_LOSSES) -> dict:
@@ -236,23 +232,6 @@ class MaskFormer(nn.Module):
         if unknown:
             raise ValueError(f"unknown results {unknown}; known: {list(RESULT_NAMES)}")
         return tuple(name for name in RESULT_NAMES if name in results)
-
-    def freeze(self, *, backbone: bool, sem_seg_head: bool) -> None:
-        """Stop gradients of the backbone / head; adapters stay trainable ([IF 1.2.3]).
-
-        Frozen modules keep their train/eval mode (drop-path stays active, as the reference).
-        """
-        if backbone:
-            for p in self.backbone.parameters():
-                p.requires_grad = False
-        if sem_seg_head:
-            for p in self.sem_seg_head.parameters():
-                p.requires_grad = False
-        if backbone or sem_seg_head:
-            for m in self.modules():
-                if isinstance(m, ADAPTER_TYPES):
-                    for p in m.parameters():
-                        p.requires_grad = True
 
     def preprocess_image(self, batched_inputs: list[dict]) -> tuple[Tensor, list[tuple[int, int]]]:
         """Normalise each image with PIXEL_MEAN/STD and pad the batch.

@@ -1,9 +1,10 @@
 """The one downloader for remote weights: cache folder, safe names, timeouts, atomic files.
 
-Every remote ``MODEL.WEIGHTS`` goes through :func:`fetch`: ``https://`` URLs, ``detectron2://``
-model-zoo names and the schemes other packages register (``zoo://NAME``, added by
-``instaformer.model_zoo``). Google Drive files are fetched with ``gdown`` (which follows Drive's
-large-file confirmation page); any other URL with ``requests``.
+Every remote ``MODEL.WEIGHTS`` goes through :func:`fetch`: ``https://`` URLs and ``detectron2://``
+model-zoo names; a package with its own names resolves them to a :class:`RemoteFile` and calls
+:func:`download` (``zoo://NAME``: ``instaformer.model_zoo.fetch``). Google Drive files are fetched
+with ``gdown`` (which follows Drive's large-file confirmation page); any other URL with
+``requests``.
 
 * Cache: ``$INSTAFORMER_CACHE``, default ``$XDG_CACHE_HOME/instaformer`` (``~/.cache/instaformer``).
   A URL is stored as ``<cache>/<first 16 hex digits of sha256(url)>-<sanitised file name>``: the
@@ -32,7 +33,6 @@ import shutil
 import tempfile
 import time
 import urllib.parse
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -51,7 +51,6 @@ __all__ = [
     "fetch",
     "in_cache",
     "is_remote",
-    "register_scheme",
     "set_aside",
 ]
 
@@ -61,6 +60,7 @@ DEFAULT_TIMEOUT = (10.0, 60.0)
 """Seconds: (connect, read). The read timeout bounds every wait for the next bytes."""
 
 DETECTRON2_MODEL_ZOO = "https://dl.fbaipublicfiles.com/detectron2/"
+DETECTRON2_SCHEME = "detectron2://"
 DRIVE_HOSTS = ("drive.google.com", "docs.google.com", "drive.usercontent.google.com")
 _CHUNK = 1 << 20
 _MAX_REDIRECTS = 5
@@ -89,24 +89,9 @@ class RemoteFile:
     size: int | None = None
 
 
-# "scheme://" -> function mapping the whole path to a RemoteFile (see register_scheme).
-_SCHEMES: dict[str, Callable[[str], RemoteFile]] = {
-    "detectron2://": lambda path: RemoteFile(
-        DETECTRON2_MODEL_ZOO + path.removeprefix("detectron2://")
-    ),
-}
-
-
-def register_scheme(prefix: str, resolver: Callable[[str], RemoteFile]) -> None:
-    """Let ``prefix`` paths (e.g. ``"zoo://"``) name remote files: ``resolver(path)`` says which."""
-    if not prefix.endswith("://"):
-        raise ValueError(f"a scheme prefix ends with '://'; got {prefix!r}")
-    _SCHEMES[prefix] = resolver
-
-
 def is_remote(path: str) -> bool:
-    """True for ``http(s)://`` URLs and registered schemes (``detectron2://``, ``zoo://``)."""
-    return path.startswith(("https://", "http://", *_SCHEMES))
+    """True for ``http(s)://`` URLs and ``detectron2://`` names."""
+    return path.startswith(("https://", "http://", DETECTRON2_SCHEME))
 
 
 def cache_dir() -> Path:
@@ -190,24 +175,23 @@ def fetch(
     """The local file for ``path``: a local path unchanged, a remote one downloaded once.
 
     Args:
-        path: local path, ``https://`` URL, ``detectron2://NAME`` or a registered scheme.
+        path: local path, ``https://`` URL or ``detectron2://NAME``.
         timeout: (connect, read) seconds.
         progress: show a progress bar while downloading.
 
     Raises:
         DownloadError: the download failed, a check failed, or an unknown scheme.
     """
-    for prefix, resolver in _SCHEMES.items():
-        if path.startswith(prefix):
-            return str(download(resolver(path), timeout=timeout, progress=progress))
+    if path.startswith(DETECTRON2_SCHEME):
+        remote = RemoteFile(DETECTRON2_MODEL_ZOO + path.removeprefix(DETECTRON2_SCHEME))
+        return str(download(remote, timeout=timeout, progress=progress))
     if path.startswith(("https://", "http://")):
         return str(download(RemoteFile(path), timeout=timeout, progress=progress))
     scheme = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://", path)
     if scheme:
         raise DownloadError(
-            f"{path}: unknown scheme {scheme.group(1)!r}; known: https://, "
-            + ", ".join(_SCHEMES)
-            + " (zoo:// names need `import instaformer.model_zoo`)"
+            f"{path}: unknown scheme {scheme.group(1)!r}; known: https://, {DETECTRON2_SCHEME} "
+            "(a package's own names, such as InstaFormer's zoo://, are resolved by that package)"
         )
     return path
 
@@ -263,6 +247,7 @@ def download(
                 _by_hand(remote.url, target, f"{type(err).__name__}: {reason}")
             ) from err
         _check(remote, partial, hasher.hexdigest(), target)
+        _sync(partial)
         os.replace(partial, target)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -281,6 +266,16 @@ def _failures() -> tuple[type[BaseException], ...]:
     from gdown.exceptions import DownloadError as GdownError
 
     return (OSError, GdownError)
+
+
+def _sync(path: Path) -> None:
+    """Flush ``path`` to disk before it is renamed into place: after a crash the cache holds
+    the whole file or none, never an empty or partial one under the final name."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _by_hand(url: str, target: Path, reason: str) -> str:

@@ -18,8 +18,8 @@ import cv2
 import numpy as np
 import torch
 
+from instaformer.apps.demo_utils import save_result
 from instaformer.config import setup_cfg
-from instaformer.demo_utils import save_result
 from instaformer.predictor import Predictor
 from mask2former.config import CfgNode
 from mask2former.utils.argtypes import float_range, int_range

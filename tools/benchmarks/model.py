@@ -1,8 +1,10 @@
-"""Inference time and peak memory of the full-size Mask2Former part (Swin-T and R50 configs).
+"""Inference time and peak memory of the full-size Mask2Former part (Swin-T, R50, timm configs).
 
 Times backbone + pixel decoder + transformer decoder (``model.run_network``) on a normalised
 random image, random initial weights, float32, under ``torch.inference_mode``; reports the
-median and minimum of ``--repeats`` runs after one warm-up. Each config is measured in a fresh
+median and minimum of ``--repeats`` runs after one warm-up. The timm configs
+(``configs/instaorder/occlusion_depth/all/timm/``) are built with ``MODEL.TIMM.PRETRAINED``
+False: random weights, no download, the same network. Each config is measured in a fresh
 Python process, so that peak memory means something on CPU too:
 
 * CPU: the process's peak resident set size (``ru_maxrss``) after the runs, and its growth over
@@ -28,14 +30,21 @@ import torch
 from mask2former.utils.argtypes import int_range
 
 ROOT = Path(__file__).resolve().parents[2]
+TIMM = "configs/instaorder/occlusion_depth/all/timm"
 CONFIGS = {
     "swin-t": "configs/instaorder/occlusion_depth/all/swin/maskformer2_swin_tiny_bs16_50ep.yaml",
     "r50": "configs/instaorder/maskformer2_R50_bs16_50ep.yaml",
+    "convnext-t": f"{TIMM}/maskformer2_convnext_tiny_bs16_50ep.yaml",
+    "vit-s14-dinov2": f"{TIMM}/maskformer2_vit_small_patch14_dinov2_bs16_50ep.yaml",
+    "vit-s14-dinov2-adapters": (
+        f"{TIMM}/maskformer2_vit_small_patch14_dinov2_adapters_bs16_50ep.yaml"
+    ),
+    "tiny-timm": "configs/synthetic/instaformer_od_tiny_timm.yaml",
 }
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--models", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--models", nargs="+", default=["swin-t", "r50"], choices=list(CONFIGS))
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--threads", type=int_range(1), default=2, help="CPU threads (torch)")
     parser.add_argument("--size", type=int_range(1), default=512, help="square input side (pixels)")
@@ -58,6 +67,7 @@ def _build(config: str, device: str) -> torch.nn.Module:
     cfg = get_cfg()
     cfg.merge_from_file(str(ROOT / config))
     cfg.MODEL.GEOMETRIC_PREDICTOR.NAME = ""
+    cfg.MODEL.TIMM.PRETRAINED = False  # random weights: no download, the same network
     torch.manual_seed(0)
     return META_ARCH_REGISTRY.get("MaskFormer")(cfg).to(device).eval()
 
@@ -144,7 +154,7 @@ def run(args: argparse.Namespace) -> None:
             else f"peak RSS {r['peak_mib']:7.0f} MiB (+{r['growth_mib']:.0f} MiB over the model)"
         )
         print(
-            f"{name:7s} median {r['median_s'] * 1000:8.1f} ms  min {r['min_s'] * 1000:8.1f} ms  "
+            f"{name:23s} median {r['median_s'] * 1000:8.1f} ms  min {r['min_s'] * 1000:8.1f} ms  "
             f"{memory}"
         )
 

@@ -3,16 +3,15 @@
 ``build_order_head(cfg)`` looks ``NAME`` up in ``ORDER_HEAD_REGISTRY``; ``NAME = ""`` means no
 order head. Registered entries: ``"GeometricTransformer"`` (holistic) and ``"PairwiseResNet"``
 (InstaOrderNet). An entry is an :class:`~instaformer.modeling.order.contract.OrderHead` subclass
-with a ``from_config(cfg)`` classmethod, or a builder function ``fn(cfg) -> OrderHead``. Option
-values the re-implementation does not support are refused here with the offending key, so a
-config never silently runs something else than it says.
-
-``PAIRWISE`` is a legacy key: ``NAME`` chooses the head. It is accepted when it agrees with
-``NAME`` (True exactly for ``"PairwiseResNet"``) and refused otherwise.
+with a ``from_config(cfg)`` classmethod, or a builder function ``fn(cfg) -> OrderHead``. The
+reference's options with one released value (``METHOD``, ``FUSE``, ``MASK_NON_MASK_VALUES``,
+``PAIRWISE``) are retired keys of the config (:mod:`instaformer.config`): other values are refused
+when the config is read.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 
@@ -25,6 +24,8 @@ from instaformer.vocabulary import tasks_from_code
 from mask2former.config import CfgNode
 
 __all__ = ["build_order_head", "order_tasks"]
+
+logger = logging.getLogger(__name__)
 
 # Released file name of the InstaOrderNet weights inside INSTAORDERNET_WEIGHTS_PATH.
 INSTAORDERNET_FILE = "InstaOrder_InstaOrderNet_{task}.pth.tar"
@@ -41,13 +42,6 @@ def build_order_head(cfg: CfgNode) -> OrderHead | None:
     name = gp.NAME
     if not name:
         return None
-    pairwise = name == "PairwiseResNet"
-    if bool(gp.PAIRWISE) != pairwise:
-        raise ValueError(
-            f"MODEL.GEOMETRIC_PREDICTOR.PAIRWISE = {gp.PAIRWISE!r} contradicts "
-            f"MODEL.GEOMETRIC_PREDICTOR.NAME = {name!r}: PAIRWISE is a legacy key (NAME chooses "
-            f"the head); leave it at its default or set it to {pairwise} with this NAME."
-        )
     entry = ORDER_HEAD_REGISTRY.get(name)
     from_config = getattr(entry, "from_config", None)
     head = entry(**from_config(cfg)) if from_config is not None else entry(cfg)
@@ -70,26 +64,9 @@ def _register(name: str) -> Callable:
     return decorator
 
 
-def _require(cfg_node: CfgNode, key: str, supported: object, why: str) -> None:
-    value = getattr(cfg_node, key)
-    if value != supported:
-        raise ValueError(
-            f"MODEL.GEOMETRIC_PREDICTOR.{key} = {value!r} is not supported (only {supported!r}): "
-            f"{why}"
-        )
-
-
 @_register("GeometricTransformer")
 def build_geometric_transformer(cfg: CfgNode) -> GeometricTransformer:
     gp = cfg.MODEL.GEOMETRIC_PREDICTOR
-    _require(gp, "METHOD", "stack", "'cat' and 'sep' were never released nor validated.")
-    _require(gp, "FUSE", False, "Gram-matrix scores are symmetric and cannot express direction.")
-    _require(
-        gp,
-        "MASK_NON_MASK_VALUES",
-        True,
-        "the released head always zeroes the attended features outside each mask.",
-    )
     return GeometricTransformer(
         tasks=order_tasks(cfg),
         mask_dim=cfg.MODEL.SEM_SEG_HEAD.MASK_DIM,
@@ -109,6 +86,13 @@ def build_geometric_transformer(cfg: CfgNode) -> GeometricTransformer:
 def build_pairwise_resnet(cfg: CfgNode) -> PairwiseResNet:
     gp = cfg.MODEL.GEOMETRIC_PREDICTOR
     network = InstaOrderResNet(tasks=order_tasks(cfg))
+    if gp.USE_INSTAORDERNET_WEIGHTS and not gp.INSTAORDERNET_WEIGHTS_PATH:
+        logger.warning(
+            "MODEL.GEOMETRIC_PREDICTOR.USE_INSTAORDERNET_WEIGHTS is True but "
+            "MODEL.GEOMETRIC_PREDICTOR.INSTAORDERNET_WEIGHTS_PATH is empty: the pairwise head's "
+            "InstaOrderNet is not initialised from InstaOrderNet weights; its weights come from "
+            "MODEL.WEIGHTS (released pairwise checkpoints hold them) or stay random"
+        )
     if gp.USE_INSTAORDERNET_WEIGHTS and gp.INSTAORDERNET_WEIGHTS_PATH:
         path = gp.INSTAORDERNET_WEIGHTS_PATH
         if os.path.isdir(path):

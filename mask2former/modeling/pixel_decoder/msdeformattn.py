@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mask2former.config import CfgNode, adapter_settings
-from mask2former.modeling.adapters import EncoderAdapter
+from mask2former.config import CfgNode
+from mask2former.modeling.adapters import EncoderAdapter, adapter_args
 from mask2former.modeling.backbone.base import ShapeSpec
 from mask2former.modeling.backbone.resnet import Conv2d, c2_xavier_fill, get_norm
 from mask2former.modeling.configurable import configurable
@@ -314,7 +314,6 @@ class MSDeformAttnPixelDecoder(nn.Module):
     @classmethod
     def from_config(cls, cfg: CfgNode, input_shape: dict[str, ShapeSpec]) -> dict:
         head = cfg.MODEL.SEM_SEG_HEAD
-        adapters = adapter_settings(cfg)
         return {
             "input_shape": {k: v for k, v in input_shape.items() if k in head.IN_FEATURES},
             "conv_dim": head.CONVS_DIM,
@@ -327,8 +326,7 @@ class MSDeformAttnPixelDecoder(nn.Module):
             "transformer_enc_n_points": 4,  # fixed in the reference's pixel decoder
             "transformer_in_features": list(head.DEFORMABLE_TRANSFORMER_ENCODER_IN_FEATURES),
             "common_stride": head.COMMON_STRIDE,
-            "adapter_dim": adapters.dim,
-            "adapter_scale": adapters.scale,
+            **adapter_args(cfg),
         }
 
     def forward_features(self, features: dict[str, Tensor]) -> tuple[Tensor, Tensor, list[Tensor]]:

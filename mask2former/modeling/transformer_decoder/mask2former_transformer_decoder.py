@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mask2former.config import CfgNode, adapter_settings
-from mask2former.modeling.adapters import DecoderAdapter
+from mask2former.config import CfgNode
+from mask2former.modeling.adapters import DecoderAdapter, adapter_args
 from mask2former.modeling.backbone.resnet import Conv2d, c2_xavier_fill
 from mask2former.modeling.configurable import configurable
 from mask2former.modeling.registry import TRANSFORMER_DECODER_REGISTRY
@@ -101,7 +101,6 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
     @classmethod
     def from_config(cls, cfg: CfgNode, in_channels: int) -> dict:
         mf = cfg.MODEL.MASK_FORMER
-        adapters = adapter_settings(cfg)
         if mf.DEC_LAYERS < 1:
             raise ValueError(f"MODEL.MASK_FORMER.DEC_LAYERS must be >= 1; got {mf.DEC_LAYERS}")
         return {
@@ -116,8 +115,7 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
             "pre_norm": mf.PRE_NORM,
             "enforce_input_project": mf.ENFORCE_INPUT_PROJ,
             "mask_dim": cfg.MODEL.SEM_SEG_HEAD.MASK_DIM,
-            "adapter_dim": adapters.dim,
-            "adapter_scale": adapters.scale,
+            **adapter_args(cfg),
         }
 
     def forward(

@@ -1,4 +1,4 @@
-"""Pictures of an :class:`~instaformer.predictor.OrderResult` (OpenCV/NumPy drawing only).
+"""Pictures of an :class:`~instaformer.structures.OrderResult` (OpenCV/NumPy drawing only).
 
 Shape shorthand: H x W the image; k thing segments; f the drawing factor (1, or the integer
 that brings a small image's short side to ``min_side`` pixels). Every function takes an RGB
@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from instaformer.predictor import OrderResult
+from instaformer.structures import OrderResult
 from instaformer.vocabulary import OCCLUDING
 from mask2former.structures import mask_bbox
 

@@ -3,10 +3,10 @@
 ``demo/demo.py`` is a thin command line over :func:`expand_inputs`, :func:`run_on_paths` and
 :func:`run_on_video`. Per image ``<stem>`` the output directory receives
 
-* ``<stem>_panoptic.png``: :func:`~instaformer.visualization.draw_panoptic`;
-* ``<stem>_occlusion.png`` (occlusion task): :func:`~instaformer.visualization.draw_occlusion`;
-* ``<stem>_depth.png`` (depth task): :func:`~instaformer.visualization.draw_depth`;
-* ``<stem>.json``: :meth:`~instaformer.predictor.OrderResult.to_json` plus the input path.
+* ``<stem>_panoptic.png``: :func:`~instaformer.apps.visualization.draw_panoptic`;
+* ``<stem>_occlusion.png`` (occlusion task): :func:`~instaformer.apps.visualization.draw_occlusion`;
+* ``<stem>_depth.png`` (depth task): :func:`~instaformer.apps.visualization.draw_depth`;
+* ``<stem>.json``: :meth:`~instaformer.structures.OrderResult.to_json` plus the input path.
 
 Safety of the files (so that ``--input D --output D`` is safe):
 
@@ -41,14 +41,15 @@ import numpy as np
 from PIL import Image, PngImagePlugin, UnidentifiedImageError
 from tqdm import tqdm
 
-from instaformer.data.io import DataError
-from instaformer.predictor import OrderResult, Predictor, load_image
-from instaformer.visualization import (
+from instaformer.apps.visualization import (
     draw_depth,
     draw_occlusion,
     draw_panoptic,
     draw_video_frame,
 )
+from instaformer.data.io import DataError
+from instaformer.predictor import Predictor, load_image
+from instaformer.structures import OrderResult
 from mask2former.utils.atomic import atomic_write
 from mask2former.utils.outputs import OutputFolder
 
@@ -329,7 +330,8 @@ def _frames(capture: cv2.VideoCapture) -> Iterator[np.ndarray]:
 
 
 def annotate_frames(predictor: Predictor, frames: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
-    """RGB frames -> annotated RGB frames (:func:`~instaformer.visualization.draw_video_frame`)."""
+    """RGB frames -> annotated RGB frames
+    (:func:`~instaformer.apps.visualization.draw_video_frame`)."""
     for frame in frames:
         frame = np.ascontiguousarray(frame)
         yield draw_video_frame(frame, predictor(frame))
@@ -387,7 +389,43 @@ def _annotate_video(
     max_frames: int | None,
     show: bool,
 ) -> int:
-    """:func:`run_on_video` once the output is accepted."""
+    """:func:`run_on_video` once the output is accepted: frames in, annotated frames out to the
+    video file and/or the window, until the source ends, ``max_frames`` or Esc."""
+    capture = _open_video(source)
+    total = _expected_frames(capture, source, max_frames)
+    sink = _VideoFile(output_path, capture.get(cv2.CAP_PROP_FPS) or 0.0)
+    count = 0
+    try:
+        frames = annotate_frames(predictor, _frames(capture))
+        for annotated in tqdm(frames, total=total or None, unit="frame"):
+            bgr = np.ascontiguousarray(annotated[:, :, ::-1])
+            sink.write(bgr)
+            if show and _show(bgr):  # Esc: the frame is written but not counted
+                break
+            count += 1
+            if max_frames is not None and count >= max_frames:
+                break
+        if count == 0:
+            raise DemoInputError(
+                f"no frame could be read from {_describe(source)}: not a video, an empty or "
+                "truncated file, or a codec this OpenCV build cannot decode"
+            )
+        sink.finish()
+    finally:
+        capture.release()
+        sink.close()
+        if show:
+            cv2.destroyAllWindows()
+    return count
+
+
+def _open_video(source: str | int) -> cv2.VideoCapture:
+    """The opened capture of a video file or a camera index.
+
+    Raises:
+        FileNotFoundError: a video file that does not exist.
+        DemoInputError: an image file, or a source OpenCV cannot open.
+    """
     if isinstance(source, str):
         if not os.path.isfile(source):
             raise FileNotFoundError(f"video file not found: {source}")
@@ -400,57 +438,66 @@ def _annotate_video(
             f"cannot open {_describe(source)}: not a video, a format this OpenCV build cannot "
             "decode, or no such camera"
         )
-    fps = capture.get(cv2.CAP_PROP_FPS) or 0.0
+    return capture
+
+
+def _expected_frames(capture: cv2.VideoCapture, source: str | int, max_frames: int | None) -> int:
+    """Frames the progress bar expects: the file's count (a camera's is unknown: 0), at most
+    ``max_frames``."""
     total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) if isinstance(source, str) else 0
     if max_frames is not None:
         total = min(total, max_frames) if total > 0 else max_frames
-    writer, tmp = None, None
-    count = 0
-    try:
-        frames = _frames(capture)
-        bar = tqdm(annotate_frames(predictor, frames), total=total or None, unit="frame")
-        for annotated in bar:
-            bgr = np.ascontiguousarray(annotated[:, :, ::-1])
-            if output_path is not None:
-                if writer is None:
-                    # the container is chosen from the suffix: keep .mp4 last
-                    name = output_path.name
-                    tmp = output_path.with_name(f".{name}.{uuid.uuid4().hex[:12]}.mp4")
-                    writer = cv2.VideoWriter(
-                        str(tmp),
-                        cv2.VideoWriter_fourcc(*"mp4v"),
-                        fps if fps > 0 else 30.0,
-                        (bgr.shape[1], bgr.shape[0]),
-                    )
-                    if not writer.isOpened():
-                        raise OSError(f"cannot write video {output_path}")
-                writer.write(bgr)
-            if show:
-                cv2.imshow("InstaFormer", bgr)
-                if cv2.waitKey(1) == 27:
-                    break
-            count += 1
-            if max_frames is not None and count >= max_frames:
-                break
-        if count == 0:
-            raise DemoInputError(
-                f"no frame could be read from {_describe(source)}: not a video, an empty or "
-                "truncated file, or a codec this OpenCV build cannot decode"
+    return total
+
+
+def _show(bgr: np.ndarray) -> bool:
+    """Show one frame in the demo's window; True when Esc asks to stop."""
+    cv2.imshow("InstaFormer", bgr)
+    return cv2.waitKey(1) == 27
+
+
+class _VideoFile:
+    """An mp4 written to a temporary file beside ``path`` (opened at the first frame, whose size
+    it takes) and renamed to ``path`` by :meth:`finish`; ``path`` None writes nothing."""
+
+    def __init__(self, path: Path | None, fps: float) -> None:
+        self.path = path
+        self.fps = fps if fps > 0 else 30.0
+        self.writer: cv2.VideoWriter | None = None
+        self.tmp: Path | None = None
+
+    def write(self, bgr: np.ndarray) -> None:
+        """Append one BGR frame (uint8[H, W, 3])."""
+        if self.path is None:
+            return
+        if self.writer is None:
+            # the container is chosen from the suffix: keep .mp4 last
+            self.tmp = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex[:12]}.mp4")
+            size = (bgr.shape[1], bgr.shape[0])
+            self.writer = cv2.VideoWriter(
+                str(self.tmp), cv2.VideoWriter_fourcc(*"mp4v"), self.fps, size
             )
-        if writer is not None:
-            writer.release()
-            writer = None
-            os.replace(tmp, output_path)
-            tmp = None
-    finally:
-        capture.release()
-        if writer is not None:
-            writer.release()
-        if tmp is not None:
-            tmp.unlink(missing_ok=True)
-        if show:
-            cv2.destroyAllWindows()
-    return count
+            if not self.writer.isOpened():
+                raise OSError(f"cannot write video {self.path}")
+        self.writer.write(bgr)
+
+    def finish(self) -> None:
+        """Close the video and move it to its name."""
+        if self.writer is None or self.tmp is None or self.path is None:
+            return
+        self.writer.release()
+        self.writer = None
+        os.replace(self.tmp, self.path)
+        self.tmp = None
+
+    def close(self) -> None:
+        """Release the writer and remove an unfinished temporary file."""
+        if self.writer is not None:
+            self.writer.release()
+            self.writer = None
+        if self.tmp is not None:
+            self.tmp.unlink(missing_ok=True)
+            self.tmp = None
 
 
 def opencv_has_gui() -> bool:

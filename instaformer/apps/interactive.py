@@ -22,10 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from instaformer.data.io import DataError
-from instaformer.demo_utils import result_record
-from instaformer.predictor import OrderResult, Predictor, load_image
-from instaformer.visualization import (
+from instaformer.apps.demo_utils import result_record
+from instaformer.apps.visualization import (
     CLOSER,
     FARTHER,
     MUTUAL_OCCLUSION,
@@ -38,6 +36,9 @@ from instaformer.visualization import (
     draw_relations,
     drawing_factor,
 )
+from instaformer.data.io import DataError
+from instaformer.predictor import Predictor, load_image
+from instaformer.structures import OrderResult
 from instaformer.vocabulary import DEPTH_CLOSER, DEPTH_FARTHER, DEPTH_SAME, OCCLUDING
 
 __all__ = [

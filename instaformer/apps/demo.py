@@ -33,21 +33,21 @@ import os
 import re
 import sys
 
-from instaformer.config import ConfigError, setup_cfg
-from instaformer.demo_utils import (
+from instaformer.apps.demo_utils import (
     expand_inputs,
     opencv_has_gui,
     run_on_paths,
     run_on_video,
     video_output_path,
 )
+from instaformer.config import ConfigError, setup_cfg
 from instaformer.errors import run_cli
 from instaformer.model_zoo import model_args
 from instaformer.predictor import BACKENDS, Predictor
 from mask2former.utils.argtypes import float_range, int_range
 from mask2former.utils.outputs import require_dir
 
-logger = logging.getLogger("instaformer.demo")
+logger = logging.getLogger("instaformer.apps.demo")
 
 _CONFIG_KEY = re.compile(r"^[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+$")  # e.g. MODEL.WEIGHTS
 
