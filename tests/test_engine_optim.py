@@ -15,7 +15,6 @@ from mask2former.engine.optimizer import (
     build_lr_scheduler,
     build_optimizer,
     clip_gradients,
-    get_param_groups,
 )
 
 
@@ -64,16 +63,9 @@ def _adamw_steps(opt: torch.optim.Optimizer, model: nn.Module, steps: int, seed:
 
 def _plain_adamw(cfg, model: nn.Module) -> torch.optim.AdamW:
     """PyTorch's per-parameter AdamW loop over the groups that ``build_optimizer`` makes."""
-    solver = cfg.SOLVER
-    groups = get_param_groups(
-        model,
-        base_lr=solver.BASE_LR,
-        weight_decay=solver.WEIGHT_DECAY,
-        weight_decay_norm=solver.WEIGHT_DECAY_NORM,
-        weight_decay_embed=solver.WEIGHT_DECAY_EMBED,
-        backbone_multiplier=solver.BACKBONE_MULTIPLIER,
-    )
-    return torch.optim.AdamW(groups, lr=solver.BASE_LR, foreach=False)
+    keys = ("params", "lr", "weight_decay")  # the groups' own keys, not the fused defaults
+    groups = [{k: g[k] for k in keys} for g in build_optimizer(cfg, model).param_groups]
+    return torch.optim.AdamW(groups, lr=cfg.SOLVER.BASE_LR, foreach=False)
 
 
 def _assert_same_weights(a: nn.Module, b: nn.Module) -> None:
