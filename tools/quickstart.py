@@ -166,11 +166,12 @@ def run(args: argparse.Namespace, folder: OutputFolder) -> int:
     from instaformer.train import main as train_main
     from mask2former.engine import default_argument_parser
 
-    start = time.perf_counter()
+    stages = [("start", time.perf_counter())]
     data_root = datasets_root / SYNTHETIC_SUBDIR
     print(f"[1/4] synthetic dataset -> {data_root}")
     if prepare_dataset(data_root, args):
         print(f"      reusing the dataset written by a previous run ({MARKER} matches)")
+    stages.append(("dataset", time.perf_counter()))
 
     train_dir = out / "train"
     print(f"[2/4] training {CONFIG.relative_to(REPO)} -> {train_dir}")
@@ -180,6 +181,7 @@ def run(args: argparse.Namespace, folder: OutputFolder) -> int:
     )
     # trains, then evaluates on DATASETS.TEST (step 3)
     results = train_main(load_config(train_args), train_args)
+    stages.append(("training and evaluation", time.perf_counter()))
 
     print(f"[3/4] evaluation -> {out / 'eval_results.json'}")
     summary = {k: results[k] for k in ("occlusion_order", "depth_order", "panoptic_seg")}
@@ -188,13 +190,18 @@ def run(args: argparse.Namespace, folder: OutputFolder) -> int:
     demo_dir = out / "demo"
     print(f"[4/4] demo -> {demo_dir}")
     val_images = sorted((data_root / "coco" / "val2017").glob("*.jpg"))[: args.demo_images]
-    predictor = Predictor.from_config_file(
-        CONFIG, weights=str(train_dir / "model_final.pth"), opts=["MODEL.DEVICE", "cpu"]
+    predictor = Predictor.from_config_file(  # the trained model: the training's overrides
+        CONFIG, weights=str(train_dir / "model_final.pth"), opts=["MODEL.DEVICE", "cpu", *args.opts]
     )
     logging.getLogger("instaformer").setLevel(logging.WARNING)
     report = run_on_paths(predictor, [str(p) for p in val_images], demo_dir, progress=False)
+    stages.append(("demo", time.perf_counter()))
 
-    minutes = (time.perf_counter() - start) / 60
+    minutes = (stages[-1][1] - stages[0][1]) / 60
+    parts = ", ".join(
+        f"{name} {(end - begin) / 60:.1f}"
+        for (_, begin), (name, end) in zip(stages, stages[1:], strict=False)
+    )
     print()
     print(format_results_table(results))
     print()
@@ -204,7 +211,7 @@ def run(args: argparse.Namespace, folder: OutputFolder) -> int:
         ok = value >= goal if op == ">=" else value <= goal
         missed += [] if ok else [f"{task}/{metric}"]
         print(f"  {task}/{metric} = {value:.2f}  (goal {op} {goal:g}: {'met' if ok else 'MISSED'})")
-    print(f"\nDone in {minutes:.1f} min on {torch.get_num_threads()} CPU threads.")
+    print(f"\nDone in {minutes:.1f} min ({parts}) on {torch.get_num_threads()} CPU threads.")
     print(f"Results: {out / 'eval_results.json'}")
     print(f"Pictures ({len(report.written)} images): {demo_dir}")
     print(f"Checkpoint: {train_dir / 'model_final.pth'}; log: {train_dir / 'log.txt'}")

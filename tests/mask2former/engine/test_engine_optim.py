@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 
 import pytest
@@ -10,7 +11,11 @@ from torch import nn
 
 from instaformer.config import get_cfg
 from mask2former.engine.checkpoint import last_checkpoint_path, save_training_checkpoint
-from mask2former.engine.optimizer import build_lr_scheduler, build_optimizer, clip_gradients
+from mask2former.engine.optimizer import (
+    build_lr_scheduler,
+    build_optimizer,
+    clip_gradients,
+)
 
 
 class _Toy(nn.Module):
@@ -45,6 +50,67 @@ def test_param_groups_follow_mask2former_rules():
     assert groups[id(model.head.weight)] == (1.0, 0.05)
     assert groups[id(model.norm.weight)] == (1.0, 0.0)
     assert id(model.frozen.weight) not in groups
+
+
+def _adamw_steps(opt: torch.optim.Optimizer, model: nn.Module, steps: int, seed: int) -> None:
+    """``steps`` optimizer steps on ``model`` with gradients drawn from ``seed``."""
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        for p in model.parameters():
+            p.grad = torch.randn(p.shape, generator=gen) if p.requires_grad else None
+        opt.step()
+
+
+def _plain_adamw(cfg, model: nn.Module) -> torch.optim.AdamW:
+    """PyTorch's per-parameter AdamW loop over the groups that ``build_optimizer`` makes."""
+    keys = ("params", "lr", "weight_decay")  # the groups' own keys, not the fused defaults
+    groups = [{k: g[k] for k in keys} for g in build_optimizer(cfg, model).param_groups]
+    return torch.optim.AdamW(groups, lr=cfg.SOLVER.BASE_LR, foreach=False)
+
+
+def _assert_same_weights(a: nn.Module, b: nn.Module) -> None:
+    for (name, x), y in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        torch.testing.assert_close(x, y, atol=1e-6, rtol=1e-5, msg=name)
+
+
+def _saved(opt: torch.optim.Optimizer) -> dict:
+    """``opt``'s state as a checkpoint holds it: written and read back (no shared tensors)."""
+    buffer = io.BytesIO()
+    torch.save(opt.state_dict(), buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=True)
+
+
+def test_adamw_is_fused_takes_the_plain_loops_steps_and_resumes():
+    """The fused AdamW (one kernel for all parameters) steps as PyTorch's per-parameter loop
+    does, to float rounding; it resumes from its own saved state (fused still) and from one the
+    per-parameter loop saved (older checkpoints)."""
+    cfg = get_cfg()
+    cfg.SOLVER.BASE_LR, cfg.SOLVER.WEIGHT_DECAY = 0.01, 0.05
+    torch.manual_seed(0)
+    start = _Toy().state_dict()
+    models = {name: _Toy() for name in ("plain", "fused", "resumed_fused", "resumed_plain")}
+    for model in models.values():
+        model.load_state_dict(start)
+    plain = _plain_adamw(cfg, models["plain"])
+    fused = build_optimizer(cfg, models["fused"])
+    assert fused.defaults["fused"] is True and not plain.defaults["fused"]
+    _adamw_steps(plain, models["plain"], 5, seed=1)
+    _adamw_steps(fused, models["fused"], 5, seed=1)
+    _assert_same_weights(models["plain"], models["fused"])
+    assert not torch.equal(models["fused"].head.weight, start["head.weight"])
+
+    resumed = {}
+    for name, saved_by in (("resumed_fused", fused), ("resumed_plain", plain)):
+        models[name].load_state_dict(models["plain"].state_dict())
+        resumed[name] = build_optimizer(cfg, models[name])
+        resumed[name].load_state_dict(_saved(saved_by))
+    assert all(g["fused"] for g in resumed["resumed_fused"].param_groups)
+    optimizers = {"plain": plain, "fused": fused, **resumed}
+    for name, opt in optimizers.items():
+        _adamw_steps(opt, models[name], 3, seed=2)
+    for name in ("fused", "resumed_fused", "resumed_plain"):
+        _assert_same_weights(models["plain"], models[name])
 
 
 def _lrs(cfg, n):
