@@ -116,7 +116,8 @@ def build_optimizer(cfg: CfgNode, model: nn.Module) -> torch.optim.Optimizer:
     name = solver.OPTIMIZER.upper()
     if name == "ADAMW":
         # fused: one kernel over all parameters, PyTorch's fastest AdamW on CUDA; on the CPU it
-        # takes the per-parameter loop's time (1.5 % of a tiny-model step: docs/benchmarks.md)
+        # takes the per-parameter loop's time (about 2 % of a tiny-model step: docs/benchmarks.md,
+        # "Training step")
         return torch.optim.AdamW(groups, lr=solver.BASE_LR, fused=True)
     if name == "SGD":
         return torch.optim.SGD(

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from scripts import load_script
+
+from tests.support.scripts import load_script
 
 
 @pytest.mark.slow
