@@ -36,7 +36,12 @@ from instaformer.errors import run_cli
 from instaformer.evaluation import build_evaluators, report_results
 from instaformer.evaluation.results import RANDOM_INIT, describe_random_parts
 from instaformer.modeling import build_model
-from instaformer.preflight import check_run, random_init_message, random_parts
+from instaformer.preflight import (
+    check_run,
+    random_init_message,
+    random_parts,
+    weights_from_checkpoint,
+)
 from mask2former.checkpoint import CheckpointError, M2FCheckpointer, format_report
 from mask2former.config import CfgNode, check_training_cfg
 from mask2former.data.build import (
@@ -52,7 +57,7 @@ from mask2former.engine import (
     launch,
     resolve_device,
 )
-from mask2former.engine.checkpoint import check_weights_kept, last_checkpoint_path
+from mask2former.engine.checkpoint import check_weights_kept
 from mask2former.engine.events import MetricSink
 from mask2former.engine.lock import hold_output_dir
 from mask2former.engine.processes import backend_for
@@ -277,13 +282,12 @@ def metric_sinks(cfg: CfgNode) -> list[MetricSink]:
     return [wandb.init(project=cfg.WANDB.PROJECT, config={"yaml": cfg.dump()}, dir=local)]
 
 
-def build_trainer(cfg: CfgNode, *, resume: bool = False) -> Trainer:
+def build_trainer(cfg: CfgNode, *, from_checkpoint: bool = False) -> Trainer:
     """The training loop for ``cfg``: its model and its family's data, weights and evaluation;
-    the metric sinks on the main process only. ``resume``: the run will resume from a
-    checkpoint in ``OUTPUT_DIR`` when there is one (its model is then built for it,
-    :func:`instaformer.modeling.checkpoint_cfg`)."""
+    the metric sinks on the main process only. ``from_checkpoint``: the run resumes from a
+    checkpoint that gives every weight (:func:`instaformer.preflight.weights_from_checkpoint`),
+    so the model is built for it (:func:`instaformer.modeling.checkpoint_cfg`)."""
     family = model_family(cfg)
-    from_checkpoint = resume and last_checkpoint_path(cfg.OUTPUT_DIR) is not None
     return Trainer(
         cfg,
         build_model(cfg, from_checkpoint=from_checkpoint),
@@ -319,14 +323,15 @@ def main(cfg: CfgNode, args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     ``--eval-only`` and what :func:`mask2former.engine.default_setup` logs.
     """
     setup(cfg, args)
+    from_checkpoint = weights_from_checkpoint(cfg, args)
     if args.eval_only:
-        model = build_model(cfg, from_checkpoint=bool(cfg.MODEL.WEIGHTS))
+        model = build_model(cfg, from_checkpoint=from_checkpoint)
         allow = bool(getattr(args, "allow_random_init", False))
         parts = _load_for_evaluation(cfg, model, allow)
         return evaluate(cfg, model, random_init=parts)
-    if not cfg.MODEL.WEIGHTS and not (args.resume and last_checkpoint_path(cfg.OUTPUT_DIR)):
+    if not cfg.MODEL.WEIGHTS and not from_checkpoint:
         warn_random_frozen_parts(cfg)  # a fresh start from random weights
-    return build_trainer(cfg, resume=args.resume).train(resume=args.resume)
+    return build_trainer(cfg, from_checkpoint=from_checkpoint).train(resume=args.resume)
 
 
 def run(args: argparse.Namespace) -> None:

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 import mask2former.modeling  # noqa: F401  (registers the modules)
 from instaformer.config import ConfigError, get_cfg
 from instaformer.predictor import Predictor
+from instaformer.preflight import weights_from_checkpoint
 from instaformer.train import build_trainer, load_config, main, setup
 from mask2former.engine import default_argument_parser
 from mask2former.engine.optimizer import get_param_groups
@@ -280,7 +281,7 @@ def test_train_infer_save_load_and_resume_through_train_net(tmp_path, monkeypatc
     args = _args(run, "SOLVER.MAX_ITER", "3", *common, *pretrained, resume=True)
     cfg = load_config(args)
     setup(cfg, args)
-    trainer = build_trainer(cfg, resume=True)
+    trainer = build_trainer(cfg, from_checkpoint=weights_from_checkpoint(cfg, args))
     trainer.train(resume=True)
     assert trainer.start_iter == 2 and trainer.iteration == 2
     resumed = torch.load(run / "model_final.pth", weights_only=True)
